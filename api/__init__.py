@@ -1,0 +1,1 @@
+"""REST facade for admins: tenants, tokens, devices, config, firmware, rollouts."""

@@ -1,0 +1,1 @@
+"""Bridge: maps presence, reported state, config acks and job progress from MQTT into MongoDB."""

@@ -1,0 +1,1 @@
+"""How to run Outpost: the local development stack (deploy.local) and deployment notes."""

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs everything Outpost needs on a fresh Debian/Ubuntu machine; safe to run again.
+#   - a virtualenv in .venv with Outpost and its dev tools
+#   - Mosquitto 2.x (apt, when root), FerretDB v1.24.2 and versitygw v1.7.0 (Go >= 1.25)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin:${HOME}/go/bin:/usr/sbin"
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "error: Python >= 3.11 is required (found $(python3 --version 2>&1))" >&2; exit 1; }
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/outpost dev install

@@ -1,0 +1,147 @@
+"""Starting, watching and stopping the server processes we own.
+
+A process is started detached (its own session) with its output in a log file, and its
+PID is written next to it together with the executable's name, so that ``stop`` only
+ever signals a process that is still the one we started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.local.errors import PortBusy, StartFailed
+
+__all__ = ["PidFile", "ensure_port_free", "free_port", "port_is_free", "spawn", "wait_until"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the kernel picks it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class PidFile:
+    path: Path
+
+    def write(self, pid: int, executable: str) -> None:
+        self.path.write_text(json.dumps({"pid": pid, "exe": Path(executable).name}))
+
+    def read(self) -> tuple[int, str] | None:
+        try:
+            data = json.loads(self.path.read_text())
+            return int(data["pid"]), str(data["exe"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def live_pid(self) -> int | None:
+        """The PID if that process is alive and still runs the executable we started."""
+        entry = self.read()
+        if entry is None:
+            return None
+        pid, exe = entry
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        if not cmdline or Path(cmdline[0].decode(errors="replace")).name != exe:
+            return None  # the PID was reused by someone else
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return None
+        return pid
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """SIGTERM, then SIGKILL after ``timeout``. True if a process was stopped."""
+        pid = self.live_pid()
+        if pid is None:
+            self.path.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.live_pid() is not None:
+            time.sleep(0.05)
+        if self.live_pid() is not None:
+            os.kill(pid, signal.SIGKILL)
+            while self.live_pid() is not None:
+                time.sleep(0.05)
+        self.path.unlink(missing_ok=True)
+        return True
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    pid_file: PidFile,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` detached from our terminal, output appended to ``log_path``."""
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
+    pid_file.write(proc.pid, argv[0])
+    return proc
+
+
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    what: str,
+    proc: subprocess.Popen[bytes] | None,
+    log_path: Path,
+    timeout: float = 30.0,
+) -> None:
+    """Poll ``check`` until it is true; fail fast if ``proc`` exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise StartFailed(f"{what} exited with code {proc.returncode}: {_last_line(log_path)}")
+        if check():
+            return
+        if time.monotonic() > deadline:
+            raise StartFailed(f"{what} did not answer within {timeout:.0f}s (log: {log_path})")
+        time.sleep(0.1)
+
+
+def ensure_port_free(port: int, what: str, variable: str) -> None:
+    if not port_is_free(port):
+        raise PortBusy(
+            f"port {port} for {what} is already in use by another process; "
+            f"stop it or choose another port with {variable}"
+        )
+
+
+def _last_line(log_path: Path) -> str:
+    try:
+        lines = [line for line in log_path.read_text(errors="replace").splitlines() if line]
+    except OSError:
+        return "(no log)"
+    return lines[-1][:300] if lines else "(empty log)"

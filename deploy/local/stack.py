@@ -1,0 +1,101 @@
+"""The local development stack: ``outpost dev up | down | status``.
+
+Everything lives under one git-ignored folder (``.outpost/`` by default): one
+sub-folder per server with its data, configuration, log and PID file, the generated
+secrets, and ``dev.env`` with the ``OUTPOST_*`` settings every other command reads.
+Ports are fixed but not the servers' defaults, so a system Mosquitto or MongoDB on
+1883/27017 does not collide with ours.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deploy.local.servers import MongoServer, Mosquitto, S3Server, Server
+
+__all__ = ["DevSettings", "Stack", "Status"]
+
+
+class DevSettings(BaseSettings):
+    """``OUTPOST_DEV_*``: where the local stack lives and which ports it uses."""
+
+    model_config = SettingsConfigDict(env_prefix="OUTPOST_DEV_", extra="ignore")
+
+    root: Path = Path(".outpost")
+    mqtt_port: int = Field(default=11883, ge=1024, le=65535)
+    mongo_port: int = Field(default=27117, ge=1024, le=65535)
+    s3_port: int = Field(default=17070, ge=1024, le=65535)
+
+
+@dataclass(frozen=True)
+class Status:
+    name: str
+    pid: int | None
+    port: int
+    healthy: bool
+    detail: str
+
+
+class Stack:
+    def __init__(self, settings: DevSettings) -> None:
+        self.root = settings.root.resolve()
+        creds = self._secrets()
+        self.broker = Mosquitto(self.root / "mosquitto", settings.mqtt_port,
+                                backend_password=creds["mqtt_backend_password"])
+        self.mongo = MongoServer(self.root / "mongodb", settings.mongo_port)
+        self.s3 = S3Server(self.root / "s3", settings.s3_port,
+                           secret_key=creds["s3_secret_key"])
+
+    def servers(self) -> Iterator[Server]:
+        yield self.broker
+        yield self.mongo
+        yield self.s3
+
+    def _secrets(self) -> dict[str, str]:
+        """Random credentials made on the first ``up`` and kept for the next ones."""
+        path = self.root / "secrets.json"
+        if path.exists():
+            stored: dict[str, str] = json.loads(path.read_text())
+            return stored
+        self.root.mkdir(parents=True, exist_ok=True)
+        made = {"mqtt_backend_password": secrets.token_urlsafe(18),
+                "s3_secret_key": secrets.token_urlsafe(24)}
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(made))
+        return made
+
+    def env(self) -> dict[str, str]:
+        """The ``OUTPOST_*`` settings that point every command at this stack."""
+        return {
+            "OUTPOST_MQTT_URL": self.broker.url,
+            "OUTPOST_MQTT_USERNAME": self.broker.backend_username,
+            "OUTPOST_MQTT_PASSWORD": self.broker.backend_password,
+            "OUTPOST_MONGO_URL": self.mongo.url,
+            "OUTPOST_MONGO_DATABASE": "outpost",
+            "OUTPOST_S3_ENDPOINT_URL": self.s3.url,
+            "OUTPOST_S3_REGION": self.s3.region,
+            "OUTPOST_S3_BUCKET": self.s3.bucket,
+            "OUTPOST_S3_ACCESS_KEY_ID": self.s3.access_key,
+            "OUTPOST_S3_SECRET_ACCESS_KEY": self.s3.secret_key,
+        }
+
+    def write_env(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text("".join(f"{key}={value}\n" for key, value in self.env().items()))
+
+    def status(self) -> list[Status]:
+        result = []
+        for server in self.servers():
+            pid = server.running_pid()
+            healthy = pid is not None and server.healthy()
+            detail = "healthy" if healthy else ("not answering" if pid else "stopped")
+            result.append(Status(server.name, pid, server.port, healthy, detail))
+        return result

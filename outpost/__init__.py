@@ -1,0 +1,1 @@
+"""Outpost: the command line, settings and the plumbing every service shares."""

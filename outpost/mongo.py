@@ -1,0 +1,69 @@
+"""MongoDB access shared by the services: the client, and bulk writes both servers take.
+
+We run against MongoDB and against FerretDB v1 (SQLite). Two FerretDB v1.24.2 facts
+shape this module (measured here, see README "MongoDB or FerretDB"):
+
+- one ``update`` command holds a pooled SQLite connection per statement until the whole
+  command ends, and the pool has 100 connections: a bulk of more than ~100 updates that
+  match existing documents blocks forever. We therefore send bulks in chunks of
+  :data:`FERRETDB_CHUNK` operations to FerretDB (MongoDB takes them whole);
+- every update scans the collection (its ``_id`` index is not used by updates), so write
+  cost grows with collection size. Keep hot documents small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.operations import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
+
+from outpost.settings import MongoSettings
+
+FERRETDB_CHUNK = 64
+MONGODB_CHUNK = 10_000
+
+Document = dict[str, Any]
+WriteOp = (
+    InsertOne[Document] | UpdateOne | UpdateMany | ReplaceOne[Document] | DeleteOne | DeleteMany
+)
+
+
+def client(settings: MongoSettings, **kwargs: Any) -> AsyncMongoClient[Document]:
+    return AsyncMongoClient(settings.url, tz_aware=True, **kwargs)
+
+
+async def is_ferretdb(db: AsyncDatabase[Document]) -> bool:
+    info = await db.client.admin.command("buildInfo")
+    return "ferretdbVersion" in info
+
+
+@dataclass
+class BulkCounts:
+    inserted: int = 0
+    matched: int = 0
+    modified: int = 0
+    upserted: int = 0
+    deleted: int = 0
+
+
+async def bulk_write(collection: AsyncCollection[Document], ops: Sequence[WriteOp],
+                     *, chunk: int) -> BulkCounts:
+    """Unordered bulk write in chunks of ``chunk`` operations, counts added up."""
+    counts = BulkCounts()
+    for start in range(0, len(ops), chunk):
+        result = await collection.bulk_write(list(ops[start:start + chunk]), ordered=False)
+        counts.inserted += result.inserted_count
+        counts.matched += result.matched_count
+        counts.modified += result.modified_count
+        counts.upserted += result.upserted_count
+        counts.deleted += result.deleted_count
+    return counts
+
+
+async def chunk_size(db: AsyncDatabase[Document]) -> int:
+    return FERRETDB_CHUNK if await is_ferretdb(db) else MONGODB_CHUNK

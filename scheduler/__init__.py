@@ -1,0 +1,1 @@
+"""Scheduler: staged firmware rollouts, config reconcile, notifications and broker metrics."""

@@ -1,0 +1,1 @@
+"""Shared pydantic models: the device protocol (MQTT payloads, topics) and WiFi config."""

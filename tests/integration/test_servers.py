@@ -1,0 +1,196 @@
+"""The foundation's promises about the real servers the harness starts."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import threading
+import time
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aiomqtt
+import paho.mqtt.client as paho
+import pytest
+import requests
+from paho.mqtt.enums import CallbackAPIVersion
+from pymongo import ASCENDING, UpdateOne
+from pymongo.errors import DuplicateKeyError
+
+from deploy.local import MongoServer, Mosquitto, S3Server, free_port, mqtt_connack
+from outpost import mongo as outpost_mongo
+
+pytestmark = pytest.mark.integration
+
+
+def _paho_publish_retained(broker: Mosquitto, topic: str, payload: bytes) -> None:
+    published = threading.Event()
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.username_pw_set(broker.backend_username, broker.backend_password)
+    client.on_publish = lambda *args: published.set()
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1, retain=True)
+        assert published.wait(5), "PUBACK not received"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def _aiomqtt_read_retained(broker: Mosquitto, topic: str) -> bytes:
+    async with aiomqtt.Client("127.0.0.1", broker.port, username=broker.backend_username,
+                              password=broker.backend_password,
+                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+        await client.subscribe(topic, qos=1)
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                assert message.retain
+                return bytes(message.payload)  # type: ignore[arg-type]
+    raise AssertionError("no retained message")
+
+
+async def test_retained_qos1_survives_broker_restart(tmp_path_factory: pytest.TempPathFactory,
+                                                     servers_root: Path, unique: str) -> None:
+    broker = Mosquitto(servers_root / f"restart-{unique}", free_port(),
+                       backend_password=secrets.token_urlsafe(12))
+    broker.start()
+    try:
+        topic = f"devices/t{unique}/config"
+        _paho_publish_retained(broker, topic, b'{"v":1,"version":7}')
+        assert await _aiomqtt_read_retained(broker, topic) == b'{"v":1,"version":7}'
+        assert broker.stop()
+        broker.start()
+        assert await _aiomqtt_read_retained(broker, topic) == b'{"v":1,"version":7}'
+    finally:
+        broker.stop()
+
+
+def test_wrong_password_is_refused(broker: Mosquitto) -> None:
+    assert mqtt_connack("127.0.0.1", broker.port, broker.backend_username,
+                        broker.backend_password) == "Success"
+    refused = mqtt_connack("127.0.0.1", broker.port, broker.backend_username, "wrong")
+    assert refused in {"Not authorized", "Bad user name or password"}
+
+
+async def test_aiomqtt_wrong_password_raises(broker: Mosquitto) -> None:
+    with pytest.raises(aiomqtt.MqttCodeError):
+        async with aiomqtt.Client("127.0.0.1", broker.port, username="nobody",
+                                  password="nothing", protocol=aiomqtt.ProtocolVersion.V5):
+            pass
+
+
+async def test_unique_index_rejects_duplicate(mongo_db) -> None:
+    devices = mongo_db["devices"]
+    await devices.create_index([("serial", ASCENDING)], unique=True)
+    await devices.insert_one({"_id": "ap-1", "serial": "S1"})
+    with pytest.raises(DuplicateKeyError):
+        await devices.insert_one({"_id": "ap-2", "serial": "S1"})
+
+
+async def test_find_one_and_update_upsert_creates_then_updates(mongo_db) -> None:
+    devices = mongo_db["devices"]
+    first = await devices.find_one_and_update(
+        {"_id": "ap-1"}, {"$set": {"fw": "1.0"}, "$inc": {"n": 1}}, upsert=True,
+        return_document=True)
+    second = await devices.find_one_and_update(
+        {"_id": "ap-1"}, {"$set": {"fw": "1.1"}, "$inc": {"n": 1}}, upsert=True,
+        return_document=True)
+    assert (first["fw"], first["n"]) == ("1.0", 1)
+    assert (second["fw"], second["n"]) == ("1.1", 2)
+    assert await devices.count_documents({}) == 1
+
+
+async def test_unordered_bulk_write_of_10000_upserts(mongo_db) -> None:
+    devices = mongo_db["devices"]
+    await devices.insert_many([{"_id": f"ap-{i}", "seq": 0} for i in range(2_000)])
+    ops = [UpdateOne({"_id": f"ap-{i}"}, {"$set": {"seq": 1}}, upsert=True)
+           for i in range(10_000)]
+    result = await outpost_mongo.bulk_write(
+        devices, ops, chunk=await outpost_mongo.chunk_size(mongo_db))
+    assert result.upserted == 8_000
+    assert result.modified == 2_000
+    assert await devices.count_documents({"seq": 1}) == 10_000
+
+
+def _put(s3: S3Server, key: str, body: bytes) -> None:
+    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=body)
+
+
+def _presign(s3: S3Server, key: str, seconds: int) -> str:
+    url: str = s3.client().generate_presigned_url(
+        "get_object", Params={"Bucket": s3.bucket, "Key": key}, ExpiresIn=seconds)
+    return url
+
+
+def test_presigned_get_returns_exact_bytes(s3: S3Server, unique: str) -> None:
+    body = secrets.token_bytes(300_000)
+    _put(s3, f"fw/{unique}.bin", body)
+    response = requests.get(_presign(s3, f"fw/{unique}.bin", 300), timeout=10)
+    assert response.status_code == 200
+    assert hashlib.sha256(response.content).digest() == hashlib.sha256(body).digest()
+
+
+def test_expired_presigned_url_is_refused(s3: S3Server, unique: str) -> None:
+    _put(s3, f"fw/{unique}.bin", b"firmware")
+    url = _presign(s3, f"fw/{unique}.bin", 1)
+    time.sleep(2.2)  # waiting for the clock, not for a delivery
+    response = requests.get(url, timeout=10)
+    assert response.status_code == 403
+    assert b"firmware" not in response.content
+
+
+def test_tampered_signature_is_refused(s3: S3Server, unique: str) -> None:
+    _put(s3, f"fw/{unique}.bin", b"firmware")
+    parts = urlsplit(_presign(s3, f"fw/{unique}.bin", 300))
+    query = dict(parse_qsl(parts.query))
+    signature = query["X-Amz-Signature"]
+    query["X-Amz-Signature"] = ("0" if signature[0] != "0" else "1") + signature[1:]
+    response = requests.get(urlunsplit(parts._replace(query=urlencode(query))), timeout=10)
+    assert response.status_code == 403
+
+
+def test_wrong_secret_is_refused(s3: S3Server) -> None:
+    forged = S3Server(s3.root, s3.port, secret_key="not-the-secret")
+    response = requests.get(
+        forged.client().generate_presigned_url(
+            "list_objects_v2", Params={"Bucket": s3.bucket}, ExpiresIn=60),
+        timeout=10)
+    assert response.status_code == 403
+
+
+def _remote_peers(pid: int) -> set[str]:
+    """Remote addresses of every TCP/UDP socket process ``pid`` holds."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = fd.readlink().as_posix()
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    peers = set()
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                peers.add(fields[2].split(":")[0])
+    return peers
+
+
+LOOPBACK_OR_NONE = {
+    "00000000", "0100007F",  # 0.0.0.0, 127.0.0.1 (little-endian hex)
+    "00000000000000000000000000000000", "00000000000000000000000001000000",  # ::, ::1
+    "0000000000000000FFFF00000100007F",  # ::ffff:127.0.0.1
+}
+
+
+def test_servers_talk_to_loopback_only(broker: Mosquitto, mongo: MongoServer,
+                                       s3: S3Server) -> None:
+    for server in (broker, mongo, s3):
+        assert server.healthy()
+        pid = server.running_pid()
+        assert pid is not None
+        peers = _remote_peers(pid)
+        assert peers <= LOOPBACK_OR_NONE, f"{server.name} talks to {peers - LOOPBACK_OR_NONE}"
