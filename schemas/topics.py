@@ -1,0 +1,125 @@
+"""The MQTT topic tree. Only this module formats or parses topic strings.
+
+    devices/{id}/presence                device → backend, retained
+    devices/{id}/state                   device → backend
+    devices/{id}/config                  backend → device, retained
+    devices/{id}/jobs/{job_id}           backend → device
+    devices/{id}/jobs/{job_id}/status    device → backend
+
+A device id is its MQTT client id and username: ``[a-z0-9][a-z0-9-]{2,63}``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = [
+    "DEVICE_ID_PATTERN",
+    "JOB_ID_PATTERN",
+    "Channel",
+    "Topic",
+    "TopicError",
+    "device_filter",
+    "is_device_id",
+    "parse",
+    "subscription",
+    "topic",
+]
+
+DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{2,63}$"
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+ROOT = "devices"
+
+
+class TopicError(ValueError):
+    """A topic string that is not part of the tree (or has an invalid id)."""
+
+
+class Channel(StrEnum):
+    PRESENCE = "presence"
+    STATE = "state"
+    CONFIG = "config"
+    JOB = "job"
+    JOB_STATUS = "job_status"
+
+    @property
+    def from_device(self) -> bool:
+        return self in (Channel.PRESENCE, Channel.STATE, Channel.JOB_STATUS)
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    channel: Channel
+    device_id: str
+    job_id: str | None = None
+
+    def __str__(self) -> str:
+        return topic(self.channel, self.device_id, self.job_id)
+
+
+def is_device_id(value: str) -> bool:
+    return _DEVICE_ID.fullmatch(value) is not None
+
+
+def topic(channel: Channel, device_id: str, job_id: str | None = None) -> str:
+    """Build the topic of ``channel`` for one device (and job)."""
+    if not is_device_id(device_id):
+        raise TopicError(f"invalid device id {device_id!r}")
+    if channel in (Channel.JOB, Channel.JOB_STATUS):
+        if job_id is None or not _JOB_ID.fullmatch(job_id):
+            raise TopicError(f"invalid job id {job_id!r}")
+        suffix = "/status" if channel is Channel.JOB_STATUS else ""
+        return f"{ROOT}/{device_id}/jobs/{job_id}{suffix}"
+    if job_id is not None:
+        raise TopicError(f"{channel} topics carry no job id")
+    return f"{ROOT}/{device_id}/{channel.value}"
+
+
+def parse(value: str) -> Topic:
+    """Parse a concrete topic into channel, device id and job id; TopicError otherwise."""
+    parts = value.split("/")
+    if len(parts) < 3 or parts[0] != ROOT:
+        raise TopicError(f"not a device topic: {value[:200]!r}")
+    device_id = parts[1]
+    if not is_device_id(device_id):
+        raise TopicError(f"invalid device id in topic: {device_id[:80]!r}")
+    rest = parts[2:]
+    if rest in (["presence"], ["state"], ["config"]):
+        return Topic(Channel(rest[0]), device_id)
+    if len(rest) in (2, 3) and rest[0] == "jobs" and rest[-1] != "":
+        job_id = rest[1]
+        if not _JOB_ID.fullmatch(job_id):
+            raise TopicError(f"invalid job id in topic: {job_id[:80]!r}")
+        if len(rest) == 2:
+            return Topic(Channel.JOB, device_id, job_id)
+        if rest[2] == "status":
+            return Topic(Channel.JOB_STATUS, device_id, job_id)
+    raise TopicError(f"unknown device topic: {value[:200]!r}")
+
+
+def subscription(channel: Channel, share_group: str | None = None) -> str:
+    """The wildcard filter for ``channel`` across all devices, optionally shared.
+
+    With ``share_group`` several subscribers of one group split the messages
+    (MQTT v5 shared subscription ``$share/<group>/<filter>``).
+    """
+    filters = {
+        Channel.PRESENCE: f"{ROOT}/+/presence",
+        Channel.STATE: f"{ROOT}/+/state",
+        Channel.CONFIG: f"{ROOT}/+/config",
+        Channel.JOB: f"{ROOT}/+/jobs/+",
+        Channel.JOB_STATUS: f"{ROOT}/+/jobs/+/status",
+    }
+    base = filters[channel]
+    return f"$share/{share_group}/{base}" if share_group else base
+
+
+def device_filter(device_id: str) -> str:
+    """``devices/{id}/#``: everything one device may use (its ACL)."""
+    if not is_device_id(device_id):
+        raise TopicError(f"invalid device id {device_id!r}")
+    return f"{ROOT}/{device_id}/#"
