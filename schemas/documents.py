@@ -19,6 +19,21 @@
                 created_at, sent_at, finished_at
     bridge:     report {status (device JobState), progress, reason, firmware, k, updated_at}
 
+    scheduler (also): next_try_at (an offline device's queued execution waits until
+                then), url_expires_at, fence (lease token of the sender)
+
+``rollouts`` (``_id`` = the job id): see :mod:`schemas.rollouts`
+    api:        tenant_id, the :class:`schemas.rollouts.RolloutSpec` fields, created_at,
+                status (requests: paused, running, canceling)
+    scheduler:  status (running, completed, aborted, canceled), progress
+                (:class:`schemas.rollouts.RolloutProgress`)
+
+``firmware`` (api): tenant_id, version, size, sha256, s3_key (object key in the firmware
+    bucket), hardware_models. The scheduler reads size, sha256 and s3_key.
+
+``scheduler_claims`` (scheduler): ``_id`` = ``job@scheduled-time`` claims and
+    ``lease:<name>`` leases {holder, token (fencing), expires_at}.
+
 ``dead_letters``: rejected device messages, bounded (bridge).
 """
 

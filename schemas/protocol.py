@@ -26,6 +26,13 @@ so both paths produce the same key and the same stored result.
 
 The bridge stores the key it last applied per device and channel (per job for job
 status) and drops anything not newer, whatever the arrival order or redelivery.
+
+Desired config
+--------------
+:class:`ConfigMessage` carries a :class:`~schemas.wifi.WifiConfig` and its
+:func:`~schemas.wifi.config_hash`; a message whose hash does not match its config is
+rejected, so a device can trust ``hash`` as the identity of what it applies. Build one
+with :meth:`ConfigMessage.for_config`.
 """
 
 from __future__ import annotations
@@ -43,14 +50,20 @@ from pydantic import (
     NonNegativeInt,
     StringConstraints,
     ValidationError,
+    model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from schemas.errors import SchemaError
 from schemas.topics import DEVICE_ID_PATTERN, JOB_ID_PATTERN, Channel, Topic, TopicError, parse
+from schemas.wifi import WifiConfig, config_hash
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
+    "MODELS",
     "PROTOCOL_VERSION",
     "WILL_SEQ",
+    "BackendMessage",
     "ConfigMessage",
     "ConfigReport",
     "DeviceMessage",
@@ -65,6 +78,7 @@ __all__ = [
     "Rejected",
     "StateMessage",
     "encode",
+    "parse_backend_message",
     "parse_device_message",
     "utc_now",
 ]
@@ -206,28 +220,54 @@ class JobCommand(_Message):
 
 
 class ConfigMessage(_Message):
-    """``devices/{id}/config``, retained (backend → device): the desired configuration."""
+    """``devices/{id}/config``, retained (backend → device): the desired configuration.
+
+    ``hash`` must equal :func:`schemas.wifi.config_hash` of ``config``; ``version`` grows
+    by one with every change an admin makes to the device's effective config.
+    """
 
     version: Annotated[int, Field(ge=1)]
-    hash: Sha256Hex
+    hash: Sha256Hex = Field(description="sha256 of the config's canonical JSON")
     issued_at: AwareDatetime
-    config: dict[str, Any]
+    config: WifiConfig
+
+    @model_validator(mode="after")
+    def _hash_matches(self) -> ConfigMessage:
+        expected = config_hash(self.config)
+        if self.hash != expected:
+            error = PydanticCustomError("hash_mismatch",
+                                        "does not match the config (its hash is {expected})",
+                                        {"expected": expected})
+            raise ValidationError.from_exception_data(type(self).__name__, [
+                InitErrorDetails(type=error, loc=("hash",), input=self.hash)])
+        return self
+
+    @classmethod
+    def for_config(cls, config: WifiConfig, version: int,
+                   issued_at: datetime | None = None) -> ConfigMessage:
+        """The message for ``config`` with its hash filled in."""
+        return cls(version=version, hash=config_hash(config), config=config,
+                   issued_at=issued_at or utc_now())
 
 
 DeviceMessage = PresenceMessage | StateMessage | JobStatusMessage
+BackendMessage = ConfigMessage | JobCommand
 
-_MODELS: dict[Channel, type[PresenceMessage | StateMessage | JobStatusMessage]] = {
+MODELS: dict[Channel, type[DeviceMessage | BackendMessage]] = {
     Channel.PRESENCE: PresenceMessage,
     Channel.STATE: StateMessage,
+    Channel.CONFIG: ConfigMessage,
+    Channel.JOB: JobCommand,
     Channel.JOB_STATUS: JobStatusMessage,
 }
+"""The payload model of every channel."""
 
 
 class RejectReason(StrEnum):
-    """Why a device message was refused; used as a metric label, so keep it closed."""
+    """Why a message was refused; used as a metric label, so keep it closed."""
 
     TOPIC = "bad_topic"
-    NOT_FROM_DEVICE = "wrong_direction"
+    NOT_FROM_DEVICE = "wrong_direction"  # also: a device-sent channel given to a device
     TOO_LARGE = "too_large"
     JSON = "invalid_json"
     SCHEMA = "schema"
@@ -235,7 +275,7 @@ class RejectReason(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"
 
 
-class Rejected(Exception):
+class Rejected(SchemaError):
     """A device message that cannot be accepted, with a closed reason and a detail."""
 
     def __init__(self, reason: RejectReason, detail: str) -> None:
@@ -244,43 +284,71 @@ class Rejected(Exception):
         self.detail = detail
 
 
-def _schema_detail(exc: ValidationError) -> str:
+def _schema_detail(exc: ValidationError, limit: int = 5) -> str:
+    errors = exc.errors()
     parts = []
-    for error in exc.errors()[:5]:
+    for error in errors[:limit]:
         where = ".".join(str(p) for p in error["loc"]) or "payload"
         parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+    if len(errors) > limit:
+        parts.append(f"(+{len(errors) - limit} more)")
+    return "; ".join(parts)[:2000]
 
 
-def parse_device_message(topic: str, payload: bytes) -> tuple[Topic, DeviceMessage]:
-    """Validate one message a device sent; raise :class:`Rejected` with the reason."""
+def _parse_topic(topic: str, from_device: bool) -> Topic:
     try:
         where = parse(topic)
     except TopicError as exc:
         raise Rejected(RejectReason.TOPIC, str(exc)) from None
-    model = _MODELS.get(where.channel)
-    if model is None:
-        raise Rejected(RejectReason.NOT_FROM_DEVICE, f"{where.channel} is sent by the backend")
+    if where.channel.from_device != from_device:
+        sender = "a device" if where.channel.from_device else "the backend"
+        raise Rejected(RejectReason.NOT_FROM_DEVICE, f"{where.channel} is sent by {sender}")
+    return where
+
+
+def _decode(where: Topic, payload: bytes) -> DeviceMessage | BackendMessage:
+    """Size limit, JSON object, then the channel's model; :class:`Rejected` otherwise."""
     limit = MAX_PAYLOAD_BYTES[where.channel]
     if len(payload) > limit:
         raise Rejected(RejectReason.TOO_LARGE, f"{len(payload)} bytes > {limit}")
     try:
         data = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise Rejected(RejectReason.JSON, str(exc)[:200]) from None
     if not isinstance(data, dict):
         kind = type(data).__name__
         raise Rejected(RejectReason.SCHEMA, f"payload must be a JSON object, got {kind}")
     try:
-        message = model.model_validate(data)
+        return MODELS[where.channel].model_validate(data)
     except ValidationError as exc:
         raise Rejected(RejectReason.SCHEMA, _schema_detail(exc)) from None
-    if message.device_id != where.device_id:
+
+
+def _check_ids(where: Topic, device_id: str | None, job_id: str | None) -> None:
+    if device_id is not None and device_id != where.device_id:
         raise Rejected(RejectReason.ID_MISMATCH,
-                       f"topic says {where.device_id!r}, payload says {message.device_id!r}")
-    if isinstance(message, JobStatusMessage) and message.job_id != where.job_id:
+                       f"topic says {where.device_id!r}, payload says {device_id!r}")
+    if job_id is not None and job_id != where.job_id:
         raise Rejected(RejectReason.ID_MISMATCH,
-                       f"topic job {where.job_id!r}, payload job {message.job_id!r}")
+                       f"topic job {where.job_id!r}, payload job {job_id!r}")
+
+
+def parse_device_message(topic: str, payload: bytes) -> tuple[Topic, DeviceMessage]:
+    """Validate one message a device sent; raise :class:`Rejected` with the reason."""
+    where = _parse_topic(topic, from_device=True)
+    message = _decode(where, payload)
+    assert isinstance(message, PresenceMessage | StateMessage | JobStatusMessage)
+    job_id = message.job_id if isinstance(message, JobStatusMessage) else None
+    _check_ids(where, message.device_id, job_id)
+    return where, message
+
+
+def parse_backend_message(topic: str, payload: bytes) -> tuple[Topic, BackendMessage]:
+    """Validate one message the backend sent to a device (the device side of the wire)."""
+    where = _parse_topic(topic, from_device=False)
+    message = _decode(where, payload)
+    assert isinstance(message, ConfigMessage | JobCommand)
+    _check_ids(where, None, message.job_id if isinstance(message, JobCommand) else None)
     return where, message
 
 

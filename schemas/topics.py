@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from schemas.errors import SchemaError
+
 __all__ = [
     "DEVICE_ID_PATTERN",
     "JOB_ID_PATTERN",
@@ -35,7 +37,7 @@ _JOB_ID = re.compile(JOB_ID_PATTERN)
 ROOT = "devices"
 
 
-class TopicError(ValueError):
+class TopicError(SchemaError):
     """A topic string that is not part of the tree (or has an invalid id)."""
 
 
@@ -56,6 +58,9 @@ class Topic:
     channel: Channel
     device_id: str
     job_id: str | None = None
+
+    def __post_init__(self) -> None:
+        topic(self.channel, self.device_id, self.job_id)  # validates; TopicError otherwise
 
     def __str__(self) -> str:
         return topic(self.channel, self.device_id, self.job_id)

@@ -19,6 +19,7 @@ import os
 import pwd
 import secrets
 import shutil
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -327,3 +328,55 @@ class S3Server(Server):
     def _after_ready(self) -> None:
         if not self.healthy():
             self.client().create_bucket(Bucket=self.bucket)
+
+
+@dataclass
+class PythonService(Server):
+    """One of our own services (``python -m outpost <command>``) run by the local stack.
+
+    It reads its settings from ``env_file`` (the stack's ``dev.env``) and serves
+    ``/healthz`` on ``port``; a service without HTTP (the simulator) passes ``port=0`` and
+    counts as healthy while its process runs.
+    """
+
+    service: str = ""
+    args: tuple[str, ...] = ()
+    env_file: Path | None = None
+    name: str = field(init=False, default="service")
+    port_variable: str = field(init=False, default="OUTPOST_HTTP_PORT")
+
+    def __post_init__(self) -> None:
+        self.name = self.service
+
+    def _argv(self) -> list[str]:
+        return [sys.executable, "-m", "outpost", *self.service.split(), *self.args]
+
+    def _env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if self.env_file is not None and self.env_file.exists():
+            for line in self.env_file.read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key and not key.startswith("#"):
+                    env[key.strip()] = value.strip()
+        if self.port:
+            env["OUTPOST_HTTP_PORT"] = str(self.port)
+        return env
+
+    def start(self, timeout: float = 60.0) -> bool:
+        if self.port == 0:  # no HTTP: nothing to check but the process
+            self.root.mkdir(parents=True, exist_ok=True)
+            if self.running_pid() is not None:
+                return False
+            spawn(self._argv(), log_path=self.log_path, pid_file=self.pid_file,
+                  env=self._env(), cwd=Path.cwd())
+            return True
+        return super().start(timeout)
+
+    def healthy(self) -> bool:
+        if self.port == 0:
+            return self.running_pid() is not None
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{self.port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False

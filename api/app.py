@@ -1,0 +1,93 @@
+"""``create_app(settings)``: the FastAPI application, with a lifespan owning every client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from api import problems
+from api.broker_admin import BrokerAdmin
+from api.broker_link import BrokerLink
+from api.firmware_store import FirmwareStore, s3_client
+from api.metrics import ApiMetrics
+from api.middleware import BodyLimit, RequestMetrics
+from api.problems import openapi_responses
+from api.routes import audit, devices, firmware, groups, health, rollouts, tokens
+from api.settings import ApiSettings
+from api.state import AppState
+from api.store.indexes import ensure_indexes
+from outpost import mongo
+from outpost.settings import MongoSettings, MqttSettings, S3Settings
+
+ERRORS = openapi_responses(400, 401, 403, 404, 409, 412, 413, 422, 428, 503)
+
+
+@dataclass(frozen=True)
+class Settings:
+    mqtt: MqttSettings
+    mongo: MongoSettings
+    s3: S3Settings
+    api: ApiSettings = field(default_factory=ApiSettings)
+
+
+def _lifespan(settings: Settings, metrics: ApiMetrics, logger: logging.Logger) -> Any:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
+        client = mongo.client(settings.mongo, serverSelectionTimeoutMS=5000)
+        link = BrokerLink(settings.mqtt, logger, timeout=settings.api.broker_timeout_s)
+        s3 = s3_client(settings.s3)
+        store = FirmwareStore(s3, settings.s3.bucket,
+                              part_bytes=settings.api.upload_part_bytes,
+                              max_bytes=settings.api.max_firmware_bytes)
+        db = client[settings.mongo.database]
+        link_task = asyncio.create_task(link.run(), name="api-broker-link")
+        try:
+            await ensure_indexes(db)
+            state = AppState(db, link, BrokerAdmin(link), store, metrics, settings.api, logger)
+            yield {"app": state}
+        finally:
+            link_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await link_task
+            await client.close()
+            s3.close()
+    return lifespan
+
+
+def create_app(settings: Settings, logger: logging.Logger | None = None) -> FastAPI:
+    logger = logger or logging.getLogger("outpost.api")
+    metrics = ApiMetrics()
+    app = FastAPI(title="Outpost API", version="1", lifespan=_lifespan(settings, metrics, logger),
+                  docs_url="/docs", redoc_url=None)
+    app.state.metrics = metrics
+    problems.install(app, logger)
+    app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.include_router(health.router)
+    for module in (tokens, audit, devices, groups, firmware, rollouts):
+        app.include_router(module.router, responses=ERRORS)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(problems.Problem.model_json_schema(
+            ref_template="#/components/schemas/{model}").get("$defs", {}))
+        problem = problems.Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        problem.pop("$defs", None)
+        components["Problem"] = problem
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"}}
+        schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema

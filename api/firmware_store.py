@@ -1,0 +1,136 @@
+"""Firmware images in S3: streamed multipart upload, size and sha256 computed on the way.
+
+Each part (``part_bytes``, ≥ 5 MiB, S3's minimum) is spooled to an anonymous temporary
+file, then sent from there: memory stays around one network chunk plus botocore's read
+blocks (measured: see tests/integration/api/test_firmware.py), and disk holds one part.
+boto3 is synchronous, so each call runs in a worker thread. botocore errors become
+:class:`api.errors.StorageError` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from api.errors import PayloadTooLarge, StorageError
+from outpost.settings import S3Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    key: str
+    size: int
+    sha256: str
+
+
+def s3_client(settings: S3Settings) -> S3Client:
+    return boto3.client(
+        "s3", endpoint_url=settings.endpoint_url, region_name=settings.region,
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key.get_secret_value(),
+        config=BotoConfig(signature_version="s3v4", s3={"addressing_style": "path"},
+                          retries={"max_attempts": 3}, connect_timeout=3, read_timeout=30))
+
+
+class FirmwareStore:
+    def __init__(self, client: S3Client, bucket: str, *, part_bytes: int,
+                 max_bytes: int) -> None:
+        self._s3 = client
+        self._bucket = bucket
+        self._part_bytes = part_bytes
+        self._max_bytes = max_bytes
+
+    async def _call(self, name: str, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(getattr(self._s3, name), Bucket=self._bucket, **kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"S3 {name} failed: {exc}") from None
+
+    async def ping(self) -> bool:
+        try:
+            await self._call("head_bucket")
+        except StorageError:
+            return False
+        return True
+
+    async def upload(self, key: str, chunks: AsyncIterator[bytes]) -> Stored:
+        """Stream ``chunks`` to ``key``; abort the upload on any error."""
+        started = await self._call("create_multipart_upload", Key=key,
+                                   ContentType="application/octet-stream")
+        upload_id = started["UploadId"]
+        try:
+            return await self._parts(key, upload_id, chunks)
+        except BaseException:
+            await asyncio.shield(self._abort(key, upload_id))
+            raise
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        # if this fails too, the bucket's lifecycle rule removes stale uploads
+        with contextlib.suppress(StorageError):
+            await self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
+
+    async def _parts(self, key: str, upload_id: str, chunks: AsyncIterator[bytes]) -> Stored:
+        digest, size = hashlib.sha256(), 0
+        parts: list[dict[str, Any]] = []
+        spool = _Spool()
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > self._max_bytes:
+                    raise PayloadTooLarge(f"image larger than {self._max_bytes} bytes")
+                digest.update(chunk)
+                await spool.write(chunk)
+                if spool.size >= self._part_bytes:
+                    parts.append(await self._part(key, upload_id, len(parts) + 1, spool))
+                    spool.close()
+                    spool = _Spool()
+            if spool.size or not parts:
+                parts.append(await self._part(key, upload_id, len(parts) + 1, spool))
+        finally:
+            spool.close()
+        await self._call("complete_multipart_upload", Key=key, UploadId=upload_id,
+                         MultipartUpload={"Parts": parts})
+        return Stored(key, size, digest.hexdigest())
+
+    async def _part(self, key: str, upload_id: str, number: int,
+                    spool: _Spool) -> dict[str, Any]:
+        spool.file.seek(0)
+        result = await self._call("upload_part", Key=key, UploadId=upload_id,
+                                  PartNumber=number, Body=spool.file,
+                                  ContentLength=spool.size)
+        return {"PartNumber": number, "ETag": result["ETag"]}
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete_object", Key=key)
+
+    async def head(self, key: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("head_object", Key=key)
+        return result
+
+
+class _Spool:
+    """One part on its way to S3, in an anonymous temporary file: memory stays at one
+    network chunk, whatever the part size (botocore reads the file in small blocks)."""
+
+    def __init__(self) -> None:
+        self.file: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self.size = 0
+
+    async def write(self, chunk: bytes) -> None:
+        await asyncio.to_thread(self.file.write, chunk)
+        self.size += len(chunk)
+
+    def close(self) -> None:
+        self.file.close()

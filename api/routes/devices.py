@@ -1,0 +1,247 @@
+"""Device registry: register (with broker credentials), list, get, update, rotate,
+decommission; and each device's desired config (overrides, history, rollback)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Response, status
+from pymongo.errors import DuplicateKeyError
+
+from api import auth, config_service
+from api.config_render import check_patch, validated
+from api.deps import DEFAULT, Cursor, Db, Limit, Operator, State, Viewer
+from api.errors import Conflict, InvalidInput, NotFound, PreconditionRequired
+from api.models import (
+    ConfigChange,
+    DeviceConfigPublic,
+    DeviceCreate,
+    DeviceCredentials,
+    DevicePublic,
+    DeviceRegistered,
+    DeviceUpdate,
+    OverridesUpdate,
+    PageOf,
+    Rollback,
+    SyncPublic,
+)
+from api.pagination import Sort
+from api.state import AppState
+from api.store import audit, groups
+from api.store import devices as store
+from api.store.base import Doc
+from api.sync import sync_state
+from schemas.topics import DEVICE_ID_PATTERN, Channel, topic
+
+router = APIRouter(tags=["devices"])
+DevicePath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
+IfMatch = Annotated[str | None, Header(description="Current config version (ETag)")]
+
+
+def public(doc: Doc) -> DevicePublic:
+    sync = sync_state(doc)
+    return DevicePublic(
+        id=doc["_id"], hardware_model=doc["hardware_model"], group=doc.get("group"),
+        tags=doc.get("tags", []), created_at=doc["created_at"],
+        decommissioned_at=doc.get("decommissioned_at"), presence=doc.get("presence"),
+        state=doc.get("state"), last_seen=doc.get("last_seen"),
+        desired_config=doc.get("desired_config"),
+        sync=SyncPublic(in_sync=sync.in_sync, reason=sync.reason, error=sync.error,
+                        desired_version=sync.desired_version,
+                        applied_version=sync.applied_version))
+
+
+def parse_if_match(value: str | None, required: bool = False) -> int | None:
+    if value is None:
+        if required:
+            raise PreconditionRequired("send If-Match with the current config version")
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit() or len(text) > 12:
+        raise InvalidInput(f"If-Match: expected a version number, got {value[:40]!r}")
+    return int(text)
+
+
+async def _device(state: AppState, tenant_id: str, device_id: str) -> Doc:
+    doc = await store.get(state.db, tenant_id, device_id)
+    if doc is None:
+        raise NotFound(f"no device {device_id!r}")
+    return doc
+
+
+async def _check_group(state: AppState, tenant_id: str, group: str | None) -> None:
+    if group is not None and await groups.get(state.db, tenant_id, group) is None:
+        raise InvalidInput(f"group: no group {group!r}")
+
+
+@router.post("/devices", status_code=status.HTTP_201_CREATED)
+async def register(body: DeviceCreate, state: State, who: Operator) -> DeviceRegistered:
+    await _check_group(state, who.tenant_id, body.group)
+    check_patch(body.overrides, "overrides")
+    password = auth.new_device_password()
+    doc = {"_id": body.id, "tenant_id": who.tenant_id, "hardware_model": body.hardware_model,
+           "group": body.group, "tags": sorted(set(body.tags)), "overrides": body.overrides,
+           "created_at": datetime.now(UTC), "decommissioned_at": None, "desired_config": None,
+           "credentials": {"password_hash": auth.password_hash(password),
+                           "rotated_at": datetime.now(UTC)}}
+    config_service.plan(doc, await config_service.template_of(
+        state, who.tenant_id, body.group))  # validates before anything is written
+    try:
+        await store.insert(state.db, doc)
+    except DuplicateKeyError:
+        raise Conflict(f"device id {body.id!r} is already registered") from None
+    try:
+        await state.broker_admin.create_device(body.id, password)
+    except BaseException:
+        await store.delete(state.db, body.id)
+        raise
+    if body.group or body.overrides:
+        await config_service.change_device(state, who, doc, cause="register")
+    await audit.record(state.db, who, "device.register", f"device:{body.id}",
+                       after={"group": body.group, "tags": doc["tags"],
+                              "hardware_model": body.hardware_model})
+    fresh = await _device(state, who.tenant_id, body.id)
+    return DeviceRegistered(device=public(fresh), credentials=DeviceCredentials(
+        device_id=body.id, username=body.id, client_id=body.id, password=password))
+
+
+@router.get("/devices")
+async def list_devices(
+    db: Db, who: Viewer, limit: Limit = DEFAULT, cursor: Cursor = None,
+    online: bool | None = None,
+    group: Annotated[str | None, Query(max_length=64)] = None,
+    tag: Annotated[str | None, Query(max_length=64)] = None,
+    firmware: Annotated[str | None, Query(max_length=64)] = None,
+    hardware_model: Annotated[str | None, Query(max_length=64)] = None,
+    in_sync: bool | None = None,
+    last_seen_before: datetime | None = None,
+    last_seen_after: datetime | None = None,
+    include_decommissioned: bool = False,
+    sort: Annotated[str, Query(pattern=r"^-?[a-z_]{1,32}$")] = "id",
+) -> PageOf[DevicePublic]:
+    flt = store.DeviceFilter(online, group, tag, firmware, hardware_model, last_seen_before,
+                             last_seen_after, include_decommissioned)
+    keep = None if in_sync is None else (lambda d: sync_state(d).in_sync == in_sync)
+    page = await store.find(db, who.tenant_id, flt, Sort.parse(sort, store.SORTS), limit,
+                            cursor, keep)
+    return PageOf[DevicePublic](items=[public(d) for d in page.items],
+                                next_cursor=page.next_cursor)
+
+
+@router.get("/devices/{device_id}")
+async def get_device(device_id: DevicePath, db: Db, who: Viewer) -> DevicePublic:
+    doc = await store.get(db, who.tenant_id, device_id, live_only=False)
+    if doc is None:
+        raise NotFound(f"no device {device_id!r}")
+    return public(doc)
+
+
+@router.patch("/devices/{device_id}")
+async def update_device(device_id: DevicePath, body: DeviceUpdate, state: State,
+                        who: Operator) -> DevicePublic:
+    doc = await _device(state, who.tenant_id, device_id)
+    fields: dict[str, Any] = {}
+    if body.tags is not None:
+        fields["tags"] = sorted(set(body.tags))
+    if body.group is not None or body.clear_group:
+        await _check_group(state, who.tenant_id, body.group)
+        fields["group"] = None if body.clear_group else body.group
+    if "group" in fields:
+        await config_service.change_device(state, who, doc, cause="group", extra=fields)
+    elif fields:
+        await store.update_fields(state.db, who.tenant_id, device_id, fields)
+    await audit.record(state.db, who, "device.update", f"device:{device_id}",
+                       before={k: doc.get(k) for k in fields}, after=fields)
+    return public(await _device(state, who.tenant_id, device_id))
+
+
+@router.post("/devices/{device_id}/credentials")
+async def rotate_credentials(device_id: DevicePath, state: State,
+                             who: Operator) -> DeviceCredentials:
+    await _device(state, who.tenant_id, device_id)
+    password = auth.new_device_password()
+    await state.broker_admin.set_password(device_id, password)
+    await store.update_fields(state.db, who.tenant_id, device_id, {"credentials": {
+        "password_hash": auth.password_hash(password), "rotated_at": datetime.now(UTC)}})
+    await audit.record(state.db, who, "device.rotate_credentials", f"device:{device_id}")
+    return DeviceCredentials(device_id=device_id, username=device_id, client_id=device_id,
+                             password=password)
+
+
+@router.delete("/devices/{device_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def decommission(device_id: DevicePath, state: State, who: Operator) -> None:
+    """Revoke broker access (and disconnect), clear retained topics; keep history."""
+    await _device(state, who.tenant_id, device_id)
+    await state.broker_admin.delete_device(device_id)
+    await store.update_fields(state.db, who.tenant_id, device_id,
+                              {"decommissioned_at": datetime.now(UTC)})
+    for channel in (Channel.PRESENCE, Channel.CONFIG):
+        await state.link.publish(topic(channel, device_id), b"", qos=1, retain=True)
+    await audit.record(state.db, who, "device.decommission", f"device:{device_id}")
+
+
+# -- desired config ----------------------------------------------------------------------
+
+@router.get("/devices/{device_id}/config")
+async def get_config(device_id: DevicePath, db: Db, who: Viewer,
+                     response: Response) -> DeviceConfigPublic:
+    doc = await store.get(db, who.tenant_id, device_id)
+    pointer = (doc or {}).get("desired_config")
+    if doc is None or not pointer:
+        raise NotFound(f"no desired config for device {device_id!r}")
+    entry = await store.get_config(db, who.tenant_id, device_id, pointer["version"])
+    if entry is None:
+        raise NotFound(f"config version {pointer['version']} not in history")
+    response.headers["ETag"] = f'"{pointer["version"]}"'
+    return DeviceConfigPublic.model_validate(entry)
+
+
+@router.put("/devices/{device_id}/config/overrides")
+async def set_overrides(device_id: DevicePath, body: OverridesUpdate, state: State,
+                        who: Operator, if_match: IfMatch = None) -> ConfigChange:
+    doc = await _device(state, who.tenant_id, device_id)
+    config_service.check_if_match(doc, parse_if_match(if_match, required=True))
+    check_patch(body.overrides, "overrides")
+    change, published = await config_service.change_device(
+        state, who, doc, cause="overrides", overrides=body.overrides,
+        extra={"overrides": body.overrides})
+    await audit.record(state.db, who, "device.config.overrides", f"device:{device_id}",
+                       before=doc.get("overrides"), after=body.overrides)
+    return ConfigChange(changed=change is not None,
+                        version=change.version if change else _version(doc),
+                        published=published)
+
+
+@router.post("/devices/{device_id}/config/rollback")
+async def rollback(device_id: DevicePath, body: Rollback, state: State, who: Operator,
+                   if_match: IfMatch = None) -> ConfigChange:
+    """Make an earlier version's content desired again (as a new version)."""
+    doc = await _device(state, who.tenant_id, device_id)
+    config_service.check_if_match(doc, parse_if_match(if_match))
+    entry = await store.get_config(state.db, who.tenant_id, device_id, body.version)
+    if entry is None:
+        raise NotFound(f"config version {body.version} is not in the kept history")
+    rendered = validated(entry["config"], f"config version {body.version}")
+    change, published = await config_service.change_device(
+        state, who, doc, cause=f"rollback:{body.version}", rendered=rendered)
+    await audit.record(state.db, who, "device.config.rollback", f"device:{device_id}",
+                       before=_version(doc), after={"content_of": body.version})
+    return ConfigChange(changed=change is not None,
+                        version=change.version if change else _version(doc),
+                        published=published)
+
+
+def _version(doc: Doc) -> int | None:
+    return (doc.get("desired_config") or {}).get("version")
+
+
+@router.get("/devices/{device_id}/config/history")
+async def config_history(device_id: DevicePath, db: Db, who: Viewer, limit: Limit = DEFAULT,
+                         cursor: Cursor = None) -> PageOf[DeviceConfigPublic]:
+    if await store.get(db, who.tenant_id, device_id, live_only=False) is None:
+        raise NotFound(f"no device {device_id!r}")
+    page = await store.config_history(db, who.tenant_id, device_id, limit, cursor)
+    return PageOf[DeviceConfigPublic](
+        items=[DeviceConfigPublic.model_validate(d) for d in page.items],
+        next_cursor=page.next_cursor)

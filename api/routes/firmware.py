@@ -1,0 +1,82 @@
+"""Firmware images: create the record, stream the image to S3, list, get, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, status
+
+from api.deps import DEFAULT, Cursor, Db, Limit, Operator, State, Viewer
+from api.errors import Conflict, NotFound
+from api.models import FirmwareCreate, FirmwarePublic, PageOf
+from api.store import audit
+from api.store import firmware as store
+from api.store.base import Doc
+
+router = APIRouter(tags=["firmware"])
+FirmwareId = Annotated[str, Path(pattern=r"^[0-9a-f]{24}$")]
+
+
+def public(doc: Doc) -> FirmwarePublic:
+    return FirmwarePublic(id=doc["_id"], **{k: v for k, v in doc.items() if k != "_id"})
+
+
+@router.post("/firmware", status_code=status.HTTP_201_CREATED)
+async def create_firmware(body: FirmwareCreate, db: Db, who: Operator) -> FirmwarePublic:
+    """Step 1: the metadata. Step 2: PUT the bytes to /firmware/{id}/image."""
+    models = sorted(set(body.hardware_models))
+    if await store.duplicate_of(db, who.tenant_id, body.version, models):
+        raise Conflict(f"version {body.version} already exists for one of {models}")
+    doc = await store.create(db, who.tenant_id, body.version, models, body.release_notes)
+    await audit.record(db, who, "firmware.create", f"firmware:{doc['_id']}",
+                       after={"version": body.version, "hardware_models": models})
+    return public(doc)
+
+
+@router.put("/firmware/{firmware_id}/image", openapi_extra={"requestBody": {
+    "required": True,
+    "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}}}})
+async def upload_image(firmware_id: FirmwareId, request: Request, state: State,
+                       who: Operator) -> FirmwarePublic:
+    """Stream the image (application/octet-stream) to S3; size and sha256 on the way."""
+    doc = await store.get(state.db, who.tenant_id, firmware_id)
+    if doc is None:
+        raise NotFound(f"no firmware {firmware_id!r}")
+    if doc["status"] != "pending":
+        raise Conflict("the image was already uploaded; create a new firmware version")
+    stored = await state.firmware.upload(doc["s3_key"], request.stream())
+    updated = await store.mark_uploaded(state.db, firmware_id, stored.size, stored.sha256)
+    assert updated is not None
+    await audit.record(state.db, who, "firmware.upload", f"firmware:{firmware_id}",
+                       after={"size": stored.size, "sha256": stored.sha256})
+    return public(updated)
+
+
+@router.get("/firmware")
+async def list_firmware(db: Db, who: Viewer, limit: Limit = DEFAULT, cursor: Cursor = None,
+                        hardware_model: str | None = None) -> PageOf[FirmwarePublic]:
+    page = await store.find(db, who.tenant_id, limit, cursor, hardware_model)
+    return PageOf[FirmwarePublic](items=[public(d) for d in page.items],
+                                  next_cursor=page.next_cursor)
+
+
+@router.get("/firmware/{firmware_id}")
+async def get_firmware(firmware_id: FirmwareId, db: Db, who: Viewer) -> FirmwarePublic:
+    doc = await store.get(db, who.tenant_id, firmware_id)
+    if doc is None:
+        raise NotFound(f"no firmware {firmware_id!r}")
+    return public(doc)
+
+
+@router.delete("/firmware/{firmware_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_firmware(firmware_id: FirmwareId, state: State, who: Operator) -> None:
+    doc = await store.get(state.db, who.tenant_id, firmware_id)
+    if doc is None:
+        raise NotFound(f"no firmware {firmware_id!r}")
+    if await store.in_use(state.db, who.tenant_id, firmware_id):
+        raise Conflict("an active rollout uses this firmware")
+    await state.firmware.delete(doc["s3_key"])
+    await store.delete(state.db, who.tenant_id, firmware_id)
+    await audit.record(state.db, who, "firmware.delete", f"firmware:{firmware_id}",
+                       before={"version": doc["version"]})

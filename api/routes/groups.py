@@ -1,0 +1,107 @@
+"""Groups and their config templates; a template change re-renders every member."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Response, status
+from pymongo.errors import DuplicateKeyError
+
+from api import config_service
+from api.config_render import check_patch
+from api.config_service import Change
+from api.deps import DEFAULT, Cursor, Db, Limit, Operator, State, Viewer
+from api.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
+from api.models import GroupChange, GroupCreate, GroupPublic, PageOf, TemplateUpdate
+from api.routes.devices import parse_if_match
+from api.store import audit
+from api.store import devices as device_store
+from api.store import groups as store
+from api.store.base import Doc
+
+router = APIRouter(tags=["groups"])
+GroupPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+def public(doc: Doc) -> GroupPublic:
+    return GroupPublic.model_validate(doc)
+
+
+@router.post("/groups", status_code=status.HTTP_201_CREATED)
+async def create_group(body: GroupCreate, db: Db, who: Operator) -> GroupPublic:
+    check_patch(body.template, "template")
+    try:
+        doc = await store.create(db, who.tenant_id, body.name, body.template)
+    except DuplicateKeyError:
+        raise Conflict(f"group {body.name!r} exists") from None
+    await audit.record(db, who, "group.create", f"group:{body.name}", after=body.template)
+    return public(doc)
+
+
+@router.get("/groups")
+async def list_groups(db: Db, who: Viewer, limit: Limit = DEFAULT,
+                      cursor: Cursor = None) -> PageOf[GroupPublic]:
+    page = await store.find(db, who.tenant_id, limit, cursor)
+    return PageOf[GroupPublic](items=[public(d) for d in page.items],
+                               next_cursor=page.next_cursor)
+
+
+@router.get("/groups/{name}")
+async def get_group(name: GroupPath, db: Db, who: Viewer, response: Response) -> GroupPublic:
+    doc = await store.get(db, who.tenant_id, name)
+    if doc is None:
+        raise NotFound(f"no group {name!r}")
+    response.headers["ETag"] = f'"{doc["version"]}"'
+    return public(doc)
+
+
+@router.put("/groups/{name}/template")
+async def set_template(name: GroupPath, body: TemplateUpdate, state: State, who: Operator,
+                       if_match: Annotated[str | None, Header()] = None) -> GroupChange:
+    """Replace the template (If-Match: group version) and re-render all member devices."""
+    doc = await store.get(state.db, who.tenant_id, name)
+    if doc is None:
+        raise NotFound(f"no group {name!r}")
+    expected = parse_if_match(if_match, required=True)
+    if expected != doc["version"]:
+        raise PreconditionFailed(f"group version is {doc['version']}, If-Match said {expected}")
+    check_patch(body.template, "template")
+    members = await device_store.in_group(state.db, who.tenant_id, name)
+    changes = plan_members(members, body.template)  # all valid, or nothing is written
+    updated = await store.replace_template(state.db, who.tenant_id, name, body.template,
+                                           doc["version"])
+    if updated is None:
+        raise PreconditionFailed("the group changed meanwhile; read it and retry")
+    moved, published = await config_service.apply(state, who, changes, f"group:{name}")
+    await audit.record(state.db, who, "group.template", f"group:{name}",
+                       before=doc["template"], after=body.template)
+    return GroupChange(group=public(updated), devices_changed=len(moved),
+                       devices_published=published)
+
+
+def plan_members(members: list[Doc], template: dict[str, Any]) -> list[Change]:
+    """Every member's change; 422 naming the devices whose effective config is invalid."""
+    changes, invalid = [], []
+    for device in members:
+        try:
+            change = config_service.plan(device, template)
+        except InvalidInput as exc:
+            invalid.append(exc.detail)
+            continue
+        if change is not None:
+            changes.append(change)
+    if invalid:
+        more = f" (and {len(invalid) - 3} more)" if len(invalid) > 3 else ""
+        raise InvalidInput("template: " + "; ".join(invalid[:3]) + more)
+    return changes
+
+
+@router.delete("/groups/{name}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_group(name: GroupPath, db: Db, who: Operator) -> None:
+    if await store.get(db, who.tenant_id, name) is None:
+        raise NotFound(f"no group {name!r}")
+    members = await device_store.count_in_group(db, who.tenant_id, name)
+    if members:
+        raise Conflict(f"group {name!r} still has {members} devices")
+    await store.delete(db, who.tenant_id, name)
+    await audit.record(db, who, "group.delete", f"group:{name}")

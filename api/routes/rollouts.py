@@ -1,0 +1,167 @@
+"""Rollout definitions (schemas.rollouts); the scheduler runs them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, status
+from pydantic import BaseModel, ConfigDict
+
+from api.deps import DEFAULT, Cursor, Db, Limit, Operator, Viewer
+from api.errors import Conflict, InvalidInput, NotFound
+from api.store import audit
+from api.store import firmware as firmware_store
+from api.store import rollouts as store
+from api.store.base import Doc
+from api.waves import split
+from schemas.rollouts import RolloutSpec, RolloutStatus
+
+router = APIRouter(tags=["rollouts"])
+RolloutId = Annotated[str, Path(pattern=r"^[0-9a-f]{24}$")]
+ACTIVE = store.ACTIVE
+
+
+class RolloutPublic(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    status: RolloutStatus
+    spec: dict[str, Any]
+    progress: dict[str, Any]
+
+
+class RolloutPage(BaseModel):
+    items: list[RolloutPublic]
+    next_cursor: str | None
+
+
+class Progress(BaseModel):
+    status: RolloutStatus
+    executions: dict[str, int]
+    waves: dict[str, dict[str, int]]
+    scheduler: dict[str, Any]
+
+
+class DryRunWave(BaseModel):
+    wave: int
+    earliest_offset_minutes: float
+    device_ids: list[str]
+
+
+class DryRun(BaseModel):
+    targeted: int
+    waves: list[DryRunWave]
+
+
+SPEC_KEYS = set(RolloutSpec.model_fields)
+
+
+def public(doc: Doc) -> RolloutPublic:
+    spec = {k: v for k, v in doc.items() if k in SPEC_KEYS}
+    return RolloutPublic(id=doc["_id"], status=RolloutStatus(doc["status"]), spec=spec,
+                         progress=doc.get("progress") or {})
+
+
+async def _check_firmware(db: Db, tenant_id: str, spec: RolloutSpec) -> None:
+    fw = await firmware_store.get(db, tenant_id, spec.firmware.id)
+    if fw is None or fw["status"] != "ready":
+        raise InvalidInput(f"firmware.id: no uploaded firmware {spec.firmware.id!r}")
+    if fw["version"] != spec.firmware.version:
+        raise InvalidInput(f"firmware.version: image {spec.firmware.id} is {fw['version']}")
+
+
+async def _check_overlap(db: Db, tenant_id: str, ids: list[str]) -> None:
+    wanted = set(ids)
+    for other in await store.active(db, tenant_id):
+        spec = RolloutSpec.model_validate({k: v for k, v in other.items() if k in SPEC_KEYS})
+        overlap = wanted & set(await store.target_ids(db, tenant_id, spec.target))
+        if overlap:
+            sample = sorted(overlap)[:5]
+            raise Conflict(f"{len(overlap)} devices (e.g. {sample}) are already targeted by "
+                           f"active rollout {other['_id']}")
+
+
+@router.post("/rollouts", status_code=status.HTTP_201_CREATED)
+async def create_rollout(spec: RolloutSpec, db: Db, who: Operator) -> RolloutPublic:
+    await _check_firmware(db, who.tenant_id, spec)
+    ids = await store.target_ids(db, who.tenant_id, spec.target)
+    if not ids:
+        raise InvalidInput("target: matches no device")
+    await _check_overlap(db, who.tenant_id, ids)
+    doc = await store.create(db, who.tenant_id, spec, who.token_id)
+    await audit.record(db, who, "rollout.create", f"rollout:{doc['_id']}",
+                       after={"firmware": spec.firmware.id, "devices": len(ids)})
+    return public(doc)
+
+
+@router.post("/rollouts/dry-run")
+async def dry_run(spec: RolloutSpec, db: Db, who: Viewer) -> DryRun:
+    ids = await store.target_ids(db, who.tenant_id, spec.target)
+    waves = split(ids, spec.waves, spec.max_per_minute)
+    step = spec.success.wait if spec.waves.kind != "exponential" else timedelta(minutes=1)
+    return DryRun(targeted=len(ids), waves=[
+        DryRunWave(wave=n + 1, earliest_offset_minutes=(step * n).total_seconds() / 60,
+                   device_ids=w) for n, w in enumerate(waves)])
+
+
+@router.get("/rollouts")
+async def list_rollouts(db: Db, who: Viewer, limit: Limit = DEFAULT,
+                        cursor: Cursor = None) -> RolloutPage:
+    page = await store.find(db, who.tenant_id, limit, cursor)
+    return RolloutPage(items=[public(d) for d in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/rollouts/{rollout_id}")
+async def get_rollout(rollout_id: RolloutId, db: Db, who: Viewer) -> RolloutPublic:
+    doc = await store.get(db, who.tenant_id, rollout_id)
+    if doc is None:
+        raise NotFound(f"no rollout {rollout_id!r}")
+    return public(doc)
+
+
+@router.get("/rollouts/{rollout_id}/progress")
+async def progress(rollout_id: RolloutId, db: Db, who: Viewer) -> Progress:
+    doc = await store.get(db, who.tenant_id, rollout_id)
+    if doc is None:
+        raise NotFound(f"no rollout {rollout_id!r}")
+    counts = await store.execution_counts(db, who.tenant_id, rollout_id)
+    waves = {k.removeprefix("wave:"): dict(v) for k, v in counts.items() if k != "all"}
+    return Progress(status=RolloutStatus(doc["status"]), executions=dict(counts["all"]),
+                    waves=waves, scheduler=doc.get("progress") or {})
+
+
+_TRANSITIONS = {
+    "pause": ([RolloutStatus.RUNNING, RolloutStatus.SCHEDULED], RolloutStatus.PAUSED),
+    "resume": ([RolloutStatus.PAUSED], RolloutStatus.RUNNING),
+    "cancel": ([RolloutStatus.RUNNING, RolloutStatus.SCHEDULED, RolloutStatus.PAUSED],
+               RolloutStatus.CANCELING),
+}
+
+
+async def _transition(db: Db, who: Any, rollout_id: str, action: str) -> RolloutPublic:
+    allowed, new = _TRANSITIONS[action]
+    doc = await store.set_status(db, who.tenant_id, rollout_id, [s.value for s in allowed], new)
+    if doc is None:
+        current = await store.get(db, who.tenant_id, rollout_id)
+        if current is None:
+            raise NotFound(f"no rollout {rollout_id!r}")
+        raise Conflict(f"cannot {action} a rollout that is {current['status']}")
+    await audit.record(db, who, f"rollout.{action}", f"rollout:{rollout_id}",
+                       after={"status": new.value})
+    return public(doc)
+
+
+@router.post("/rollouts/{rollout_id}/pause")
+async def pause(rollout_id: RolloutId, db: Db, who: Operator) -> RolloutPublic:
+    return await _transition(db, who, rollout_id, "pause")
+
+
+@router.post("/rollouts/{rollout_id}/resume")
+async def resume(rollout_id: RolloutId, db: Db, who: Operator) -> RolloutPublic:
+    return await _transition(db, who, rollout_id, "resume")
+
+
+@router.post("/rollouts/{rollout_id}/cancel")
+async def cancel(rollout_id: RolloutId, db: Db, who: Operator) -> RolloutPublic:
+    return await _transition(db, who, rollout_id, "cancel")

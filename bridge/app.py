@@ -1,0 +1,123 @@
+"""Wiring: build the clients, run the bridge (or a resync), serve health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from bridge.config import BridgeSettings
+from bridge.http import health_routes, serve
+from bridge.metrics import BridgeMetrics
+from bridge.mongo_sink import KnownDevices, MongoSink
+from bridge.mqtt_source import MqttSource
+from bridge.resync import collect_retained, write_resync
+from bridge.service import Bridge, Writer
+from outpost import mongo
+from outpost.mongo import Document
+from outpost.settings import HttpSettings, MongoSettings, MqttSettings
+from schemas.topics import Channel, subscription
+
+__all__ = ["BRIDGE_CHANNELS", "Running", "Settings", "open_writer", "run_bridge", "run_resync"]
+
+BRIDGE_CHANNELS = (Channel.PRESENCE, Channel.STATE, Channel.JOB_STATUS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    mqtt: MqttSettings
+    mongo: MongoSettings
+    bridge: BridgeSettings
+    http: HttpSettings
+
+
+@contextlib.asynccontextmanager
+async def open_writer(settings: Settings, metrics: BridgeMetrics,
+                      logger: logging.Logger) -> AsyncIterator[tuple[Writer, MongoSink]]:
+    client = mongo.client(settings.mongo, serverSelectionTimeoutMS=2000)
+    try:
+        db: AsyncDatabase[Document] = client[settings.mongo.database]
+        chunk = await _chunk_size(db, logger)
+        sink = MongoSink(db, chunk=chunk, dead_letter_cap=settings.bridge.dead_letter_cap)
+        known = KnownDevices(sink.existing, unknown_ttl=settings.bridge.unknown_ttl_s)
+        yield Writer(sink, known, metrics, logger), sink
+    finally:
+        await client.close()
+
+
+async def _chunk_size(db: AsyncDatabase[Document], logger: logging.Logger) -> int:
+    """Ask the server once; while it is unreachable assume FerretDB (the smaller chunk)."""
+    try:
+        return await mongo.chunk_size(db)
+    except Exception as exc:  # noqa: BLE001 - any failure: fall back, the writes will retry
+        logger.warning("mongodb not reachable at start", extra={"error": str(exc)[:200]})
+        return mongo.FERRETDB_CHUNK
+
+
+@dataclass(frozen=True)
+class Running:
+    """Handed to ``on_started``: the bridge (for :meth:`Bridge.stop`) and its HTTP port."""
+
+    bridge: Bridge
+    http_port: int
+
+
+async def run_bridge(settings: Settings, logger: logging.Logger, *,
+                     metrics: BridgeMetrics | None = None,
+                     on_started: Callable[[Running], None] | None = None,
+                     handle_signals: bool = True) -> None:
+    """Run until SIGTERM/SIGINT (or ``bridge.stop()``): stop reading, flush, ack, leave."""
+    metrics = metrics or BridgeMetrics()
+    b = settings.bridge
+    subs = [subscription(c, b.share_group) for c in BRIDGE_CHANNELS]
+    client_id = f"{settings.mqtt.client_id_prefix}-bridge-{b.instance}"
+    async with open_writer(settings, metrics, logger) as (writer, _sink), MqttSource(
+            settings.mqtt, client_id=client_id, subscriptions=subs, logger=logger,
+            session_expiry_s=b.session_expiry_s, receive_maximum=b.receive_maximum) as source:
+        bridge = Bridge(source, writer, batch_max=b.batch_max, flush_s=b.flush_ms / 1000)
+        server = await serve(settings.http.host, settings.http.port,
+                             health_routes(metrics.registry, bridge.ready))
+        if handle_signals:
+            _on_signals(bridge.stop)
+        port = int(server.sockets[0].getsockname()[1])
+        logger.info("bridge started", extra={"client_id": client_id, "subscriptions": subs,
+                                              "http_port": port})
+        if on_started is not None:
+            on_started(Running(bridge, port))
+        try:
+            await bridge.run()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+
+def _on_signals(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop)
+
+
+async def run_resync(settings: Settings, logger: logging.Logger, *, idle_s: float = 2.0,
+                     max_s: float = 600.0, create_missing: bool = False,
+                     metrics: BridgeMetrics | None = None) -> dict[str, int]:
+    """Rebuild presence from the broker's retained ``devices/+/presence`` messages.
+
+    A plain (not shared) subscription gets every retained message; they come right after
+    the SUBACK, so the resync ends once none arrived for ``idle_s`` seconds. The writes
+    are the bridge's conditional updates: a resync never regresses newer presence.
+    """
+    metrics = metrics or BridgeMetrics()
+    client_id = f"{settings.mqtt.client_id_prefix}-resync-{secrets.token_hex(4)}"
+    async with open_writer(settings, metrics, logger) as (writer, sink), MqttSource(
+            settings.mqtt, client_id=client_id, subscriptions=[subscription(Channel.PRESENCE)],
+            logger=logger, clean_start=True, session_expiry_s=0,
+            receive_maximum=65_535) as source:
+        batch = await collect_retained(source, idle_s=idle_s, max_s=max_s)
+        return await write_resync(batch, source, writer, sink, create_missing=create_missing)

@@ -1,0 +1,35 @@
+"""Bridge settings: ``OUTPOST_BRIDGE_*`` (broker, MongoDB and HTTP come from outpost.settings)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from outpost.settings import DEV_ENV_FILE
+
+__all__ = ["BridgeSettings"]
+
+
+class BridgeSettings(BaseSettings):
+    """How one bridge instance consumes and writes.
+
+    ``instance`` makes the MQTT client id (``<prefix>-bridge-<instance>``): it must be
+    stable across restarts of one instance (its persistent session holds the messages
+    not yet acknowledged) and distinct between instances.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="OUTPOST_BRIDGE_",
+                                      env_file=(DEV_ENV_FILE, ".env"), extra="ignore")
+
+    instance: str = Field(default="0", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    share_group: str = Field(default="outpost-bridge", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    batch_max: int = Field(default=500, ge=1, le=10_000)
+    flush_ms: float = Field(default=5.0, ge=0, le=10_000)
+    receive_maximum: int = Field(default=1000, ge=1, le=65_535,
+                                 description="Unacknowledged messages the broker may send us")
+    session_expiry_s: int = Field(default=6 * 3600, ge=0)
+    dead_letter_cap: int = Field(default=100, ge=1, le=100_000,
+                                 description="Samples kept per reject reason")
+    unknown_ttl_s: float = Field(default=5.0, ge=0,
+                                 description="How long an id without a devices document "
+                                             "is remembered as unknown")

@@ -1,0 +1,176 @@
+"""The bridge loop: collect a batch, decide, write, then acknowledge.
+
+    paho thread ──call_soon_threadsafe──► queue ──► collect (≤ batch_max or flush_ms)
+        ──► decode + reject (pure) ──► known-device check ──► coalesce (pure)
+        ──► conditional bulk writes + dead letters (retried while MongoDB is away)
+        ──► ack every message of the batch, in the order received
+
+Nothing is acknowledged before the write that contains it succeeded, so a crash at any
+point loses nothing: the broker redelivers, and the conditional updates make a replay
+harmless. Rejected messages are acknowledged after their dead-letter sample is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Literal, TypeVar
+
+from bridge.batch import Plan, plan, with_known
+from bridge.inbound import Inbound
+from bridge.metrics import BridgeMetrics
+from bridge.mongo_sink import KnownDevices, MongoSink, WriteCounts
+from bridge.mqtt_source import MqttSource
+from bridge.retry import RetryPolicy, retry
+from schemas.protocol import JobStatusMessage, StateMessage
+
+__all__ = ["Bridge", "Writer"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class Writer:
+    """Decode, check, coalesce and write one batch (shared by the bridge and resync)."""
+
+    sink: MongoSink
+    known: KnownDevices
+    metrics: BridgeMetrics
+    logger: logging.Logger
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    store_ok: bool = True
+
+    async def write(self, batch: Sequence[Inbound]) -> WriteCounts:
+        decoded = plan(batch)
+        known = await self._retry(lambda: self.known.known(decoded.device_ids))
+        planned = with_known(decoded, known)
+        started = time.monotonic()
+        counts = await self._retry(lambda: self.sink.write(planned))
+        self.metrics.write_seconds.observe(time.monotonic() - started)
+        self._count(planned, counts)
+        return counts
+
+    async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
+        return await retry(call, self.policy, on_retry=self._on_retry,
+                           on_success=self._on_success)
+
+    def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
+        self.store_ok = False
+        self.metrics.store_retries.inc()
+        self.logger.warning("mongodb unavailable, retrying",
+                            extra={"attempt": attempt, "error": str(exc)[:300],
+                                   "retry_in_s": round(delay, 2)})
+
+    def _on_success(self) -> None:
+        if not self.store_ok:
+            self.logger.info("mongodb available again")
+        self.store_ok = True
+
+    def _count(self, planned: Plan, counts: WriteCounts) -> None:
+        now = datetime.now(UTC)
+        for item in planned.writes:
+            self.metrics.messages.labels(channel=item.where.channel.value).inc()
+            message = item.message
+            if isinstance(message, StateMessage | JobStatusMessage) and message.ts:
+                self.metrics.lag_seconds.observe(max(0.0, (now - message.ts).total_seconds()))
+        for rejection in planned.rejections:
+            self.metrics.rejected.labels(reason=rejection.reason.value).inc()
+            self.logger.debug("message rejected", extra={
+                "reason": rejection.reason.value, "detail": rejection.detail[:200],
+                "topic": rejection.inbound.topic[:200]})
+        if planned.rejections:
+            self.logger.info("messages rejected", extra={
+                "count": len(planned.rejections),
+                "reasons": sorted({r.reason.value for r in planned.rejections})})
+        self.metrics.db_ops.inc(counts.ops)
+        self.metrics.db_writes.inc(counts.modified)
+        self.metrics.dead_letters.inc(counts.dead_letters)
+
+
+class Bridge:
+    """One bridge instance: :meth:`run` until :meth:`stop`, then flush and ack the rest."""
+
+    def __init__(self, source: MqttSource, writer: Writer, *, batch_max: int,
+                 flush_s: float) -> None:
+        self._source = source
+        self._writer = writer
+        self._metrics = writer.metrics
+        self._log = writer.logger
+        self._batch_max = batch_max
+        self._flush_s = flush_s
+        self._in_flight = 0
+
+    def ready(self) -> bool:
+        ready = self._source.connected and self._writer.store_ok
+        self._metrics.ready.set(1 if ready else 0)
+        return ready
+
+    def stop(self) -> None:
+        """Stop reading; :meth:`run` writes and acks what it already has, then returns."""
+        self._log.info("bridge stopping")
+        self._source.close_intake()
+
+    async def run(self) -> None:
+        done = False
+        while not done:
+            batch, done = await self._collect()
+            if batch:
+                await self._handle(batch)
+        self._log.info("bridge stopped")
+
+    async def _collect(self) -> tuple[list[Inbound], bool]:
+        """Wait for one message, then take more until ``batch_max`` or ``flush_s``.
+
+        Returns the batch and whether the end marker (stop) was seen.
+        """
+        queue = self._source.messages
+        first = await queue.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        deadline = time.monotonic() + self._flush_s
+        while len(batch) < self._batch_max:
+            item = await _next(queue, deadline)
+            if item is _Empty.TOKEN:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    async def _handle(self, batch: list[Inbound]) -> None:
+        self._metrics.batch_size.observe(len(batch))
+        self._metrics.in_flight.set(len(batch) + self._source.messages.qsize())
+        await self._writer.write(batch)
+        now = time.monotonic()
+        for inbound in batch:
+            if self._source.ack(inbound):
+                self._metrics.acked.inc()
+            self._metrics.ack_delay_seconds.observe(now - inbound.received_mono)
+        self._metrics.in_flight.set(self._source.messages.qsize())
+
+
+class _Empty(Enum):
+    TOKEN = 0
+
+
+async def _next(queue: asyncio.Queue[Inbound | None],
+                deadline: float) -> Inbound | Literal[_Empty.TOKEN] | None:
+    """The next queue item, or ``_Empty.TOKEN`` if none came before ``deadline``."""
+    try:
+        return queue.get_nowait()
+    except asyncio.QueueEmpty:
+        pass
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return _Empty.TOKEN
+    try:
+        async with asyncio.timeout(remaining):
+            return await queue.get()
+    except TimeoutError:
+        return _Empty.TOKEN

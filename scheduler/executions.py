@@ -1,0 +1,130 @@
+"""State of one device's execution, decided from what the bridge recorded. Pure.
+
+    queued ──sent + any report──► in_progress ──device succeeded + back online on the
+      ▲  │                           │            new version within the grace period──► succeeded
+      │  └─no report in time──►      ├─failed / rejected report──► failed / rejected
+      │        timed_out             ├─no final report within in_progress_timeout──► timed_out
+      │                              └─succeeded but not back in time──► failed
+      └── retry (attempt + 1, fresh URL) while the failure type has retries left
+
+The in-progress timeout runs from ``sent_at``: a device that got the command and never
+answered times out too. A report belongs to the current attempt only if its ordering key
+is newer than ``stale_k`` (the key of the last report seen when the previous attempt was
+retried), since status messages carry the job id but not the attempt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from schemas.protocol import JobState
+from schemas.rollouts import ExecutionStatus, RolloutSpec
+
+__all__ = ["DeviceView", "ExecutionView", "Transition", "backoff", "decide", "retry_or_final"]
+
+_REPORT_TO_FINAL = {JobState.FAILED: ExecutionStatus.FAILED,
+                    JobState.REJECTED: ExecutionStatus.REJECTED}
+
+
+@dataclass(frozen=True)
+class Report:
+    status: JobState
+    k: str
+    updated_at: datetime
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ExecutionView:
+    id: str
+    status: ExecutionStatus
+    attempt: int
+    sent_at: datetime | None
+    report: Report | None
+    stale_k: str = ""
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ExecutionView:
+        raw = doc.get("report") or None
+        report = None
+        if raw and raw.get("status") in JobState.__members__.values():
+            report = Report(JobState(raw["status"]), str(raw.get("k", "")),
+                            raw.get("updated_at") or doc.get("sent_at") or doc["created_at"],
+                            raw.get("reason"))
+        return cls(doc["_id"], ExecutionStatus(doc["status"]), int(doc.get("attempt", 1)),
+                   doc.get("sent_at"), report, str(doc.get("stale_k", "")))
+
+    @property
+    def current_report(self) -> Report | None:
+        """The report, if it belongs to the current attempt."""
+        if self.report is None or self.report.k <= self.stale_k:
+            return None
+        return self.report
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    online: bool
+    firmware: str | None
+
+
+@dataclass(frozen=True)
+class Transition:
+    status: ExecutionStatus
+    reason: str
+    retry: bool = False  # back to queued with attempt + 1
+
+    @property
+    def final(self) -> bool:
+        return self.status.terminal and not self.retry
+
+
+def _grace(spec: RolloutSpec, report: Report, device: DeviceView | None,
+           now: datetime) -> Transition | None:
+    if device and device.online and device.firmware == spec.firmware.version:
+        return Transition(ExecutionStatus.SUCCEEDED, "back online on the new version")
+    if now - report.updated_at > spec.grace_period:
+        return Transition(ExecutionStatus.FAILED, "not back online on the new version "
+                          f"within {spec.grace_period}")
+    return None
+
+
+def _raw(spec: RolloutSpec, ex: ExecutionView, device: DeviceView | None,
+         now: datetime) -> Transition | None:
+    if ex.status.terminal or ex.sent_at is None:
+        return None
+    report = ex.current_report
+    if report is not None and report.status is JobState.SUCCEEDED:
+        return _grace(spec, report, device, now)
+    if report is not None and report.status in _REPORT_TO_FINAL:
+        return Transition(_REPORT_TO_FINAL[report.status], report.reason or "device reported")
+    if now - ex.sent_at > spec.in_progress_timeout:
+        return Transition(ExecutionStatus.TIMED_OUT, f"no result within "
+                          f"{spec.in_progress_timeout}")
+    if report is not None and ex.status is ExecutionStatus.QUEUED:
+        return Transition(ExecutionStatus.IN_PROGRESS, report.status.value)
+    return None
+
+
+def retry_or_final(spec: RolloutSpec, attempt: int, t: Transition) -> Transition:
+    """Turn a failure into a retry while its failure type has retries left."""
+    if t.status in (ExecutionStatus.FAILED, ExecutionStatus.REJECTED,
+                    ExecutionStatus.TIMED_OUT) and attempt <= spec.retries_for(t.status):
+        return Transition(t.status, t.reason, retry=True)
+    return t
+
+
+def decide(spec: RolloutSpec, ex: ExecutionView, device: DeviceView | None,
+           now: datetime) -> Transition | None:
+    """The change to apply to this execution now, or None."""
+    t = _raw(spec, ex, device, now)
+    return None if t is None else retry_or_final(spec, ex.attempt, t)
+
+
+def backoff(tries: int, base: timedelta = timedelta(seconds=5),
+            cap: timedelta = timedelta(minutes=2)) -> timedelta:
+    """Wait before checking an offline device again (or retrying): doubling, capped."""
+    wait: timedelta = base * 2 ** min(tries, 16)
+    return min(cap, wait)

@@ -1,0 +1,95 @@
+"""Transport edges of the rollout executor: presigned S3 URLs and MQTT publishes.
+
+- :class:`Presigner` signs a GET URL for a firmware object at send time (boto3's
+  ``generate_presigned_url``: local HMAC work, no request to S3). URLs are never stored;
+  a retry or resume signs a new one.
+- :class:`CommandSink` is the one abstract boundary to the broker; :class:`MqttSink`
+  publishes with QoS 1 and an MQTT v5 Message Expiry Interval and returns once the
+  broker's PUBACK arrived. paho/aiomqtt errors become :class:`PublishError`, botocore
+  errors :class:`PresignError`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiomqtt
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from outpost.settings import S3Settings
+from scheduler.errors import PresignError, PublishError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = ["CommandSink", "MqttSink", "Outgoing", "Presigner", "s3_client"]
+
+
+def s3_client(settings: S3Settings) -> S3Client:
+    import boto3
+
+    return boto3.client(
+        "s3", endpoint_url=settings.endpoint_url, region_name=settings.region,
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key.get_secret_value(),
+        config=BotoConfig(signature_version="s3v4", s3={"addressing_style": "path"},
+                          retries={"max_attempts": 3}, connect_timeout=2, read_timeout=10),
+    )
+
+
+class Presigner:
+    def __init__(self, client: S3Client, bucket: str) -> None:
+        self._client = client
+        self._bucket = bucket
+
+    def get_url(self, key: str, seconds: int) -> str:
+        """A GET URL for ``key`` valid for ``seconds`` from now."""
+        try:
+            return self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=seconds)
+        except (BotoCoreError, ClientError) as exc:
+            raise PresignError(f"presign {key}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+    expiry_s: int
+
+
+class CommandSink(abc.ABC):
+    """Where job commands go. ``publish_all`` returns once the broker took every one."""
+
+    @abc.abstractmethod
+    async def publish_all(self, messages: Sequence[Outgoing]) -> None: ...
+
+
+class MqttSink(CommandSink):
+    """QoS 1 publishes on an open :class:`aiomqtt.Client` (which it does not close)."""
+
+    def __init__(self, client: aiomqtt.Client, timeout: float = 10.0) -> None:
+        self._client = client
+        self._timeout = timeout
+
+    async def publish_all(self, messages: Sequence[Outgoing]) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                for message in messages:
+                    group.create_task(self._one(message), name=f"publish {message.topic}")
+        except* (aiomqtt.MqttError, TimeoutError) as errors:
+            raise PublishError(f"{len(errors.exceptions)} publishes failed: "
+                               f"{errors.exceptions[0]}") from None
+
+    async def _one(self, message: Outgoing) -> None:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.MessageExpiryInterval = max(1, message.expiry_s)
+        await self._client.publish(message.topic, message.payload, qos=1,
+                                   properties=props, timeout=self._timeout)

@@ -1,0 +1,354 @@
+"""Rollout definitions: the shared core the api stores and the scheduler runs.
+
+A rollout upgrades a target set of devices to one firmware image, wave after wave,
+inside its maintenance windows. The api splits these into Create/Update/Public bodies;
+this module holds only what both sides must agree on. All models are frozen.
+
+Mongo layout (collection ``rollouts``, ``_id`` = the job id, matching
+:data:`schemas.topics.JOB_ID_PATTERN`): the fields of :class:`RolloutSpec` plus
+``tenant_id``, ``status`` (:class:`RolloutStatus`) and the scheduler-owned ``progress``
+(:class:`RolloutProgress`). The api writes ``status`` only to request pause
+(``paused``), resume (``running``) or cancel (``canceling``); the scheduler acts on it at
+its next tick.
+
+Waves (``waves``), one of:
+
+- :class:`FixedWaves`: ``size`` devices per wave;
+- :class:`PercentWaves`: ``percent`` of the current eligible target per wave;
+- :class:`ExponentialRate`: as AWS IoT Jobs' exponential rollout, a rate of
+  ``base_rate_per_minute`` devices per minute, multiplied by ``increment_factor`` each
+  time ``notified_devices`` more devices were notified (or ``succeeded_devices`` more
+  succeeded) since the last increase. Each minute of sending is one wave.
+
+Every kind is capped by ``max_per_minute``. A wave (fixed/percentage) starts only once
+the previous one met ``success``; otherwise the rollout pauses or aborts
+(``success.on_miss``).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, time, timedelta
+from enum import StrEnum
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from schemas.topics import DEVICE_ID_PATTERN
+
+__all__ = [
+    "AbortCriterion",
+    "EndBehavior",
+    "ExecutionStatus",
+    "ExponentialRate",
+    "FailureType",
+    "FirmwareTarget",
+    "FixedWaves",
+    "MaintenanceWindow",
+    "MissAction",
+    "PercentWaves",
+    "RetryPolicy",
+    "RolloutProgress",
+    "RolloutSchedule",
+    "RolloutSpec",
+    "RolloutStatus",
+    "SuccessCondition",
+    "Target",
+    "WavePlan",
+    "Weekday",
+]
+
+_Frozen = ConfigDict(frozen=True, extra="forbid")
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
+class RolloutStatus(StrEnum):
+    """Lifecycle of a rollout. ``paused`` and ``canceling`` may be requested by the api."""
+
+    SCHEDULED = "scheduled"   # created, start time not reached yet
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELING = "canceling"   # requested; the scheduler cancels what has not started
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    CANCELED = "canceled"
+
+    @property
+    def active(self) -> bool:
+        """Still holds its devices (one active rollout per device)."""
+        return self in (RolloutStatus.SCHEDULED, RolloutStatus.RUNNING, RolloutStatus.PAUSED,
+                        RolloutStatus.CANCELING)
+
+    @property
+    def final(self) -> bool:
+        return not self.active
+
+
+class ExecutionStatus(StrEnum):
+    """One device's execution of a rollout's job, as the scheduler sees it.
+
+    ``in_progress`` lasts until the device is back online on the new version (the
+    post-upgrade grace check), not just until it reports ``succeeded``.
+    """
+
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (ExecutionStatus.QUEUED, ExecutionStatus.IN_PROGRESS)
+
+
+class FailureType(StrEnum):
+    """Which failures an abort criterion or a retry policy counts."""
+
+    FAILED = "failed"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+    ALL = "all"
+
+    def matches(self, status: ExecutionStatus) -> bool:
+        if self is FailureType.ALL:
+            return status in (ExecutionStatus.FAILED, ExecutionStatus.REJECTED,
+                              ExecutionStatus.TIMED_OUT)
+        return status.value == self.value
+
+
+class MissAction(StrEnum):
+    PAUSE = "pause"
+    ABORT = "abort"
+
+
+class EndBehavior(StrEnum):
+    STOP = "stop"        # send nothing more; executions already sent run to their end
+    CANCEL = "cancel"    # also cancel executions not started (queued, not sent)
+
+
+class Weekday(StrEnum):
+    MON = "mon"
+    TUE = "tue"
+    WED = "wed"
+    THU = "thu"
+    FRI = "fri"
+    SAT = "sat"
+    SUN = "sun"
+
+    @property
+    def number(self) -> int:
+        """Python's ``date.weekday()`` number (Monday = 0)."""
+        return list(Weekday).index(self)
+
+
+class FirmwareTarget(BaseModel):
+    """The firmware image to install: the ``firmware`` document's id and its version."""
+
+    model_config = _Frozen
+
+    id: Name
+    version: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class Target(BaseModel):
+    """Which devices: every given criterion must hold (tags: all listed tags)."""
+
+    model_config = _Frozen
+
+    group: Name | None = None
+    tags: frozenset[Name] = frozenset()
+    device_ids: frozenset[DeviceId] = Field(default=frozenset(), max_length=100_000)
+    hardware_model: Name | None = None
+
+    @model_validator(mode="after")
+    def _not_everything(self) -> Target:
+        if not (self.group or self.tags or self.device_ids or self.hardware_model):
+            raise ValueError("a target needs a group, tags, device ids or a hardware model")
+        return self
+
+
+class FixedWaves(BaseModel):
+    model_config = _Frozen
+
+    kind: Literal["fixed"] = "fixed"
+    size: int = Field(ge=1, le=100_000)
+
+
+class PercentWaves(BaseModel):
+    model_config = _Frozen
+
+    kind: Literal["percentage"] = "percentage"
+    percent: float = Field(gt=0, le=100)
+
+
+class ExponentialRate(BaseModel):
+    """AWS IoT Jobs' exponential rollout; exactly one increase criterion is set."""
+
+    model_config = _Frozen
+
+    kind: Literal["exponential"] = "exponential"
+    base_rate_per_minute: int = Field(ge=1, le=100_000)
+    increment_factor: float = Field(ge=1.1, le=5)
+    notified_devices: int | None = Field(default=None, ge=1)
+    succeeded_devices: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_criterion(self) -> ExponentialRate:
+        if (self.notified_devices is None) == (self.succeeded_devices is None):
+            raise ValueError("set exactly one of notified_devices or succeeded_devices")
+        return self
+
+
+WavePlan = Annotated[FixedWaves | PercentWaves | ExponentialRate, Field(discriminator="kind")]
+
+
+class SuccessCondition(BaseModel):
+    """When the next wave may start: ``min_success_percent`` of the wave succeeded.
+
+    Evaluated once every execution of the wave is final, or ``wait`` after the wave
+    started, whichever comes first; short of it, ``on_miss`` pauses or aborts.
+    """
+
+    model_config = _Frozen
+
+    min_success_percent: Percent = 100
+    wait: timedelta = Field(default=timedelta(hours=1), ge=timedelta(seconds=1))
+    on_miss: MissAction = MissAction.PAUSE
+
+
+class AbortCriterion(BaseModel):
+    """Abort once, over at least ``min_finished`` finished executions, the share of
+    ``failure_type`` exceeds ``threshold_percent``."""
+
+    model_config = _Frozen
+
+    failure_type: FailureType
+    threshold_percent: float = Field(gt=0, le=100)
+    min_finished: int = Field(default=10, ge=1)
+
+
+class RetryPolicy(BaseModel):
+    """Retry executions that ended in ``failure_type`` up to ``max_retries`` times."""
+
+    model_config = _Frozen
+
+    failure_type: FailureType
+    max_retries: int = Field(ge=0, le=10)
+
+
+class MaintenanceWindow(BaseModel):
+    """Recurring local-time window: on ``days``, from ``start`` to ``end`` in ``timezone``.
+
+    ``end <= start`` means the window crosses midnight (it belongs to the day it starts;
+    ``end == start`` is a 24-hour window). As in RFC 5545, a local time that does not
+    exist (spring forward) is read with the offset before the gap, i.e. moved forward by
+    the gap's length; an ambiguous one (fall back) is its first occurrence. See
+    :mod:`scheduler.windows`.
+    """
+
+    model_config = _Frozen
+
+    days: frozenset[Weekday] = frozenset(Weekday)
+    start: time
+    end: time
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_+\-/]{1,64}", value):
+            raise ValueError(f"not an IANA time zone: {value!r}")
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _naive(cls, value: time) -> time:
+        if value.tzinfo is not None:
+            raise ValueError("give a local time without offset; the zone is `timezone`")
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _some_day(cls, value: frozenset[Weekday]) -> frozenset[Weekday]:
+        if not value:
+            raise ValueError("a window needs at least one day")
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class RolloutSchedule(BaseModel):
+    """When commands may be sent: between start and end, inside any window (if any)."""
+
+    model_config = _Frozen
+
+    start_at: AwareDatetime | None = None
+    end_at: AwareDatetime | None = None
+    end_behavior: EndBehavior = EndBehavior.STOP
+    windows: tuple[MaintenanceWindow, ...] = Field(default=(), max_length=32)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RolloutSchedule:
+        if self.start_at and self.end_at and self.end_at <= self.start_at:
+            raise ValueError("end_at must be after start_at")
+        return self
+
+
+class RolloutSpec(BaseModel):
+    """What an admin decides: what, to whom, how fast, when, and when to give up."""
+
+    model_config = _Frozen
+
+    firmware: FirmwareTarget
+    target: Target
+    waves: WavePlan
+    success: SuccessCondition = SuccessCondition()
+    abort: tuple[AbortCriterion, ...] = Field(default=(), max_length=4)
+    retries: tuple[RetryPolicy, ...] = Field(default=(), max_length=4)
+    in_progress_timeout: timedelta = Field(default=timedelta(minutes=30),
+                                           ge=timedelta(seconds=1), le=timedelta(days=7))
+    grace_period: timedelta = Field(default=timedelta(minutes=10),
+                                    ge=timedelta(0), le=timedelta(days=1))
+    max_per_minute: int = Field(default=1000, ge=1, le=100_000)
+    schedule: RolloutSchedule = RolloutSchedule()
+
+    def retries_for(self, status: ExecutionStatus) -> int:
+        """How many retries a failure of ``status`` gets (the most generous policy)."""
+        return max((p.max_retries for p in self.retries if p.failure_type.matches(status)),
+                   default=0)
+
+
+class RolloutProgress(BaseModel):
+    """Scheduler-owned progress of a rollout (``rollouts.progress``)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    wave: int = Field(default=0, ge=0, description="Number of the current wave (0 = none yet)")
+    wave_started_at: datetime | None = None
+    rate_per_minute: float | None = Field(default=None, description="Exponential: current rate")
+    rate_base_count: int = Field(default=0, description="Exponential: count at last increase")
+    minute_started_at: datetime | None = None
+    sent_this_minute: int = 0
+    reason: str | None = Field(default=None, description="Why paused/aborted/finished")
+    accepted_wave: int = Field(default=0, description="A missed wave the admin resumed past")
+    fence: int = Field(default=0, description="Lease token of the last writer")

@@ -1,0 +1,80 @@
+"""The api in-process against the session's real broker, database and S3.
+
+Each test gets its own database; the lifespan runs (so the api connects to the real
+broker) and requests go through ``httpx.ASGITransport``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import Settings, create_app
+from api.auth import Role, new_token
+from api.settings import ApiSettings
+from api.state import AppState
+from api.store import tenants
+from outpost.settings import MongoSettings, MqttSettings, S3Settings
+
+pytestmark = pytest.mark.integration
+
+
+def api_settings(broker: Any, mongo: Any, s3: Any, database: str, **api: Any) -> Settings:
+    return Settings(
+        mqtt=MqttSettings(url=broker.url, username=broker.backend_username,
+                          password=broker.backend_password),
+        mongo=MongoSettings(url=mongo.url, database=database),
+        s3=S3Settings(endpoint_url=s3.url, bucket=s3.bucket, access_key_id=s3.access_key,
+                      secret_access_key=s3.secret_key),
+        api=ApiSettings(**api))
+
+
+@dataclass
+class Api:
+    app: Any
+    state: AppState
+
+    def client(self, token: str | None = None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        transport = httpx.ASGITransport(app=self._with_state)
+        return httpx.AsyncClient(transport=transport, base_url="http://api", headers=headers,
+                                 timeout=30)
+
+    async def _with_state(self, scope: Any, receive: Any, send: Any) -> None:
+        scope["state"] = {"app": self.state}
+        await self.app(scope, receive, send)
+
+    async def token(self, tenant_id: str, role: Role) -> str:
+        if await tenants.get_tenant(self.state.db, tenant_id) is None:
+            await tenants.create_tenant(self.state.db, tenant_id, tenant_id)
+        token = new_token()
+        await tenants.create_token(self.state.db, token, tenant_id, role, role.value, None)
+        return token.secret
+
+
+async def wait_for(condition: Callable[[], Any], timeout: float = 10.0,
+                   what: str = "condition") -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def api(broker: Any, mongo: Any, s3: Any) -> AsyncIterator[Api]:
+    database = f"api_{secrets.token_hex(5)}"
+    app = create_app(api_settings(broker, mongo, s3, database))
+    async with app.router.lifespan_context(app) as state:
+        handle = Api(app, state["app"])
+        async with asyncio.timeout(10):
+            while not handle.state.link.connected:
+                await asyncio.sleep(0.02)
+        try:
+            yield handle
+        finally:
+            await handle.state.db.client.drop_database(database)

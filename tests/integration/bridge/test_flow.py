@@ -1,0 +1,107 @@
+"""The bridge in-process against the real broker and database: what lands where."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from schemas.documents import DEAD_LETTERS, DEVICES, JOB_EXECUTIONS
+
+from .helpers import (
+    Publisher,
+    RawDevice,
+    eventually,
+    http_get,
+    presence_payload,
+    running_bridge,
+    settings,
+    state_payload,
+)
+
+pytestmark = pytest.mark.integration
+
+
+async def _devices(db, ids):
+    await db[DEVICES].insert_many([{"_id": i, "tenant_id": "t1"} for i in ids])
+
+
+async def test_state_presence_and_job_land_newest_wins_and_repeats_write_nothing(
+        broker, mongo, mongo_db, unique):
+    dev, ghost = f"d{unique}-a", f"d{unique}-ghost"
+    await _devices(mongo_db, [dev])
+    await mongo_db[JOB_EXECUTIONS].insert_one({"_id": f"j1:{dev}", "status": "in_progress"})
+    pub = Publisher(broker, f"p{unique}")
+    try:
+        async with running_bridge(settings(broker, mongo.url, mongo_db.name, unique)) as (
+                running, metrics):
+            pub.publish(f"devices/{dev}/state", state_payload(dev, 1, 5, n=5))
+            pub.publish(f"devices/{dev}/state", state_payload(dev, 1, 3, n=3))  # older: ignored
+            pub.publish(f"devices/{dev}/presence", presence_payload(dev, 1, 1, "online"))
+            pub.publish(f"devices/{dev}/jobs/j1/status", json.dumps({
+                "v": 1, "device_id": dev, "job_id": "j1", "key": {"session": 1, "seq": 6},
+                "status": "downloading", "progress": 40}).encode())
+            pub.publish(f"devices/{ghost}/state", state_payload(ghost, 1, 1))
+            await pub.flushed(10)
+
+            async def stored() -> bool:
+                doc = await mongo_db[DEVICES].find_one({"_id": dev})
+                job = await mongo_db[JOB_EXECUTIONS].find_one({"_id": f"j1:{dev}"})
+                return bool(doc and "state" in doc and "presence" in doc
+                            and job and "report" in job
+                            and metrics.value("outpost_bridge_rejected_total",
+                                              reason="unknown_device") == 1)
+            await eventually(stored, within=15, what="writes")
+            doc = await mongo_db[DEVICES].find_one({"_id": dev})
+            assert doc["state"]["counters"] == {"n": 5}
+            assert doc["presence"]["status"] == "online"
+            assert doc["tenant_id"] == "t1"  # api fields untouched
+            job = await mongo_db[JOB_EXECUTIONS].find_one({"_id": f"j1:{dev}"})
+            assert job["report"]["status"] == "downloading"
+            assert job["report"]["progress"] == 40
+            assert job["status"] == "in_progress"
+            assert await mongo_db[DEVICES].find_one({"_id": ghost}) is None
+
+            # out of order across batches: an older message after a newer one
+            writes = metrics.value("outpost_bridge_db_writes_total")
+            pub.publish(f"devices/{dev}/state", state_payload(dev, 1, 4, n=4))
+            # a repeat of identical content (newer key, new uptime) writes nothing
+            pub.publish(f"devices/{dev}/state", state_payload(dev, 1, 7, n=5, uptime_s=99))
+            await pub.flushed(10)
+            await eventually(lambda: _acked(metrics, 7), within=10, what="acks")
+            assert metrics.value("outpost_bridge_db_writes_total") == writes
+            doc = await mongo_db[DEVICES].find_one({"_id": dev})
+            assert doc["state"]["counters"] == {"n": 5}
+            assert doc["state"]["k"] == "00000000000001.00000000000005"
+
+            status, _ = await asyncio.to_thread(http_get, running.http_port, "/readyz")
+            assert status == 200
+    finally:
+        pub.close()
+
+
+async def _acked(metrics, n: int) -> bool:
+    return metrics.value("outpost_bridge_acked_total") >= n
+
+
+async def test_last_will_marks_offline_and_reconnect_online(broker, mongo, mongo_db, unique):
+    dev = f"d{unique}-will"
+    await _devices(mongo_db, [dev])
+    async with running_bridge(settings(broker, mongo.url, mongo_db.name, unique)):
+        device = RawDevice(broker, dev, session=1)
+        await device.connect()
+
+        async def status(expected: str):
+            doc = await mongo_db[DEVICES].find_one({"_id": dev})
+            return bool(doc and doc.get("presence", {}).get("status") == expected)
+
+        await eventually(lambda: status("online"), within=10, what="online")
+        device.drop()
+        await eventually(lambda: status("offline"), within=10, what="offline from will")
+        doc = await mongo_db[DEVICES].find_one({"_id": dev})
+        assert doc["presence"]["reason"] == "connection_lost"
+        again = RawDevice(broker, dev, session=2)
+        await again.connect()
+        await eventually(lambda: status("online"), within=10, what="online again")
+        await again.close()

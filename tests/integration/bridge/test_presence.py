@@ -1,0 +1,136 @@
+"""Idle fleets, resync from retained presence, and MongoDB going away."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from bridge.app import run_resync
+from deploy.local import MongoServer, free_port
+from schemas.documents import DEVICES
+
+from .helpers import (
+    LOG,
+    Publisher,
+    RawDevice,
+    eventually,
+    http_get,
+    presence_payload,
+    running_bridge,
+    settings,
+    state_payload,
+)
+
+pytestmark = pytest.mark.integration
+
+
+async def _online(db, ids, status="online") -> bool:
+    return await db[DEVICES].count_documents({"presence.status": status}) == len(ids)
+
+
+async def test_idle_fleet_causes_zero_database_writes(broker, mongo, mongo_db, unique):
+    ids = [f"d{unique}-{i}" for i in range(50)]
+    await mongo_db[DEVICES].insert_many([{"_id": i} for i in ids])
+    fleet = [RawDevice(broker, i, session=1, keepalive=2) for i in ids]
+    async with running_bridge(settings(broker, mongo.url, mongo_db.name, unique)) as (
+            _, metrics):
+        await asyncio.gather(*(d.connect() for d in fleet))
+        await eventually(lambda: _online(mongo_db, ids), within=20, what="fleet online")
+        await eventually(lambda: _acked(metrics, 50), within=10, what="acks")
+        ops = metrics.value("outpost_bridge_db_ops_total")
+        writes = metrics.value("outpost_bridge_db_writes_total")
+        # an observation window, not a wait for a delivery: nothing must happen in it
+        window_end = time.monotonic() + 5
+        while time.monotonic() < window_end:
+            await asyncio.sleep(0.5)
+        assert all(d.pings >= 1 for d in fleet), "devices did not keep alive"
+        assert metrics.value("outpost_bridge_db_ops_total") == ops
+        assert metrics.value("outpost_bridge_db_writes_total") == writes == 50
+        await asyncio.gather(*(d.close() for d in fleet))
+
+
+async def _acked(metrics, n: int) -> bool:
+    return metrics.value("outpost_bridge_acked_total") >= n
+
+
+async def test_resync_rebuilds_presence_after_the_collection_was_dropped(
+        broker, mongo, mongo_db, unique):
+    ids = [f"d{unique}-{i:03}" for i in range(300)]
+    pub = Publisher(broker, f"p{unique}")
+    try:
+        for n, dev in enumerate(ids):  # retained presence: even online, odd offline
+            status = "online" if n % 2 == 0 else "offline"
+            pub.publish(f"devices/{dev}/presence", presence_payload(dev, 3, 1, status),
+                        retain=True)
+        await pub.flushed(20)
+        await mongo_db[DEVICES].insert_many([{"_id": i} for i in ids])
+        await mongo_db.drop_collection(DEVICES)
+        cfg = settings(broker, mongo.url, mongo_db.name, unique)
+        result = await run_resync(cfg, LOG, idle_s=1.0, create_missing=True)
+        assert result["created"] >= 300  # the broker also retains other tests' devices
+        docs = {d["_id"]: d for d in await mongo_db[DEVICES].find(
+            {"_id": {"$in": ids}}).to_list()}
+        assert len(docs) == 300
+        for n, dev in enumerate(ids):
+            assert docs[dev]["presence"]["status"] == ("online" if n % 2 == 0 else "offline")
+
+        # newer stored presence is never regressed by a resync
+        await mongo_db[DEVICES].update_one(
+            {"_id": ids[0]}, {"$set": {"presence.status": "offline",
+                                       "presence.k": "00000000000004.00000000000001"}})
+        await run_resync(cfg, LOG, idle_s=1.0)
+        doc = await mongo_db[DEVICES].find_one({"_id": ids[0]})
+        assert doc["presence"]["status"] == "offline"
+    finally:
+        for dev in ids:  # clear retained messages: other tests resync the same broker
+            pub.publish(f"devices/{dev}/presence", b"", retain=True)
+        await pub.flushed(20)
+        pub.close()
+
+
+async def test_mongodb_outage_keeps_messages_unacked_then_catches_up(
+        broker, servers_root, unique):
+    server = MongoServer(servers_root / f"mongo-{unique}", free_port())
+    server.start()
+    client: AsyncMongoClient[dict] = AsyncMongoClient(server.url)
+    db = client[f"t{unique}"]
+    ids = [f"d{unique}-{i}" for i in range(30)]
+    await db[DEVICES].insert_many([{"_id": i} for i in ids])
+    pub = Publisher(broker, f"p{unique}")
+    cfg = settings(broker, server.url, db.name, unique)
+    try:
+        async with running_bridge(cfg) as (running, metrics):
+            for dev in ids:
+                pub.publish(f"devices/{dev}/state", state_payload(dev, 1, 1, n=1))
+            await pub.flushed(10)
+            await eventually(lambda: _acked(metrics, 30), within=15, what="first acks")
+            server.stop()  # returns once the process is gone: nothing can be written now
+            acked = metrics.value("outpost_bridge_acked_total")
+            for dev in ids:
+                pub.publish(f"devices/{dev}/state", state_payload(dev, 1, 2, n=2))
+            await pub.flushed(10)
+
+            async def not_ready() -> bool:
+                status, _ = await asyncio.to_thread(http_get, running.http_port, "/readyz")
+                return status == 503
+            await eventually(not_ready, within=20, what="/readyz 503")
+            # (other tests' traffic reaches this bridge too: compare, do not count)
+            assert metrics.value("outpost_bridge_acked_total") == acked
+            assert metrics.value("outpost_bridge_store_retries_total") >= 1
+            server.start()
+
+            async def caught_up() -> bool:
+                return await db[DEVICES].count_documents({"state.counters.n": 2}) == 30
+            await eventually(caught_up, within=60, what="catch-up")
+            await eventually(lambda: _acked(metrics, acked + 30), within=10,
+                             what="acks after outage")
+            status, _ = await asyncio.to_thread(http_get, running.http_port, "/readyz")
+            assert status == 200
+    finally:
+        pub.close()
+        await client.close()
+        server.stop()  # its data lives under servers_root, removed with it

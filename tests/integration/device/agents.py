@@ -1,0 +1,63 @@
+"""Run reference agents for tests: in a thread (in-process) or as a killable subprocess."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploy.local import Mosquitto
+from device.agent import Agent, AgentConfig
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def agent_config(broker: Mosquitto, device_id: str, state_file: Path,
+                 **overrides: Any) -> AgentConfig:
+    base: dict[str, Any] = {"state_interval": 60.0, "backoff_base": 0.2, "backoff_cap": 1.0}
+    return AgentConfig(device_id=device_id, host="127.0.0.1", port=broker.port,
+                       username=broker.backend_username, password=broker.backend_password,
+                       state_file=state_file, **(base | overrides))
+
+
+@dataclass
+class ThreadAgent:
+    agent: Agent
+    stop: threading.Event
+    thread: threading.Thread
+
+    def close(self, timeout: float = 15.0) -> None:
+        self.stop.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "agent did not stop"
+
+
+def start_thread_agent(config: AgentConfig, **kwargs: Any) -> ThreadAgent:
+    agent = Agent(config, logging.getLogger(f"test.agent.{config.device_id}"), **kwargs)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), name=config.device_id,
+                              daemon=True)
+    thread.start()
+    return ThreadAgent(agent, stop, thread)
+
+
+def start_process_agent(broker: Mosquitto, device_id: str, state_file: Path,
+                        *extra: str) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "device.agent", "--device-id", device_id,
+            "--url", broker.url, "--username", broker.backend_username,
+            "--state-file", str(state_file), "--backoff-cap", "1", *extra]
+    env = {**os.environ, "OUTPOST_DEVICE_PASSWORD": broker.backend_password,
+           "PYTHONPATH": str(REPO)}
+    log = (state_file.parent / f"{device_id}.log").open("ab")
+    return subprocess.Popen(argv, cwd=state_file.parent, env=env, stdout=log, stderr=log)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)

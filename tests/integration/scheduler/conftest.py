@@ -1,0 +1,126 @@
+"""Shared set-up of the scheduler's integration tests: seed data and wire an executor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiomqtt
+import pytest
+from pymongo import AsyncMongoClient
+
+from outpost.mongo import bulk_write, chunk_size
+from scheduler.claims import Claims
+from scheduler.executor import ExecutorConfig, RolloutExecutor
+from scheduler.metrics import SchedulerMetrics
+from scheduler.publisher import MqttSink, Presigner
+from scheduler.store import RolloutStore
+
+LOG = logging.getLogger("test.scheduler")
+
+
+def device_ids(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}-{i:04d}" for i in range(n)]
+
+
+async def seed_devices(db, ids: list[str], *, tenant: str = "t1", group: str = "g1",
+                       online: bool = True, firmware: str = "1.0") -> None:
+    from pymongo.operations import InsertOne
+
+    docs = [{"_id": d, "tenant_id": tenant, "group": group, "tags": ["ap"],
+             "hardware_model": "hw1",
+             "presence": {"status": "online" if online else "offline"},
+             "state": {"firmware": firmware}} for d in ids]
+    await bulk_write(db["devices"], [InsertOne(d) for d in docs], chunk=await chunk_size(db))
+
+
+def seed_firmware_object(s3, key: str, size: int = 4096) -> tuple[bytes, str]:
+    data = secrets.token_bytes(size)
+    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=data)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+async def seed_firmware(db, s3, unique: str, version: str = "2.0") -> dict[str, Any]:
+    key = f"fw/{unique}/image.bin"
+    data, digest = seed_firmware_object(s3, key)
+    doc = {"_id": f"fw-{unique}", "tenant_id": "t1", "version": version, "size": len(data),
+           "sha256": digest, "s3_key": key, "hardware_models": ["hw1"]}
+    await db["firmware"].insert_one(doc)
+    return doc
+
+
+def rollout_doc(job_id: str, firmware: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "firmware": {"id": firmware["_id"], "version": firmware["version"]},
+        "target": {"group": "g1"},
+        "waves": {"kind": "fixed", "size": 50},
+        "grace_period": "PT30S",
+    }
+    base.update(spec)
+    return {"_id": job_id, "tenant_id": "t1", "status": "running",
+            "created_at": datetime.now(UTC), **base}
+
+
+def real_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def quiet_mqtt_logger() -> logging.Logger:
+    logger = logging.getLogger("test.scheduler.mqtt")
+    logger.setLevel(logging.ERROR)  # aiomqtt warns about every pending QoS 1 publish
+    return logger
+
+
+@contextlib.asynccontextmanager
+async def executor(db, broker, s3, *, holder: str = "s1", clock=real_clock,
+                   config: ExecutorConfig | None = None):
+    client = aiomqtt.Client("127.0.0.1", broker.port, username=broker.backend_username,
+                            password=broker.backend_password,
+                            identifier=f"sched-{holder}-{secrets.token_hex(3)}",
+                            protocol=aiomqtt.ProtocolVersion.V5, logger=quiet_mqtt_logger())
+    async with client:
+        metrics = SchedulerMetrics()
+        yield RolloutExecutor(
+            RolloutStore(db), Claims(db, holder, clock, LOG), MqttSink(client),
+            Presigner(s3.client(), s3.bucket), metrics, clock, LOG,
+            config or ExecutorConfig(presign_seconds=120, min_url_seconds=5))
+
+
+async def tick_until(ex: RolloutExecutor, done: Callable[[], Awaitable[bool]],
+                     timeout: float = 60) -> int:
+    """Tick (as the periodic job would) until ``done()``; return the number of ticks."""
+    deadline = time.monotonic() + timeout
+    ticks = 0
+    while not await done():
+        assert time.monotonic() < deadline, f"not done after {ticks} ticks"
+        await ex.tick()
+        ticks += 1
+        await asyncio.sleep(0.05)  # pacing between ticks, not a wait for a delivery
+    return ticks
+
+
+async def status_of(db, job_id: str) -> str:
+    doc = await db["rollouts"].find_one({"_id": job_id})
+    return str(doc["status"])
+
+
+@pytest.fixture
+async def db(mongo, mongo_db):
+    """The test's database through a tz-aware client, as the services open it."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.url, tz_aware=True)
+    try:
+        yield client[mongo_db.name]
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def prefix(unique: str) -> str:
+    return f"d{unique}"

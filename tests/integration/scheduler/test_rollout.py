@@ -1,0 +1,132 @@
+"""Rollouts against the real broker, database and S3, with a fake fleet (see fleet.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+
+import pytest
+
+from scheduler.executor import ExecutorConfig
+from tests.integration.scheduler.conftest import (
+    device_ids,
+    executor,
+    rollout_doc,
+    seed_devices,
+    seed_firmware,
+    status_of,
+    tick_until,
+)
+from tests.integration.scheduler.fleet import FAIL, FakeFleet, running
+
+pytestmark = pytest.mark.integration
+
+
+async def test_rollout_over_200_devices_in_waves_completes_exactly_once(
+        db, broker, s3, unique, prefix):
+    ids = device_ids(prefix, 200)
+    await seed_devices(db, ids)
+    fw = await seed_firmware(db, s3, unique)
+    job = f"job-{unique}"
+    await db["rollouts"].insert_one(rollout_doc(job, fw))
+    fleet = FakeFleet(db, prefix)
+    async with running(fleet, broker), executor(db, broker, s3) as ex:
+        started = time.monotonic()
+        ticks = await tick_until(ex, lambda: _final(db, job), timeout=120)
+        elapsed = time.monotonic() - started
+    assert await status_of(db, job) == "completed"
+    assert {d: len(fleet.commands[d]) for d in ids} == dict.fromkeys(ids, 1)
+    assert all(fleet.commands[d][0].execution == 1 for d in ids)
+    assert fleet.download_errors == []
+    assert fleet.downloads_ok == 200
+    expiries = [fleet.commands[d][0].expiry for d in ids]
+    assert all(e is not None and 0 < e <= 120 for e in expiries)
+    execs = await db["job_executions"].find({"job_id": job}).to_list(None)
+    assert Counter(e["status"] for e in execs) == {"succeeded": 200}
+    assert Counter(e["wave"] for e in execs) == {1: 50, 2: 50, 3: 50, 4: 50}
+    assert all("url" not in e for e in execs)  # URLs are never stored
+    print(f"200 devices: {ticks} ticks, {elapsed:.1f}s")
+
+
+async def test_url_is_refused_after_its_expiry(db, broker, s3, unique, prefix):
+    ids = device_ids(prefix, 2)
+    await seed_devices(db, ids)
+    fw = await seed_firmware(db, s3, unique)
+    job = f"job-{unique}"
+    await db["rollouts"].insert_one(rollout_doc(job, fw))
+    fleet = FakeFleet(db, prefix, download=False, behaviour=dict.fromkeys(ids, "silent"))
+    config = ExecutorConfig(presign_seconds=2, min_url_seconds=1)
+    async with running(fleet, broker), executor(db, broker, s3, config=config) as ex:
+        await tick_until(ex, lambda: _received(fleet, ids), timeout=30)
+    url = fleet.commands[ids[0]][0].url
+    with urllib.request.urlopen(url, timeout=5) as response:  # still valid right now
+        assert response.status == 200
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5).close()
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 403
+            break
+        assert time.monotonic() < deadline, "URL still served long after its expiry"
+        await asyncio.sleep(0.5)
+
+
+async def test_thirty_percent_failing_aborts_at_threshold_and_sends_no_more(
+        db, broker, s3, unique, prefix):
+    ids = device_ids(prefix, 100)
+    await seed_devices(db, ids)
+    fw = await seed_firmware(db, s3, unique)
+    failing = {d: FAIL for i, d in enumerate(ids) if i % 10 in (1, 4, 7)}  # 30%
+    job = f"job-{unique}"
+    await db["rollouts"].insert_one(rollout_doc(
+        job, fw, waves={"kind": "fixed", "size": 20},
+        success={"min_success_percent": 50},
+        abort=[{"failure_type": "failed", "threshold_percent": 20, "min_finished": 10}]))
+    fleet = FakeFleet(db, prefix, behaviour=failing, download=False)
+    async with running(fleet, broker), executor(db, broker, s3) as ex:
+        await tick_until(ex, lambda: _final(db, job), timeout=60)
+        sent_at_abort = sum(len(v) for v in fleet.commands.values())
+        for _ in range(3):  # more ticks after the abort send nothing
+            await ex.tick()
+    assert await status_of(db, job) == "aborted"
+    rollout = await db["rollouts"].find_one({"_id": job})
+    assert "failed" in rollout["progress"]["reason"]
+    assert sent_at_abort == 20  # the first wave only: its 6 failures (30%) passed 20%
+    assert sum(len(v) for v in fleet.commands.values()) == sent_at_abort
+    execs = await db["job_executions"].find({"job_id": job}).to_list(None)
+    assert Counter(e["status"] for e in execs) == {"succeeded": 14, "failed": 6}
+
+
+async def test_retry_gets_a_new_attempt_and_a_fresh_url(db, broker, s3, unique, prefix):
+    ids = device_ids(prefix, 3)
+    await seed_devices(db, ids)
+    fw = await seed_firmware(db, s3, unique)
+    job = f"job-{unique}"
+    await db["rollouts"].insert_one(rollout_doc(
+        job, fw, retries=[{"failure_type": "failed", "max_retries": 1}],
+        success={"min_success_percent": 0}))
+    fleet = FakeFleet(db, prefix, behaviour={ids[0]: FAIL}, download=False)
+    config = ExecutorConfig(presign_seconds=120, min_url_seconds=5)
+    async with running(fleet, broker), executor(db, broker, s3, config=config) as ex:
+        # the retry waits its backoff (5 s) before it is due again
+        await tick_until(ex, lambda: _final(db, job), timeout=60)
+    got = fleet.commands[ids[0]]
+    assert [r.execution for r in got] == [1, 2]
+    assert got[0].url != got[1].url
+    execs = {e["device_id"]: e for e in await db["job_executions"].find(
+        {"job_id": job}).to_list(None)}
+    assert execs[ids[0]]["status"] == "failed"
+    assert execs[ids[0]]["attempt"] == 2
+    assert [len(fleet.commands[d]) for d in ids[1:]] == [1, 1]
+
+
+async def _final(db, job: str) -> bool:
+    return await status_of(db, job) in ("completed", "aborted", "canceled", "paused")
+
+
+async def _received(fleet: FakeFleet, ids: list[str]) -> bool:
+    return all(fleet.commands[d] for d in ids)
