@@ -64,11 +64,22 @@ class BrokerAdmin:
     def __init__(self, channel: ControlChannel) -> None:
         self._channel = channel
 
-    async def create_device(self, device_id: str, password: str) -> None:
+    async def create_device(self, device_id: str, password: str, *,
+                            replace_stale: bool = True) -> None:
+        """Create the device's role and client.
+
+        The caller has just inserted the device document (ids are unique there), so an
+        existing broker client of that name is stale (e.g. a registration whose answer was
+        lost): with ``replace_stale`` it is deleted and created again, once.
+        """
         responses = await self._channel.control(create_device_commands(device_id, password))
         role, client = errors_of(responses[:1]), errors_of(responses[1:])
         if client and _already_exists(client[0]):
-            raise Conflict(f"device {device_id!r} already has a broker account")
+            if not replace_stale:
+                raise Conflict(f"device {device_id!r} already has a broker account")
+            await self.delete_device(device_id)
+            await self.create_device(device_id, password, replace_stale=False)
+            return
         errors = [e for e in role if not _already_exists(e)] + client
         if errors:
             raise BrokerError("; ".join(errors))

@@ -76,7 +76,12 @@ def install(app: FastAPI, logger: logging.Logger) -> None:
 
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        return problem_response(exc.status, exc.title, exc.detail, request)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.status >= 400:
+            metrics = getattr(request.app.state, "metrics", None)
+            if metrics is not None:
+                metrics.rejections.labels(str(exc.status)).inc()
+        return problem_response(exc.status, exc.title, exc.detail, request, headers=headers)
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -205,6 +205,13 @@ def report(rows: list[dict[str, Any]], command: str, load_before: str) -> str:
             f"| {sim['peak_rss_mib']:.0f} | {sim['peak_rss_mib'] / base['peak_rss_mib']:.2f} "
             f"| {sim['peak_rss_mib'] * 1024 / n:.0f} | {storm['drop_s']:.2f} "
             f"| {storm['wills_s']:.2f} ({storm['wills']:,} wills) |")
+    lines += [
+        "",
+        "\"sim connect s\" runs until the last device has its CONNACK; each device publishes "
+        "retained presence and a state and subscribes right after its CONNACK, competing "
+        "with the ramp (the baseline only connects). "
+        "`outpost sim` RSS includes the imports of the whole `outpost` command.",
+    ]
     return "\n".join(lines) + "\n"
 
 

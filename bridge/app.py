@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 
 from bridge.config import BridgeSettings
 from bridge.http import health_routes, serve
@@ -43,7 +44,7 @@ async def open_writer(settings: Settings, metrics: BridgeMetrics,
     client = mongo.client(settings.mongo, serverSelectionTimeoutMS=2000)
     try:
         db: AsyncDatabase[Document] = client[settings.mongo.database]
-        chunk = await _chunk_size(db, logger)
+        chunk = await _chunk_size(db, settings.bridge.ferretdb_chunk, logger)
         sink = MongoSink(db, chunk=chunk, dead_letter_cap=settings.bridge.dead_letter_cap)
         known = KnownDevices(sink.existing, unknown_ttl=settings.bridge.unknown_ttl_s)
         yield Writer(sink, known, metrics, logger), sink
@@ -51,13 +52,15 @@ async def open_writer(settings: Settings, metrics: BridgeMetrics,
         await client.close()
 
 
-async def _chunk_size(db: AsyncDatabase[Document], logger: logging.Logger) -> int:
+async def _chunk_size(db: AsyncDatabase[Document], ferretdb_chunk: int,
+                      logger: logging.Logger) -> int:
     """Ask the server once; while it is unreachable assume FerretDB (the smaller chunk)."""
     try:
-        return await mongo.chunk_size(db)
-    except Exception as exc:  # noqa: BLE001 - any failure: fall back, the writes will retry
+        ferret = await mongo.is_ferretdb(db)
+    except PyMongoError as exc:
         logger.warning("mongodb not reachable at start", extra={"error": str(exc)[:200]})
-        return mongo.FERRETDB_CHUNK
+        ferret = True
+    return ferretdb_chunk if ferret else mongo.MONGODB_CHUNK
 
 
 @dataclass(frozen=True)

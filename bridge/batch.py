@@ -9,14 +9,27 @@ the batch is written, the coalesced ones included.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bridge.decode import Accepted, Rejection, decode, slot
 from bridge.inbound import Inbound
-from schemas.protocol import RejectReason
+from schemas.documents import order_key_str
+from schemas.protocol import PresenceMessage, RejectReason, StateMessage
 
-__all__ = ["Plan", "coalesce", "plan", "split_unknown"]
+__all__ = [
+    "Plan",
+    "coalesce",
+    "content_hash",
+    "needed",
+    "plan",
+    "split_unknown",
+    "stored_field",
+    "with_known",
+]
 
 
 @dataclass(frozen=True)
@@ -73,3 +86,34 @@ def with_known(decoded: Plan, known: set[str] | frozenset[str]) -> Plan:
     keep, unknown = split_unknown(decoded.writes, known)
     return Plan(writes=tuple(coalesce(keep)), rejections=decoded.rejections + tuple(unknown),
                 accepted=len(keep), device_ids=frozenset(a.device_id for a in keep))
+
+
+def content_hash(message: StateMessage) -> str:
+    """Short hash of what a state says (not when): equal hash = nothing changed."""
+    canonical = json.dumps(message.content(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+def stored_field(item: Accepted) -> str:
+    """The sub-document a message updates: presence, state or (job execution) report."""
+    if isinstance(item.message, PresenceMessage):
+        return "presence"
+    if isinstance(item.message, StateMessage):
+        return "state"
+    return "report"
+
+
+def needed(item: Accepted, stored: Mapping[str, Any] | None) -> bool:
+    """Would the conditional update change ``stored``? (A pre-read skips it if not.)
+
+    Only an optimisation: the update itself carries the same condition, so a document
+    changed by another instance between the read and the write is still safe.
+    """
+    if stored is None:
+        return False  # no document: nothing to update (we never create one)
+    current = stored.get(stored_field(item)) or {}
+    k = current.get("k")
+    if k is not None and k >= order_key_str(item.message.key):
+        return False
+    message = item.message
+    return not (isinstance(message, StateMessage) and current.get("h") == content_hash(message))

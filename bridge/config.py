@@ -23,13 +23,18 @@ class BridgeSettings(BaseSettings):
 
     instance: str = Field(default="0", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     share_group: str = Field(default="outpost-bridge", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    batch_max: int = Field(default=500, ge=1, le=10_000)
+    batch_max: int = Field(default=2000, ge=1, le=20_000)
     flush_ms: float = Field(default=5.0, ge=0, le=10_000)
-    receive_maximum: int = Field(default=1000, ge=1, le=65_535,
+    receive_maximum: int = Field(default=5000, ge=1, le=65_535,
                                  description="Unacknowledged messages the broker may send us")
     session_expiry_s: int = Field(default=6 * 3600, ge=0)
     dead_letter_cap: int = Field(default=100, ge=1, le=100_000,
                                  description="Samples kept per reject reason")
+    ferretdb_chunk: int = Field(
+        default=24, ge=1, le=64,
+        description="Updates per command on FerretDB. FerretDB v1 deadlocks once more than "
+                    "~100 update statements run at the same time across all its clients "
+                    "(see outpost/mongo.py), so N writers must keep N x chunk below 100.")
     unknown_ttl_s: float = Field(default=5.0, ge=0,
                                  description="How long an id without a devices document "
                                              "is remembered as unknown")

@@ -20,8 +20,6 @@ pymongo errors are mapped here: :data:`TRANSIENT` ones become
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -40,7 +38,7 @@ from pymongo.errors import (
 )
 from pymongo.operations import ReplaceOne, UpdateOne
 
-from bridge.batch import Plan
+from bridge.batch import Plan, content_hash, needed, stored_field
 from bridge.decode import Accepted, Rejection
 from bridge.errors import StoreError, StoreUnavailable
 from outpost import mongo
@@ -56,6 +54,7 @@ __all__ = [
     "content_hash",
     "dead_letter_id",
     "dead_letter_op",
+    "target",
     "update_op",
 ]
 
@@ -67,12 +66,6 @@ T = TypeVar("T")
 
 def _older(field: str, k: str) -> list[Document]:
     return [{field: {"$exists": False}}, {field: {"$lt": k}}]
-
-
-def content_hash(message: StateMessage) -> str:
-    """Short hash of what a state says (not when): equal hash = nothing changed."""
-    canonical = json.dumps(message.content(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
 
 
 def _presence(message: PresenceMessage, at: datetime) -> tuple[Document, Document]:
@@ -95,6 +88,14 @@ def _job(message: JobStatusMessage, at: datetime) -> tuple[Document, Document]:
     value = {"status": message.status.value, "progress": message.progress,
              "reason": message.reason, "firmware": message.firmware, "k": k, "updated_at": at}
     return ({"$or": _older("report.k", k)}, {"report": value})
+
+
+def target(item: Accepted) -> tuple[str, str]:
+    """The collection and ``_id`` a message updates."""
+    message = item.message
+    if isinstance(message, JobStatusMessage):
+        return JOB_EXECUTIONS, execution_id(message.job_id, message.device_id)
+    return DEVICES, item.device_id
 
 
 def update_op(item: Accepted) -> tuple[str, UpdateOne]:
@@ -134,6 +135,7 @@ class WriteCounts:
 
     ops: int = 0
     modified: int = 0
+    skipped: int = 0  # not sent: the pre-read showed the stored data already as new
     dead_letters: int = 0
 
 
@@ -178,11 +180,15 @@ class MongoSink:
 
     async def write(self, planned: Plan) -> WriteCounts:
         """Write a batch: updates by collection, then dead letters. Raises our errors."""
+        current = await self._current(planned.writes)
         groups: dict[str, list[WriteOp]] = {}
+        counts = WriteCounts()
         for item in planned.writes:
+            if not needed(item, current.get(target(item))):
+                counts.skipped += 1
+                continue
             collection, op = update_op(item)
             groups.setdefault(collection, []).append(op)
-        counts = WriteCounts()
         for collection, ops in groups.items():
             result = await _mapped(mongo.bulk_write(self._db[collection], ops, chunk=self._chunk))
             counts.ops += len(ops)
@@ -192,6 +198,28 @@ class MongoSink:
             await _mapped(mongo.bulk_write(self._db[DEAD_LETTERS], letters, chunk=self._chunk))
             counts.dead_letters = len(letters)
         return counts
+
+    async def _current(self, items: Sequence[Accepted]) -> dict[tuple[str, str], Document]:
+        """One read per collection and batch: the stored keys (and state hash).
+
+        On FerretDB every conditional update costs a collection scan, a read of the whole
+        batch costs about one, so skipping replays and repeats this way is much cheaper
+        than letting their updates match nothing.
+        """
+        wanted: dict[str, dict[str, set[str]]] = {}
+        for item in items:
+            collection, _id = target(item)
+            wanted.setdefault(collection, {}).setdefault(_id, set()).add(stored_field(item))
+        found: dict[tuple[str, str], Document] = {}
+        for collection, by_id in wanted.items():
+            fields = {f"{f}.{sub}": 1 for fs in by_id.values() for f in fs for sub in ("k", "h")}
+            ids = sorted(by_id)
+            for start in range(0, len(ids), 1000):
+                cursor = self._db[collection].find({"_id": {"$in": ids[start:start + 1000]}},
+                                                   projection=fields)
+                for doc in await _mapped(cursor.to_list()):
+                    found[(collection, str(doc["_id"]))] = doc
+        return found
 
     async def ensure_devices(self, ids: Sequence[str]) -> int:
         """Create bare devices documents for ``ids`` that have none (resync only)."""

@@ -185,6 +185,11 @@ class Agent:
             attempt = 0
             self._online()
             self._serve(stop)
+            if not stop.is_set() and not self._boot_pending:
+                # Lost the broker (not our reboot): even the first retry is jittered, so a
+                # broker restart does not bring the whole fleet back in the same instant.
+                stop.wait(b.backoff_delay(0, base=self.config.backoff_base,
+                                          cap=self.config.backoff_cap))
         self._goodbye("shutdown")
 
     def _serve(self, stop: threading.Event) -> None:

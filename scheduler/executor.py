@@ -12,29 +12,34 @@ Per rollout, under its lease (:mod:`scheduler.claims`), each tick:
 
 Sending without duplicates or gaps when an instance may die at any moment
 ------------------------------------------------------------------------
-Executions exist in MongoDB *before* anything is published, and a command goes out in
-three steps, each a conditional single-document update (FerretDB has no transactions):
+Executions exist in MongoDB *before* anything is published. On FerretDB v1 a conditional
+update is not atomic (see :mod:`scheduler.claims`), so the exclusive step is an insert
+into ``scheduler_sends``; a command goes out in four steps:
 
-a. **intent**: ``{sent_at: null, attempt, intent: <what we read>, fence <= our token}``
-   → ``{intent: <stamp of this batch>, fence: token, next_try_at: now + settle}``. A
-   compare-and-set: of two instances only one stamps an execution, and a former holder
-   (lower token) can no longer stamp what a newer holder touched.
-b. **publish** the stamped executions (QoS 1, wait for PUBACK), each with a URL signed
-   now whose lifetime never passes the window's end; the lease is checked just before.
-c. **mark** ``{intent: stamp, sent_at: null}`` → ``{sent_at: now}``.
+a. **claim**: insert ``{_id: "<execution>#<attempt>", token, stamp}``. Of any number of
+   instances (a former lease holder included) exactly one inserts it, once per attempt;
+b. **mark** the execution ``sent_at`` *before* publishing (the device cannot report on
+   an attempt it has not received, so no bridge write races this one);
+c. check our lease (``lease_margin`` before expiry at the latest), then **publish**
+   (QoS 1, wait for PUBACK) with a URL signed now whose lifetime never passes the
+   window's end and an MQTT message expiry equal to that lifetime;
+d. **confirm**: ``published_at`` on the claim.
 
-If the instance dies between (a) and (c), the execution stays stamped but unmarked. It
-becomes due again ``settle`` later for whoever holds the lease then: if the device has
-reported on the job by then (the bridge recorded ``report``), it got the command and the
-execution is only marked; otherwise it is published again **with the same attempt
-number**. That re-publish is the residual window: a device that received the first copy
-but whose status did not reach MongoDB within ``settle`` receives the command twice, and
-must (the reference agent does) ignore a ``(job_id, execution)`` pair it already
-handles. The window is one batch (``batch`` executions) long, per crash.
+A claim left unconfirmed (the sender died between (a) and (d), or the broker did not
+ack) is taken up ``settle`` later by whoever holds the lease then: if the device
+reported on the job (the bridge recorded ``report``), it got the command and the claim
+is only confirmed; otherwise the command is published again **with the same attempt
+number**, at most once per fencing token (claim ``...#r<token>``). That re-publish is the
+residual window: a device that received the first copy but whose status did not reach
+MongoDB within ``settle`` gets it twice, and must (the reference agent does) ignore a
+``(job_id, execution)`` pair it already handles. It spans at most one batch (``batch``
+commands) per crash. A former holder paused after its lease check, past its lease, can
+still publish the batch it had claimed: the same, device-deduplicated, case.
 
 Offline devices (presence not ``online``) stay queued with an exponential backoff on
-``next_try_at`` and are sent when they are back. A retry (attempt + 1) always signs a new
-URL. Rollout progress is written with a fence too, so a former holder cannot overwrite it.
+``next_try_at`` and are sent when they are back. A retry (attempt + 1) signs a new URL.
+Rollout progress is written with the fencing token in its filter (best effort on
+FerretDB, exact on MongoDB); a lost progress write only delays a wave by one tick.
 """
 
 from __future__ import annotations
@@ -50,13 +55,15 @@ from pymongo.operations import UpdateOne
 
 from outpost.mongo import Document
 from scheduler.abort import abort_reason
-from scheduler.claims import Claims, Clock, LeaseState
-from scheduler.errors import LeaseLost, PublishError, RolloutDataError
+from scheduler.claims import Claims, LeaseState
+from scheduler.clock import Clock
+from scheduler.errors import LeaseLost, PublishError, RolloutDataError, SchedulerError
 from scheduler.executions import DeviceView, ExecutionView, Transition, backoff, decide
 from scheduler.metrics import SchedulerMetrics
 from scheduler.publisher import CommandSink, Outgoing, Presigner
 from scheduler.store import RolloutStore
 from scheduler.waves import (
+    MINUTE,
     WaveCounts,
     WaveOutcome,
     exponential_rate,
@@ -133,7 +140,7 @@ def transition_op(ev: ExecutionView, t: Transition, token: int, now: datetime) -
         stale = ev.report.k if ev.report else ev.stale_k
         update: Document = {
             "status": S.QUEUED.value, "attempt": ev.attempt + 1, "sent_at": None,
-            "intent": None, "next_try_at": now + backoff(ev.attempt - 1), "stale_k": stale,
+            "next_try_at": now + backoff(ev.attempt - 1), "stale_k": stale,
             "last_failure": {"status": t.status.value, "reason": t.reason}, "fence": token}
     else:
         update = {"status": t.status.value, "reason": t.reason, "fence": token}
@@ -146,7 +153,7 @@ def new_execution(run: _Run, device_id: str, wave: int) -> Document:
     return {"_id": execution_id(run.job, device_id), "tenant_id": run.doc.get("tenant_id"),
             "rollout_id": run.job, "job_id": run.job, "device_id": device_id, "wave": wave,
             "attempt": 1, "status": S.QUEUED.value, "created_at": run.now, "sent_at": None,
-            "intent": None, "next_try_at": run.now, "tries": 0, "fence": run.lease.token}
+            "next_try_at": run.now, "tries": 0, "fence": run.lease.token}
 
 
 def is_online(device: Document | None) -> bool:
@@ -216,6 +223,10 @@ class RolloutExecutor:
             progress = RolloutProgress(reason=str(exc)[:500])
             await self.store.save(str(doc["_id"]), lease.token, progress,
                                   RolloutStatus.ABORTED)
+        except SchedulerError as exc:  # this rollout only; the others still run
+            self.metrics.errors.labels(type(exc).__name__).inc()
+            self.log.error("rollout step failed", extra={"job_id": doc["_id"],
+                                                          "error": str(exc)})
 
     async def _run(self, doc: Document, lease: LeaseState) -> None:
         spec = parse_spec(doc)
@@ -339,8 +350,13 @@ class RolloutExecutor:
         """Exponential: how many new executions fit this minute next to the backlog."""
         plan = run.spec.waves
         assert isinstance(plan, ExponentialRate)
-        rate = exponential_rate(plan, await self.store.sent_count(run.job),
-                                counts.get(S.SUCCEEDED, 0), run.spec.max_per_minute)
+        p = run.progress
+        if (p.rate_per_minute and p.minute_started_at is not None
+                and run.now - p.minute_started_at < MINUTE):
+            rate = int(p.rate_per_minute)  # a new rate applies from the next minute on
+        else:
+            rate = exponential_rate(plan, await self.store.sent_count(run.job),
+                                    counts.get(S.SUCCEEDED, 0), run.spec.max_per_minute)
         _, _, left = minute_budget(rate, run.progress.minute_started_at,
                                       run.progress.sent_this_minute, run.now)
         backlog = len(await self.store.due(run.job, run.now, rate))
@@ -375,9 +391,13 @@ class RolloutExecutor:
                        math.floor((until - run.now).total_seconds()))
         if lifetime < self.config.min_url_seconds:
             return
+        await self._firmware(run)  # a rollout without its image stops before any claim
         p = run.progress
         start, sent, left = minute_budget(self._cap(run), p.minute_started_at,
                                           p.sent_this_minute, run.now)
+        if left > 0:
+            resent = await self._recover(run, lifetime, min(left, self.config.batch))
+            sent, left = sent + resent, left - resent
         while left > 0:
             due = await self.store.due(run.job, run.now, min(left, self.config.batch))
             if not due:
@@ -398,52 +418,96 @@ class RolloutExecutor:
             run.firmware = doc
         return run.firmware
 
+    def _send_doc(self, run: _Run, ex: Document, send_id: str, stamp: str) -> Document:
+        return {"_id": send_id, "job_id": run.job, "execution_id": ex["_id"],
+                "device_id": ex["device_id"], "attempt": ex["attempt"],
+                "token": run.lease.token, "holder": self.claims.holder, "stamp": stamp,
+                "intent_at": run.now, "published_at": None}
+
     async def _batch(self, run: _Run, due: list[Document], lifetime: int) -> int:
-        """Intent, publish, mark for one batch; returns how many were published."""
+        """Claim (insert), mark, publish, confirm one batch; returns how many went out."""
         devices = await self.store.device_views([d["device_id"] for d in due])
         online = [d for d in due if is_online(devices.get(d["device_id"]))]
         await self._postpone([d for d in due if d not in online], run)
         stamp = f"{self.claims.holder}:{run.lease.token}:{secrets.token_hex(6)}"
-        await self.store.apply([self._intent_op(run, d, stamp) for d in online])
-        held = await self.store.holding(stamp)
+        await self.store.insert_sends([self._send_doc(run, d, send_id(d), stamp)
+                                       for d in online])
+        mine = {s["execution_id"] for s in await self.store.stamped(stamp)}
+        await self._remark([d for d in online if d["_id"] not in mine])
+        held = [d for d in online if d["_id"] in mine]
         if not held:
             return 0
+        return await self._publish(run, held, [send_id(d) for d in held], lifetime)
+
+    async def _publish(self, run: _Run, held: list[Document], send_ids: list[str],
+                       lifetime: int) -> int:
+        """Mark sent (before: no report can race yet), publish, then confirm."""
+        expires = run.now + timedelta(seconds=lifetime)
+        await self.store.mark_sent([d["_id"] for d in held], run.now, expires)
         self.claims.check(run.lease, self.config.lease_margin)
         messages = await self._commands(run, held, lifetime)
         try:
             await self.sink.publish_all(messages)
         except PublishError as exc:
             self.metrics.errors.labels("publish").inc()
-            self.log.warning("publish failed; retried after settle",
+            self.log.warning("publish failed; re-sent after settle",
                              extra={"job_id": run.job, "error": str(exc)})
             return 0
-        expires = run.now + timedelta(seconds=lifetime)
-        await self.store.apply([UpdateOne({"_id": d["_id"], "intent": stamp, "sent_at": None},
-                                          {"$set": {"sent_at": self.clock(),
-                                                    "url_expires_at": expires}})
-                                for d in held])
+        await self.store.mark_published(send_ids, self.clock())
         self.metrics.commands.inc(len(held))
-        self.metrics.republished.inc(sum(1 for d in due if d.get("intent")
-                                         and d["_id"] in {h["_id"] for h in held}))
         return len(held)
 
-    def _intent_op(self, run: _Run, doc: Document, stamp: str) -> UpdateOne:
-        query = {"_id": doc["_id"], "attempt": doc["attempt"], "status": S.QUEUED.value,
-                 "sent_at": None, "intent": doc.get("intent"), **fenced(run.lease.token)}
-        ev = ExecutionView.from_doc(doc)
-        if doc.get("intent") and ev.current_report is not None:
-            # A former holder published it and the device answered: only mark it sent.
-            when = doc.get("intent_at") or run.now
-            return UpdateOne(query, {"$set": {"sent_at": when, "fence": run.lease.token}})
-        return UpdateOne(query, {"$set": {
-            "intent": stamp, "intent_at": run.now, "fence": run.lease.token,
-            "next_try_at": run.now + self.config.settle}})
+    async def _remark(self, lost: list[Document]) -> None:
+        """Due executions whose send claim exists: re-mark those that were published."""
+        if not lost:
+            return
+        sends = await self.store.send_docs([send_id(d) for d in lost])
+        for send in sends:
+            if send.get("published_at") is not None:
+                await self.store.mark_sent([send["execution_id"]], send["published_at"], None)
+
+    async def _recover(self, run: _Run, lifetime: int, limit: int) -> int:
+        """Send claims never confirmed (their sender died or failed) after ``settle``."""
+        stuck = await self.store.unpublished(run.job, run.now - self.config.settle, limit)
+        if not stuck:
+            return 0
+        execs = await self.store.execution_docs([s["execution_id"] for s in stuck])
+        resend = []
+        for send in stuck:
+            ex = execs.get(send["execution_id"])
+            if ex is None or ex["attempt"] != send["attempt"] or ex["status"] != "queued":
+                await self.store.mark_published([send["_id"]], run.now, "obsolete")
+            elif ExecutionView.from_doc(ex).current_report is not None:
+                await self.store.mark_published([send["_id"]], run.now, "device reported")
+                await self.store.mark_sent([ex["_id"]], ex.get("sent_at") or run.now, None)
+            else:
+                resend.append((send, ex))
+        return await self._resend(run, resend, lifetime)
+
+    async def _resend(self, run: _Run, pairs: list[tuple[Document, Document]],
+                      lifetime: int) -> int:
+        """Publish again, same attempt: once per fencing token (``#r<token>`` claim)."""
+        if not pairs:
+            return 0
+        stamp = f"{self.claims.holder}:{run.lease.token}:{secrets.token_hex(6)}"
+        await self.store.insert_sends([
+            self._send_doc(run, ex, f"{send['_id']}#r{run.lease.token}", stamp)
+            for send, ex in pairs])
+        mine = {s["execution_id"] for s in await self.store.stamped(stamp)}
+        held = [(s, ex) for s, ex in pairs if ex["_id"] in mine]
+        if not held:
+            return 0
+        ids = [s["_id"] for s, _ in held] + [f"{s['_id']}#r{run.lease.token}" for s, _ in held]
+        published = await self._publish(run, [ex for _, ex in held], ids, lifetime)
+        self.metrics.republished.inc(published)
+        self.log.warning("re-sent unconfirmed commands", extra={"job_id": run.job,
+                                                                "count": published})
+        return published
 
     async def _postpone(self, offline: list[Document], run: _Run) -> None:
-        ops = [UpdateOne({"_id": d["_id"], "attempt": d["attempt"], "sent_at": None,
-                          **fenced(run.lease.token)},
-                         {"$set": {"next_try_at": run.now + backoff(int(d.get("tries", 0))),
-                                   "fence": run.lease.token}, "$inc": {"tries": 1}})
+        ops = [UpdateOne({"_id": d["_id"], "attempt": d["attempt"], "sent_at": None},
+                         {"$set": {"next_try_at": run.now + backoff(int(d.get("tries", 0)))},
+                          "$inc": {"tries": 1}})
                for d in offline]
         await self.store.apply(ops)
 
@@ -460,3 +524,7 @@ class RolloutExecutor:
             out.append(Outgoing(topic(Channel.JOB, doc["device_id"], run.job),
                                 encode(command), lifetime))
         return out
+
+
+def send_id(execution: Document) -> str:
+    return f"{execution['_id']}#{execution['attempt']}"

@@ -21,6 +21,10 @@ class SchedulerMetrics:
         self.republished = Counter("outpost_scheduler_commands_republished_total",
                                    "Commands sent again after a takeover (same attempt)",
                                    registry=r)
+        self.reconciled = Counter("outpost_scheduler_configs_republished_total",
+                                  "Retained configs re-published by reconcile", registry=r)
+        self.mails = Counter("outpost_scheduler_mails_sent_total", "Notification mails sent",
+                             registry=r)
         self.transitions = Counter("outpost_scheduler_execution_transitions_total",
                                    "Execution status changes", ["status"], registry=r)
         self.rejected = Counter("outpost_scheduler_rejected_total",

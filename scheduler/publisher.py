@@ -62,7 +62,8 @@ class Presigner:
 class Outgoing:
     topic: str
     payload: bytes
-    expiry_s: int
+    expiry_s: int | None = None  # MQTT v5 message expiry; None: never expires
+    retain: bool = False
 
 
 class CommandSink(abc.ABC):
@@ -73,13 +74,26 @@ class CommandSink(abc.ABC):
 
 
 class MqttSink(CommandSink):
-    """QoS 1 publishes on an open :class:`aiomqtt.Client` (which it does not close)."""
+    """QoS 1 publishes on an open :class:`aiomqtt.Client` (which it does not close).
 
-    def __init__(self, client: aiomqtt.Client, timeout: float = 10.0) -> None:
+    The service re-attaches a new client after a reconnect (:meth:`attach`); while none
+    is attached, publishing raises :class:`PublishError`.
+    """
+
+    def __init__(self, client: aiomqtt.Client | None = None, timeout: float = 10.0) -> None:
         self._client = client
         self._timeout = timeout
 
+    def attach(self, client: aiomqtt.Client | None) -> None:
+        self._client = client
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
     async def publish_all(self, messages: Sequence[Outgoing]) -> None:
+        if self._client is None:
+            raise PublishError("not connected to the broker")
         try:
             async with asyncio.TaskGroup() as group:
                 for message in messages:
@@ -89,7 +103,11 @@ class MqttSink(CommandSink):
                                f"{errors.exceptions[0]}") from None
 
     async def _one(self, message: Outgoing) -> None:
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.MessageExpiryInterval = max(1, message.expiry_s)
+        props = None
+        if message.expiry_s is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.MessageExpiryInterval = max(1, message.expiry_s)
+        assert self._client is not None
         await self._client.publish(message.topic, message.payload, qos=1,
-                                   properties=props, timeout=self._timeout)
+                                   retain=message.retain, properties=props,
+                                   timeout=self._timeout)

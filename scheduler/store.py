@@ -18,7 +18,7 @@ from pymongo.operations import InsertOne, UpdateOne
 
 from outpost.mongo import Document, bulk_write, chunk_size
 from scheduler.errors import StoreError
-from schemas.documents import DEVICES, FIRMWARE, JOB_EXECUTIONS, ROLLOUTS
+from schemas.documents import DEVICES, FIRMWARE, JOB_EXECUTIONS, ROLLOUTS, SCHEDULER_SENDS
 from schemas.rollouts import ExecutionStatus, RolloutProgress, RolloutStatus, Target
 
 __all__ = ["RolloutStore"]
@@ -58,6 +58,7 @@ class RolloutStore:
         self.rollouts = db[ROLLOUTS]
         self.executions = db[JOB_EXECUTIONS]
         self.devices = db[DEVICES]
+        self.sends = db[SCHEDULER_SENDS]
         self._chunk: int | None = None
 
     async def chunk(self) -> int:
@@ -173,9 +174,50 @@ class RolloutStore:
             raise StoreError(f"update executions: {exc}") from exc
         return counts.modified
 
+    async def insert_sends(self, docs: Sequence[Document]) -> None:
+        """Insert send claims; the ones whose ``_id`` exists already are refused."""
+        if not docs:
+            return
+        try:
+            await bulk_write(self.sends, [InsertOne(d) for d in docs], chunk=await self.chunk())
+        except BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise StoreError(f"insert sends: {exc}") from exc
+        except PyMongoError as exc:
+            raise StoreError(f"insert sends: {exc}") from exc
+
     @_mapped
-    async def holding(self, stamp: str) -> list[Document]:
-        return await self.executions.find({"intent": stamp}).to_list(None)
+    async def stamped(self, stamp: str) -> list[Document]:
+        return await self.sends.find({"stamp": stamp}).to_list(None)
+
+    @_mapped
+    async def send_docs(self, ids: Sequence[str]) -> list[Document]:
+        return await self.sends.find({"_id": {"$in": list(ids)}}).to_list(None)
+
+    @_mapped
+    async def unpublished(self, job_id: str, before: datetime, limit: int) -> list[Document]:
+        query = {"job_id": job_id, "published_at": None, "intent_at": {"$lt": before}}
+        return await self.sends.find(query).limit(limit).to_list(None)
+
+    @_mapped
+    async def execution_docs(self, ids: Sequence[str]) -> dict[str, Document]:
+        cursor = self.executions.find({"_id": {"$in": list(ids)}})
+        return {d["_id"]: d async for d in cursor}
+
+    @_mapped
+    async def mark_published(self, send_ids: Sequence[str], when: datetime,
+                             how: str = "puback") -> None:
+        await self.sends.update_many({"_id": {"$in": list(send_ids)}},
+                                     {"$set": {"published_at": when, "how": how}})
+
+    @_mapped
+    async def mark_sent(self, execution_ids: Sequence[str], when: datetime,
+                        expires: datetime | None) -> None:
+        update: Document = {"sent_at": when}
+        if expires is not None:
+            update["url_expires_at"] = expires
+        await self.executions.update_many({"_id": {"$in": list(execution_ids)}},
+                                          {"$set": update})
 
     @_mapped
     async def cancel_unsent(self, job_id: str, token: int, now: datetime) -> int:

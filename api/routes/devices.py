@@ -173,11 +173,12 @@ async def rotate_credentials(device_id: DevicePath, state: State,
 async def decommission(device_id: DevicePath, state: State, who: Operator) -> None:
     """Revoke broker access (and disconnect), clear retained topics; keep history."""
     await _device(state, who.tenant_id, device_id)
+    # marked last: if a step fails (503), repeating the DELETE redoes every step
     await state.broker_admin.delete_device(device_id)
-    await store.update_fields(state.db, who.tenant_id, device_id,
-                              {"decommissioned_at": datetime.now(UTC)})
     for channel in (Channel.PRESENCE, Channel.CONFIG):
         await state.link.publish(topic(channel, device_id), b"", qos=1, retain=True)
+    await store.update_fields(state.db, who.tenant_id, device_id,
+                              {"decommissioned_at": datetime.now(UTC)})
     await audit.record(state.db, who, "device.decommission", f"device:{device_id}")
 
 

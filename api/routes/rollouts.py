@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, status
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import DEFAULT, Cursor, Db, Limit, Operator, Viewer
 from api.errors import Conflict, InvalidInput, NotFound
@@ -14,7 +14,7 @@ from api.store import audit
 from api.store import firmware as firmware_store
 from api.store import rollouts as store
 from api.store.base import Doc
-from api.waves import split
+from scheduler.waves import gated, plan_waves
 from schemas.rollouts import RolloutSpec, RolloutStatus
 
 router = APIRouter(tags=["rollouts"])
@@ -45,12 +45,15 @@ class Progress(BaseModel):
 
 class DryRunWave(BaseModel):
     wave: int
-    earliest_offset_minutes: float
+    earliest_start: datetime = Field(
+        description="Lower bound: gated waves also wait for the previous wave's success, "
+                    "and sends wait for maintenance windows")
     device_ids: list[str]
 
 
 class DryRun(BaseModel):
     targeted: int
+    gated: bool = Field(description="Waves wait for the previous wave's success condition")
     waves: list[DryRunWave]
 
 
@@ -95,14 +98,26 @@ async def create_rollout(spec: RolloutSpec, db: Db, who: Operator) -> RolloutPub
     return public(doc)
 
 
+def dry_run_waves(spec: RolloutSpec, ids: list[str], now: datetime) -> list[DryRunWave]:
+    """The scheduler's own wave sizes (:func:`scheduler.waves.plan_waves`) over the target
+    in id order; a wave starts no earlier than ``max_per_minute`` lets the sends before it
+    go out (exponential: one wave per minute)."""
+    start = max(now, spec.schedule.start_at or now)
+    waves, done = [], 0
+    for n, size in enumerate(plan_waves(spec, len(ids))):
+        minutes = n if not gated(spec) else done // spec.max_per_minute
+        waves.append(DryRunWave(wave=n + 1, earliest_start=start + timedelta(minutes=minutes),
+                                device_ids=ids[done:done + size]))
+        done += size
+    return waves
+
+
 @router.post("/rollouts/dry-run")
 async def dry_run(spec: RolloutSpec, db: Db, who: Viewer) -> DryRun:
+    """Which devices would be in which wave, and the earliest each could start."""
     ids = await store.target_ids(db, who.tenant_id, spec.target)
-    waves = split(ids, spec.waves, spec.max_per_minute)
-    step = spec.success.wait if spec.waves.kind != "exponential" else timedelta(minutes=1)
-    return DryRun(targeted=len(ids), waves=[
-        DryRunWave(wave=n + 1, earliest_offset_minutes=(step * n).total_seconds() / 60,
-                   device_ids=w) for n, w in enumerate(waves)])
+    return DryRun(targeted=len(ids), gated=gated(spec),
+                  waves=dry_run_waves(spec, ids, datetime.now(UTC)))
 
 
 @router.get("/rollouts")

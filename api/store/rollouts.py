@@ -39,18 +39,26 @@ async def active(db: Db, tenant_id: str) -> list[Doc]:
     return await db[ROLLOUTS].find(query).to_list(1000)
 
 
-async def create(db: Db, tenant_id: str, spec: RolloutSpec, actor: str) -> Doc:
-    now = datetime.now(UTC)
-    scheduled = spec.schedule.start_at is not None and spec.schedule.start_at > now
-    doc = {"_id": new_id(), "tenant_id": tenant_id, **spec.model_dump(mode="python"),
-           "status": (RolloutStatus.SCHEDULED if scheduled else RolloutStatus.RUNNING).value,
-           "progress": {}, "created_at": now, "created_by": actor}
+def spec_fields(spec: RolloutSpec) -> Doc:
+    """The spec as BSON-friendly fields: sets as sorted lists, durations in seconds,
+    local times as ``HH:MM:SS``; datetimes stay dates. ``RolloutSpec.model_validate``
+    reads them back (the scheduler does exactly that)."""
+    doc = spec.model_dump(mode="python")
     doc["target"]["tags"] = sorted(spec.target.tags)
     doc["target"]["device_ids"] = sorted(spec.target.device_ids)
     doc["schedule"]["windows"] = [_window(w) for w in doc["schedule"]["windows"]]
     for key in ("in_progress_timeout", "grace_period"):
         doc[key] = doc[key].total_seconds()
     doc["success"]["wait"] = doc["success"]["wait"].total_seconds()
+    return doc
+
+
+async def create(db: Db, tenant_id: str, spec: RolloutSpec, actor: str) -> Doc:
+    now = datetime.now(UTC)
+    scheduled = spec.schedule.start_at is not None and spec.schedule.start_at > now
+    doc = {"_id": new_id(), "tenant_id": tenant_id, **spec_fields(spec),
+           "status": (RolloutStatus.SCHEDULED if scheduled else RolloutStatus.RUNNING).value,
+           "progress": {}, "created_at": now, "created_by": actor}
     await db[ROLLOUTS].insert_one(doc)
     return doc
 

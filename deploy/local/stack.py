@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from deploy.local.servers import MongoServer, Mosquitto, S3Server, Server
+from deploy.local.servers import MongoServer, Mosquitto, PythonService, S3Server, Server
 
 __all__ = ["DevSettings", "Stack", "Status"]
 
@@ -32,6 +32,10 @@ class DevSettings(BaseSettings):
     mqtt_port: int = Field(default=11883, ge=1024, le=65535)
     mongo_port: int = Field(default=27117, ge=1024, le=65535)
     s3_port: int = Field(default=17070, ge=1024, le=65535)
+    api_port: int = Field(default=18080, ge=1024, le=65535)
+    bridge_port: int = Field(default=18081, ge=1024, le=65535)
+    scheduler_port: int = Field(default=18082, ge=1024, le=65535)
+    demo_devices: int = Field(default=20, ge=0, le=5000)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,11 @@ class Status:
     port: int
     healthy: bool
     detail: str
+    required: bool  # infrastructure must run; our services and the simulator may be off
+
+    @property
+    def ok(self) -> bool:
+        return self.healthy or (not self.required and self.pid is None)
 
 
 class Stack:
@@ -52,11 +61,43 @@ class Stack:
         self.mongo = MongoServer(self.root / "mongodb", settings.mongo_port)
         self.s3 = S3Server(self.root / "s3", settings.s3_port,
                            secret_key=creds["s3_secret_key"])
+        env = self.env_file
+        self.bridge = PythonService(self.root / "bridge", settings.bridge_port,
+                                    service="bridge", env_file=env)
+        self.api = PythonService(self.root / "api", settings.api_port, service="api",
+                                 env_file=env)
+        self.scheduler = PythonService(self.root / "scheduler", settings.scheduler_port,
+                                       service="scheduler", env_file=env)
+        self.sim = PythonService(
+            self.root / "sim", 0, service="sim", env_file=env,
+            args=("--devices", str(settings.demo_devices), "--prefix", "demo",
+                  "--state-interval", "30"))
+        self.demo_devices = settings.demo_devices
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / "dev.env"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api.port}"
 
     def servers(self) -> Iterator[Server]:
+        """The infrastructure servers, in start order."""
         yield self.broker
         yield self.mongo
         yield self.s3
+
+    def services(self) -> Iterator[PythonService]:
+        """Our own services, in start order (the simulator is started separately)."""
+        yield self.bridge
+        yield self.api
+        yield self.scheduler
+
+    def everything(self) -> Iterator[Server]:
+        yield from self.servers()
+        yield from self.services()
+        yield self.sim
 
     def _secrets(self) -> dict[str, str]:
         """Random credentials made on the first ``up`` and kept for the next ones."""
@@ -93,9 +134,11 @@ class Stack:
 
     def status(self) -> list[Status]:
         result = []
-        for server in self.servers():
+        infrastructure = {server.name for server in self.servers()}
+        for server in self.everything():
             pid = server.running_pid()
             healthy = pid is not None and server.healthy()
             detail = "healthy" if healthy else ("not answering" if pid else "stopped")
-            result.append(Status(server.name, pid, server.port, healthy, detail))
+            result.append(Status(server.name, pid, server.port, healthy, detail,
+                                 required=server.name in infrastructure))
         return result

@@ -6,7 +6,7 @@ config decisions, the upgrade job state machine with size/sha256 checks and a re
 only the transport differs. :class:`Fleet` owns the devices and their tasks::
 
     async with Fleet(FleetOptions(devices=1000, prefix="sim"), broker, logger) as fleet:
-        await fleet.wait_connected(1000, timeout=60)
+        await fleet.wait_ready()                   # all connected, presence + state sent
         await fleet.publish_state_all()
         fleet.last_state("sim-000001")             # the StateMessage it sent last
         await fleet.drop_all_abruptly()           # sockets closed, no DISCONNECT: wills fire
@@ -95,7 +95,8 @@ class FleetOptions:
 @dataclass
 class FleetStats:
     started_at: float = field(default_factory=time.monotonic)
-    connected: int = 0
+    connected: int = 0  # sessions with a CONNACK
+    ready: int = 0  # of those, the ones that sent presence and state and subscribed
     connects: int = 0
     connect_failures: int = 0
     sent: int = 0
@@ -189,8 +190,11 @@ class SimDevice:
             drop.set_result(self._pending_drop)
         self.client = client
         self.fleet.on_connected(self)
+        ready = False
         try:
             await self._online(client)
+            ready = True
+            self.fleet.on_ready(+1)
             mode = await self._serve(client, drop)
             await self._leave(client, mode)
         except aiomqtt.MqttError:
@@ -200,6 +204,8 @@ class SimDevice:
         finally:
             self.client = None
             self.fleet.stats.connected -= 1
+            if ready:
+                self.fleet.on_ready(-1)
             self.fleet.changed()
         return mode
 
@@ -472,6 +478,10 @@ class Fleet:
         if self.stats.all_connected_after is None and self.stats.connected == len(self.ids):
             self.stats.all_connected_after = time.monotonic() - self.stats.started_at
 
+    def on_ready(self, delta: int) -> None:
+        self.stats.ready += delta
+        self.changed()
+
     def backoff(self, attempt: int) -> float:
         return b.backoff_delay(attempt, base=self.options.reconnect_base,
                                cap=self.options.reconnect_cap, rand=self.rng.random)
@@ -500,6 +510,12 @@ class Fleet:
         """Until ``count`` devices (default: all) are connected. Wrap in asyncio.timeout."""
         target = len(self.ids) if count is None else count
         await self._until(lambda: self.stats.connected >= target)
+
+    async def wait_ready(self, count: int | None = None) -> None:
+        """Until ``count`` devices (default: all) have connected, announced their presence,
+        sent a state and subscribed. Wrap in asyncio.timeout."""
+        target = len(self.ids) if count is None else count
+        await self._until(lambda: self.stats.ready >= target)
 
     async def wait_disconnected(self, ids: Iterable[str]) -> None:
         wanted = list(ids)

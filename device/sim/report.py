@@ -31,6 +31,7 @@ def rss_mb() -> tuple[float, float]:
 class Summary:
     devices: int
     connected: int
+    ready: int  # connected and presence, state and subscriptions done
     connect_s: float | None  # until every device had its CONNACK
     connects_per_s: float | None
     runtime_s: float
@@ -54,7 +55,7 @@ def summarize(fleet: Fleet) -> Summary:
     rss, peak = rss_mb()
     connect = stats.all_connected_after
     return Summary(
-        devices=len(fleet.ids), connected=stats.connected, connect_s=connect,
+        devices=len(fleet.ids), connected=stats.connected, ready=stats.ready, connect_s=connect,
         connects_per_s=len(fleet.ids) / connect if connect else None,
         runtime_s=time.monotonic() - stats.started_at, connects=stats.connects,
         connect_failures=stats.connect_failures, messages_sent=stats.sent,

@@ -7,6 +7,7 @@ broker) and requests go through ``httpx.ASGITransport``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -58,10 +59,12 @@ class Api:
         return token.secret
 
 
-async def wait_for(condition: Callable[[], Any], timeout: float = 10.0,
-                   what: str = "condition") -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
+async def eventually(condition: Callable[[], Any], within: float = 10.0) -> None:
+    """Poll ``condition`` until true; TimeoutError after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        for _ in itertools.count():
+            if condition():
+                return
             await asyncio.sleep(0.02)
 
 
@@ -71,9 +74,7 @@ async def api(broker: Any, mongo: Any, s3: Any) -> AsyncIterator[Api]:
     app = create_app(api_settings(broker, mongo, s3, database))
     async with app.router.lifespan_context(app) as state:
         handle = Api(app, state["app"])
-        async with asyncio.timeout(10):
-            while not handle.state.link.connected:
-                await asyncio.sleep(0.02)
+        await eventually(lambda: handle.state.link.connected)
         try:
             yield handle
         finally:

@@ -96,7 +96,8 @@ async def test_rotate_then_decommission(api: Api, broker, unique):
             again.close()
         # history kept: still readable, marked decommissioned, absent from the live list
         kept = await http.get(f"/devices/{device_id}")
-        assert kept.status_code == 200 and kept.json()["decommissioned_at"]
+        assert kept.status_code == 200
+        assert kept.json()["decommissioned_at"]
         listed = await http.get("/devices")
         assert device_id not in [d["id"] for d in listed.json()["items"]]
     await assert_no_retained(broker, topic)
@@ -146,7 +147,8 @@ async def test_list_filters_sort_and_pagination(api: Api, unique):
             cursor = page["next_cursor"]
             if cursor is None:
                 break
-        assert seen == sorted(seen) and len(seen) == 5
+        assert seen == sorted(seen)
+        assert len(seen) == 5
         desc = (await http.get("/devices", params={"sort": "-id"})).json()["items"]
         assert [d["id"] for d in desc] == sorted(seen, reverse=True)
         even = (await http.get("/devices", params={"tag": "even"})).json()["items"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import tracemalloc
 
 import pytest
@@ -59,7 +60,8 @@ async def test_20mb_upload_streams_with_bounded_memory(api: Api, s3, unique):
         assert body["size"] == IMAGE_BYTES
         assert body["sha256"] == expected_sha256(IMAGE_BYTES)
         growth = peak - base
-        print(f"upload of {IMAGE_BYTES} bytes: traced peak growth {growth} bytes")
+        logging.getLogger(__name__).warning(
+            "upload of %d bytes: traced peak growth %d bytes", IMAGE_BYTES, growth)
         assert growth < IMAGE_BYTES // 4, f"peak {growth} bytes for a {IMAGE_BYTES} image"
 
         key = f"firmware/t-{unique}/{fw['id']}"
@@ -86,7 +88,8 @@ async def test_duplicate_version_and_delete_in_use(api: Api, s3, unique):
         bad = await http.post("/firmware", json={"version": "2.0", "hardware_models": ["x"]})
         assert bad.status_code == 422
         up = await http.put(f"/firmware/{fw['id']}/image", content=b"\x00" * 1000)
-        assert up.status_code == 200 and up.json()["size"] == 1000
+        assert up.status_code == 200
+        assert up.json()["size"] == 1000
 
         await http.post("/devices", json={"id": f"f-{unique}", "hardware_model": "ap-1"})
         rollout = await http.post("/rollouts", json={
@@ -106,3 +109,29 @@ async def test_duplicate_version_and_delete_in_use(api: Api, s3, unique):
         assert (await http.get(f"/firmware/{fw['id']}")).status_code == 404
         listed = s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=f"firmware/t-{unique}/")
         assert fw["id"] not in str(listed.get("Contents", []))
+
+
+async def test_image_over_the_limit_is_413_and_nothing_is_kept(broker, mongo, s3, unique):
+    from api.app import create_app
+    from tests.integration.api.conftest import api_settings
+    database = f"fl_{unique}"
+    app = create_app(api_settings(broker, mongo, s3, database, max_firmware_bytes=6 * 2**20))
+    async with app.router.lifespan_context(app) as state:
+        api = Api(app, state["app"])
+        try:
+            token = await api.token(f"t-{unique}", Role.OPERATOR)
+            async with api.client(token) as http:
+                fw = (await http.post("/firmware", json={"version": "1.0.0",
+                                                         "hardware_models": ["m"]})).json()
+                big = await http.put(f"/firmware/{fw['id']}/image",
+                                     content=astream(7 * 2**20))
+                assert big.status_code == 413
+                assert big.headers["content-type"] == "application/problem+json"
+                assert (await http.get(f"/firmware/{fw['id']}")).json()["status"] == "pending"
+                uploads = s3.client().list_multipart_uploads(Bucket=s3.bucket,
+                                                            Prefix=f"firmware/t-{unique}/")
+                assert uploads.get("Uploads", []) == []
+                ok = await http.put(f"/firmware/{fw['id']}/image", content=astream(1000))
+                assert ok.status_code == 200
+        finally:
+            await api.state.db.client.drop_database(database)

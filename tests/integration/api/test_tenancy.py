@@ -137,4 +137,5 @@ async def test_viewer_cannot_write_and_revoked_token_is_refused(api: Api, unique
         assert {"group.create", "device.register", "firmware.create", "firmware.upload",
                 "rollout.create", "token.create", "token.revoke"} <= actions
         entry = next(e for e in audit if e["action"] == "token.revoke")
-        assert entry["target"] == f"token:{created['token_id']}" and entry["at"]
+        assert entry["target"] == f"token:{created['token_id']}"
+        assert entry["at"]

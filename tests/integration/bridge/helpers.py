@@ -106,7 +106,8 @@ async def running_bridge(cfg: Settings) -> AsyncIterator[tuple[Running, BridgeMe
                                           on_started=started.set_result), name="bridge")
     try:
         async with asyncio.timeout(20):
-            await asyncio.wait([started, task], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([started, task],  # type: ignore[type-var]
+                               return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             task.result()  # raise its error
         running = started.result()

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from schemas.documents import DEAD_LETTERS, DEVICES, JOB_EXECUTIONS
+from schemas.documents import DEVICES, JOB_EXECUTIONS
 
 from .helpers import (
     Publisher,

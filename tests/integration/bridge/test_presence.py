@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
-import time
 
 import pytest
 from pymongo import AsyncMongoClient
@@ -44,9 +42,7 @@ async def test_idle_fleet_causes_zero_database_writes(broker, mongo, mongo_db, u
         ops = metrics.value("outpost_bridge_db_ops_total")
         writes = metrics.value("outpost_bridge_db_writes_total")
         # an observation window, not a wait for a delivery: nothing must happen in it
-        window_end = time.monotonic() + 5
-        while time.monotonic() < window_end:
-            await asyncio.sleep(0.5)
+        await asyncio.sleep(5)
         assert all(d.pings >= 1 for d in fleet), "devices did not keep alive"
         assert metrics.value("outpost_bridge_db_ops_total") == ops
         assert metrics.value("outpost_bridge_db_writes_total") == writes == 50

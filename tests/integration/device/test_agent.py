@@ -315,3 +315,20 @@ async def test_reboot_while_rebooting_reports_the_outcome(broker, watch, device_
     failed = (await watcher.wait_for(job_reached("j-reboot", "failed")))[0]
     assert failed.payload["reason"] == "booted 1.0.0, expected 4.0.0"
     assert failed.payload["key"]["session"] == 8
+
+
+async def test_agent_reconnects_after_the_broker_drops_it(broker, watch, device_id,
+                                                          state_file, cleanup):
+    """Another client taking over the client id makes the broker drop the agent."""
+    watcher = await watch(f"devices/{device_id}/#")
+    agent = start_thread_agent(agent_config(broker, device_id, state_file))
+    cleanup.append(agent)
+    await watcher.wait_for(is_presence("online"))
+    async with aiomqtt.Client("127.0.0.1", broker.port, username=broker.backend_username,
+                              password=broker.backend_password, identifier=device_id,
+                              protocol=aiomqtt.ProtocolVersion.V5):
+        pass  # connecting with the agent's client id takes its session over
+    back = await watcher.wait_for(lambda m: is_presence("online")(m)
+                                  and m.payload["key"]["session"] >= 2, within=20)
+    assert back[0].payload["key"]["seq"] == 1
+    assert json.loads(state_file.read_text())["session"] >= 2

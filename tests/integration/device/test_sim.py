@@ -21,7 +21,7 @@ async def test_fleet_presence_state_and_wills(broker_address: Broker, watch, uni
     options = FleetOptions(devices=N, prefix=prefix, connect_concurrency=16, seed=1)
     async with Fleet(options, broker_address, logging.getLogger("test.sim")) as fleet:
         async with asyncio.timeout(30):
-            await fleet.wait_connected()
+            await fleet.wait_ready()
         online = await watcher.wait_for(lambda m: m.topic.endswith("/presence")
                                         and m.payload["status"] == "online", count=N)
         assert {m.payload["device_id"] for m in online} == set(fleet.ids)
@@ -96,7 +96,7 @@ async def test_fleet_config_and_upgrade_jobs_with_real_downloads(broker_address:
     options = FleetOptions(devices=6, prefix=prefix, seed=3, download_rate=400 * 1024)
     async with Fleet(options, broker_address, logging.getLogger("test.sim")) as fleet:
         async with asyncio.timeout(20):
-            await fleet.wait_connected()
+            await fleet.wait_ready()
         good, bad, cfg = fleet.ids[:4], fleet.ids[4], fleet.ids[5]
         sha = hashlib.sha256(image).hexdigest()
         async with backend_session(broker_address) as client:
@@ -136,7 +136,7 @@ async def test_churn_drops_both_ways_and_devices_come_back(broker_address: Broke
                            abrupt_share=0.5, reconnect_base=0.2, reconnect_cap=0.5)
     async with Fleet(options, broker_address, logging.getLogger("test.sim")) as fleet:
         async with asyncio.timeout(20):
-            await fleet.wait_connected()
+            await fleet.wait_ready()
         await watcher.wait_for(lambda m: m.payload.get("reason") == "connection_lost",
                                count=3, within=20)
         await watcher.wait_for(lambda m: m.payload.get("reason") == "shutdown",

@@ -94,9 +94,9 @@ async def executor(db, broker, s3, *, holder: str = "s1", clock=real_clock,
 
 
 async def tick_until(ex: RolloutExecutor, done: Callable[[], Awaitable[bool]],
-                     timeout: float = 60) -> int:
+                     limit_s: float = 60) -> int:
     """Tick (as the periodic job would) until ``done()``; return the number of ticks."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit_s
     ticks = 0
     while not await done():
         assert time.monotonic() < deadline, f"not done after {ticks} ticks"

@@ -64,3 +64,20 @@ def test_unknown_devices_are_rejected_and_the_rest_coalesced():
     rejection = planned.rejections[0]
     assert isinstance(rejection, Rejection)
     assert rejection.reason is RejectReason.UNKNOWN_DEVICE
+
+
+def test_needed_skips_what_the_stored_document_already_has():
+    from bridge.batch import content_hash, needed
+
+    newer = decode(state("dev-a", 1, 5, n=1))
+    assert isinstance(newer, Accepted)
+    h = content_hash(newer.message)  # type: ignore[arg-type]
+    assert needed(newer, {"_id": "dev-a"})
+    assert not needed(newer, None)  # no document: never created
+    assert needed(newer, {"state": {"k": "00000000000001.00000000000004", "h": "other"}})
+    assert not needed(newer, {"state": {"k": "00000000000001.00000000000005", "h": "x"}})
+    assert not needed(newer, {"state": {"k": "00000000000001.00000000000004", "h": h}})
+    online = decode(presence("dev-a", 2, 1))
+    assert isinstance(online, Accepted)
+    assert needed(online, {"state": {"k": "00000000000009.00000000000001"}})
+    assert not needed(online, {"presence": {"k": "00000000000002.00000000000001"}})

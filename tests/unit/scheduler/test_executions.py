@@ -33,8 +33,13 @@ def test_unsent_and_terminal_executions_do_not_move():
     assert decide(SPEC, ex(S.SUCCEEDED), None, T0 + timedelta(days=1)) is None
 
 
-def test_first_report_moves_queued_to_in_progress():
-    t = decide(SPEC, ex(report={"status": "downloading"}), ONLINE_OLD, T0 + timedelta(minutes=2))
+def test_progress_reports_leave_the_stored_status_alone():
+    assert decide(SPEC, ex(report={"status": "downloading"}), ONLINE_OLD,
+                  T0 + timedelta(minutes=2)) is None
+
+
+def test_reported_success_moves_to_in_progress_while_the_grace_check_runs():
+    t = decide(SPEC, ex(report={"status": "succeeded"}), ONLINE_OLD, T0 + timedelta(minutes=2))
     assert t is not None
     assert t.status is S.IN_PROGRESS
     assert not t.final

@@ -1,0 +1,58 @@
+"""Thousands of devices dropped at the same instant: every Last Will ends up in MongoDB.
+
+On a real ``mongod`` the fleet is 5,000 (the issue's number). On FerretDB/SQLite every
+conditional update scans the collection, so 5,000 wills take many minutes to write; the
+default there is 1,000. ``OUTPOST_TEST_WILL_STORM=5000`` forces the full size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from schemas.documents import DEVICES
+
+from .helpers import LOG, RawDevice, eventually, running_bridge, settings
+
+pytestmark = pytest.mark.integration
+
+
+def _fleet_size(flavour: str) -> int:
+    default = 5000 if flavour == "mongod" else 1000
+    return int(os.environ.get("OUTPOST_TEST_WILL_STORM", default))
+
+
+async def _count(db, status: str) -> int:
+    return await db[DEVICES].count_documents({"presence.status": status})
+
+
+async def test_simultaneous_drop_of_a_fleet_marks_every_device_offline(
+        broker, mongo, mongo_db, unique):
+    n = _fleet_size(mongo.flavour)
+    ids = [f"d{unique}-{i:05}" for i in range(n)]
+    # already online in the mirror with the key the devices announce: the connect storm
+    # itself needs no write, only the wills do
+    online = {"status": "online", "reason": None, "k": f"{1:014x}.{1:014x}"}
+    await mongo_db[DEVICES].insert_many([{"_id": i, "presence": online} for i in ids])
+    fleet = [RawDevice(broker, i, session=1) for i in ids]
+    for start in range(0, n, 500):
+        await asyncio.gather(*(d.connect() for d in fleet[start:start + 500]))
+    async with running_bridge(settings(broker, mongo.url, mongo_db.name, unique)) as (
+            _, metrics):
+        started = time.monotonic()
+        for device in fleet:
+            device.drop()  # all TCP connections closed within a few milliseconds
+        await eventually(lambda: _count_is(mongo_db, "offline", n), within=600, interval=1,
+                         what=f"{n} devices offline")
+        elapsed = time.monotonic() - started
+        assert await _count(mongo_db, "online") == 0
+        LOG.info("will storm stored", extra={
+            "devices": n, "seconds": round(elapsed, 1),
+            "batches": metrics.value("outpost_bridge_batch_size_count")})
+
+
+async def _count_is(db, status: str, n: int) -> bool:
+    return await _count(db, status) == n

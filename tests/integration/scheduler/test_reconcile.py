@@ -1,0 +1,142 @@
+"""Config reconcile against the real broker and database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+
+import aiomqtt
+import pytest
+from pydantic import SecretStr
+
+from deploy.local import Mosquitto, free_port
+from deploy.local.process import port_is_free
+from outpost.settings import HttpSettings, MongoSettings, MqttSettings, S3Settings
+from scheduler.config import SchedulerSettings
+from scheduler.publisher import MqttSink
+from scheduler.reconcile import RECONCILE, ReconcilePolicy, Reconciler
+from scheduler.service import SchedulerService, Settings
+from schemas.examples import example_wifi_config
+from schemas.wifi import config_hash
+from tests.integration.scheduler.conftest import device_ids, quiet_mqtt_logger
+
+pytestmark = pytest.mark.integration
+LOG = logging.getLogger("test.reconcile")
+OLD = datetime.now(UTC) - timedelta(hours=1)
+CONFIG = example_wifi_config()
+
+
+async def seed(db, ids: list[str], *, applied: int, desired: int = 2) -> None:
+    for d in ids:
+        await db["devices"].insert_one({
+            "_id": d, "tenant_id": "t1", "desired_config": {"version": desired, "hash": "a" * 64,
+                                                            "updated_at": OLD},
+            "state": {"config": {"version": applied, "status": "applied"}},
+            "presence": {"status": "online", "since": OLD - timedelta(hours=1)}})
+        await db["device_configs"].insert_one({
+            "_id": f"{d}:{desired:010d}:aaaa", "tenant_id": "t1", "device_id": d,
+            "version": desired, "hash": config_hash(CONFIG), "created_at": OLD,
+            "config": json.dumps(CONFIG.model_dump(mode="json"))})
+
+
+def mqtt(broker, name: str) -> aiomqtt.Client:
+    return aiomqtt.Client("127.0.0.1", broker.port, username=broker.backend_username,
+                          password=broker.backend_password, identifier=name,
+                          protocol=aiomqtt.ProtocolVersion.V5, logger=quiet_mqtt_logger())
+
+
+async def _retained_once(broker, prefix: str, expect: int, window_s: float) -> dict:
+    found: dict[str, dict] = {}
+    async with mqtt(broker, f"probe-{secrets.token_hex(3)}") as client:
+        await client.subscribe("devices/+/config", qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(window_s):
+                async for message in client.messages:
+                    device = str(message.topic).split("/")[1]
+                    if device.startswith(prefix) and message.retain and message.payload:
+                        found[device] = json.loads(message.payload)
+                        if len(found) >= expect:
+                            break
+    return found
+
+
+async def retained_configs(broker, prefix: str, expect: int, limit_s: float = 10) -> dict:
+    """The retained configs of this test's devices, as a new subscriber sees them;
+    re-subscribes until ``expect`` are there or ``limit_s`` passed."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        found = await _retained_once(broker, prefix, expect, min(1.0, limit_s))
+        if len(found) >= expect or time.monotonic() >= deadline:
+            return found
+
+
+async def test_lagging_config_is_republished_then_applied_and_capped(db, broker, prefix):
+    ids = device_ids(prefix, 3)
+    await seed(db, ids, applied=1)
+    policy = ReconcilePolicy(lag=timedelta(minutes=5), retry_after=timedelta(0),
+                             max_attempts=3)
+    async with mqtt(broker, f"rec-{prefix}") as client:
+        rec = Reconciler(db, MqttSink(client), LOG, policy)
+        now = datetime.now(UTC)
+        assert await rec.run(now) >= 3
+        got = await retained_configs(broker, prefix, 3)
+        assert {d: got[d]["version"] for d in ids} == dict.fromkeys(ids, 2)
+        assert got[ids[0]]["config"] == CONFIG.model_dump(mode="json", exclude_none=True)
+        # two devices apply it; the third never does
+        for d in ids[:2]:
+            await db["devices"].update_one({"_id": d}, {"$set": {"state.config.version": 2}})
+        counts = [await rec.run(now + timedelta(seconds=i)) for i in range(1, 5)]
+    mine = {r["_id"]: r for r in await db[RECONCILE].find({"_id": {"$in": ids}}).to_list(None)}
+    assert mine[ids[2]]["attempts"] == 3  # capped: not hammered
+    assert mine[ids[0]]["attempts"] == 1
+    assert counts[2:] == [0, 0] or all(c <= 1 for c in counts)
+
+
+async def test_broker_sigkill_loses_retained_configs_and_resync_restores_them(
+        db, mongo, s3, prefix, tmp_path):
+    tmp_path.chmod(0o755)
+    broker = Mosquitto(tmp_path / "mosquitto", free_port(),
+                       backend_password=secrets.token_urlsafe(12), autosave_interval=3600)
+    broker.start()
+    started = time.monotonic()
+    ids = device_ids(prefix, 20)
+    await seed(db, ids, applied=2)  # all in sync: only a broker restart needs a resync
+    settings = Settings(
+        MqttSettings(url=broker.url, username=broker.backend_username,
+                     password=SecretStr(broker.backend_password)),
+        MongoSettings(url=mongo.url, database=db.name),
+        S3Settings(endpoint_url=s3.url, bucket=s3.bucket, access_key_id=s3.access_key,
+                   secret_access_key=SecretStr(s3.secret_key)),
+        HttpSettings(port=free_port()),
+        SchedulerSettings(instance="rec", reconcile_seconds=1, tick_seconds=1))
+    stop = asyncio.Event()
+    service = SchedulerService(settings, LOG)
+    task = asyncio.create_task(service.run(stop), name="scheduler under test")
+    try:
+        assert len(await retained_configs(broker, prefix, 20, limit_s=30)) == 20
+        # let the first broker run a few seconds, so that its start and the restart are
+        # told apart ($SYS uptime has a 1 s resolution); a wait on the clock, not delivery
+        await asyncio.sleep(max(0.0, 6 - (time.monotonic() - started)))
+        os.kill(broker.running_pid(), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while broker.running_pid() is not None or not port_is_free(broker.port):
+            assert time.monotonic() < deadline, "killed broker still holds its port"
+            await asyncio.sleep(0.1)
+        broker.start()
+        assert await retained_configs(broker, prefix, 20, limit_s=0.5) == {}  # lost
+        back = await retained_configs(broker, prefix, 20, limit_s=45)
+        assert len(back) == 20
+        resyncs = await db["scheduler_claims"].count_documents(
+            {"_id": {"$regex": "^config_resync@"}})
+        assert resyncs == 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        broker.stop()

@@ -1,0 +1,159 @@
+"""``outpost scheduler`` as real processes: SIGKILL takeover, $SYS gauges, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from deploy.local import free_port
+from tests.integration.scheduler.conftest import (
+    device_ids,
+    rollout_doc,
+    seed_devices,
+    seed_firmware,
+    status_of,
+)
+from tests.integration.scheduler.fleet import FakeFleet, running
+
+pytestmark = pytest.mark.integration
+
+
+class Instance:
+    def __init__(self, name: str, env: dict[str, str], folder: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.log = folder / f"scheduler-{name}.log"
+        full = {**os.environ, **env, "OUTPOST_HTTP_PORT": str(self.port),
+                "OUTPOST_SCHEDULER_INSTANCE": name}
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "outpost", "scheduler"],
+                                         env=full, cwd=folder, stdout=out,
+                                         stderr=subprocess.STDOUT)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}",
+                                        timeout=2) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+        except OSError:
+            return 0, ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def service_env(db, broker, mongo, s3, **extra: str) -> dict[str, str]:
+    return {
+        "OUTPOST_MQTT_URL": broker.url, "OUTPOST_MQTT_USERNAME": broker.backend_username,
+        "OUTPOST_MQTT_PASSWORD": broker.backend_password,
+        "OUTPOST_MONGO_URL": mongo.url, "OUTPOST_MONGO_DATABASE": db.name,
+        "OUTPOST_S3_ENDPOINT_URL": s3.url, "OUTPOST_S3_BUCKET": s3.bucket,
+        "OUTPOST_S3_ACCESS_KEY_ID": s3.access_key, "OUTPOST_S3_SECRET_ACCESS_KEY": s3.secret_key,
+        "OUTPOST_S3_PRESIGN_SECONDS": "600",
+        "OUTPOST_SCHEDULER_TICK_SECONDS": "0.3", "OUTPOST_SCHEDULER_LEASE_SECONDS": "3",
+        "OUTPOST_SCHEDULER_LEASE_MARGIN_SECONDS": "1",
+        "OUTPOST_SCHEDULER_SETTLE_SECONDS": "2", "OUTPOST_SCHEDULER_BATCH": "8",
+        **extra,
+    }
+
+
+async def until(condition, limit_s: float, what: str) -> None:
+    deadline = time.monotonic() + limit_s
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def ready(instance: Instance) -> bool:
+    return (await asyncio.to_thread(instance.get, "/readyz"))[0] == 200
+
+
+async def test_sigkill_of_the_lease_holder_mid_rollout_no_duplicate_no_missing(
+        db, broker, mongo, s3, unique, prefix, tmp_path):
+    tmp_path.chmod(0o755)
+    ids = device_ids(prefix, 200)
+    await seed_devices(db, ids)
+    fw = await seed_firmware(db, s3, unique)
+    job = f"job-{unique}"
+    await db["rollouts"].insert_one(rollout_doc(job, fw, waves={"kind": "fixed", "size": 20}))
+    fleet = FakeFleet(db, prefix, download=False)
+    env = service_env(db, broker, mongo, s3)
+    instances = {}
+    async with running(fleet, broker):
+        try:
+            for name in ("a", "b"):
+                instances[name] = Instance(name, env, tmp_path)
+            for inst in instances.values():
+                await until(lambda inst=inst: ready(inst), 30, f"{inst.name} ready")
+
+            async def some_sent() -> bool:
+                return sum(1 for d in ids if fleet.commands[d]) >= 50
+            await until(some_sent, 60, "first waves")
+            lease = await db["scheduler_claims"].find_one({"lease": f"rollout:{job}"},
+                                                          sort=[("token", -1)])
+            victim = instances[lease["holder"]]
+            victim.proc.send_signal(signal.SIGKILL)
+            victim.proc.wait(10)
+            killed_at = sum(1 for d in ids if fleet.commands[d])
+
+            async def finished() -> bool:
+                return await status_of(db, job) == "completed"
+            await until(finished, 90, "rollout completed")
+            survivor = next(i for i in instances.values() if i is not victim)
+            status, metrics = await asyncio.to_thread(survivor.get, "/metrics")
+            assert status == 200
+            assert "outpost_scheduler_commands_published_total" in metrics
+            survivor.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(survivor.proc.wait, 20) == 0
+        finally:
+            for inst in instances.values():
+                inst.stop()
+    assert 50 <= killed_at < 200, "the kill did not land mid-rollout"
+    missing = [d for d in ids if not fleet.commands[d]]
+    duplicated = {d: len(fleet.commands[d]) for d in ids if len(fleet.commands[d]) > 1}
+    assert missing == []
+    assert duplicated == {}
+    execs = await db["job_executions"].find({"job_id": job}).to_list(None)
+    assert len(execs) == 200
+    assert {e["status"] for e in execs} == {"succeeded"}
+    tokens = await db["scheduler_claims"].distinct("token", {"lease": f"rollout:{job}"})
+    assert max(tokens) >= 2  # the lease was taken over
+
+
+async def test_sys_metrics_become_gauges_and_sigterm_stops_cleanly(
+        db, broker, mongo, s3, tmp_path):
+    tmp_path.chmod(0o755)
+    env = service_env(db, broker, mongo, s3, OUTPOST_SCHEDULER_SNAPSHOT_SECONDS="1")
+    inst = Instance("solo", env, tmp_path)
+    try:
+        await until(lambda: ready(inst), 30, "ready")
+        assert (await asyncio.to_thread(inst.get, "/healthz"))[0] == 200
+
+        async def gauges() -> bool:
+            _, body = await asyncio.to_thread(inst.get, "/metrics")
+            return ("\noutpost_broker_clients_connected " in body
+                    and "\noutpost_broker_retained_messages " in body)
+        await until(gauges, 30, "$SYS gauges")  # Mosquitto publishes $SYS every 10 s
+
+        async def snapshot() -> bool:
+            return await db["broker_metrics"].count_documents({}) > 0
+        await until(snapshot, 15, "a broker snapshot")
+        doc = await db["broker_metrics"].find_one({})
+        assert doc["values"]["clients/connected"] >= 1
+        inst.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(inst.proc.wait, 20) == 0
+    finally:
+        inst.stop()

@@ -1,0 +1,183 @@
+"""Pure logic of the api: tokens, cursors, config rendering, sync reasons, waves,
+dynamic-security commands."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from api import auth, broker_admin, pagination
+from api.config_render import check_patch, render
+from api.config_service import plan
+from api.errors import BrokerError, Conflict, InvalidInput
+from api.routes.rollouts import dry_run_waves
+from api.store.rollouts import spec_fields
+from api.sync import SyncReason, sync_state
+from schemas.rollouts import RolloutSpec
+
+US6 = {"country": "US", "radios": {"2.4GHz": {"channel": 6}}}
+
+
+def test_roles_rank():
+    assert auth.Role.ADMIN.allows(auth.Role.OPERATOR)
+    assert not auth.Role.VIEWER.allows(auth.Role.OPERATOR)
+
+
+def test_token_is_random_hashed_and_parsed():
+    one, two = auth.new_token(), auth.new_token()
+    assert one.secret != two.secret
+    assert one.hash == auth.token_hash(one.secret)
+    assert one.secret not in one.hash
+    assert auth.bearer(f"Bearer {one.secret}") == one.secret
+    assert auth.bearer(f"Basic {one.secret}") is None
+    assert auth.bearer("Bearer something-else") is None
+    assert auth.bearer(None) is None
+
+
+@pytest.mark.parametrize("value", ["x-y", datetime(2026, 1, 2, tzinfo=UTC), 7, None])
+def test_cursor_round_trip(value):
+    cursor = pagination.encode_cursor(value, "id-1")
+    assert pagination.decode_cursor(cursor) == (value, "id-1")
+
+
+@pytest.mark.parametrize("garbage", ["", "!!!", "bm90IGpzb24", "WzEsMl0"])
+def test_bad_cursor_is_invalid_input(garbage):
+    with pytest.raises(InvalidInput):
+        pagination.decode_cursor(garbage)
+
+
+def test_after_filter_orders_by_field_then_id():
+    sort = pagination.Sort("created_at", descending=True)
+    cursor = pagination.encode_cursor(5, "b")
+    assert pagination.after_filter(sort, cursor) == {
+        "$or": [{"created_at": {"$lt": 5}}, {"created_at": 5, "_id": {"$lt": "b"}}]}
+    assert pagination.sort_spec(sort) == [("created_at", -1), ("_id", -1)]
+    with pytest.raises(InvalidInput):
+        pagination.Sort.parse("secret", {"id": "_id"})
+
+
+def test_render_merges_and_hashes_canonically():
+    a = render({"country": "US", "radios": {"2.4GHz": {}}}, {"radios": {"2.4GHz": {"channel": 6}}})
+    b = render({"radios": {"2.4GHz": {"channel": 6}}, "country": "US"}, {})
+    assert a is not None
+    assert b is not None
+    assert a.hash == b.hash
+    assert a.config["radios"]["2.4GHz"]["channel"] == 6
+    assert render({}, {}) is None
+
+
+def test_render_refuses_invalid_with_reason():
+    with pytest.raises(InvalidInput, match="channel 14"):
+        render({"country": "DE"}, {"radios": {"2.4GHz": {"channel": 14}}})
+    with pytest.raises(InvalidInput):
+        check_patch({"x": "y" * 70_000}, "template")
+
+
+def test_plan_is_a_noop_when_the_hash_is_unchanged():
+    first = plan({"_id": "d1", "desired_config": None}, US6)
+    assert first is not None
+    assert (first.expected_version, first.version) == (None, 1)
+    current = {"_id": "d1", "desired_config": {"version": 1, "hash": first.rendered.hash}}
+    assert plan(current, US6) is None
+    second = plan(current, {**US6, "radios": {"2.4GHz": {"channel": 1}}})
+    assert second is not None
+    assert (second.expected_version, second.version) == (1, 2)
+
+
+@pytest.mark.parametrize(("device", "reason"), [
+    ({}, SyncReason.NO_CONFIG),
+    ({"desired_config": {"version": 2}, "state": {"config": {"version": 2, "status": "applied"}}},
+     SyncReason.IN_SYNC),
+    ({"desired_config": {"version": 2},
+      "state": {"config": {"version": 2, "status": "rejected", "error": "e"}}},
+     SyncReason.REJECTED),
+    ({"desired_config": {"version": 2}, "presence": {"status": "online"},
+      "state": {"config": {"version": 1, "status": "applied"}}}, SyncReason.NOT_ACKED),
+    ({"desired_config": {"version": 2}, "presence": {"status": "offline"}}, SyncReason.OFFLINE),
+])
+def test_sync_reason(device, reason):
+    assert sync_state(device).reason is reason
+
+
+def full_spec(**extra) -> RolloutSpec:
+    return RolloutSpec.model_validate({
+        "firmware": {"id": "f1", "version": "1.0.0"},
+        "target": {"tags": ["b", "a"], "device_ids": ["dev-2", "dev-1"]},
+        "waves": {"kind": "fixed", "size": 4},
+        "success": {"min_success_percent": 90, "wait": 600, "on_miss": "abort"},
+        "in_progress_timeout": 120, "grace_period": 30,
+        "schedule": {"start_at": "2030-01-01T00:00:00Z", "windows": [
+            {"days": ["mon", "tue"], "start": "22:00", "end": "04:00",
+             "timezone": "Europe/Berlin"}]}, **extra})
+
+
+def test_stored_rollout_reads_back_as_the_same_spec():
+    spec = full_spec()
+    assert RolloutSpec.model_validate(spec_fields(spec)) == spec
+
+
+def test_dry_run_uses_the_scheduler_wave_sizes():
+    ids = [f"d{n:02d}" for n in range(10)]
+    now = datetime(2029, 1, 1, tzinfo=UTC)
+    waves = dry_run_waves(full_spec(max_per_minute=4), ids, now)
+    assert [w.device_ids for w in waves] == [ids[0:4], ids[4:8], ids[8:10]]
+    assert waves[0].earliest_start == datetime(2030, 1, 1, tzinfo=UTC)
+    assert waves[1].earliest_start == datetime(2030, 1, 1, 0, 1, tzinfo=UTC)
+    exp = full_spec(waves={"kind": "exponential", "base_rate_per_minute": 1,
+                           "increment_factor": 2, "notified_devices": 2})
+    assert sum(len(w.device_ids) for w in dry_run_waves(exp, ids, now)) == 10
+
+
+def test_dynsec_commands_grant_only_the_own_subtree():
+    create = broker_admin.create_device_commands("ap-1", "pw")
+    role, client = create
+    assert {a["topic"] for a in role["acls"]} == {"devices/ap-1/#"}
+    assert {a["acltype"] for a in role["acls"]} == {
+        "publishClientSend", "publishClientReceive", "subscribePattern"}
+    assert client["username"] == client["clientid"] == "ap-1"
+    assert client["roles"] == [{"rolename": role["rolename"]}]
+
+
+class FakeChannel:
+    def __init__(self, errors):
+        self.errors = errors
+
+    async def control(self, commands):
+        return [{"command": c["command"], **({"error": e} if e else {})}
+                for c, e in zip(commands, self.errors, strict=True)]
+
+
+async def test_broker_admin_maps_errors():
+    await broker_admin.BrokerAdmin(FakeChannel(["Role already exists", None])).create_device(
+        "ap-1", "pw")
+    with pytest.raises(Conflict):
+        await broker_admin.BrokerAdmin(FakeChannel([None, "Client already exists"])
+                                       ).create_device("ap-1", "pw", replace_stale=False)
+    with pytest.raises(BrokerError):
+        await broker_admin.BrokerAdmin(FakeChannel(["Internal error", None])).create_device(
+            "ap-1", "pw")
+    await broker_admin.BrokerAdmin(FakeChannel(["Client not found", "Role not found"])
+                                   ).delete_device("ap-1")
+
+
+class ScriptedChannel:
+    """Answers each control call with the next scripted list of errors."""
+
+    def __init__(self, *script):
+        self.script = list(script)
+        self.sent = []
+
+    async def control(self, commands):
+        self.sent.append([c["command"] for c in commands])
+        errors = self.script.pop(0)
+        return [{"command": c["command"], **({"error": e} if e else {})}
+                for c, e in zip(commands, errors, strict=True)]
+
+
+async def test_stale_broker_account_is_replaced_once():
+    channel = ScriptedChannel(["Role already exists", "Client already exists"],
+                              [None, None], ["Role already exists", None])
+    await broker_admin.BrokerAdmin(channel).create_device("ap-1", "pw")
+    assert channel.sent == [["createRole", "createClient"], ["deleteClient", "deleteRole"],
+                            ["createRole", "createClient"]]
