@@ -182,10 +182,11 @@ def _flood(pub: Publisher, ids: list[str], rounds: int, session: int) -> None:
             pub.publish(f"devices/{dev}/state", state_payload(dev, session, seq, n=seq))
 
 
-async def _raw_bulk(mongo: MongoServer, db: str, ids: list[str], chunk: int) -> float:
+async def _raw_bulk(mongo: MongoServer, db: str, ids: list[str], chunk: int,
+                    seq: int) -> float:
     """Seconds for one conditional update per device, as the bridge builds them."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.url)
-    k = f"{8:014x}.{1:014x}"
+    k = f"{8:014x}.{seq:014x}"
     ops = [UpdateOne({"_id": d, "$or": [{"state.k": {"$exists": False}},
                                         {"state.k": {"$lt": k}}], "state.h": {"$ne": k}},
                      {"$set": {"state": {"firmware": "1.0.0", "hardware_model": "ap-1",
@@ -207,10 +208,24 @@ async def _connect_storm(broker: Mosquitto, ids: list[str]) -> tuple[float, list
     return time.monotonic() - started, fleet
 
 
+class _Broker(Mosquitto):
+    """Our broker config, optionally with another ``max_inflight_messages``."""
+
+    max_inflight: int | None = None
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        if self.max_inflight is not None:
+            conf = self.conf_path.read_text().replace(
+                "max_inflight_messages 1000", f"max_inflight_messages {self.max_inflight}")
+            self.conf_path.write_text(conf)
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="outpost-bench-"))
     os.chmod(root, 0o755)  # Mosquitto drops to its own user, which must reach its folder
-    broker = Mosquitto(root / "mqtt", free_port(), backend_password=secrets.token_urlsafe(12))
+    broker = _Broker(root / "mqtt", free_port(), backend_password=secrets.token_urlsafe(12))
+    broker.max_inflight = args.max_inflight
     mongo = MongoServer(root / "db", free_port())
     broker.start()
     mongo.start()
@@ -233,6 +248,7 @@ async def _run(args: argparse.Namespace, broker: Mosquitto, mongo: MongoServer,
     chunk = 24 if await outpost_mongo.is_ferretdb(client["bench"]) else 10_000
     await client.close()
     results: dict[str, Any] = {"devices": args.devices, "rounds": args.rounds,
+                               "broker_max_inflight": args.max_inflight or 1000,
                                "messages": messages, "mongo": mongo.flavour}
 
     storm_s, fleet = await _connect_storm(broker, ids)
@@ -256,7 +272,8 @@ async def _run(args: argparse.Namespace, broker: Mosquitto, mongo: MongoServer,
     results["aiomqtt_msg_s"] = messages / await _aiomqtt_session(broker, "bench-aiomqtt",
                                                                   topic, messages)
 
-    raw_s = await _raw_bulk(mongo, "bench", ids, chunk)
+    await _raw_bulk(mongo, "bench", ids, chunk, 1)  # first write: documents get a state
+    raw_s = await _raw_bulk(mongo, "bench", ids, chunk, 2)  # steady state, as the bridge sees
     results["raw_bulk_updates_s"] = len(ids) / raw_s
     drain = await _bridge_drain(broker, mongo, "bench", "bench", ids, args.rounds, pub)
     results.update(drain)
@@ -275,6 +292,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="state messages per device")
+    parser.add_argument("--max-inflight", type=int, default=None,
+                        help="override the broker's max_inflight_messages (template: 1000)")
     parsed = parser.parse_args()
     began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out = asyncio.run(main(parsed))

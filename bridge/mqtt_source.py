@@ -11,6 +11,9 @@ aiomqtt 2.x acknowledges on receipt. paho is also faster here (bench/RESULTS.md)
 Session: MQTT v5, clean start off, a session expiry of hours, and a client receive
 maximum that bounds how many unacknowledged messages the broker sends us (that is the
 bridge's back-pressure: while MongoDB is down nothing is acked and the broker stops).
+
+paho's network loop uses ``select()``, which cannot watch descriptors above 1024: run
+the bridge in a process of its own, not next to thousands of other sockets.
 """
 
 from __future__ import annotations

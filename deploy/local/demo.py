@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.local.errors import StartFailed
+from device.sim.fleet import FleetOptions
 
 TENANT = "demo"
 
@@ -67,7 +68,8 @@ def admin_token(root: Path, env: dict[str, str]) -> str:
 
 def device_ids(prefix: str, count: int) -> list[str]:
     """The ids ``outpost sim --prefix`` uses."""
-    return [f"{prefix}-{n:06d}" for n in range(1, count + 1)]
+    options = FleetOptions(devices=count, prefix=prefix)
+    return [options.device_id(n) for n in range(count)]
 
 
 def register(api: Api, ids: list[str]) -> int:

@@ -8,7 +8,7 @@ only the transport differs. :class:`Fleet` owns the devices and their tasks::
     async with Fleet(FleetOptions(devices=1000, prefix="sim"), broker, logger) as fleet:
         await fleet.wait_ready()                   # all connected, presence + state sent
         await fleet.publish_state_all()
-        fleet.last_state("sim-000001")             # the StateMessage it sent last
+        fleet.last_state("sim-000000")             # the StateMessage it sent last
         await fleet.drop_all_abruptly()           # sockets closed, no DISCONNECT: wills fire
         await fleet.reconnect(fleet.ids[:10])
 

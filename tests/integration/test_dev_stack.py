@@ -21,22 +21,26 @@ def _outpost(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
 
 def test_up_twice_status_down(servers_root: Path) -> None:
     root = servers_root / "dev-stack"
-    env = {**os.environ, "OUTPOST_DEV_ROOT": str(root),
-           "OUTPOST_DEV_MQTT_PORT": str(free_port()), "OUTPOST_DEV_MONGO_PORT": str(free_port()),
-           "OUTPOST_DEV_S3_PORT": str(free_port()), "COLUMNS": "200"}
+    env = {**os.environ, "OUTPOST_DEV_ROOT": str(root), "COLUMNS": "200",
+           "OUTPOST_DEV_DEMO_DEVICES": "4",
+           **{f"OUTPOST_DEV_{name}_PORT": str(free_port())
+              for name in ("MQTT", "MONGO", "S3", "API", "BRIDGE", "SCHEDULER")}}
+    names = ("mosquitto", "mongodb", "s3", "bridge", "api", "scheduler", "sim")
     try:
         first = _outpost(env, "dev", "up")
         assert first.returncode == 0, first.stderr
+        assert "4 devices registered" in first.stderr
+        assert "4 simulated devices online in MongoDB" in first.stderr
         second = _outpost(env, "dev", "up")
         assert second.returncode == 0, second.stderr
-        assert second.stderr.count("already running") == 3
+        assert second.stderr.count("already running") == 6
+        assert "0 devices registered (4 already were)" in second.stderr
 
         status = _outpost(env, "dev", "status")
         assert status.returncode == 0, status.stdout + status.stderr
-        for name in ("mosquitto", "mongodb", "s3"):
+        for name in names:
             assert any(name in line and "healthy" in line for line in status.stdout.splitlines())
-        pids = [PidFile(root / name / f"{name}.pid").live_pid()
-                for name in ("mosquitto", "mongodb", "s3")]
+        pids = [PidFile(root / name / f"{name}.pid").live_pid() for name in names]
         assert all(pids)
         assert "OUTPOST_MQTT_URL=mqtt://127.0.0.1:" in (root / "dev.env").read_text()
     finally:

@@ -25,7 +25,7 @@ def test_presence_update_is_conditional_on_an_older_key():
 
 
 def test_state_update_skips_identical_content():
-    collection, op = _op(state("dev-a", 1, 2, uptime_s=5))
+    _, op = _op(state("dev-a", 1, 2, uptime_s=5))
     h = op._doc["$set"]["state"]["h"]
     assert op._filter["state.h"] == {"$ne": h}
     # uptime and key are not content: the hash of a repeat is the same
