@@ -66,7 +66,7 @@ async def _run(options: FleetOptions, broker: Broker, duration: float | None,
 
 def sim(
     devices: Annotated[int, typer.Option(min=1, help="Number of simulated devices")] = 100,
-    prefix: Annotated[str, typer.Option(help="Device ids are <prefix>-000000, <prefix>-000001, ...")] = "sim",
+    prefix: Annotated[str, typer.Option(help="Device ids: <prefix>-000000, -000001, ...")] = "sim",
     state_interval: Annotated[float, typer.Option(
         min=0, help="Seconds between periodic states per device (0: only on change)")] = 60.0,
     fail_rate: Annotated[float, typer.Option(min=0, max=1,
