@@ -4,9 +4,11 @@ We run against MongoDB and against FerretDB v1 (SQLite). Two FerretDB v1.24.2 fa
 shape this module (measured here, see README "MongoDB or FerretDB"):
 
 - one ``update`` command holds a pooled SQLite connection per statement until the whole
-  command ends, and the pool has 100 connections: a bulk of more than ~100 updates that
-  match existing documents blocks forever. We therefore send bulks in chunks of
-  :data:`FERRETDB_CHUNK` operations to FerretDB (MongoDB takes them whole);
+  command ends, and the pool has 100 connections *shared by all clients*: updates in
+  flight at once, across every service, beyond ~100 block forever. We therefore send
+  bulks in chunks of :data:`FERRETDB_CHUNK` operations to FerretDB (MongoDB takes them
+  whole), small enough that the bridge (its own chunk setting), the api and the scheduler
+  together stay below the pool;
 - every update scans the collection (its ``_id`` index is not used by updates), so write
   cost grows with collection size. Keep hot documents small.
 """
@@ -24,7 +26,7 @@ from pymongo.operations import DeleteMany, DeleteOne, InsertOne, ReplaceOne, Upd
 
 from outpost.settings import MongoSettings
 
-FERRETDB_CHUNK = 64
+FERRETDB_CHUNK = 16
 MONGODB_CHUNK = 10_000
 
 Document = dict[str, Any]

@@ -18,7 +18,14 @@ from pymongo.operations import InsertOne, UpdateOne
 
 from outpost.mongo import Document, bulk_write, chunk_size
 from scheduler.errors import StoreError
-from schemas.documents import DEVICES, FIRMWARE, JOB_EXECUTIONS, ROLLOUTS, SCHEDULER_SENDS
+from schemas.documents import (
+    DEVICES,
+    FIRMWARE,
+    JOB_EXECUTIONS,
+    ROLLOUTS,
+    SCHEDULER_SENDS,
+    target_filter,
+)
 from schemas.rollouts import ExecutionStatus, RolloutProgress, RolloutStatus, Target
 
 __all__ = ["RolloutStore"]
@@ -37,19 +44,6 @@ def _mapped(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         except PyMongoError as exc:
             raise StoreError(f"{fn.__name__}: {exc}") from exc
     return wrapper
-
-
-def target_filter(tenant_id: Any, target: Target) -> Document:
-    query: Document = {"tenant_id": tenant_id, "decommissioned_at": None}
-    if target.group:
-        query["group"] = target.group
-    if target.tags:
-        query["tags"] = {"$all": sorted(target.tags)}
-    if target.device_ids:
-        query["_id"] = {"$in": sorted(target.device_ids)}
-    if target.hardware_model:
-        query["hardware_model"] = target.hardware_model
-    return query
 
 
 class RolloutStore:

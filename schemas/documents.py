@@ -69,7 +69,10 @@ update for exclusion; see :mod:`scheduler.claims` and :mod:`scheduler.executor`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from schemas.protocol import OrderKey
+from schemas.rollouts import Target
 
 DEVICES = "devices"
 JOB_EXECUTIONS = "job_executions"
@@ -95,3 +98,17 @@ def order_key_str(key: OrderKey) -> str:
 
 def execution_id(job_id: str, device_id: str) -> str:
     return f"{job_id}:{device_id}"
+
+
+def target_filter(tenant_id: str, target: Target) -> dict[str, Any]:
+    """The ``devices`` filter for a rollout target (live devices of one tenant)."""
+    query: dict[str, Any] = {"tenant_id": tenant_id, "decommissioned_at": None}
+    if target.group:
+        query["group"] = target.group
+    if target.tags:
+        query["tags"] = {"$all": sorted(target.tags)}
+    if target.device_ids:
+        query["_id"] = {"$in": sorted(target.device_ids)}
+    if target.hardware_model:
+        query["hardware_model"] = target.hardware_model
+    return query

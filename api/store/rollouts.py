@@ -9,28 +9,15 @@ from typing import Any
 
 from api.pagination import Sort
 from api.store.base import Db, Doc, Page, new_id, page
-from schemas.documents import DEVICES, JOB_EXECUTIONS, ROLLOUTS
+from schemas.documents import DEVICES, JOB_EXECUTIONS, ROLLOUTS, target_filter
 from schemas.rollouts import RolloutSpec, RolloutStatus, Target
 
 ACTIVE = [s.value for s in RolloutStatus if s.active]
 MAX_TARGET = 100_000
 
 
-def target_query(tenant_id: str, target: Target) -> Doc:
-    q: Doc = {"tenant_id": tenant_id, "decommissioned_at": None}
-    if target.group:
-        q["group"] = target.group
-    if target.tags:
-        q["tags"] = {"$all": sorted(target.tags)}
-    if target.device_ids:
-        q["_id"] = {"$in": sorted(target.device_ids)}
-    if target.hardware_model:
-        q["hardware_model"] = target.hardware_model
-    return q
-
-
 async def target_ids(db: Db, tenant_id: str, target: Target) -> list[str]:
-    found = db[DEVICES].find(target_query(tenant_id, target), {"_id": 1}).sort("_id", 1)
+    found = db[DEVICES].find(target_filter(tenant_id, target), {"_id": 1}).sort("_id", 1)
     return [d["_id"] for d in await found.to_list(MAX_TARGET)]
 
 
