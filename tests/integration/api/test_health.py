@@ -48,3 +48,26 @@ async def test_framework_errors_are_problems(api: Api, unique):
         too_many = await http.get("/devices", params={"limit": 1000})
         assert too_many.status_code == 422
         assert too_many.json()["errors"][0]["loc"] == ["query", "limit"]
+
+
+async def test_ops_broker_summarizes_the_scheduler_snapshots(api: Api, unique):
+    from datetime import UTC, datetime, timedelta
+
+    from schemas.documents import BROKER_METRICS
+
+    now = datetime.now(UTC)
+    await api.state.db[BROKER_METRICS].insert_many([
+        {"at": now - timedelta(minutes=70),
+         "values": {"clients/connected": 10, "publish/messages/dropped": 2}},
+        {"at": now - timedelta(seconds=5),
+         "values": {"clients/connected": 12, "publish/messages/dropped": 9}},
+    ])
+    viewer = await api.token(f"v-{unique}", Role.VIEWER)
+    async with api.client(viewer) as http:
+        assert (await http.get("/ops/broker")).status_code == 403
+    admin = await api.token(f"a-{unique}", Role.ADMIN)
+    async with api.client(admin) as http:
+        summary = (await http.get("/ops/broker")).json()
+    assert summary["values"]["clients/connected"] == 12
+    assert summary["dropped_in_window"] == 7
+    assert summary["alerts"] == ["the broker dropped 7 messages in the last hour"]
