@@ -44,23 +44,25 @@ async def open_writer(settings: Settings, metrics: BridgeMetrics,
     client = mongo.client(settings.mongo, serverSelectionTimeoutMS=2000)
     try:
         db: AsyncDatabase[Document] = client[settings.mongo.database]
-        chunk = await _chunk_size(db, settings.bridge.ferretdb_chunk, logger)
-        sink = MongoSink(db, chunk=chunk, dead_letter_cap=settings.bridge.dead_letter_cap)
+        ferret = await _is_ferretdb(db, logger)
+        chunk = settings.bridge.ferretdb_chunk if ferret else mongo.MONGODB_CHUNK
+        # FerretDB does not isolate concurrent updates of one document: read back and
+        # resend lost writes. MongoDB's single-document updates are atomic.
+        sink = MongoSink(db, chunk=chunk, dead_letter_cap=settings.bridge.dead_letter_cap,
+                         verify_rounds=settings.bridge.verify_rounds if ferret else 0)
         known = KnownDevices(sink.existing, unknown_ttl=settings.bridge.unknown_ttl_s)
         yield Writer(sink, known, metrics, logger), sink
     finally:
         await client.close()
 
 
-async def _chunk_size(db: AsyncDatabase[Document], ferretdb_chunk: int,
-                      logger: logging.Logger) -> int:
-    """Ask the server once; while it is unreachable assume FerretDB (the smaller chunk)."""
+async def _is_ferretdb(db: AsyncDatabase[Document], logger: logging.Logger) -> bool:
+    """Ask the server once; while it is unreachable assume FerretDB (the careful choice)."""
     try:
-        ferret = await mongo.is_ferretdb(db)
+        return await mongo.is_ferretdb(db)
     except PyMongoError as exc:
         logger.warning("mongodb not reachable at start", extra={"error": str(exc)[:200]})
-        ferret = True
-    return ferretdb_chunk if ferret else mongo.MONGODB_CHUNK
+        return True
 
 
 @dataclass(frozen=True)

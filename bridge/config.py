@@ -35,6 +35,10 @@ class BridgeSettings(BaseSettings):
         description="Updates per command on FerretDB. FerretDB v1 deadlocks once more than "
                     "~100 update statements run at the same time across all its clients "
                     "(see outpost/mongo.py), so N writers must keep N x chunk below 100.")
+    verify_rounds: int = Field(
+        default=5, ge=0, le=100,
+        description="On FerretDB: times a batch's writes are read back and lost ones sent "
+                    "again (FerretDB does not isolate concurrent updates of one document)")
     unknown_ttl_s: float = Field(default=5.0, ge=0,
                                  description="How long an id without a devices document "
                                              "is remembered as unknown")

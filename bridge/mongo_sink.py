@@ -136,7 +136,9 @@ class WriteCounts:
     ops: int = 0
     modified: int = 0
     skipped: int = 0  # not sent: the pre-read showed the stored data already as new
+    rewritten: int = 0  # sent again: a read-back showed the write was lost (FerretDB)
     dead_letters: int = 0
+    dead_letters_lost: int = 0  # samples not stored (slot race between instances)
 
 
 async def _mapped(call: Awaitable[T]) -> T:
@@ -158,9 +160,11 @@ async def _mapped(call: Awaitable[T]) -> T:
 class MongoSink:
     """Writes planned batches; owns no client (it is handed the database)."""
 
-    def __init__(self, db: AsyncDatabase[Document], *, chunk: int, dead_letter_cap: int) -> None:
+    def __init__(self, db: AsyncDatabase[Document], *, chunk: int, dead_letter_cap: int,
+                 verify_rounds: int = 0) -> None:
         self._db = db
         self._chunk = chunk
+        self._verify_rounds = verify_rounds
         self._cap = dead_letter_cap
         self._slots: dict[RejectReason, int] = {}
         self._offset = secrets.randbelow(dead_letter_cap)  # instances overwrite different slots
@@ -180,24 +184,54 @@ class MongoSink:
 
     async def write(self, planned: Plan) -> WriteCounts:
         """Write a batch: updates by collection, then dead letters. Raises our errors."""
-        current = await self._current(planned.writes)
-        groups: dict[str, list[WriteOp]] = {}
         counts = WriteCounts()
-        for item in planned.writes:
-            if not needed(item, current.get(target(item))):
-                counts.skipped += 1
-                continue
+        pending = await self._still_needed(planned.writes)
+        counts.skipped = len(planned.writes) - len(pending)
+        await self._apply(pending, counts)
+        for _ in range(self._verify_rounds):
+            pending = await self._still_needed(pending)
+            if not pending:
+                break
+            counts.rewritten += len(pending)
+            await self._apply(pending, counts)
+        letters = self.dead_letter_ops(planned.rejections)
+        if letters:
+            counts.dead_letters = len(letters)
+            try:
+                await _mapped(mongo.bulk_write(self._db[DEAD_LETTERS], letters,
+                                               chunk=self._chunk))
+            except StoreUnavailable:
+                raise
+            except StoreError:
+                # Two instances filled the same ring slot at once; FerretDB reports the
+                # upsert race as a duplicate key. The slot holds a sample either way, and
+                # the rejection itself is counted, so the messages are still acked.
+                counts.dead_letters_lost = len(letters)
+        return counts
+
+    async def _still_needed(self, items: Sequence[Accepted]) -> list[Accepted]:
+        """The items whose update would still change the stored documents.
+
+        Before a write this skips replays and repeats. After a write, on FerretDB, it finds
+        the writes another client's concurrent update of the same document overwrote:
+        FerretDB v1 rewrites whole documents without isolating concurrent updates, so a
+        matched update can still be lost. Sending those again is safe (the same
+        conditions apply) and converges, since each round only keeps what is still older.
+        """
+        if not items:
+            return []
+        current = await self._current(items)
+        return [item for item in items if needed(item, current.get(target(item)))]
+
+    async def _apply(self, items: Sequence[Accepted], counts: WriteCounts) -> None:
+        groups: dict[str, list[WriteOp]] = {}
+        for item in items:
             collection, op = update_op(item)
             groups.setdefault(collection, []).append(op)
         for collection, ops in groups.items():
             result = await _mapped(mongo.bulk_write(self._db[collection], ops, chunk=self._chunk))
             counts.ops += len(ops)
             counts.modified += result.modified
-        letters = self.dead_letter_ops(planned.rejections)
-        if letters:
-            await _mapped(mongo.bulk_write(self._db[DEAD_LETTERS], letters, chunk=self._chunk))
-            counts.dead_letters = len(letters)
-        return counts
 
     async def _current(self, items: Sequence[Accepted]) -> dict[tuple[str, str], Document]:
         """One read per collection and batch: the stored keys (and state hash).

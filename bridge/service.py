@@ -87,6 +87,11 @@ class Writer:
             self.logger.info("messages rejected", extra={
                 "count": len(planned.rejections),
                 "reasons": sorted({r.reason.value for r in planned.rejections})})
+        if counts.rewritten:
+            self.logger.info("lost writes sent again", extra={"count": counts.rewritten})
+        if counts.dead_letters_lost:
+            self.logger.warning("dead-letter samples not stored (slot race)",
+                                extra={"count": counts.dead_letters_lost})
         self.metrics.db_ops.inc(counts.ops)
         self.metrics.db_writes.inc(counts.modified)
         self.metrics.dead_letters.inc(counts.dead_letters)

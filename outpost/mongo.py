@@ -22,6 +22,7 @@ from typing import Any
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure
 from pymongo.operations import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
 
 from outpost.settings import MongoSettings
@@ -58,7 +59,13 @@ async def bulk_write(collection: AsyncCollection[Document], ops: Sequence[WriteO
     """Unordered bulk write in chunks of ``chunk`` operations, counts added up."""
     counts = BulkCounts()
     for start in range(0, len(ops), chunk):
-        result = await collection.bulk_write(list(ops[start:start + chunk]), ordered=False)
+        try:
+            result = await collection.bulk_write(list(ops[start:start + chunk]), ordered=False)
+        except KeyError as exc:
+            # FerretDB answers a bulk with write errors (e.g. two clients upserting one
+            # _id at once) without the counts pymongo expects, and pymongo then fails
+            # with a KeyError instead of BulkWriteError. Give callers a pymongo error.
+            raise OperationFailure(f"server reply without {exc} (write errors)") from exc
         counts.inserted += result.inserted_count
         counts.matched += result.matched_count
         counts.modified += result.modified_count

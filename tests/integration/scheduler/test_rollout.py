@@ -95,7 +95,13 @@ async def test_thirty_percent_failing_aborts_at_threshold_and_sends_no_more(
     assert sent_at_abort == 20  # the first wave only: its 6 failures (30%) passed 20%
     assert sum(len(v) for v in fleet.commands.values()) == sent_at_abort
     execs = await db["job_executions"].find({"job_id": job}).to_list(None)
-    assert Counter(e["status"] for e in execs) == {"succeeded": 14, "failed": 6}
+    statuses = Counter(e["status"] for e in execs)
+    # The abort may come while the last reports of the wave are still on their way (10
+    # finished executions are enough to decide); an aborted rollout's executions that were
+    # in flight are not followed further (scheduler/README.md), so they stay queued.
+    assert statuses["failed"] == 6
+    assert statuses["succeeded"] + statuses["queued"] == 14
+    assert sum(statuses.values()) == 20
 
 
 async def test_retry_gets_a_new_attempt_and_a_fresh_url(db, broker, s3, unique, prefix):
