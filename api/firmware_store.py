@@ -17,11 +17,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from api.errors import PayloadTooLarge, StorageError
+from outpost import s3 as outpost_s3
 from outpost.settings import S3Settings
 
 if TYPE_CHECKING:
@@ -36,12 +35,8 @@ class Stored:
 
 
 def s3_client(settings: S3Settings) -> S3Client:
-    return boto3.client(
-        "s3", endpoint_url=settings.endpoint_url, region_name=settings.region,
-        aws_access_key_id=settings.access_key_id,
-        aws_secret_access_key=settings.secret_access_key.get_secret_value(),
-        config=BotoConfig(signature_version="s3v4", s3={"addressing_style": "path"},
-                          retries={"max_attempts": 3}, connect_timeout=3, read_timeout=30))
+    """Long read timeout: multipart parts of several MiB."""
+    return outpost_s3.client(settings, connect_timeout=3, read_timeout=30)
 
 
 class FirmwareStore:

@@ -149,14 +149,18 @@ class ConfigDecision(StrEnum):
     STALE = "stale"  # older than what the device already handled
 
 
+def _first_error(what: str, exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "payload"
+    return f"invalid {what}: {where}: {first['msg']}"[:1000]
+
+
 def parse_config(payload: bytes) -> ConfigMessage | str:
     """The desired config, or the reason it cannot be read."""
     try:
         return ConfigMessage.model_validate_json(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "payload"
-        return f"invalid config: {where}: {first['msg']}"[:1000]
+        return _first_error("config", exc)
 
 
 def decide_config(message: ConfigMessage, last: ConfigReport | None) -> ConfigDecision:
@@ -207,12 +211,11 @@ class JobRecord(BaseModel):
 
 
 def parse_job(payload: bytes) -> JobCommand | str:
+    """The upgrade command, or the reason it cannot be read."""
     try:
         return JobCommand.model_validate_json(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "payload"
-        return f"invalid job command: {where}: {first['msg']}"[:1000]
+        return _first_error("job command", exc)
 
 
 class JobAction(StrEnum):

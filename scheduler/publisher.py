@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiomqtt
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from outpost import s3 as outpost_s3
 from outpost.settings import S3Settings
 from scheduler.errors import PresignError, PublishError
 
@@ -33,15 +33,8 @@ __all__ = ["CommandSink", "MqttSink", "Outgoing", "Presigner", "s3_client"]
 
 
 def s3_client(settings: S3Settings) -> S3Client:
-    import boto3
-
-    return boto3.client(
-        "s3", endpoint_url=settings.endpoint_url, region_name=settings.region,
-        aws_access_key_id=settings.access_key_id,
-        aws_secret_access_key=settings.secret_access_key.get_secret_value(),
-        config=BotoConfig(signature_version="s3v4", s3={"addressing_style": "path"},
-                          retries={"max_attempts": 3}, connect_timeout=2, read_timeout=10),
-    )
+    """Presigning is local; the client only needs short timeouts."""
+    return outpost_s3.client(settings, connect_timeout=2, read_timeout=10)
 
 
 class Presigner:
