@@ -23,9 +23,14 @@ class BridgeSettings(BaseSettings):
 
     instance: str = Field(default="0", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     share_group: str = Field(default="outpost-bridge", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    batch_max: int = Field(default=2000, ge=1, le=20_000)
+    batch_max: int = Field(
+        default=20_000, ge=1, le=65_535,
+        description="Most messages per batch. A batch takes what has queued up while the "
+                    "previous one was written, so it only grows when the database is the "
+                    "bottleneck; then a device's repeated messages coalesce into one update. "
+                    "Keep it at receive_maximum so one batch can hold the whole backlog.")
     flush_ms: float = Field(default=5.0, ge=0, le=10_000)
-    receive_maximum: int = Field(default=5000, ge=1, le=65_535,
+    receive_maximum: int = Field(default=20_000, ge=1, le=65_535,
                                  description="Unacknowledged messages the broker may send us")
     session_expiry_s: int = Field(default=6 * 3600, ge=0)
     dead_letter_cap: int = Field(default=100, ge=1, le=100_000,

@@ -27,7 +27,7 @@ class BridgeMetrics:
         self.store_retries = Counter("outpost_bridge_store_retries",
                                      "Batch writes retried after a transient error", registry=r)
         self.batch_size = Histogram("outpost_bridge_batch_size", "Messages per batch",
-                                    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000),
+                                    buckets=(1, 5, 20, 100, 500, 1000, 5000, 20_000),
                                     registry=r)
         self.write_seconds = Histogram("outpost_bridge_write_seconds",
                                        "Time to write one batch (retries included)",

@@ -139,6 +139,8 @@ class WriteCounts:
     rewritten: int = 0  # sent again: a read-back showed the write was lost (FerretDB)
     dead_letters: int = 0
     dead_letters_lost: int = 0  # samples not stored (slot race between instances)
+    read_s: float = 0.0  # pre-read and read-backs
+    update_s: float = 0.0  # conditional updates (resends included)
 
 
 async def _mapped(call: Awaitable[T]) -> T:
@@ -185,11 +187,11 @@ class MongoSink:
     async def write(self, planned: Plan) -> WriteCounts:
         """Write a batch: updates by collection, then dead letters. Raises our errors."""
         counts = WriteCounts()
-        pending = await self._still_needed(planned.writes)
+        pending = await self._still_needed(planned.writes, counts)
         counts.skipped = len(planned.writes) - len(pending)
         await self._apply(pending, counts)
         for _ in range(self._verify_rounds):
-            pending = await self._still_needed(pending)
+            pending = await self._still_needed(pending, counts)
             if not pending:
                 break
             counts.rewritten += len(pending)
@@ -209,7 +211,8 @@ class MongoSink:
                 counts.dead_letters_lost = len(letters)
         return counts
 
-    async def _still_needed(self, items: Sequence[Accepted]) -> list[Accepted]:
+    async def _still_needed(self, items: Sequence[Accepted],
+                            counts: WriteCounts) -> list[Accepted]:
         """The items whose update would still change the stored documents.
 
         Before a write this skips replays and repeats. After a write, on FerretDB, it finds
@@ -220,7 +223,9 @@ class MongoSink:
         """
         if not items:
             return []
+        started = time.monotonic()
         current = await self._current(items)
+        counts.read_s += time.monotonic() - started
         return [item for item in items if needed(item, current.get(target(item)))]
 
     async def _apply(self, items: Sequence[Accepted], counts: WriteCounts) -> None:
@@ -228,10 +233,12 @@ class MongoSink:
         for item in items:
             collection, op = update_op(item)
             groups.setdefault(collection, []).append(op)
+        started = time.monotonic()
         for collection, ops in groups.items():
             result = await _mapped(mongo.bulk_write(self._db[collection], ops, chunk=self._chunk))
             counts.ops += len(ops)
             counts.modified += result.modified
+        counts.update_s += time.monotonic() - started
 
     async def _current(self, items: Sequence[Accepted]) -> dict[tuple[str, str], Document]:
         """One read per collection and batch: the stored keys (and state hash).

@@ -46,13 +46,21 @@ class Writer:
     store_ok: bool = True
 
     async def write(self, batch: Sequence[Inbound]) -> WriteCounts:
+        began = time.monotonic()
         decoded = plan(batch)
         known = await self._retry(lambda: self.known.known(decoded.device_ids))
         planned = with_known(decoded, known)
         started = time.monotonic()
         counts = await self._retry(lambda: self.sink.write(planned))
-        self.metrics.write_seconds.observe(time.monotonic() - started)
+        ended = time.monotonic()
+        self.metrics.write_seconds.observe(ended - started)
         self._count(planned, counts)
+        self.logger.debug("batch written", extra={
+            "messages": len(batch), "updates": counts.ops, "skipped": counts.skipped,
+            "modified": counts.modified, "rewritten": counts.rewritten,
+            "rejected": len(planned.rejections), "prepare_s": round(started - began, 4),
+            "read_s": round(counts.read_s, 4), "update_s": round(counts.update_s, 4),
+            "total_s": round(ended - began, 4)})
         return counts
 
     async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:

@@ -1,0 +1,108 @@
+"""The bridge loop's batching and acknowledgement order, with an in-memory transport.
+
+No broker and no database here: the source is a queue that records acks, the writer
+records the batches it is given. What is checked is the loop's own decisions: a batch
+takes what queued up (up to ``batch_max``), grows while a write is slow, and nothing is
+acknowledged before the write that contains it returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from bridge.inbound import Inbound
+from bridge.metrics import BridgeMetrics
+from bridge.service import Bridge
+from tests.unit.bridge.helpers import state
+
+
+class _Source:
+    def __init__(self) -> None:
+        self.messages: asyncio.Queue[Inbound | None] = asyncio.Queue()
+        self.connected = True
+        self.acked: list[int] = []
+
+    def ack(self, inbound: Inbound) -> bool:
+        self.acked.append(inbound.mid)
+        return True
+
+    def close_intake(self) -> None:
+        self.messages.put_nowait(None)
+
+
+class _Writer:
+    """Records batches; ``gate`` (if set) holds the first write until released."""
+
+    def __init__(self, source: _Source, gate: asyncio.Event | None = None) -> None:
+        self.source = source
+        self.gate = gate
+        self.metrics = BridgeMetrics()
+        self.logger = logging.getLogger("test.bridge")
+        self.batches: list[list[int]] = []
+        self.acked_before_write: list[int] = []
+        self.started = asyncio.Event()
+
+    async def write(self, batch: list[Inbound]) -> None:
+        self.acked_before_write.extend(m.mid for m in batch if m.mid in self.source.acked)
+        self.batches.append([m.mid for m in batch])
+        self.started.set()
+        if self.gate is not None and len(self.batches) == 1:
+            await self.gate.wait()
+
+
+def _messages(n: int) -> list[Inbound]:
+    return [state(f"dev-{i % 7}", 1, i + 1) for i in range(n)]
+
+
+async def _run(bridge: Bridge, source: _Source) -> None:
+    source.close_intake()
+    async with asyncio.timeout(5):
+        await bridge.run()
+
+
+async def test_a_queued_backlog_is_split_only_at_batch_max() -> None:
+    source = _Source()
+    writer = _Writer(source)
+    sent = _messages(25)
+    for m in sent:
+        source.messages.put_nowait(m)
+    bridge = Bridge(source, writer, batch_max=10, flush_s=0.0)  # type: ignore[arg-type]
+    await _run(bridge, source)
+    assert [len(b) for b in writer.batches] == [10, 10, 5]
+    assert source.acked == [m.mid for m in sent]  # every message, in receive order
+
+
+async def test_messages_arriving_during_a_slow_write_make_one_next_batch() -> None:
+    source = _Source()
+    gate = asyncio.Event()
+    writer = _Writer(source, gate)
+    bridge = Bridge(source, writer, batch_max=1000, flush_s=0.0)  # type: ignore[arg-type]
+    first, *rest = _messages(301)
+    source.messages.put_nowait(first)
+    task = asyncio.create_task(bridge.run())
+    await asyncio.wait_for(writer.started.wait(), 5)
+    for m in rest:  # the database is slow: these queue up meanwhile
+        source.messages.put_nowait(m)
+    await asyncio.sleep(0.01)
+    assert source.acked == []  # the first write has not returned: nothing acked
+    gate.set()
+    source.close_intake()
+    await asyncio.wait_for(task, 5)
+    assert [len(b) for b in writer.batches] == [1, 300]
+    assert writer.acked_before_write == []
+    assert source.acked == [first.mid] + [m.mid for m in rest]
+
+
+async def test_a_trickle_is_written_as_it_comes() -> None:
+    source = _Source()
+    writer = _Writer(source)
+    bridge = Bridge(source, writer, batch_max=1000, flush_s=0.0)  # type: ignore[arg-type]
+    task = asyncio.create_task(bridge.run())
+    for m in _messages(3):
+        source.messages.put_nowait(m)
+        await asyncio.sleep(0.01)
+    source.close_intake()
+    await asyncio.wait_for(task, 5)
+    assert [len(b) for b in writer.batches] == [1, 1, 1]
+    assert len(source.acked) == 3
