@@ -85,7 +85,8 @@ async def run_bridge(settings: Settings, logger: logging.Logger, *,
     async with open_writer(settings, metrics, logger) as (writer, _sink), MqttSource(
             settings.mqtt, client_id=client_id, subscriptions=subs, logger=logger,
             session_expiry_s=b.session_expiry_s, receive_maximum=b.receive_maximum) as source:
-        bridge = Bridge(source, writer, batch_max=b.batch_max, flush_s=b.flush_ms / 1000)
+        bridge = Bridge(source, writer, batch_max=b.batch_max, flush_s=b.flush_ms / 1000,
+                        stop_timeout_s=b.stop_timeout_s)
         server = await serve(settings.http.host, settings.http.port,
                              health_routes(metrics.registry, bridge.ready))
         if handle_signals:

@@ -33,6 +33,13 @@ class BridgeSettings(BaseSettings):
     receive_maximum: int = Field(default=20_000, ge=1, le=65_535,
                                  description="Unacknowledged messages the broker may send us")
     session_expiry_s: int = Field(default=6 * 3600, ge=0)
+    stop_timeout_s: float = Field(
+        default=20.0, ge=0, le=3600,
+        description="After SIGTERM, how long the batch being written may still take "
+                    "(MongoDB away, or FerretDB slow on a large batch). Past it the bridge "
+                    "leaves without acknowledging that batch: nothing is lost, the broker "
+                    "redelivers it when this instance reconnects. Keep it below the "
+                    "orchestrator's grace period.")
     dead_letter_cap: int = Field(default=100, ge=1, le=100_000,
                                  description="Samples kept per reject reason")
     ferretdb_chunk: int = Field(

@@ -109,14 +109,18 @@ class Bridge:
     """One bridge instance: :meth:`run` until :meth:`stop`, then flush and ack the rest."""
 
     def __init__(self, source: MqttSource, writer: Writer, *, batch_max: int,
-                 flush_s: float) -> None:
+                 flush_s: float, stop_timeout_s: float = 20.0) -> None:
         self._source = source
         self._writer = writer
         self._metrics = writer.metrics
         self._log = writer.logger
         self._batch_max = batch_max
         self._flush_s = flush_s
-        self._in_flight = 0
+        self._stop_timeout = stop_timeout_s
+        self._stopping = False
+        self._abandoned = False
+        self._writing: asyncio.Future[WriteCounts] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     def ready(self) -> bool:
         ready = self._source.connected and self._writer.store_ok
@@ -124,16 +128,35 @@ class Bridge:
         return ready
 
     def stop(self) -> None:
-        """Stop reading; :meth:`run` writes and acks what it already has, then returns."""
-        self._log.info("bridge stopping")
+        """Stop reading; :meth:`run` writes and acks what it already has, then returns.
+
+        The batch being written may take ``stop_timeout_s`` more (MongoDB may be away,
+        or FerretDB slow on a large batch); past that it is abandoned unacknowledged, and
+        the broker redelivers its messages when this instance's session reconnects.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        self._log.info("bridge stopping", extra={"stop_timeout_s": self._stop_timeout})
         self._source.close_intake()
+        self._deadline = asyncio.get_running_loop().call_later(self._stop_timeout,
+                                                               self._abandon)
+
+    def _abandon(self) -> None:
+        if self._writing is not None and not self._writing.done():
+            self._abandoned = True
+            self._writing.cancel()
 
     async def run(self) -> None:
         done = False
-        while not done:
-            batch, done = await self._collect()
-            if batch:
-                await self._handle(batch)
+        try:
+            while not done:
+                batch, done = await self._collect()
+                if batch and not await self._handle(batch):
+                    break
+        finally:
+            if self._deadline is not None:
+                self._deadline.cancel()
         self._log.info("bridge stopped")
 
     async def _collect(self) -> tuple[list[Inbound], bool]:
@@ -156,16 +179,30 @@ class Bridge:
             batch.append(item)
         return batch, False
 
-    async def _handle(self, batch: list[Inbound]) -> None:
+    async def _handle(self, batch: list[Inbound]) -> bool:
+        """Write then ack one batch; False if the stop deadline abandoned it."""
         self._metrics.batch_size.observe(len(batch))
         self._metrics.in_flight.set(len(batch) + self._source.messages.qsize())
-        await self._writer.write(batch)
+        self._writing = asyncio.ensure_future(self._writer.write(batch))
+        try:
+            await self._writing
+        except asyncio.CancelledError:
+            if not self._abandoned:
+                raise
+            self._log.warning("stop timeout: batch left unacknowledged, the broker "
+                              "redelivers it to this instance's session",
+                              extra={"messages": len(batch),
+                                     "stop_timeout_s": self._stop_timeout})
+            return False
+        finally:
+            self._writing = None
         now = time.monotonic()
         for inbound in batch:
             if self._source.ack(inbound):
                 self._metrics.acked.inc()
             self._metrics.ack_delay_seconds.observe(now - inbound.received_mono)
         self._metrics.in_flight.set(self._source.messages.qsize())
+        return True
 
 
 class _Empty(Enum):

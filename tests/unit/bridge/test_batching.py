@@ -106,3 +106,47 @@ async def test_a_trickle_is_written_as_it_comes() -> None:
     await asyncio.wait_for(task, 5)
     assert [len(b) for b in writer.batches] == [1, 1, 1]
     assert len(source.acked) == 3
+
+
+class _StuckWriter(_Writer):
+    """MongoDB is away: the write never returns (the real one retries for ever)."""
+
+    async def write(self, batch: list[Inbound]) -> None:
+        self.batches.append([m.mid for m in batch])
+        self.started.set()
+        await asyncio.Event().wait()
+
+
+async def test_stop_abandons_a_stuck_batch_at_the_deadline_without_acking_it() -> None:
+    source = _Source()
+    writer = _StuckWriter(source)
+    bridge = Bridge(source, writer, batch_max=1000, flush_s=0.0,  # type: ignore[arg-type]
+                    stop_timeout_s=0.2)
+    for m in _messages(5):
+        source.messages.put_nowait(m)
+    task = asyncio.create_task(bridge.run())
+    await asyncio.wait_for(writer.started.wait(), 5)
+    loop = asyncio.get_running_loop()
+    stopped_at = loop.time()
+    bridge.stop()
+    await asyncio.wait_for(task, 5)  # returns instead of hanging on the stuck write
+    assert 0.15 <= loop.time() - stopped_at < 2
+    assert [len(b) for b in writer.batches] == [5]
+    assert source.acked == []  # left for the broker to redeliver
+
+
+async def test_stop_still_flushes_a_batch_that_finishes_within_the_deadline() -> None:
+    source = _Source()
+    gate = asyncio.Event()
+    writer = _Writer(source, gate)
+    bridge = Bridge(source, writer, batch_max=1000, flush_s=0.0,  # type: ignore[arg-type]
+                    stop_timeout_s=5)
+    sent = _messages(4)
+    for m in sent:
+        source.messages.put_nowait(m)
+    task = asyncio.create_task(bridge.run())
+    await asyncio.wait_for(writer.started.wait(), 5)
+    bridge.stop()
+    asyncio.get_running_loop().call_later(0.1, gate.set)  # the write completes after stop
+    await asyncio.wait_for(task, 5)
+    assert source.acked == [m.mid for m in sent]
