@@ -235,6 +235,9 @@ class RolloutExecutor:
         if run.status is RolloutStatus.CANCELING:
             await self._stop(run, RolloutStatus.CANCELED, "canceled")
             return
+        if run.status in (RolloutStatus.ABORTED, RolloutStatus.CANCELED):
+            await self._follow(run)
+            return
         in_flight = await self._track(run)
         if run.status is RolloutStatus.PAUSED:
             return
@@ -265,11 +268,31 @@ class RolloutExecutor:
         await self.store.save(run.job, run.lease.token, run.progress)
 
     async def _stop(self, run: _Run, status: RolloutStatus, reason: str) -> None:
+        await self._track(run)
         canceled = await self.store.cancel_unsent(run.job, run.lease.token, run.now)
-        run.progress = run.progress.model_copy(update={"reason": reason})
+        open_ = len(await self.store.tracked(run.job))
+        run.progress = run.progress.model_copy(update={"reason": reason,
+                                                       "open_executions": open_})
         self.log.info("rollout stopping", extra={"job_id": run.job, "status": status.value,
-                                                 "canceled": canceled, "reason": reason})
+                                                 "canceled": canceled, "reason": reason,
+                                                 "open_executions": open_})
         await self._save(run, status)
+
+    async def _follow(self, run: _Run) -> None:
+        """A stopped rollout: apply the reports of commands already sent, send nothing.
+
+        A failed attempt is not retried (its retry is canceled at once), so every open
+        execution ends succeeded, failed, rejected or timed out, and then the rollout is
+        no longer followed.
+        """
+        await self._track(run)
+        await self.store.cancel_unsent(run.job, run.lease.token, run.now)
+        open_ = len(await self.store.tracked(run.job))
+        run.progress = run.progress.model_copy(update={"open_executions": open_})
+        if open_ == 0:
+            self.log.info("stopped rollout settled", extra={"job_id": run.job,
+                                                             "status": run.status.value})
+        await self._save(run)
 
     async def _end(self, run: _Run, in_flight: int) -> None:
         if run.spec.schedule.end_behavior.value == "cancel":

@@ -34,6 +34,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 OPEN = [ExecutionStatus.QUEUED.value, ExecutionStatus.IN_PROGRESS.value]
 ACTIVE = [s.value for s in RolloutStatus if s.active]
+FOLLOWED = [RolloutStatus.ABORTED.value, RolloutStatus.CANCELED.value]
 
 
 def _mapped(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -62,7 +63,11 @@ class RolloutStore:
 
     @_mapped
     async def active_rollouts(self) -> list[Document]:
-        return await self.rollouts.find({"status": {"$in": ACTIVE}}).to_list(None)
+        """Rollouts to move on, and stopped ones whose sent executions are still open."""
+        return await self.rollouts.find({"$or": [
+            {"status": {"$in": ACTIVE}},
+            {"status": {"$in": FOLLOWED}, "progress.open_executions": {"$gt": 0}},
+        ]}).to_list(None)
 
     @_mapped
     async def firmware(self, firmware_id: str) -> Document | None:

@@ -352,3 +352,8 @@ class RolloutProgress(BaseModel):
     reason: str | None = Field(default=None, description="Why paused/aborted/finished")
     accepted_wave: int = Field(default=0, description="A missed wave the admin resumed past")
     fence: int = Field(default=0, description="Lease token of the last writer")
+    open_executions: int = Field(
+        default=0, ge=0,
+        description="Commands sent whose execution is not final yet. An aborted or "
+                    "canceled rollout is still followed until this is 0, so the devices "
+                    "that were upgrading when it stopped end succeeded, failed or timed out")
