@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bridge.app import Running, Settings, run_bridge
 from bridge.config import BridgeSettings
 from bridge.metrics import BridgeMetrics
-from deploy.local import MongoServer, Mosquitto
+from deploy.local import MongoServer, Mosquitto, free_port
 from outpost.settings import HttpSettings, MongoSettings, MqttSettings
 from schemas.protocol import WILL_SEQ
 
@@ -120,6 +120,24 @@ async def running_bridge(cfg: Settings) -> AsyncIterator[tuple[Running, BridgeMe
         async with asyncio.timeout(30):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+@contextlib.asynccontextmanager
+async def private_mongo(root: Path, unique: str,
+                        ids: list[str]) -> AsyncIterator[tuple[MongoServer, Any]]:
+    """A database server of the test's own (to stop and start), holding devices ``ids``."""
+    from pymongo import AsyncMongoClient
+
+    server = MongoServer(root / f"mongo-{unique}", free_port())
+    server.start()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(server.url)
+    db = client[f"t{unique}"]
+    try:
+        await db["devices"].insert_many([{"_id": i} for i in ids])
+        yield server, db
+    finally:
+        await client.close()
+        server.stop()  # its data lives under root, removed with it
 
 
 def bridge_env(broker: Mosquitto, mongo: MongoServer, database: str, unique: str, *,

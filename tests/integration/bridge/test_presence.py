@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from pymongo import AsyncMongoClient
 
 from bridge.app import run_resync
-from deploy.local import MongoServer, free_port
 from schemas.documents import DEVICES
 
 from .helpers import (
@@ -18,6 +16,7 @@ from .helpers import (
     eventually,
     http_get,
     presence_payload,
+    private_mongo,
     running_bridge,
     settings,
     state_payload,
@@ -90,43 +89,38 @@ async def test_resync_rebuilds_presence_after_the_collection_was_dropped(
 
 async def test_mongodb_outage_keeps_messages_unacked_then_catches_up(
         broker, servers_root, unique):
-    server = MongoServer(servers_root / f"mongo-{unique}", free_port())
-    server.start()
-    client: AsyncMongoClient[dict] = AsyncMongoClient(server.url)
-    db = client[f"t{unique}"]
     ids = [f"d{unique}-{i}" for i in range(30)]
-    await db[DEVICES].insert_many([{"_id": i} for i in ids])
     pub = Publisher(broker, f"p{unique}")
-    cfg = settings(broker, server.url, db.name, unique)
     try:
-        async with running_bridge(cfg) as (running, metrics):
-            for dev in ids:
-                pub.publish(f"devices/{dev}/state", state_payload(dev, 1, 1, n=1))
-            await pub.flushed(10)
-            await eventually(lambda: _acked(metrics, 30), within=15, what="first acks")
-            server.stop()  # returns once the process is gone: nothing can be written now
-            acked = metrics.value("outpost_bridge_acked_total")
-            for dev in ids:
-                pub.publish(f"devices/{dev}/state", state_payload(dev, 1, 2, n=2))
-            await pub.flushed(10)
+        async with private_mongo(servers_root, unique, ids) as (server, db):
+            cfg = settings(broker, server.url, db.name, unique)
+            async with running_bridge(cfg) as (running, metrics):
+                for dev in ids:
+                    pub.publish(f"devices/{dev}/state", state_payload(dev, 1, 1, n=1))
+                await pub.flushed(10)
+                await eventually(lambda: _acked(metrics, 30), within=15, what="first acks")
+                server.stop()  # returns once the process is gone: nothing can be written now
+                acked = metrics.value("outpost_bridge_acked_total")
+                for dev in ids:
+                    pub.publish(f"devices/{dev}/state", state_payload(dev, 1, 2, n=2))
+                await pub.flushed(10)
 
-            async def not_ready() -> bool:
+                async def not_ready() -> bool:
+                    status, _ = await asyncio.to_thread(http_get, running.http_port,
+                                                        "/readyz")
+                    return status == 503
+                await eventually(not_ready, within=20, what="/readyz 503")
+                # (other tests' traffic reaches this bridge too: compare, do not count)
+                assert metrics.value("outpost_bridge_acked_total") == acked
+                assert metrics.value("outpost_bridge_store_retries_total") >= 1
+                server.start()
+
+                async def caught_up() -> bool:
+                    return await db[DEVICES].count_documents({"state.counters.n": 2}) == 30
+                await eventually(caught_up, within=60, what="catch-up")
+                await eventually(lambda: _acked(metrics, acked + 30), within=10,
+                                 what="acks after outage")
                 status, _ = await asyncio.to_thread(http_get, running.http_port, "/readyz")
-                return status == 503
-            await eventually(not_ready, within=20, what="/readyz 503")
-            # (other tests' traffic reaches this bridge too: compare, do not count)
-            assert metrics.value("outpost_bridge_acked_total") == acked
-            assert metrics.value("outpost_bridge_store_retries_total") >= 1
-            server.start()
-
-            async def caught_up() -> bool:
-                return await db[DEVICES].count_documents({"state.counters.n": 2}) == 30
-            await eventually(caught_up, within=60, what="catch-up")
-            await eventually(lambda: _acked(metrics, acked + 30), within=10,
-                             what="acks after outage")
-            status, _ = await asyncio.to_thread(http_get, running.http_port, "/readyz")
-            assert status == 200
+                assert status == 200
     finally:
         pub.close()
-        await client.close()
-        server.stop()  # its data lives under servers_root, removed with it
