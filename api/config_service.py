@@ -60,7 +60,8 @@ async def apply(state: AppState, who: Principal, changes: list[Change], cause: s
     updates = [device_store.desired_update(c.device_id, c.expected_version, c.version,
                                            c.rendered.hash, extra.get(c.device_id))
                for c in changes]
-    moved = await device_store.apply_configs(state.db, configs, updates)
+    expected = {c.device_id: c.expected_version for c in changes}
+    moved = await device_store.apply_configs(state.db, configs, updates, expected)
     published = 0
     for change in changes:
         if change.device_id in moved:

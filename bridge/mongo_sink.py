@@ -20,6 +20,7 @@ pymongo errors are mapped here: :data:`TRANSIENT` ones become
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -191,6 +192,11 @@ class MongoSink:
         counts.skipped = len(planned.writes) - len(pending)
         await self._apply(pending, counts)
         for _ in range(self._verify_rounds):
+            if not pending:
+                break
+            # A concurrent update (the api's) that read the document before our write
+            # and writes it back after would undo ours: read back once it has ended.
+            await asyncio.sleep(mongo.settle_delay(counts.update_s / max(1, counts.ops)))
             pending = await self._still_needed(pending, counts)
             if not pending:
                 break
@@ -215,8 +221,9 @@ class MongoSink:
                             counts: WriteCounts) -> list[Accepted]:
         """The items whose update would still change the stored documents.
 
-        Before a write this skips replays and repeats. After a write, on FerretDB, it finds
-        the writes another client's concurrent update of the same document overwrote:
+        Before a write this skips replays and repeats. After a write (and
+        :func:`~outpost.mongo.settle_delay`), on FerretDB, it finds the writes another
+        client's concurrent update of the same document overwrote:
         FerretDB v1 rewrites whole documents without isolating concurrent updates, so a
         matched update can still be lost. Sending those again is safe (the same
         conditions apply) and converges, since each round only keeps what is still older.

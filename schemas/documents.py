@@ -4,7 +4,9 @@
     api:        tenant_id, hardware_model, group, tags, created_at, decommissioned_at,
                 credentials {password_hash, rotated_at}, overrides (config patch, as
                 JSON text: FerretDB refuses '.' in keys, as in the band key ``2.4GHz``),
-                desired_config {version, hash, updated_at}
+                desired_config {version, hash, updated_at}, api_rev (new random value
+                on every write of api fields: how a FerretDB read-back tells an undone
+                write from a newer one, see api.store.devices.update_fields)
     bridge:     presence {status: online|offline, reason, since, k}
                 state {firmware, hardware_model, uptime_s, counters,
                        config {version, hash, status: applied|rejected, error},
@@ -60,9 +62,11 @@ api only: ``tenants`` (``_id`` = tenant id: name, created_at); ``api_tokens`` (`
 FerretDB v1.24.2 (SQLite) applies concurrent updates of one document without isolation
 (measured: lost ``$set``s, conditional updates both matching); only unique ``_id``
 inserts are exclusive. Writers of the same document therefore lose updates there. The
-scheduler writes an execution's status only at points where the device no longer
-reports on that attempt (a final report, or a timeout), and never trusts a conditional
-update for exclusion; see :mod:`scheduler.claims` and :mod:`scheduler.executor`.
+bridge and the api read their ``devices`` writes back after
+:func:`outpost.mongo.settle_delay` and resend the undone ones. The scheduler writes an
+execution's status only at points where the device no longer reports on that attempt
+(a final report, or a timeout), and never trusts a conditional update for exclusion;
+see :mod:`scheduler.claims` and :mod:`scheduler.executor`.
 
 ``dead_letters``: rejected device messages, bounded (bridge).
 """

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ReplaceOne, UpdateOne
+from pymongo import ReplaceOne, ReturnDocument, UpdateOne
 
+from api.errors import Unavailable
 from api.pagination import Sort, after_filter, encode_cursor, sort_spec
 from api.store.base import Db, Doc, Page, from_json_text, page, to_json_text
-from outpost.mongo import bulk_write, chunk_size
+from outpost.mongo import bulk_write, chunk_size, is_ferretdb, settle_delay
 from schemas.documents import DEVICE_CONFIGS, DEVICES
 
 SORTS = {"id": "_id", "created_at": "created_at", "hardware_model": "hardware_model",
          "group": "group"}
 SCAN_MAX = 2000
+API_REV = "api_rev"  # changes with every api write of a device (see update_fields)
+SETTLE_ROUNDS = 8
 JSON = ("overrides",)
 CONFIG_JSON = ("config",)
 
@@ -74,9 +80,39 @@ async def get(db: Db, tenant_id: str, device_id: str, *, live_only: bool = True)
 
 
 async def update_fields(db: Db, tenant_id: str, device_id: str, fields: Doc) -> Doc | None:
-    return _load(await db[DEVICES].find_one_and_update(
-        {"_id": device_id, "tenant_id": tenant_id, "decommissioned_at": None},
-        {"$set": to_json_text(fields, JSON)}, return_document=True))
+    """Set api-owned fields of a live device; the device as stored after, or None.
+
+    Every write stamps a fresh ``api_rev``. On FerretDB, where a concurrent bridge
+    update of the same document can undo ours (outpost.mongo), the write is read back
+    after :func:`settle_delay` and sent again while the stored ``api_rev`` is still the
+    one it replaced; a different one means a newer api write, which wins.
+    """
+    rev = secrets.token_hex(8)
+    values = {**to_json_text(fields, JSON), API_REV: rev}
+    live = {"_id": device_id, "tenant_id": tenant_id, "decommissioned_at": None}
+    started = time.monotonic()
+    before = await db[DEVICES].find_one_and_update(live, {"$set": values},
+                                                   return_document=ReturnDocument.BEFORE)
+    if before is None:
+        return None
+    if await is_ferretdb(db):
+        unchanged = {**live, API_REV: before.get(API_REV)}
+        await _settled(db, device_id, unchanged, values, rev, time.monotonic() - started)
+    return _load(await db[DEVICES].find_one({"_id": device_id}))
+
+
+async def _settled(db: Db, device_id: str, unchanged: Doc, values: Doc, rev: str,
+                   took: float) -> None:
+    for _ in range(SETTLE_ROUNDS):
+        await asyncio.sleep(settle_delay(took))
+        now = await db[DEVICES].find_one({"_id": device_id}, {API_REV: 1})
+        if now is None or now.get(API_REV) != unchanged[API_REV]:
+            return  # ours is stored, a newer write replaced it, or the device is gone
+        started = time.monotonic()
+        await db[DEVICES].update_one(unchanged, {"$set": values})
+        took = time.monotonic() - started
+    raise Unavailable(f"device {device_id!r} is being written too often to store the "
+                      f"change (FerretDB lost it {SETTLE_ROUNDS} times); retry")
 
 
 async def find(db: Db, tenant_id: str, flt: DeviceFilter, sort: Sort, limit: int,
@@ -150,19 +186,37 @@ def desired_update(device_id: str, expected_version: int | None, version: int,
                      {"$set": fields})
 
 
-async def apply_configs(db: Db, configs: list[Doc], updates: list[UpdateOne]) -> set[str]:
-    """Store history entries, then move the pointers; returns the device ids moved."""
+async def apply_configs(db: Db, configs: list[Doc], updates: list[UpdateOne],
+                        expected: dict[str, int | None]) -> set[str]:
+    """Store history entries, then move the pointers; returns the device ids moved.
+
+    ``updates`` are :func:`desired_update` operations in the order of ``configs``, ``expected``
+    the pointer version each one requires. On FerretDB a pointer move a concurrent bridge
+    update undid (outpost.mongo) is found by reading back after :func:`settle_delay` and
+    sent again while the pointer is still at the expected version.
+    """
     if not configs:
         return set()
     chunk = await chunk_size(db)
     history = [ReplaceOne({"_id": c["_id"]}, c, upsert=True) for c in configs]
     await bulk_write(db[DEVICE_CONFIGS], history, chunk=chunk)
-    await bulk_write(db[DEVICES], updates, chunk=chunk)
+    ops = {c["device_id"]: op for c, op in zip(configs, updates, strict=True)}
     wanted = {c["device_id"]: c["hash"] for c in configs}
-    now = await db[DEVICES].find({"_id": {"$in": list(wanted)}},
-                                 {"desired_config": 1}).to_list(None)
-    moved = {d["_id"] for d in now
-             if (d.get("desired_config") or {}).get("hash") == wanted[d["_id"]]}
+    pending, moved = dict(ops), set[str]()
+    ferretdb = await is_ferretdb(db)
+    for _ in range(SETTLE_ROUNDS if ferretdb else 1):
+        started = time.monotonic()
+        await bulk_write(db[DEVICES], list(pending.values()), chunk=chunk)
+        if ferretdb:
+            await asyncio.sleep(settle_delay((time.monotonic() - started) / len(pending)))
+        now = await db[DEVICES].find({"_id": {"$in": list(pending)}},
+                                     {"desired_config": 1}).to_list(None)
+        pointers = {d["_id"]: d.get("desired_config") or {} for d in now}
+        moved |= {i for i, p in pointers.items() if p.get("hash") == wanted[i]}
+        pending = {i: op for i, op in pending.items() if i not in moved and i in pointers
+                   and pointers[i].get("version") == expected.get(i)}  # undone: again
+        if not pending:
+            break
     lost = [c["_id"] for c in configs if c["device_id"] not in moved]
     if lost:
         await db[DEVICE_CONFIGS].delete_many({"_id": {"$in": lost}})
