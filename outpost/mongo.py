@@ -14,9 +14,10 @@ shape this module (measured here, see README "MongoDB or FerretDB"):
 - an update reads the document, changes it in FerretDB and writes the whole document
   back, with no isolation between the two: a concurrent update of the same document by
   another client (the bridge's presence, an admin's tags) silently undoes the one that
-  committed in between (measured: 32 to 36 of 40 admin writes lost next to a bridge writing
-  the same device continuously). Writers of shared documents therefore read their
-  write back after :func:`settle_delay` and send it again if it was undone.
+  committed in between (measured: 32 to 36 of 40 admin writes lost next to a client
+  updating the same device's presence in a tight loop). Writers of shared documents
+  therefore read their write back after :func:`settle_delay` and send it again if it
+  was undone.
 """
 
 from __future__ import annotations
