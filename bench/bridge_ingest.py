@@ -49,12 +49,11 @@ from tests.integration.bridge.helpers import (
 )
 
 HOST = "127.0.0.1"
-RECEIVE_MAXIMUM = [BridgeSettings().receive_maximum]  # null subscribers use the bridge's
 LOG = logging.getLogger("bench")
 
 
 def _paho_session(broker: Mosquitto, client_id: str, topic: str, *, manual: bool,
-                  expected: int) -> float:
+                  expected: int, receive_maximum: int) -> float:
     """Connect a persistent paho session; if ``expected``, drain and return seconds."""
     got = threading.Event()
     count = [0]
@@ -73,11 +72,9 @@ def _paho_session(broker: Mosquitto, client_id: str, topic: str, *, manual: bool
                          protocol=paho.MQTTv5, manual_ack=manual)
     client.username_pw_set(broker.backend_username, broker.backend_password)
     client.on_message = on_message
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 3600
-    props.ReceiveMaximum = RECEIVE_MAXIMUM[0]
     started = time.monotonic()
-    client.connect(HOST, broker.port, clean_start=False, properties=props)
+    client.connect(HOST, broker.port, clean_start=False,
+                   properties=_connect_props(receive_maximum))
     client.subscribe(topic, qos=1)
     client.loop_start()
     if expected:
@@ -91,13 +88,13 @@ def _paho_session(broker: Mosquitto, client_id: str, topic: str, *, manual: bool
 
 
 async def _aiomqtt_session(broker: Mosquitto, client_id: str, topic: str,
-                           expected: int) -> float:
+                           expected: int, receive_maximum: int) -> float:
     started = time.monotonic()
     async with aiomqtt.Client(HOST, broker.port, identifier=client_id,
                               username=broker.backend_username,
                               password=broker.backend_password,
                               protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
-                              properties=_aiomqtt_props()) as client:
+                              properties=_connect_props(receive_maximum)) as client:
         await client.subscribe(topic, qos=1)
         n = 0
         if expected:
@@ -109,10 +106,11 @@ async def _aiomqtt_session(broker: Mosquitto, client_id: str, topic: str,
     return time.monotonic() - started
 
 
-def _aiomqtt_props() -> Properties:
+def _connect_props(receive_maximum: int) -> Properties:
+    """A persistent session with the bridge's receive maximum (same for every consumer)."""
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 3600
-    props.ReceiveMaximum = RECEIVE_MAXIMUM[0]
+    props.ReceiveMaximum = receive_maximum
     return props
 
 
@@ -294,19 +292,20 @@ async def _run(args: argparse.Namespace, broker: Mosquitto, mongo: MongoServer,
                          (("paho_manual_ack", True), ("paho_auto_ack", False))):
         topic = f"$share/{name}/devices/+/state"
         await asyncio.to_thread(_paho_session, broker, f"bench-{name}", topic, manual=manual,
-                                expected=0)
+                                expected=0, receive_maximum=args.receive_maximum)
         _flood(pub, ids, args.rounds, session=5)
         await pub.flushed(600)
         elapsed = await asyncio.to_thread(_paho_session, broker, f"bench-{name}", topic,
-                                          manual=manual, expected=messages)
+                                          manual=manual, expected=messages,
+                                          receive_maximum=args.receive_maximum)
         results[f"{name}_msg_s"] = messages / elapsed
     if not args.skip_null:
         topic = "$share/aiomqtt/devices/+/state"
-        await _aiomqtt_session(broker, "bench-aiomqtt", topic, 0)
+        await _aiomqtt_session(broker, "bench-aiomqtt", topic, 0, args.receive_maximum)
         _flood(pub, ids, args.rounds, session=5)
         await pub.flushed(600)
         results["aiomqtt_msg_s"] = messages / await _aiomqtt_session(
-            broker, "bench-aiomqtt", topic, messages)
+            broker, "bench-aiomqtt", topic, messages, args.receive_maximum)
 
     if args.mqtt_only:
         return results
@@ -349,7 +348,6 @@ if __name__ == "__main__":
                              "the database to take in a reasonable time)")
     parsed = parser.parse_args()
     began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    RECEIVE_MAXIMUM[0] = parsed.receive_maximum
     out = asyncio.run(main(parsed))
     out.update({"date": began, "load_avg_after": os.getloadavg(),
                 "machine": f"{platform.machine()} {os.cpu_count()} CPUs, "

@@ -267,10 +267,15 @@ class RolloutExecutor:
             return
         await self.store.save(run.job, run.lease.token, run.progress)
 
-    async def _stop(self, run: _Run, status: RolloutStatus, reason: str) -> None:
+    async def _close_sent(self, run: _Run) -> tuple[int, int]:
+        """Apply the reports of sent executions, then cancel every unsent one (the
+        retries just decided included); returns (canceled, sent and still open)."""
         await self._track(run)
         canceled = await self.store.cancel_unsent(run.job, run.lease.token, run.now)
-        open_ = len(await self.store.tracked(run.job))
+        return canceled, len(await self.store.tracked(run.job))
+
+    async def _stop(self, run: _Run, status: RolloutStatus, reason: str) -> None:
+        canceled, open_ = await self._close_sent(run)
         run.progress = run.progress.model_copy(update={"reason": reason,
                                                        "open_executions": open_})
         self.log.info("rollout stopping", extra={"job_id": run.job, "status": status.value,
@@ -285,9 +290,7 @@ class RolloutExecutor:
         execution ends succeeded, failed, rejected or timed out, and then the rollout is
         no longer followed.
         """
-        await self._track(run)
-        await self.store.cancel_unsent(run.job, run.lease.token, run.now)
-        open_ = len(await self.store.tracked(run.job))
+        _, open_ = await self._close_sent(run)
         run.progress = run.progress.model_copy(update={"open_executions": open_})
         if open_ == 0:
             self.log.info("stopped rollout settled", extra={"job_id": run.job,

@@ -79,8 +79,8 @@ async def get(db: Db, tenant_id: str, device_id: str, *, live_only: bool = True)
     return _load(await db[DEVICES].find_one(q))
 
 
-async def update_fields(db: Db, tenant_id: str, device_id: str, fields: Doc) -> Doc | None:
-    """Set api-owned fields of a live device; the device as stored after, or None.
+async def update_fields(db: Db, tenant_id: str, device_id: str, fields: Doc) -> bool:
+    """Set api-owned fields of a live device; False if there is none.
 
     Every write stamps a fresh ``api_rev``. On FerretDB, where a concurrent bridge
     update of the same document can undo ours (outpost.mongo), the write is read back
@@ -94,11 +94,11 @@ async def update_fields(db: Db, tenant_id: str, device_id: str, fields: Doc) -> 
     before = await db[DEVICES].find_one_and_update(live, {"$set": values},
                                                    return_document=ReturnDocument.BEFORE)
     if before is None:
-        return None
+        return False
     if await is_ferretdb(db):
         unchanged = {**live, API_REV: before.get(API_REV)}
         await _settled(db, device_id, unchanged, values, rev, time.monotonic() - started)
-    return _load(await db[DEVICES].find_one({"_id": device_id}))
+    return True
 
 
 async def _settled(db: Db, device_id: str, unchanged: Doc, values: Doc, rev: str,
@@ -200,9 +200,9 @@ async def apply_configs(db: Db, configs: list[Doc], updates: list[UpdateOne],
     chunk = await chunk_size(db)
     history = [ReplaceOne({"_id": c["_id"]}, c, upsert=True) for c in configs]
     await bulk_write(db[DEVICE_CONFIGS], history, chunk=chunk)
-    ops = {c["device_id"]: op for c, op in zip(configs, updates, strict=True)}
+    pending = {c["device_id"]: op for c, op in zip(configs, updates, strict=True)}
     wanted = {c["device_id"]: c["hash"] for c in configs}
-    pending, moved = dict(ops), set[str]()
+    moved = set[str]()
     ferretdb = await is_ferretdb(db)
     for _ in range(SETTLE_ROUNDS if ferretdb else 1):
         started = time.monotonic()
