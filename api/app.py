@@ -43,9 +43,12 @@ def _lifespan(settings: Settings, metrics: ApiMetrics, logger: logging.Logger) -
         client = mongo.client(settings.mongo, serverSelectionTimeoutMS=5000)
         link = BrokerLink(settings.mqtt, logger, timeout=settings.api.broker_timeout_s)
         s3 = s3_client(settings.s3)
-        store = FirmwareStore(s3, settings.s3.bucket,
-                              part_bytes=settings.api.upload_part_bytes,
-                              max_bytes=settings.api.max_firmware_bytes)
+        store = FirmwareStore(
+            s3,
+            settings.s3.bucket,
+            part_bytes=settings.api.upload_part_bytes,
+            max_bytes=settings.api.max_firmware_bytes,
+        )
         db = client[settings.mongo.database]
         link_task = asyncio.create_task(link.run(), name="api-broker-link")
         try:
@@ -58,14 +61,20 @@ def _lifespan(settings: Settings, metrics: ApiMetrics, logger: logging.Logger) -
                 await link_task
             await client.close()
             s3.close()
+
     return lifespan
 
 
 def create_app(settings: Settings, logger: logging.Logger | None = None) -> FastAPI:
     logger = logger or logging.getLogger("outpost.api")
     metrics = ApiMetrics()
-    app = FastAPI(title="Outpost API", version="1", lifespan=_lifespan(settings, metrics, logger),
-                  docs_url="/docs", redoc_url=None)
+    app = FastAPI(
+        title="Outpost API",
+        version="1",
+        lifespan=_lifespan(settings, metrics, logger),
+        docs_url="/docs",
+        redoc_url=None,
+    )
     app.state.metrics = metrics
     problems.install(app, logger)
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
@@ -81,13 +90,17 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(problems.Problem.model_json_schema(
-            ref_template="#/components/schemas/{model}").get("$defs", {}))
+        components.update(
+            problems.Problem.model_json_schema(ref_template="#/components/schemas/{model}").get(
+                "$defs", {}
+            )
+        )
         problem = problems.Problem.model_json_schema(ref_template="#/components/schemas/{model}")
         problem.pop("$defs", None)
         components["Problem"] = problem
         schema.setdefault("components", {})["securitySchemes"] = {
-            "bearer": {"type": "http", "scheme": "bearer"}}
+            "bearer": {"type": "http", "scheme": "bearer"}
+        }
         schema["security"] = [{"bearer": []}]
         app.openapi_schema = schema
     return app.openapi_schema

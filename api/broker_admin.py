@@ -30,18 +30,27 @@ def role_name(device_id: str) -> str:
 
 def create_device_commands(device_id: str, password: str) -> list[dict[str, Any]]:
     subtree = device_filter(device_id)
-    acls = [{"acltype": kind, "topic": subtree, "priority": 0, "allow": True}
-            for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")]
+    acls = [
+        {"acltype": kind, "topic": subtree, "priority": 0, "allow": True}
+        for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")
+    ]
     return [
         {"command": "createRole", "rolename": role_name(device_id), "acls": acls},
-        {"command": "createClient", "username": device_id, "password": password,
-         "clientid": device_id, "roles": [{"rolename": role_name(device_id)}]},
+        {
+            "command": "createClient",
+            "username": device_id,
+            "password": password,
+            "clientid": device_id,
+            "roles": [{"rolename": role_name(device_id)}],
+        },
     ]
 
 
 def delete_device_commands(device_id: str) -> list[dict[str, Any]]:
-    return [{"command": "deleteClient", "username": device_id},
-            {"command": "deleteRole", "rolename": role_name(device_id)}]
+    return [
+        {"command": "deleteClient", "username": device_id},
+        {"command": "deleteRole", "rolename": role_name(device_id)},
+    ]
 
 
 def set_password_command(device_id: str, password: str) -> dict[str, Any]:
@@ -64,8 +73,9 @@ class BrokerAdmin:
     def __init__(self, channel: ControlChannel) -> None:
         self._channel = channel
 
-    async def create_device(self, device_id: str, password: str, *,
-                            replace_stale: bool = True) -> None:
+    async def create_device(
+        self, device_id: str, password: str, *, replace_stale: bool = True
+    ) -> None:
         """Create the device's role and client.
 
         The caller has just inserted the device document (ids are unique there), so an
@@ -91,7 +101,6 @@ class BrokerAdmin:
             raise BrokerError("; ".join(real))
 
     async def set_password(self, device_id: str, password: str) -> None:
-        errors = errors_of(await self._channel.control(
-            [set_password_command(device_id, password)]))
+        errors = errors_of(await self._channel.control([set_password_command(device_id, password)]))
         if errors:
             raise BrokerError("; ".join(errors))

@@ -25,8 +25,9 @@ RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
 
 
 class BrokerLink:
-    def __init__(self, settings: MqttSettings, logger: logging.Logger, *,
-                 timeout: float = 5.0) -> None:
+    def __init__(
+        self, settings: MqttSettings, logger: logging.Logger, *, timeout: float = 5.0
+    ) -> None:
         self._settings = settings
         self._logger = logger
         self._timeout = timeout
@@ -41,10 +42,16 @@ class BrokerLink:
     def _new_client(self) -> aiomqtt.Client:
         s = self._settings
         return aiomqtt.Client(
-            s.host, s.port, username=s.username, password=s.password_value,
+            s.host,
+            s.port,
+            username=s.username,
+            password=s.password_value,
             identifier=f"{s.client_id_prefix}-api-{uuid.uuid4().hex[:8]}",
-            protocol=ProtocolVersion.V5, keepalive=s.keepalive, timeout=self._timeout,
-            logger=self._logger)
+            protocol=ProtocolVersion.V5,
+            keepalive=s.keepalive,
+            timeout=self._timeout,
+            logger=self._logger,
+        )
 
     async def run(self) -> None:
         """Keep the connection up until cancelled."""
@@ -60,8 +67,9 @@ class BrokerLink:
                     async for message in client.messages:
                         self._on_response(message.payload)
             except aiomqtt.MqttError as exc:
-                self._logger.warning("broker connection lost",
-                                     extra={"error": str(exc), "retry_s": delay})
+                self._logger.warning(
+                    "broker connection lost", extra={"error": str(exc), "retry_s": delay}
+                )
             finally:
                 self._connected.clear()
                 self._client = None
@@ -77,8 +85,9 @@ class BrokerLink:
         assert self._client is not None
         return self._client
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
-                      retain: bool = False) -> None:
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
         client = await self._ready_client()
         try:
             await client.publish(topic, payload, qos=qos, retain=retain, timeout=self._timeout)

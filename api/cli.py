@@ -29,8 +29,9 @@ from outpost.settings import (
 )
 
 api_app = typer.Typer(help="Serve the admins' REST api.", pretty_exceptions_enable=False)
-admin_app = typer.Typer(help="Bootstrap tenants and API tokens.", no_args_is_help=True,
-                        pretty_exceptions_enable=False)
+admin_app = typer.Typer(
+    help="Bootstrap tenants and API tokens.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 _LOG = logging.getLogger("outpost.api")
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
@@ -45,8 +46,12 @@ def serve(log_level: str = typer.Option("INFO", envvar="OUTPOST_LOG_LEVEL")) -> 
     """Run the api until SIGTERM."""
     logs.configure(log_level)
     try:
-        settings = Settings(mqtt=load(MqttSettings), mongo=load(MongoSettings),
-                            s3=load(S3Settings), api=load(ApiSettings))
+        settings = Settings(
+            mqtt=load(MqttSettings),
+            mongo=load(MongoSettings),
+            s3=load(S3Settings),
+            api=load(ApiSettings),
+        )
         http = load(HttpSettings)
     except SettingsError as exc:
         raise _fail(str(exc)) from None
@@ -78,8 +83,10 @@ async def _create_token(tenant_id: str, role: auth.Role, name: str) -> str | Non
 
 
 @admin_app.command("create-tenant")
-def create_tenant(tenant_id: str = typer.Argument(..., help="[a-z0-9-], 2-63 chars"),
-                  name: str = typer.Option("", help="Display name")) -> None:
+def create_tenant(
+    tenant_id: str = typer.Argument(..., help="[a-z0-9-], 2-63 chars"),
+    name: str = typer.Option("", help="Display name"),
+) -> None:
     """Create a tenant."""
     if not TENANT_ID.fullmatch(tenant_id):
         raise _fail(f"tenant id must match {TENANT_ID.pattern}")
@@ -91,10 +98,11 @@ def create_tenant(tenant_id: str = typer.Argument(..., help="[a-z0-9-], 2-63 cha
 
 
 @admin_app.command("create-token")
-def create_token(tenant: str = typer.Option(..., help="Tenant id"),
-                 role: Annotated[auth.Role, typer.Option(help="admin|operator|viewer")
-                                 ] = auth.Role.ADMIN,
-                 name: str = typer.Option("bootstrap", help="What the token is for")) -> None:
+def create_token(
+    tenant: str = typer.Option(..., help="Tenant id"),
+    role: Annotated[auth.Role, typer.Option(help="admin|operator|viewer")] = auth.Role.ADMIN,
+    name: str = typer.Option("bootstrap", help="What the token is for"),
+) -> None:
     """Create an API token and print it once (only its hash is stored)."""
     try:
         secret = asyncio.run(_create_token(tenant, role, name))

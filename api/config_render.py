@@ -41,8 +41,7 @@ def validated(config: JsonObject, what: str = "config") -> Rendered:
     return Rendered(model.model_dump(mode="json"), config_hash(model))
 
 
-def render(template: JsonObject, overrides: JsonObject, what: str = "config"
-           ) -> Rendered | None:
+def render(template: JsonObject, overrides: JsonObject, what: str = "config") -> Rendered | None:
     """The effective config, or None when there is nothing to configure."""
     merged = merge_patch(template, overrides)
     if not merged:

@@ -30,7 +30,8 @@ Db = Annotated[Database, Depends(get_db)]
 
 
 async def current_principal(
-    db: Db, authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    db: Db,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
     token = bearer(authorization)
     if token is None:
@@ -49,6 +50,7 @@ def require_role(role: Role) -> object:
         if not principal.role.allows(role):
             raise Forbidden(f"role {principal.role.value} may not do this; needs {role.value}")
         return principal
+
     return Depends(check)
 
 

@@ -1,15 +1,15 @@
 """The api's exception tree. Routes and stores raise these; ``problems`` renders them.
 
-    ApiError                      status, title, detail -> application/problem+json
-    ├── Unauthorized      401     missing, unknown or revoked token
-    ├── Forbidden         403     the token's role may not do this
-    ├── NotFound          404     absent, or another tenant's (never a 403: no leak)
-    ├── Conflict          409     duplicate, in use, already targeted
-    ├── PreconditionFailed 412    If-Match does not name the current version
-    ├── PreconditionRequired 428  If-Match missing where it is required
-    ├── PayloadTooLarge   413     body over the configured limit
-    ├── InvalidInput      422     semantically invalid input (e.g. config schema)
-    └── Unavailable       503     broker, database or S3 unreachable (BrokerError, StorageError)
+ApiError                      status, title, detail -> application/problem+json
+├── Unauthorized      401     missing, unknown or revoked token
+├── Forbidden         403     the token's role may not do this
+├── NotFound          404     absent, or another tenant's (never a 403: no leak)
+├── Conflict          409     duplicate, in use, already targeted
+├── PreconditionFailed 412    If-Match does not name the current version
+├── PreconditionRequired 428  If-Match missing where it is required
+├── PayloadTooLarge   413     body over the configured limit
+├── InvalidInput      422     semantically invalid input (e.g. config schema)
+└── Unavailable       503     broker, database or S3 unreachable (BrokerError, StorageError)
 """
 
 from __future__ import annotations

@@ -40,8 +40,7 @@ def s3_client(settings: S3Settings) -> S3Client:
 
 
 class FirmwareStore:
-    def __init__(self, client: S3Client, bucket: str, *, part_bytes: int,
-                 max_bytes: int) -> None:
+    def __init__(self, client: S3Client, bucket: str, *, part_bytes: int, max_bytes: int) -> None:
         self._s3 = client
         self._bucket = bucket
         self._part_bytes = part_bytes
@@ -62,8 +61,9 @@ class FirmwareStore:
 
     async def upload(self, key: str, chunks: AsyncIterator[bytes]) -> Stored:
         """Stream ``chunks`` to ``key``; abort the upload on any error."""
-        started = await self._call("create_multipart_upload", Key=key,
-                                   ContentType="application/octet-stream")
+        started = await self._call(
+            "create_multipart_upload", Key=key, ContentType="application/octet-stream"
+        )
         upload_id = started["UploadId"]
         try:
             return await self._parts(key, upload_id, chunks)
@@ -95,16 +95,24 @@ class FirmwareStore:
                 parts.append(await self._part(key, upload_id, len(parts) + 1, spool))
         finally:
             spool.close()
-        await self._call("complete_multipart_upload", Key=key, UploadId=upload_id,
-                         MultipartUpload={"Parts": parts})
+        await self._call(
+            "complete_multipart_upload",
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+        )
         return Stored(key, size, digest.hexdigest())
 
-    async def _part(self, key: str, upload_id: str, number: int,
-                    spool: _Spool) -> dict[str, Any]:
+    async def _part(self, key: str, upload_id: str, number: int, spool: _Spool) -> dict[str, Any]:
         spool.file.seek(0)
-        result = await self._call("upload_part", Key=key, UploadId=upload_id,
-                                  PartNumber=number, Body=spool.file,
-                                  ContentLength=spool.size)
+        result = await self._call(
+            "upload_part",
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=spool.file,
+            ContentLength=spool.size,
+        )
         return {"PartNumber": number, "ETag": result["ETag"]}
 
     async def delete(self, key: str) -> None:

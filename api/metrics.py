@@ -8,12 +8,27 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("outpost_api_requests_total", "HTTP requests",
-                                ["method", "route", "status"], registry=self.registry)
-        self.latency = Histogram("outpost_api_request_seconds", "HTTP request latency",
-                                 ["method", "route"], registry=self.registry)
+        self.requests = Counter(
+            "outpost_api_requests_total",
+            "HTTP requests",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "outpost_api_request_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
+        )
         self.configs_published = Counter(
-            "outpost_api_configs_published_total", "Desired configs published",
-            ["result"], registry=self.registry)
-        self.rejections = Counter("outpost_api_rejections_total", "Refused requests by status",
-                                  ["status"], registry=self.registry)
+            "outpost_api_configs_published_total",
+            "Desired configs published",
+            ["result"],
+            registry=self.registry,
+        )
+        self.rejections = Counter(
+            "outpost_api_rejections_total",
+            "Refused requests by status",
+            ["status"],
+            registry=self.registry,
+        )

@@ -14,9 +14,14 @@ from schemas.topics import DEVICE_ID_PATTERN
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,63}$")]
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
-SemVer = Annotated[str, StringConstraints(
-    pattern=r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-            r"(-[0-9A-Za-z.-]{1,40})?(\+[0-9A-Za-z.-]{1,40})?$", max_length=64)]
+SemVer = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+        r"(-[0-9A-Za-z.-]{1,40})?(\+[0-9A-Za-z.-]{1,40})?$",
+        max_length=64,
+    ),
+]
 ConfigObject = Annotated[dict[str, Any], Field(description="WiFi config (JSON object)")]
 
 T = TypeVar("T")
@@ -36,6 +41,7 @@ class PageOf(_Out, Generic[T]):
 
 
 # -- tenants and tokens ------------------------------------------------------------------
+
 
 class TenantPublic(_Out):
     id: str
@@ -62,6 +68,7 @@ class TokenCreated(TokenPublic):
 
 # -- audit -------------------------------------------------------------------------------
 
+
 class AuditEntry(_Out):
     id: str
     actor: str
@@ -74,6 +81,7 @@ class AuditEntry(_Out):
 
 
 # -- devices -----------------------------------------------------------------------------
+
 
 class DeviceCreate(_In):
     id: DeviceId
@@ -131,6 +139,7 @@ class DeviceRegistered(_Out):
 
 # -- config ------------------------------------------------------------------------------
 
+
 class OverridesUpdate(_In):
     overrides: ConfigObject
 
@@ -178,6 +187,7 @@ class GroupChange(_Out):
 
 
 # -- firmware ----------------------------------------------------------------------------
+
 
 class FirmwareCreate(_In):
     version: SemVer

@@ -48,21 +48,36 @@ def openapi_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"description": "Problem", "content": _content(ref)} for status in statuses}
 
 
-def problem_response(status: int, title: str, detail: str, request: Request,
-                     errors: list[dict[str, Any]] | None = None,
-                     headers: dict[str, str] | None = None) -> JSONResponse:
-    body = Problem(title=title, status=status, detail=detail, instance=request.url.path,
-                   errors=[FieldError.model_validate(e) for e in errors] if errors else None)
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status,
-                        media_type=MEDIA_TYPE, headers=headers)
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    request: Request,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = Problem(
+        title=title,
+        status=status,
+        detail=detail,
+        instance=request.url.path,
+        errors=[FieldError.model_validate(e) for e in errors] if errors else None,
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True),
+        status_code=status,
+        media_type=MEDIA_TYPE,
+        headers=headers,
+    )
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     out = []
     for error in exc.errors()[:20]:
         loc = [p if isinstance(p, int) else str(p) for p in error.get("loc", ())]
-        out.append({"loc": loc, "msg": str(error.get("msg", ""))[:300],
-                    "type": str(error.get("type", ""))})
+        out.append(
+            {"loc": loc, "msg": str(error.get("msg", ""))[:300], "type": str(error.get("type", ""))}
+        )
     return out
 
 
@@ -91,22 +106,28 @@ def install(app: FastAPI, logger: logging.Logger) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         headers = dict(exc.headers) if exc.headers else None
-        return problem_response(exc.status_code, _title(exc.status_code), str(exc.detail),
-                                request, headers=headers)
+        return problem_response(
+            exc.status_code, _title(exc.status_code), str(exc.detail), request, headers=headers
+        )
 
     async def duplicate(request: Request, exc: Exception) -> JSONResponse:
         return problem_response(409, "Conflict", "object already exists", request)
 
     async def database_down(request: Request, exc: Exception) -> JSONResponse:
-        logger.warning("database unavailable", extra={"path": request.url.path,
-                                                      "error": str(exc)[:300]})
+        logger.warning(
+            "database unavailable", extra={"path": request.url.path, "error": str(exc)[:300]}
+        )
         return problem_response(503, "Service Unavailable", "database unavailable", request)
 
     async def bug(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("unhandled error", exc_info=exc, extra={"path": request.url.path,
-                                                             "method": request.method})
-        return problem_response(500, "Internal Server Error", "unexpected error; it was logged",
-                                request)
+        logger.error(
+            "unhandled error",
+            exc_info=exc,
+            extra={"path": request.url.path, "method": request.method},
+        )
+        return problem_response(
+            500, "Internal Server Error", "unexpected error; it was logged", request
+        )
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation)
@@ -117,11 +138,21 @@ def install(app: FastAPI, logger: logging.Logger) -> None:
     app.add_exception_handler(Exception, bug)
 
 
-_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-           405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict",
-           412: "Precondition Failed", 413: "Content Too Large",
-           415: "Unsupported Media Type", 422: "Unprocessable Content",
-           428: "Precondition Required", 503: "Service Unavailable"}
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    409: "Conflict",
+    412: "Precondition Failed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    428: "Precondition Required",
+    503: "Service Unavailable",
+}
 
 
 def _title(status: int) -> str:

@@ -11,12 +11,18 @@ from outpost.settings import _config
 class ApiSettings(BaseSettings):
     model_config = _config("OUTPOST_API_")
 
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024,
-                                description="Largest JSON request body")
-    max_firmware_bytes: int = Field(default=512 * 1024 * 1024, ge=1024,
-                                    description="Largest firmware image")
-    upload_part_bytes: int = Field(default=5 * 1024 * 1024, ge=5 * 1024 * 1024,
-                                   description="S3 multipart part size (S3 minimum 5 MiB)")
-    config_history: int = Field(default=20, ge=2, le=1000,
-                                description="Config versions kept per device")
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest JSON request body"
+    )
+    max_firmware_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1024, description="Largest firmware image"
+    )
+    upload_part_bytes: int = Field(
+        default=5 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        description="S3 multipart part size (S3 minimum 5 MiB)",
+    )
+    config_history: int = Field(
+        default=20, ge=2, le=1000, description="Config versions kept per device"
+    )
     broker_timeout_s: float = Field(default=5.0, gt=0, le=60)

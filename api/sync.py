@@ -9,10 +9,10 @@ from typing import Any
 
 class SyncReason(StrEnum):
     IN_SYNC = "in_sync"
-    NO_CONFIG = "no_config"        # nothing desired yet
-    REJECTED = "rejected"          # the device refused the desired version
-    OFFLINE = "offline"            # not acked, and the device is offline
-    NOT_ACKED = "not_acked"        # online, has not reported the desired version yet
+    NO_CONFIG = "no_config"  # nothing desired yet
+    REJECTED = "rejected"  # the device refused the desired version
+    OFFLINE = "offline"  # not acked, and the device is offline
+    NOT_ACKED = "not_acked"  # online, has not reported the desired version yet
 
 
 @dataclass(frozen=True, slots=True)

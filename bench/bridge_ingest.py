@@ -52,8 +52,15 @@ HOST = "127.0.0.1"
 LOG = logging.getLogger("bench")
 
 
-def _paho_session(broker: Mosquitto, client_id: str, topic: str, *, manual: bool,
-                  expected: int, receive_maximum: int) -> float:
+def _paho_session(
+    broker: Mosquitto,
+    client_id: str,
+    topic: str,
+    *,
+    manual: bool,
+    expected: int,
+    receive_maximum: int,
+) -> float:
     """Connect a persistent paho session; if ``expected``, drain and return seconds."""
     got = threading.Event()
     count = [0]
@@ -68,13 +75,13 @@ def _paho_session(broker: Mosquitto, client_id: str, topic: str, *, manual: bool
         if count[0] >= expected:
             got.set()
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=paho.MQTTv5, manual_ack=manual)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5, manual_ack=manual
+    )
     client.username_pw_set(broker.backend_username, broker.backend_password)
     client.on_message = on_message
     started = time.monotonic()
-    client.connect(HOST, broker.port, clean_start=False,
-                   properties=_connect_props(receive_maximum))
+    client.connect(HOST, broker.port, clean_start=False, properties=_connect_props(receive_maximum))
     client.subscribe(topic, qos=1)
     client.loop_start()
     if expected:
@@ -87,14 +94,20 @@ def _paho_session(broker: Mosquitto, client_id: str, topic: str, *, manual: bool
     return elapsed
 
 
-async def _aiomqtt_session(broker: Mosquitto, client_id: str, topic: str,
-                           expected: int, receive_maximum: int) -> float:
+async def _aiomqtt_session(
+    broker: Mosquitto, client_id: str, topic: str, expected: int, receive_maximum: int
+) -> float:
     started = time.monotonic()
-    async with aiomqtt.Client(HOST, broker.port, identifier=client_id,
-                              username=broker.backend_username,
-                              password=broker.backend_password,
-                              protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
-                              properties=_connect_props(receive_maximum)) as client:
+    async with aiomqtt.Client(
+        HOST,
+        broker.port,
+        identifier=client_id,
+        username=broker.backend_username,
+        password=broker.backend_password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=False,
+        properties=_connect_props(receive_maximum),
+    ) as client:
         await client.subscribe(topic, qos=1)
         n = 0
         if expected:
@@ -126,9 +139,16 @@ class _Batches(logging.Handler):
             self.rows.append(dict(record.__dict__))
 
 
-async def _bridge_drain(broker: Mosquitto, mongo: MongoServer, db: str, tag: str,
-                        ids: list[str], rounds: int, pub: Publisher,
-                        **bridge: Any) -> dict[str, Any]:
+async def _bridge_drain(
+    broker: Mosquitto,
+    mongo: MongoServer,
+    db: str,
+    tag: str,
+    ids: list[str],
+    rounds: int,
+    pub: Publisher,
+    **bridge: Any,
+) -> dict[str, Any]:
     cfg = settings(broker, mongo.url, db, tag, session_expiry_s=3600, **bridge)
     async with _bridge(cfg):
         pass  # creates the persistent session, then leaves
@@ -150,20 +170,24 @@ async def _bridge_drain(broker: Mosquitto, mongo: MongoServer, db: str, tag: str
     LOG.removeHandler(batches)
     await client.close()
     rows = batches.rows
-    return {"ingest_s": ingest, "converge_s": converge, "updates": ops,
-            "batches": len(rows), "batch_sizes": [r["messages"] for r in rows],
-            "batch_updates": [r["updates"] for r in rows],
-            "read_s": sum(r["read_s"] for r in rows),
-            "update_s": sum(r["update_s"] for r in rows),
-            "prepare_s": sum(r["prepare_s"] for r in rows)}
+    return {
+        "ingest_s": ingest,
+        "converge_s": converge,
+        "updates": ops,
+        "batches": len(rows),
+        "batch_sizes": [r["messages"] for r in rows],
+        "batch_updates": [r["updates"] for r in rows],
+        "read_s": sum(r["read_s"] for r in rows),
+        "update_s": sum(r["update_s"] for r in rows),
+        "prepare_s": sum(r["prepare_s"] for r in rows),
+    }
 
 
 async def _at_least(value: float, n: int) -> bool:
     return value >= n
 
 
-async def _docs_at_least(client: AsyncMongoClient[dict[str, Any]], db: str, k: str,
-                         n: int) -> bool:
+async def _docs_at_least(client: AsyncMongoClient[dict[str, Any]], db: str, k: str, n: int) -> bool:
     return await client[db].devices.count_documents({"state.k": k}) >= n
 
 
@@ -185,11 +209,19 @@ class _bridge:
     async def __aenter__(self) -> BridgeMetrics:
         loop = asyncio.get_running_loop()
         self.started: asyncio.Future[Running] = loop.create_future()
-        self.task = asyncio.create_task(run_bridge(
-            self.cfg, LOG, metrics=self.metrics, handle_signals=False,
-            on_started=self.started.set_result))
-        await asyncio.wait([self.started, self.task],  # type: ignore[type-var]
-                           return_when=asyncio.FIRST_COMPLETED)
+        self.task = asyncio.create_task(
+            run_bridge(
+                self.cfg,
+                LOG,
+                metrics=self.metrics,
+                handle_signals=False,
+                on_started=self.started.set_result,
+            )
+        )
+        await asyncio.wait(
+            [self.started, self.task],  # type: ignore[type-var]
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         if self.task.done():
             self.task.result()
         return self.metrics
@@ -206,19 +238,32 @@ def _flood(pub: Publisher, ids: list[str], rounds: int, session: int) -> None:
 
 
 def _stored_state(k: str) -> dict[str, Any]:
-    return {"firmware": "1.0.0", "hardware_model": "ap-1", "uptime_s": 0,
-            "counters": {"n": 0}, "config": None, "h": k, "k": k}
+    return {
+        "firmware": "1.0.0",
+        "hardware_model": "ap-1",
+        "uptime_s": 0,
+        "counters": {"n": 0},
+        "config": None,
+        "h": k,
+        "k": k,
+    }
 
 
-async def _raw_bulk(mongo: MongoServer, db: str, ids: list[str], chunk: int,
-                    session: int) -> float:
+async def _raw_bulk(mongo: MongoServer, db: str, ids: list[str], chunk: int, session: int) -> float:
     """Seconds for one conditional update per device, as the bridge builds them."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.url)
     k = f"{session:014x}.{1:014x}"
-    ops = [UpdateOne({"_id": d, "$or": [{"state.k": {"$exists": False}},
-                                        {"state.k": {"$lt": k}}], "state.h": {"$ne": k}},
-                     {"$set": {"state": _stored_state(k), "last_seen": time.time()}})
-           for d in ids]
+    ops = [
+        UpdateOne(
+            {
+                "_id": d,
+                "$or": [{"state.k": {"$exists": False}}, {"state.k": {"$lt": k}}],
+                "state.h": {"$ne": k},
+            },
+            {"$set": {"state": _stored_state(k), "last_seen": time.time()}},
+        )
+        for d in ids
+    ]
     started = time.monotonic()
     result = await outpost_mongo.bulk_write(client[db].devices, ops, chunk=chunk)
     elapsed = time.monotonic() - started
@@ -233,7 +278,7 @@ async def _connect_storm(broker: Mosquitto, ids: list[str]) -> tuple[float, list
     fleet = [RawDevice(broker, d, session=1) for d in ids]
     started = time.monotonic()
     for start in range(0, len(fleet), 500):
-        await asyncio.gather(*(d.connect(online=False) for d in fleet[start:start + 500]))
+        await asyncio.gather(*(d.connect(online=False) for d in fleet[start : start + 500]))
     return time.monotonic() - started, fleet
 
 
@@ -246,7 +291,8 @@ class _Broker(Mosquitto):
         super()._prepare()
         if self.max_inflight is not None:
             conf = self.conf_path.read_text().replace(
-                "max_inflight_messages 1000", f"max_inflight_messages {self.max_inflight}")
+                "max_inflight_messages 1000", f"max_inflight_messages {self.max_inflight}"
+            )
             self.conf_path.write_text(conf)
 
 
@@ -268,36 +314,56 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def _run(args: argparse.Namespace, broker: Mosquitto, mongo: MongoServer,
-               pub: Publisher) -> dict[str, Any]:
+async def _run(
+    args: argparse.Namespace, broker: Mosquitto, mongo: MongoServer, pub: Publisher
+) -> dict[str, Any]:
     ids = [f"dev-{i:06}" for i in range(args.devices)]
     messages = args.devices * args.rounds
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.url)
     # Documents start with a state, as in a running fleet (inserts are cheap on FerretDB).
     first = f"{1:014x}.{1:014x}"
-    await client["bench"].devices.insert_many([{"_id": d, "state": _stored_state(first)}
-                                               for d in ids])
+    await client["bench"].devices.insert_many(
+        [{"_id": d, "state": _stored_state(first)} for d in ids]
+    )
     chunk = 24 if await outpost_mongo.is_ferretdb(client["bench"]) else 10_000
     await client.close()
-    results: dict[str, Any] = {"devices": args.devices, "rounds": args.rounds,
-                               "broker_max_inflight": args.max_inflight or 1000,
-                               "messages": messages, "mongo": mongo.flavour}
+    results: dict[str, Any] = {
+        "devices": args.devices,
+        "rounds": args.rounds,
+        "broker_max_inflight": args.max_inflight or 1000,
+        "messages": messages,
+        "mongo": mongo.flavour,
+    }
 
     storm_s, fleet = await _connect_storm(broker, ids)
     results["connect_storm_s"] = storm_s
     for device in fleet:  # graceful: the wills do not fire
         await device.close()
 
-    for name, manual in (() if args.skip_null else
-                         (("paho_manual_ack", True), ("paho_auto_ack", False))):
+    for name, manual in (
+        () if args.skip_null else (("paho_manual_ack", True), ("paho_auto_ack", False))
+    ):
         topic = f"$share/{name}/devices/+/state"
-        await asyncio.to_thread(_paho_session, broker, f"bench-{name}", topic, manual=manual,
-                                expected=0, receive_maximum=args.receive_maximum)
+        await asyncio.to_thread(
+            _paho_session,
+            broker,
+            f"bench-{name}",
+            topic,
+            manual=manual,
+            expected=0,
+            receive_maximum=args.receive_maximum,
+        )
         _flood(pub, ids, args.rounds, session=5)
         await pub.flushed(600)
-        elapsed = await asyncio.to_thread(_paho_session, broker, f"bench-{name}", topic,
-                                          manual=manual, expected=messages,
-                                          receive_maximum=args.receive_maximum)
+        elapsed = await asyncio.to_thread(
+            _paho_session,
+            broker,
+            f"bench-{name}",
+            topic,
+            manual=manual,
+            expected=messages,
+            receive_maximum=args.receive_maximum,
+        )
         results[f"{name}_msg_s"] = messages / elapsed
     if not args.skip_null:
         topic = "$share/aiomqtt/devices/+/state"
@@ -305,7 +371,8 @@ async def _run(args: argparse.Namespace, broker: Mosquitto, mongo: MongoServer,
         _flood(pub, ids, args.rounds, session=5)
         await pub.flushed(600)
         results["aiomqtt_msg_s"] = messages / await _aiomqtt_session(
-            broker, "bench-aiomqtt", topic, messages, args.receive_maximum)
+            broker, "bench-aiomqtt", topic, messages, args.receive_maximum
+        )
 
     if args.mqtt_only:
         return results
@@ -313,9 +380,17 @@ async def _run(args: argparse.Namespace, broker: Mosquitto, mongo: MongoServer,
     # and 10 around the bridge's 9, so each pass changes every document); the mean is the
     # baseline, the two values show how much the machine drifted meanwhile.
     raw_before = len(ids) / await _raw_bulk(mongo, "bench", ids, chunk, session=8)
-    drain = await _bridge_drain(broker, mongo, "bench", "bench", ids, args.rounds, pub,
-                                batch_max=args.batch_max,
-                                receive_maximum=args.receive_maximum)
+    drain = await _bridge_drain(
+        broker,
+        mongo,
+        "bench",
+        "bench",
+        ids,
+        args.rounds,
+        pub,
+        batch_max=args.batch_max,
+        receive_maximum=args.receive_maximum,
+    )
     raw_after = len(ids) / await _raw_bulk(mongo, "bench", ids, chunk, session=10)
     results.update(drain)
     results["raw_bulk_updates_s_before_after"] = [round(raw_before, 1), round(raw_after, 1)]
@@ -325,10 +400,12 @@ async def _run(args: argparse.Namespace, broker: Mosquitto, mongo: MongoServer,
     null = results.get("paho_manual_ack_msg_s")
     if null:
         results["ratio_ingest_vs_null"] = results["bridge_ingest_msg_s"] / null
-    results["ratio_ingest_vs_raw_bulk"] = results["bridge_ingest_msg_s"] / results[
-        "raw_bulk_updates_s"]
-    results["ratio_updates_vs_raw_bulk"] = results["bridge_updates_s"] / results[
-        "raw_bulk_updates_s"]
+    results["ratio_ingest_vs_raw_bulk"] = (
+        results["bridge_ingest_msg_s"] / results["raw_bulk_updates_s"]
+    )
+    results["ratio_updates_vs_raw_bulk"] = (
+        results["bridge_updates_s"] / results["raw_bulk_updates_s"]
+    )
     return results
 
 
@@ -336,21 +413,38 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3, help="state messages per device")
-    parser.add_argument("--max-inflight", type=int, default=None,
-                        help="override the broker's max_inflight_messages (template: 1000)")
+    parser.add_argument(
+        "--max-inflight",
+        type=int,
+        default=None,
+        help="override the broker's max_inflight_messages (template: 1000)",
+    )
     parser.add_argument("--batch-max", type=int, default=BridgeSettings().batch_max)
-    parser.add_argument("--receive-maximum", type=int,
-                        default=BridgeSettings().receive_maximum)
-    parser.add_argument("--skip-null", action="store_true",
-                        help="skip the null subscribers (when only the database side changed)")
-    parser.add_argument("--mqtt-only", action="store_true",
-                        help="connect storm and null subscribers only (fleets too large for "
-                             "the database to take in a reasonable time)")
+    parser.add_argument("--receive-maximum", type=int, default=BridgeSettings().receive_maximum)
+    parser.add_argument(
+        "--skip-null",
+        action="store_true",
+        help="skip the null subscribers (when only the database side changed)",
+    )
+    parser.add_argument(
+        "--mqtt-only",
+        action="store_true",
+        help="connect storm and null subscribers only (fleets too large for "
+        "the database to take in a reasonable time)",
+    )
     parsed = parser.parse_args()
     began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out = asyncio.run(main(parsed))
-    out.update({"date": began, "load_avg_after": os.getloadavg(),
-                "machine": f"{platform.machine()} {os.cpu_count()} CPUs, "
-                           f"Python {platform.python_version()}"})
-    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()},
-                     indent=2))
+    out.update(
+        {
+            "date": began,
+            "load_avg_after": os.getloadavg(),
+            "machine": f"{platform.machine()} {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}",
+        }
+    )
+    print(
+        json.dumps(
+            {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}, indent=2
+        )
+    )

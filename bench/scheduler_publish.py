@@ -56,8 +56,13 @@ def build(presigner: Presigner, n: int, lifetime: int) -> list[Outgoing]:
     out = []
     for i in range(n):
         url = presigner.get_url("fw/bench/image.bin", lifetime)
-        ref = FirmwareRef(version="2.0.0", size=8_388_608, sha256=SHA, url=url,
-                          url_expires_at=now + timedelta(seconds=lifetime))
+        ref = FirmwareRef(
+            version="2.0.0",
+            size=8_388_608,
+            sha256=SHA,
+            url=url,
+            url_expires_at=now + timedelta(seconds=lifetime),
+        )
         command = JobCommand(job_id=JOB, execution=1, firmware=ref, issued_at=now)
         out.append(Outgoing(topic(Channel.JOB, device(i), JOB), encode(command), lifetime))
     return out
@@ -69,9 +74,15 @@ def plain(n: int, size: int, lifetime: int) -> list[Outgoing]:
 
 
 def client(broker: Mosquitto, name: str) -> aiomqtt.Client:
-    return aiomqtt.Client("127.0.0.1", broker.port, username=broker.backend_username,
-                          password=broker.backend_password, identifier=name,
-                          protocol=aiomqtt.ProtocolVersion.V5, logger=quiet())
+    return aiomqtt.Client(
+        "127.0.0.1",
+        broker.port,
+        username=broker.backend_username,
+        password=broker.backend_password,
+        identifier=name,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        logger=quiet(),
+    )
 
 
 async def publish(broker: Mosquitto, messages: list[Outgoing]) -> tuple[float, float]:
@@ -86,14 +97,16 @@ async def publish(broker: Mosquitto, messages: list[Outgoing]) -> tuple[float, f
             if received == len(messages):
                 done.set()
 
-    async with client(broker, f"bench-sub-{secrets.token_hex(3)}") as sub, \
-            client(broker, f"bench-pub-{secrets.token_hex(3)}") as pub:
+    async with (
+        client(broker, f"bench-sub-{secrets.token_hex(3)}") as sub,
+        client(broker, f"bench-pub-{secrets.token_hex(3)}") as pub,
+    ):
         await sub.subscribe(f"devices/+/jobs/{JOB}", qos=1)
         reader = asyncio.create_task(count(sub), name="bench subscriber")
         sink = MqttSink(pub, timeout=60)
         start = time.perf_counter()
         for i in range(0, len(messages), BATCH):
-            await sink.publish_all(messages[i:i + BATCH])
+            await sink.publish_all(messages[i : i + BATCH])
         acked = time.perf_counter() - start
         await asyncio.wait_for(done.wait(), 120)
         delivered = time.perf_counter() - start
@@ -110,8 +123,7 @@ def quiet() -> logging.Logger:
 def servers() -> tuple[Path, Mosquitto, S3Server, MongoServer]:
     root = Path(tempfile.mkdtemp(prefix="outpost-bench-"))
     root.chmod(0o755)
-    broker = Mosquitto(root / "mosquitto", free_port(),
-                       backend_password=secrets.token_urlsafe(12))
+    broker = Mosquitto(root / "mosquitto", free_port(), backend_password=secrets.token_urlsafe(12))
     s3 = S3Server(root / "s3", free_port(), secret_key=secrets.token_urlsafe(16))
     mongo = MongoServer(root / "mongodb", free_port())
     for server in (broker, s3, mongo):
@@ -119,8 +131,7 @@ def servers() -> tuple[Path, Mosquitto, S3Server, MongoServer]:
     return root, broker, s3, mongo
 
 
-async def executor_run(broker: Mosquitto, s3: S3Server, mongo: MongoServer,
-                       n: int) -> float:
+async def executor_run(broker: Mosquitto, s3: S3Server, mongo: MongoServer, n: int) -> float:
     """Seconds for the real executor (MongoDB writes included) to send n commands."""
     from pymongo import AsyncMongoClient
     from pymongo.operations import InsertOne
@@ -135,23 +146,46 @@ async def executor_run(broker: Mosquitto, s3: S3Server, mongo: MongoServer,
     mc: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo.url, tz_aware=True)
     db = mc["bench"]
     chunk = await chunk_size(db)
-    devices = [{"_id": device(i), "tenant_id": "t", "group": "g",
-                "presence": {"status": "online"}} for i in range(n)]
+    devices = [
+        {"_id": device(i), "tenant_id": "t", "group": "g", "presence": {"status": "online"}}
+        for i in range(n)
+    ]
     await bulk_write(db["devices"], [InsertOne(d) for d in devices], chunk=chunk)
-    await db["firmware"].insert_one({"_id": "fw", "version": "2.0.0", "size": 8_388_608,
-                                     "sha256": SHA, "s3_key": "fw/bench/image.bin"})
-    await db["rollouts"].insert_one({
-        "_id": JOB, "tenant_id": "t", "status": "running",
-        "firmware": {"id": "fw", "version": "2.0.0"}, "target": {"group": "g"},
-        "waves": {"kind": "fixed", "size": n}, "max_per_minute": 100_000})
+    await db["firmware"].insert_one(
+        {
+            "_id": "fw",
+            "version": "2.0.0",
+            "size": 8_388_608,
+            "sha256": SHA,
+            "s3_key": "fw/bench/image.bin",
+        }
+    )
+    await db["rollouts"].insert_one(
+        {
+            "_id": JOB,
+            "tenant_id": "t",
+            "status": "running",
+            "firmware": {"id": "fw", "version": "2.0.0"},
+            "target": {"group": "g"},
+            "waves": {"kind": "fixed", "size": n},
+            "max_per_minute": 100_000,
+        }
+    )
     async with client(broker, "bench-executor") as pub:
-        ex = RolloutExecutor(RolloutStore(db), Claims(db, "bench", lambda: datetime.now(UTC), log),
-                             MqttSink(pub, timeout=60), Presigner(s3.client(), s3.bucket),
-                             SchedulerMetrics(), lambda: datetime.now(UTC), log,
-                             ExecutorConfig(batch=BATCH, lease_ttl=timedelta(minutes=30)))
+        ex = RolloutExecutor(
+            RolloutStore(db),
+            Claims(db, "bench", lambda: datetime.now(UTC), log),
+            MqttSink(pub, timeout=60),
+            Presigner(s3.client(), s3.bucket),
+            SchedulerMetrics(),
+            lambda: datetime.now(UTC),
+            log,
+            ExecutorConfig(batch=BATCH, lease_ttl=timedelta(minutes=30)),
+        )
         start = time.perf_counter()
-        while await db["job_executions"].count_documents({"sent_at": None}) or \
-                not await db["job_executions"].count_documents({}):
+        while await db["job_executions"].count_documents({"sent_at": None}) or not await db[
+            "job_executions"
+        ].count_documents({}):
             await ex.tick()
         elapsed = time.perf_counter() - start
     await mc.close()
@@ -179,10 +213,19 @@ async def run(n: int, executor_n: int) -> dict[str, float]:
         base_ack, base_all = min(base, key=lambda r: r[1])
         cmd_ack, cmd_all = min(cmd, key=lambda r: r[1])
         exec_s = await executor_run(broker, s3, mongo, executor_n) if executor_n else 0.0
-        return {"n": n, "exec_n": executor_n, "exec_s": exec_s, "flavour": mongo.flavour,
- "size": size, "presign_us": presign_s / n * 1e6,
-                "build_s": build_s, "base_ack": base_ack, "base_all": base_all,
-                "cmd_ack": cmd_ack, "cmd_all": cmd_all}
+        return {
+            "n": n,
+            "exec_n": executor_n,
+            "exec_s": exec_s,
+            "flavour": mongo.flavour,
+            "size": size,
+            "presign_us": presign_s / n * 1e6,
+            "build_s": build_s,
+            "base_ack": base_ack,
+            "base_all": base_all,
+            "cmd_ack": cmd_ack,
+            "cmd_all": cmd_all,
+        }
     finally:
         for server in (broker, s3, mongo):
             server.stop()
@@ -200,8 +243,7 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         f"\n## Scheduler: upgrade commands with presigned URLs "
         f"({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n",
-        f"- command: `python bench/scheduler_publish.py --devices {n} "
-        f"--executor {r['exec_n']}`",
+        f"- command: `python bench/scheduler_publish.py --devices {n} --executor {r['exec_n']}`",
         f"- machine: {os.cpu_count()} CPUs, {platform.platform()}, Python "
         f"{platform.python_version()}, Mosquitto 2.0.11, versitygw (shared machine; load "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} after)",
@@ -216,24 +258,31 @@ def report(r: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, ack, delivered, total in rows:
-        lines.append(f"| {name} | {ack:.2f} | {delivered:.2f} | {total:.2f} | "
-                     f"{n / total:,.0f} | {total / r['base_all']:.2f} |")
+        lines.append(
+            f"| {name} | {ack:.2f} | {delivered:.2f} | {total:.2f} | "
+            f"{n / total:,.0f} | {total / r['base_all']:.2f} |"
+        )
     if r["exec_n"]:
-        lines.append(f"| full executor on {r['flavour']}: {r['exec_n']:,} devices, "
-                     f"MongoDB writes included | | | {r['exec_s']:.2f} | "
-                     f"{r['exec_n'] / r['exec_s']:,.0f} | |")
-    lines.append("\nThe full executor adds per batch of 64: a due query, a presence "
-                 "lookup, the send-claim inserts, a read-back, the sent mark and the "
-                 "confirmation; on FerretDB those writes, not presigning or publishing, "
-                 "set the pace.")
+        lines.append(
+            f"| full executor on {r['flavour']}: {r['exec_n']:,} devices, "
+            f"MongoDB writes included | | | {r['exec_s']:.2f} | "
+            f"{r['exec_n'] / r['exec_s']:,.0f} | |"
+        )
+    lines.append(
+        "\nThe full executor adds per batch of 64: a due query, a presence "
+        "lookup, the send-claim inserts, a read-back, the sent mark and the "
+        "confirmation; on FerretDB those writes, not presigning or publishing, "
+        "set the pace."
+    )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=10_000)
-    parser.add_argument("--executor", type=int, default=1000,
-                        help="devices for the full-executor case (0 to skip)")
+    parser.add_argument(
+        "--executor", type=int, default=1000, help="devices for the full-executor case (0 to skip)"
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     result = asyncio.run(run(args.devices, args.executor))

@@ -46,8 +46,7 @@ def fresh_broker() -> Iterator[object]:
 
     root = Path(tempfile.mkdtemp(prefix="outpost-bench-"))
     root.chmod(0o755)
-    broker = Mosquitto(root / "mosquitto", free_port(),
-                       backend_password=secrets.token_urlsafe(12))
+    broker = Mosquitto(root / "mosquitto", free_port(), backend_password=secrets.token_urlsafe(12))
     broker.start()
     try:
         yield broker
@@ -57,22 +56,43 @@ def fresh_broker() -> Iterator[object]:
 
 
 def broker_env(broker: object) -> dict[str, str]:
-    return {**os.environ, "OUTPOST_MQTT_URL": broker.url,  # type: ignore[attr-defined]
-            "OUTPOST_MQTT_USERNAME": broker.backend_username,  # type: ignore[attr-defined]
-            "OUTPOST_MQTT_PASSWORD": broker.backend_password}  # type: ignore[attr-defined]
+    return {
+        **os.environ,
+        "OUTPOST_MQTT_URL": broker.url,  # type: ignore[attr-defined]
+        "OUTPOST_MQTT_USERNAME": broker.backend_username,  # type: ignore[attr-defined]
+        "OUTPOST_MQTT_PASSWORD": broker.backend_password,
+    }  # type: ignore[attr-defined]
 
 
 def run_child(mode: str, devices: int, broker: object) -> dict[str, float]:
     out = Path(tempfile.mkstemp(suffix=".json")[1])
     if mode == "sim":
-        argv = [str(REPO / ".venv/bin/outpost"), "sim", "--devices", str(devices),
-                "--prefix", f"b{secrets.token_hex(3)}", "--duration", "2",
-                "--connect-concurrency", str(CONCURRENCY), "--summary-json", str(out)]
+        argv = [
+            str(REPO / ".venv/bin/outpost"),
+            "sim",
+            "--devices",
+            str(devices),
+            "--prefix",
+            f"b{secrets.token_hex(3)}",
+            "--duration",
+            "2",
+            "--connect-concurrency",
+            str(CONCURRENCY),
+            "--summary-json",
+            str(out),
+        ]
     else:
         argv = [sys.executable, __file__, f"--child-{mode}", str(devices), str(out)]
     started = time.monotonic()
-    subprocess.run(argv, env=broker_env(broker), cwd=tempfile.gettempdir(), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    subprocess.run(
+        argv,
+        env=broker_env(broker),
+        cwd=tempfile.gettempdir(),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=600,
+    )
     result = json.loads(out.read_text())
     result["wall_s"] = time.monotonic() - started
     out.unlink()
@@ -94,11 +114,15 @@ async def baseline(devices: int) -> dict[str, float]:
     clients: list[aiomqtt.Client] = []
 
     async def one(i: int) -> None:
-        client = aiomqtt.Client("127.0.0.1", int(url[1]),
-                                username=os.environ["OUTPOST_MQTT_USERNAME"],
-                                password=os.environ["OUTPOST_MQTT_PASSWORD"],
-                                identifier=f"base-{i:06d}",
-                                protocol=aiomqtt.ProtocolVersion.V5, timeout=30)
+        client = aiomqtt.Client(
+            "127.0.0.1",
+            int(url[1]),
+            username=os.environ["OUTPOST_MQTT_USERNAME"],
+            password=os.environ["OUTPOST_MQTT_PASSWORD"],
+            identifier=f"base-{i:06d}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            timeout=30,
+        )
         async with slots:
             await client.__aenter__()
         clients.append(client)
@@ -126,9 +150,14 @@ async def will_storm(devices: int) -> dict[str, float]:
     prefix = f"w{secrets.token_hex(3)}"
     wills: set[str] = set()
     all_in = asyncio.Event()
-    async with aiomqtt.Client("127.0.0.1", port, username=user, password=password,
-                              identifier=f"bench-watch-{prefix}",
-                              protocol=aiomqtt.ProtocolVersion.V5) as watcher:
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        username=user,
+        password=password,
+        identifier=f"bench-watch-{prefix}",
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as watcher:
         await watcher.subscribe("devices/+/presence", qos=1)
 
         async def watch() -> None:
@@ -141,10 +170,12 @@ async def will_storm(devices: int) -> dict[str, float]:
                         all_in.set()
 
         reader = asyncio.create_task(watch(), name="bench-watch")
-        options = FleetOptions(devices=devices, prefix=prefix, state_interval=0,
-                               connect_concurrency=CONCURRENCY)
-        async with Fleet(options, Broker("127.0.0.1", port, user, password),
-                         logging.getLogger("bench")) as fleet:
+        options = FleetOptions(
+            devices=devices, prefix=prefix, state_interval=0, connect_concurrency=CONCURRENCY
+        )
+        async with Fleet(
+            options, Broker("127.0.0.1", port, user, password), logging.getLogger("bench")
+        ) as fleet:
             async with asyncio.timeout(300):
                 await fleet.wait_connected()
             rss, peak = rss_mb()
@@ -156,21 +187,32 @@ async def will_storm(devices: int) -> dict[str, float]:
             storm_s = time.monotonic() - started
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
-    return {"drop_s": dropped_s, "wills_s": storm_s, "wills": len(wills), "rss_mib": rss,
-            "peak_rss_mib": peak}
+    return {
+        "drop_s": dropped_s,
+        "wills_s": storm_s,
+        "wills": len(wills),
+        "rss_mib": rss,
+        "peak_rss_mib": peak,
+    }
 
 
 # ----------------------------------------------------------------------------- reporting
 
 
 def machine() -> str:
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-    mosquitto = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True,
-                               check=False).stdout.splitlines()[:1]
-    return (f"{os.cpu_count()} CPUs, {mem_kb / 1024 / 1024:.1f} GiB RAM, "
-            f"{platform.platform()}, Python {platform.python_version()}, "
-            f"{(mosquitto or ['mosquitto ?'])[0].strip()}")
+    mem_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    mosquitto = subprocess.run(
+        ["mosquitto", "-h"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[:1]
+    return (
+        f"{os.cpu_count()} CPUs, {mem_kb / 1024 / 1024:.1f} GiB RAM, "
+        f"{platform.platform()}, Python {platform.python_version()}, "
+        f"{(mosquitto or ['mosquitto ?'])[0].strip()}"
+    )
 
 
 def load_average() -> str:
@@ -185,8 +227,7 @@ def report(rows: list[dict[str, Any]], command: str, load_before: str) -> str:
         f"- command: `{command}`",
         f"- machine: {machine()} (shared with other engineers' work)",
         f"- load average (1/5/15 min) before: {load_before}; after: {load_average()}",
-        f"- ramp: {CONCURRENCY} CONNECTs in flight; fresh Mosquitto per case; one process "
-        "per case",
+        f"- ramp: {CONCURRENCY} CONNECTs in flight; fresh Mosquitto per case; one process per case",
         "- baseline: bare aiomqtt clients (MQTT v5, no will, no messages, same ramp)",
         "- sim: `outpost sim --devices N --duration 2` (will, clean start 0, session expiry, "
         "retained presence + state per device)",
@@ -204,10 +245,11 @@ def report(rows: list[dict[str, Any]], command: str, load_before: str) -> str:
             f"| {sim['connect_s'] / base['connect_s']:.2f} | {base['peak_rss_mib']:.0f} "
             f"| {sim['peak_rss_mib']:.0f} | {sim['peak_rss_mib'] / base['peak_rss_mib']:.2f} "
             f"| {sim['peak_rss_mib'] * 1024 / n:.0f} | {storm['drop_s']:.2f} "
-            f"| {storm['wills_s']:.2f} ({storm['wills']:,} wills) |")
+            f"| {storm['wills_s']:.2f} ({storm['wills']:,} wills) |"
+        )
     lines += [
         "",
-        "\"sim connect s\" runs until the last device has its CONNACK; each device publishes "
+        '"sim connect s" runs until the last device has its CONNACK; each device publishes '
         "retained presence and a state and subscribes right after its CONNACK, competing "
         "with the ramp (the baseline only connects). "
         "`outpost sim` RSS includes the imports of the whole `outpost` command.",
@@ -236,8 +278,9 @@ def main() -> None:
                 row[mode] = run_child(mode, n, broker)
             print(n, mode, row[mode], flush=True)
         rows.append(row)
-    command = "python bench/sim_connect.py " + " ".join(f"--devices {n}" for n in
-                                                        (args.devices or [2000, 5000]))
+    command = "python bench/sim_connect.py " + " ".join(
+        f"--devices {n}" for n in (args.devices or [2000, 5000])
+    )
     text = report(rows, command, load_before)
     print(text)
     if not args.no_write:

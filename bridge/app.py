@@ -39,8 +39,9 @@ class Settings:
 
 
 @contextlib.asynccontextmanager
-async def open_writer(settings: Settings, metrics: BridgeMetrics,
-                      logger: logging.Logger) -> AsyncIterator[tuple[Writer, MongoSink]]:
+async def open_writer(
+    settings: Settings, metrics: BridgeMetrics, logger: logging.Logger
+) -> AsyncIterator[tuple[Writer, MongoSink]]:
     client = mongo.client(settings.mongo, serverSelectionTimeoutMS=2000)
     try:
         db: AsyncDatabase[Document] = client[settings.mongo.database]
@@ -48,8 +49,12 @@ async def open_writer(settings: Settings, metrics: BridgeMetrics,
         chunk = settings.bridge.ferretdb_chunk if ferret else mongo.MONGODB_CHUNK
         # FerretDB does not isolate concurrent updates of one document: read back and
         # resend lost writes. MongoDB's single-document updates are atomic.
-        sink = MongoSink(db, chunk=chunk, dead_letter_cap=settings.bridge.dead_letter_cap,
-                         verify_rounds=settings.bridge.verify_rounds if ferret else 0)
+        sink = MongoSink(
+            db,
+            chunk=chunk,
+            dead_letter_cap=settings.bridge.dead_letter_cap,
+            verify_rounds=settings.bridge.verify_rounds if ferret else 0,
+        )
         known = KnownDevices(sink.existing, unknown_ttl=settings.bridge.unknown_ttl_s)
         yield Writer(sink, known, metrics, logger), sink
     finally:
@@ -73,27 +78,47 @@ class Running:
     http_port: int
 
 
-async def run_bridge(settings: Settings, logger: logging.Logger, *,
-                     metrics: BridgeMetrics | None = None,
-                     on_started: Callable[[Running], None] | None = None,
-                     handle_signals: bool = True) -> None:
+async def run_bridge(
+    settings: Settings,
+    logger: logging.Logger,
+    *,
+    metrics: BridgeMetrics | None = None,
+    on_started: Callable[[Running], None] | None = None,
+    handle_signals: bool = True,
+) -> None:
     """Run until SIGTERM/SIGINT (or ``bridge.stop()``): stop reading, flush, ack, leave."""
     metrics = metrics or BridgeMetrics()
     b = settings.bridge
     subs = [subscription(c, b.share_group) for c in BRIDGE_CHANNELS]
     client_id = f"{settings.mqtt.client_id_prefix}-bridge-{b.instance}"
-    async with open_writer(settings, metrics, logger) as (writer, _sink), MqttSource(
-            settings.mqtt, client_id=client_id, subscriptions=subs, logger=logger,
-            session_expiry_s=b.session_expiry_s, receive_maximum=b.receive_maximum) as source:
-        bridge = Bridge(source, writer, batch_max=b.batch_max, flush_s=b.flush_ms / 1000,
-                        stop_timeout_s=b.stop_timeout_s)
-        server = await serve(settings.http.host, settings.http.port,
-                             health_routes(metrics.registry, bridge.ready))
+    async with (
+        open_writer(settings, metrics, logger) as (writer, _sink),
+        MqttSource(
+            settings.mqtt,
+            client_id=client_id,
+            subscriptions=subs,
+            logger=logger,
+            session_expiry_s=b.session_expiry_s,
+            receive_maximum=b.receive_maximum,
+        ) as source,
+    ):
+        bridge = Bridge(
+            source,
+            writer,
+            batch_max=b.batch_max,
+            flush_s=b.flush_ms / 1000,
+            stop_timeout_s=b.stop_timeout_s,
+        )
+        server = await serve(
+            settings.http.host, settings.http.port, health_routes(metrics.registry, bridge.ready)
+        )
         if handle_signals:
             _on_signals(bridge.stop)
         port = int(server.sockets[0].getsockname()[1])
-        logger.info("bridge started", extra={"client_id": client_id, "subscriptions": subs,
-                                              "http_port": port})
+        logger.info(
+            "bridge started",
+            extra={"client_id": client_id, "subscriptions": subs, "http_port": port},
+        )
         if on_started is not None:
             on_started(Running(bridge, port))
         try:
@@ -110,9 +135,15 @@ def _on_signals(stop: Callable[[], None]) -> None:
             loop.add_signal_handler(sig, stop)
 
 
-async def run_resync(settings: Settings, logger: logging.Logger, *, idle_s: float = 2.0,
-                     max_s: float = 600.0, create_missing: bool = False,
-                     metrics: BridgeMetrics | None = None) -> dict[str, int]:
+async def run_resync(
+    settings: Settings,
+    logger: logging.Logger,
+    *,
+    idle_s: float = 2.0,
+    max_s: float = 600.0,
+    create_missing: bool = False,
+    metrics: BridgeMetrics | None = None,
+) -> dict[str, int]:
     """Rebuild presence from the broker's retained ``devices/+/presence`` messages.
 
     A plain (not shared) subscription gets every retained message; they come right after
@@ -121,9 +152,17 @@ async def run_resync(settings: Settings, logger: logging.Logger, *, idle_s: floa
     """
     metrics = metrics or BridgeMetrics()
     client_id = f"{settings.mqtt.client_id_prefix}-resync-{secrets.token_hex(4)}"
-    async with open_writer(settings, metrics, logger) as (writer, sink), MqttSource(
-            settings.mqtt, client_id=client_id, subscriptions=[subscription(Channel.PRESENCE)],
-            logger=logger, clean_start=True, session_expiry_s=0,
-            receive_maximum=65_535) as source:
+    async with (
+        open_writer(settings, metrics, logger) as (writer, sink),
+        MqttSource(
+            settings.mqtt,
+            client_id=client_id,
+            subscriptions=[subscription(Channel.PRESENCE)],
+            logger=logger,
+            clean_start=True,
+            session_expiry_s=0,
+            receive_maximum=65_535,
+        ) as source,
+    ):
         batch = await collect_retained(source, idle_s=idle_s, max_s=max_s)
         return await write_resync(batch, source, writer, sink, create_missing=create_missing)

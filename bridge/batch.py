@@ -53,8 +53,9 @@ def coalesce(accepted: Iterable[Accepted]) -> list[Accepted]:
     return list(newest.values())
 
 
-def split_unknown(accepted: Sequence[Accepted],
-                  known: set[str] | frozenset[str]) -> tuple[list[Accepted], list[Rejection]]:
+def split_unknown(
+    accepted: Sequence[Accepted], known: set[str] | frozenset[str]
+) -> tuple[list[Accepted], list[Rejection]]:
     """Messages of devices without a devices document become ``unknown_device``."""
     keep: list[Accepted] = []
     unknown: list[Rejection] = []
@@ -62,8 +63,11 @@ def split_unknown(accepted: Sequence[Accepted],
         if item.device_id in known:
             keep.append(item)
         else:
-            unknown.append(Rejection(item.inbound, RejectReason.UNKNOWN_DEVICE,
-                                     f"no device {item.device_id!r}"))
+            unknown.append(
+                Rejection(
+                    item.inbound, RejectReason.UNKNOWN_DEVICE, f"no device {item.device_id!r}"
+                )
+            )
     return keep, unknown
 
 
@@ -77,15 +81,23 @@ def plan(batch: Sequence[Inbound]) -> Plan:
             accepted.append(result)
         else:
             rejections.append(result)
-    return Plan(writes=tuple(accepted), rejections=tuple(rejections), accepted=len(accepted),
-                device_ids=frozenset(a.device_id for a in accepted))
+    return Plan(
+        writes=tuple(accepted),
+        rejections=tuple(rejections),
+        accepted=len(accepted),
+        device_ids=frozenset(a.device_id for a in accepted),
+    )
 
 
 def with_known(decoded: Plan, known: set[str] | frozenset[str]) -> Plan:
     """Reject unknown devices, then coalesce what is left."""
     keep, unknown = split_unknown(decoded.writes, known)
-    return Plan(writes=tuple(coalesce(keep)), rejections=decoded.rejections + tuple(unknown),
-                accepted=len(keep), device_ids=frozenset(a.device_id for a in keep))
+    return Plan(
+        writes=tuple(coalesce(keep)),
+        rejections=decoded.rejections + tuple(unknown),
+        accepted=len(keep),
+        device_ids=frozenset(a.device_id for a in keep),
+    )
 
 
 def content_hash(message: StateMessage) -> str:

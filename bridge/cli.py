@@ -15,24 +15,31 @@ from bridge.errors import BridgeError
 from outpost import logs
 from outpost.settings import HttpSettings, MongoSettings, MqttSettings, SettingsError, load
 
-app = typer.Typer(help="MQTT → MongoDB: presence, state, config acks, job progress.",
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="MQTT → MongoDB: presence, state, config acks, job progress.",
+    pretty_exceptions_enable=False,
+)
 
 _LOG = logging.getLogger("outpost.bridge")
 
 
 def _settings() -> Settings:
     try:
-        return Settings(mqtt=load(MqttSettings), mongo=load(MongoSettings),
-                        bridge=load(BridgeSettings), http=load(HttpSettings))
+        return Settings(
+            mqtt=load(MqttSettings),
+            mongo=load(MongoSettings),
+            bridge=load(BridgeSettings),
+            http=load(HttpSettings),
+        )
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
 
 @app.callback(invoke_without_command=True)
-def main(ctx: typer.Context, log_level: str = typer.Option("INFO", envvar="OUTPOST_LOG_LEVEL")
-         ) -> None:
+def main(
+    ctx: typer.Context, log_level: str = typer.Option("INFO", envvar="OUTPOST_LOG_LEVEL")
+) -> None:
     """Without a sub-command: run the bridge until SIGTERM."""
     logs.configure(log_level)
     if ctx.invoked_subcommand is None:
@@ -54,13 +61,13 @@ def run() -> None:
 def resync(
     idle: float = typer.Option(2.0, help="Stop after this many seconds without a message"),
     create_missing: bool = typer.Option(
-        False, help="Create a bare devices document for a retained presence without one"),
+        False, help="Create a bare devices document for a retained presence without one"
+    ),
 ) -> None:
     """Rebuild every device's presence from the broker's retained presence messages."""
     settings = _settings()
     try:
-        result = asyncio.run(run_resync(settings, _LOG, idle_s=idle,
-                                        create_missing=create_missing))
+        result = asyncio.run(run_resync(settings, _LOG, idle_s=idle, create_missing=create_missing))
     except BridgeError as exc:
         _LOG.error("resync failed", extra={"error": str(exc)})
         raise typer.Exit(1) from None

@@ -18,39 +18,59 @@ class BridgeSettings(BaseSettings):
     not yet acknowledged) and distinct between instances.
     """
 
-    model_config = SettingsConfigDict(env_prefix="OUTPOST_BRIDGE_",
-                                      env_file=(DEV_ENV_FILE, ".env"), extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="OUTPOST_BRIDGE_", env_file=(DEV_ENV_FILE, ".env"), extra="ignore"
+    )
 
     instance: str = Field(default="0", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     share_group: str = Field(default="outpost-bridge", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     batch_max: int = Field(
-        default=20_000, ge=1, le=65_535,
+        default=20_000,
+        ge=1,
+        le=65_535,
         description="Most messages per batch. A batch takes what has queued up while the "
-                    "previous one was written, so it only grows when the database is the "
-                    "bottleneck; then a device's repeated messages coalesce into one update. "
-                    "Keep it at receive_maximum so one batch can hold the whole backlog.")
+        "previous one was written, so it only grows when the database is the "
+        "bottleneck; then a device's repeated messages coalesce into one update. "
+        "Keep it at receive_maximum so one batch can hold the whole backlog.",
+    )
     flush_ms: float = Field(default=5.0, ge=0, le=10_000)
-    receive_maximum: int = Field(default=20_000, ge=1, le=65_535,
-                                 description="Unacknowledged messages the broker may send us")
+    receive_maximum: int = Field(
+        default=20_000,
+        ge=1,
+        le=65_535,
+        description="Unacknowledged messages the broker may send us",
+    )
     session_expiry_s: int = Field(default=6 * 3600, ge=0)
     stop_timeout_s: float = Field(
-        default=20.0, ge=0, le=3600,
+        default=20.0,
+        ge=0,
+        le=3600,
         description="After SIGTERM, how long the batch being written may still take "
-                    "(MongoDB away, or FerretDB slow on a large batch). Past it the bridge "
-                    "leaves without acknowledging that batch: nothing is lost, the broker "
-                    "redelivers it when this instance reconnects. Keep it below the "
-                    "orchestrator's grace period.")
-    dead_letter_cap: int = Field(default=100, ge=1, le=100_000,
-                                 description="Samples kept per reject reason")
+        "(MongoDB away, or FerretDB slow on a large batch). Past it the bridge "
+        "leaves without acknowledging that batch: nothing is lost, the broker "
+        "redelivers it when this instance reconnects. Keep it below the "
+        "orchestrator's grace period.",
+    )
+    dead_letter_cap: int = Field(
+        default=100, ge=1, le=100_000, description="Samples kept per reject reason"
+    )
     ferretdb_chunk: int = Field(
-        default=24, ge=1, le=64,
+        default=24,
+        ge=1,
+        le=64,
         description="Updates per command on FerretDB. FerretDB v1 deadlocks once more than "
-                    "~100 update statements run at the same time across all its clients "
-                    "(see outpost/mongo.py), so N writers must keep N x chunk below 100.")
+        "~100 update statements run at the same time across all its clients "
+        "(see outpost/mongo.py), so N writers must keep N x chunk below 100.",
+    )
     verify_rounds: int = Field(
-        default=5, ge=0, le=100,
+        default=5,
+        ge=0,
+        le=100,
         description="On FerretDB: times a batch's writes are read back and lost ones sent "
-                    "again (FerretDB does not isolate concurrent updates of one document)")
-    unknown_ttl_s: float = Field(default=5.0, ge=0,
-                                 description="How long an id without a devices document "
-                                             "is remembered as unknown")
+        "again (FerretDB does not isolate concurrent updates of one document)",
+    )
+    unknown_ttl_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long an id without a devices document is remembered as unknown",
+    )

@@ -1,9 +1,9 @@
 """The bridge's exceptions: library errors (paho, pymongo) become these at the edge.
 
-    BridgeError
-    ├── MqttError      the broker refused or dropped us (connect, subscribe)
-    ├── StoreUnavailable  MongoDB is unreachable or timed out: retry later
-    └── StoreError     MongoDB failed in a way a retry will not fix
+BridgeError
+├── MqttError      the broker refused or dropped us (connect, subscribe)
+├── StoreUnavailable  MongoDB is unreachable or timed out: retry later
+└── StoreError     MongoDB failed in a way a retry will not fix
 """
 
 from __future__ import annotations

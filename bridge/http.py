@@ -43,17 +43,20 @@ def respond(request_line: bytes, routes: Mapping[str, Route]) -> Response:
     return route() if route else (404, "text/plain", b"not found\n")
 
 
-async def _handle(routes: Mapping[str, Route], reader: asyncio.StreamReader,
-                  writer: asyncio.StreamWriter) -> None:
+async def _handle(
+    routes: Mapping[str, Route], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     try:
         async with asyncio.timeout(5):
             request_line = await reader.readline()
             while (await reader.readline()) not in (b"\r\n", b"\n", b""):
                 pass
         status, content_type, body = respond(request_line, routes)
-        head = (f"HTTP/1.0 {status} {_REASONS.get(status, '')}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n")
+        head = (
+            f"HTTP/1.0 {status} {_REASONS.get(status, '')}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        )
         writer.write(head.encode() + body)
         await writer.drain()
     except (TimeoutError, ConnectionError):

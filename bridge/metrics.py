@@ -13,35 +13,59 @@ class BridgeMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.messages = Counter("outpost_bridge_messages", "Accepted messages by channel",
-                                ["channel"], registry=r)
-        self.rejected = Counter("outpost_bridge_rejected", "Rejected messages by reason",
-                                ["reason"], registry=r)
-        self.acked = Counter("outpost_bridge_acked", "Messages acknowledged to the broker",
-                             registry=r)
+        self.messages = Counter(
+            "outpost_bridge_messages", "Accepted messages by channel", ["channel"], registry=r
+        )
+        self.rejected = Counter(
+            "outpost_bridge_rejected", "Rejected messages by reason", ["reason"], registry=r
+        )
+        self.acked = Counter(
+            "outpost_bridge_acked", "Messages acknowledged to the broker", registry=r
+        )
         self.db_ops = Counter("outpost_bridge_db_ops", "Conditional updates sent", registry=r)
-        self.db_writes = Counter("outpost_bridge_db_writes",
-                                 "Documents actually modified (idle fleet: stays 0)", registry=r)
-        self.dead_letters = Counter("outpost_bridge_dead_letters", "Dead-letter samples written",
-                                    registry=r)
-        self.store_retries = Counter("outpost_bridge_store_retries",
-                                     "Batch writes retried after a transient error", registry=r)
-        self.batch_size = Histogram("outpost_bridge_batch_size", "Messages per batch",
-                                    buckets=(1, 5, 20, 100, 500, 1000, 5000, 20_000),
-                                    registry=r)
-        self.write_seconds = Histogram("outpost_bridge_write_seconds",
-                                       "Time to write one batch (retries included)",
-                                       buckets=_LATENCY, registry=r)
-        self.lag_seconds = Histogram("outpost_bridge_lag_seconds",
-                                     "Device timestamp to stored (state and job status)",
-                                     buckets=_LATENCY, registry=r)
-        self.ack_delay_seconds = Histogram("outpost_bridge_ack_delay_seconds",
-                                           "Received to acknowledged", buckets=_LATENCY,
-                                           registry=r)
-        self.in_flight = Gauge("outpost_bridge_in_flight",
-                               "Messages received and not yet acknowledged", registry=r)
-        self.ready = Gauge("outpost_bridge_ready", "1 when connected and MongoDB answers",
-                           registry=r)
+        self.db_writes = Counter(
+            "outpost_bridge_db_writes",
+            "Documents actually modified (idle fleet: stays 0)",
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "outpost_bridge_dead_letters", "Dead-letter samples written", registry=r
+        )
+        self.store_retries = Counter(
+            "outpost_bridge_store_retries",
+            "Batch writes retried after a transient error",
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "outpost_bridge_batch_size",
+            "Messages per batch",
+            buckets=(1, 5, 20, 100, 500, 1000, 5000, 20_000),
+            registry=r,
+        )
+        self.write_seconds = Histogram(
+            "outpost_bridge_write_seconds",
+            "Time to write one batch (retries included)",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.lag_seconds = Histogram(
+            "outpost_bridge_lag_seconds",
+            "Device timestamp to stored (state and job status)",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.ack_delay_seconds = Histogram(
+            "outpost_bridge_ack_delay_seconds",
+            "Received to acknowledged",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "outpost_bridge_in_flight", "Messages received and not yet acknowledged", registry=r
+        )
+        self.ready = Gauge(
+            "outpost_bridge_ready", "1 when connected and MongoDB answers", registry=r
+        )
 
     def value(self, name: str, **labels: str) -> float:
         """Current value of a sample, e.g. ``value("outpost_bridge_db_writes_total")``."""

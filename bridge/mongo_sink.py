@@ -78,16 +78,29 @@ def _presence(message: PresenceMessage, at: datetime) -> tuple[Document, Documen
 def _state(message: StateMessage, at: datetime) -> tuple[Document, Document]:
     k, h = order_key_str(message.key), content_hash(message)
     config = message.config.model_dump(mode="json") if message.config else None
-    value = {"firmware": message.firmware, "hardware_model": message.hardware_model,
-             "uptime_s": message.uptime_s, "counters": dict(message.counters),
-             "config": config, "h": h, "k": k, "updated_at": at}
+    value = {
+        "firmware": message.firmware,
+        "hardware_model": message.hardware_model,
+        "uptime_s": message.uptime_s,
+        "counters": dict(message.counters),
+        "config": config,
+        "h": h,
+        "k": k,
+        "updated_at": at,
+    }
     return ({"$or": _older("state.k", k), "state.h": {"$ne": h}}, {"state": value})
 
 
 def _job(message: JobStatusMessage, at: datetime) -> tuple[Document, Document]:
     k = order_key_str(message.key)
-    value = {"status": message.status.value, "progress": message.progress,
-             "reason": message.reason, "firmware": message.firmware, "k": k, "updated_at": at}
+    value = {
+        "status": message.status.value,
+        "progress": message.progress,
+        "reason": message.reason,
+        "firmware": message.firmware,
+        "k": k,
+        "updated_at": at,
+    }
     return ({"$or": _older("report.k", k)}, {"report": value})
 
 
@@ -122,8 +135,10 @@ def dead_letter_op(rejection: Rejection, slot: int) -> ReplaceOne[Document]:
     """Keep a sample in a ring of slots per reason: the collection stays bounded."""
     inbound = rejection.inbound
     doc: Document = {
-        "reason": rejection.reason.value, "detail": rejection.detail[:1024],
-        "topic": inbound.topic[:256], "size": len(inbound.payload),
+        "reason": rejection.reason.value,
+        "detail": rejection.detail[:1024],
+        "topic": inbound.topic[:256],
+        "size": len(inbound.payload),
         "sample": inbound.payload[:_SAMPLE_BYTES].decode("utf-8", errors="replace"),
         "received_at": inbound.received_at,
     }
@@ -163,8 +178,14 @@ async def _mapped(call: Awaitable[T]) -> T:
 class MongoSink:
     """Writes planned batches; owns no client (it is handed the database)."""
 
-    def __init__(self, db: AsyncDatabase[Document], *, chunk: int, dead_letter_cap: int,
-                 verify_rounds: int = 0) -> None:
+    def __init__(
+        self,
+        db: AsyncDatabase[Document],
+        *,
+        chunk: int,
+        dead_letter_cap: int,
+        verify_rounds: int = 0,
+    ) -> None:
         self._db = db
         self._chunk = chunk
         self._verify_rounds = verify_rounds
@@ -206,8 +227,7 @@ class MongoSink:
         if letters:
             counts.dead_letters = len(letters)
             try:
-                await _mapped(mongo.bulk_write(self._db[DEAD_LETTERS], letters,
-                                               chunk=self._chunk))
+                await _mapped(mongo.bulk_write(self._db[DEAD_LETTERS], letters, chunk=self._chunk))
             except StoreUnavailable:
                 raise
             except StoreError:
@@ -217,8 +237,7 @@ class MongoSink:
                 counts.dead_letters_lost = len(letters)
         return counts
 
-    async def _still_needed(self, items: Sequence[Accepted],
-                            counts: WriteCounts) -> list[Accepted]:
+    async def _still_needed(self, items: Sequence[Accepted], counts: WriteCounts) -> list[Accepted]:
         """The items whose update would still change the stored documents.
 
         Before a write this skips replays and repeats. After a write (and
@@ -263,8 +282,9 @@ class MongoSink:
             fields = {f"{f}.{sub}": 1 for fs in by_id.values() for f in fs for sub in ("k", "h")}
             ids = sorted(by_id)
             for start in range(0, len(ids), 1000):
-                cursor = self._db[collection].find({"_id": {"$in": ids[start:start + 1000]}},
-                                                   projection=fields)
+                cursor = self._db[collection].find(
+                    {"_id": {"$in": ids[start : start + 1000]}}, projection=fields
+                )
                 for doc in await _mapped(cursor.to_list()):
                     found[(collection, str(doc["_id"]))] = doc
         return found
@@ -281,8 +301,9 @@ class MongoSink:
         """Which of ``ids`` have a devices document."""
         wanted, found = sorted(set(ids)), set[str]()
         for start in range(0, len(wanted), 500):
-            cursor = self._db[DEVICES].find({"_id": {"$in": wanted[start:start + 500]}},
-                                            projection={"_id": 1})
+            cursor = self._db[DEVICES].find(
+                {"_id": {"$in": wanted[start : start + 500]}}, projection={"_id": 1}
+            )
             found.update(str(doc["_id"]) for doc in await _mapped(cursor.to_list()))
         return found
 
@@ -299,8 +320,13 @@ class KnownDevices:
     id and TTL, not one per message.
     """
 
-    def __init__(self, lookup: Callable[[Iterable[str]], Awaitable[set[str]]], *,
-                 unknown_ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        lookup: Callable[[Iterable[str]], Awaitable[set[str]]],
+        *,
+        unknown_ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._lookup = lookup
         self._ttl = unknown_ttl
         self._clock = clock
@@ -309,8 +335,7 @@ class KnownDevices:
 
     def to_ask(self, ids: Iterable[str], now: float) -> set[str]:
         """Ids neither known nor remembered as unknown (pure)."""
-        return {i for i in ids
-                if i not in self._known and self._unknown_until.get(i, 0.0) <= now}
+        return {i for i in ids if i not in self._known and self._unknown_until.get(i, 0.0) <= now}
 
     async def known(self, ids: frozenset[str] | set[str]) -> set[str]:
         now = self._clock()

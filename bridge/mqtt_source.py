@@ -47,10 +47,18 @@ class MqttSource:
     :meth:`close_intake`). Call :meth:`ack` for each message once it is safe.
     """
 
-    def __init__(self, settings: MqttSettings, *, client_id: str, subscriptions: Sequence[str],
-                 logger: logging.Logger, clean_start: bool = False,
-                 session_expiry_s: int = 6 * 3600, receive_maximum: int = 1000,
-                 connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        client_id: str,
+        subscriptions: Sequence[str],
+        logger: logging.Logger,
+        clean_start: bool = False,
+        session_expiry_s: int = 6 * 3600,
+        receive_maximum: int = 1000,
+        connect_timeout: float = 10.0,
+    ) -> None:
         self._settings = settings
         self._client_id = client_id
         self._subscriptions = list(subscriptions)
@@ -75,10 +83,13 @@ class MqttSource:
         self._subscribed = asyncio.Event()
         self._client = self._build_client()
         try:
-            self._client.connect_async(self._settings.host, self._settings.port,
-                                       keepalive=self._settings.keepalive,
-                                       clean_start=self._clean_start,
-                                       properties=self._connect_properties())
+            self._client.connect_async(
+                self._settings.host,
+                self._settings.port,
+                keepalive=self._settings.keepalive,
+                clean_start=self._clean_start,
+                properties=self._connect_properties(),
+            )
         except (OSError, ValueError) as exc:
             raise MqttError(f"cannot connect to {self._settings.url}: {exc}") from exc
         self._client.loop_start()
@@ -89,8 +100,12 @@ class MqttSource:
             raise
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self._shutdown()
 
     async def _wait_subscribed(self) -> None:
@@ -99,8 +114,9 @@ class MqttSource:
             async with asyncio.timeout(self._connect_timeout):
                 await self._subscribed.wait()
         except TimeoutError:
-            raise MqttError(f"no CONNACK/SUBACK from {self._settings.url} within "
-                            f"{self._connect_timeout}s") from None
+            raise MqttError(
+                f"no CONNACK/SUBACK from {self._settings.url} within {self._connect_timeout}s"
+            ) from None
         if self._failure is not None:
             raise self._failure
 
@@ -114,8 +130,12 @@ class MqttSource:
         await asyncio.to_thread(client.loop_stop)
 
     def _build_client(self) -> paho.Client:
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id,
-                             protocol=paho.MQTTv5, manual_ack=True)
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=True,
+        )
         if self._settings.username:
             client.username_pw_set(self._settings.username, self._settings.password_value)
         if self._settings.tls:
@@ -155,8 +175,9 @@ class MqttSource:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(fn, *args)
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any,
-                    reason: ReasonCode, props: Any) -> None:
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
         if reason.is_failure:
             self._call(self._failed, f"CONNACK {reason}")
             return
@@ -164,8 +185,9 @@ class MqttSource:
         client.subscribe([(s, options) for s in self._subscriptions])
         self._call(self._connected, bool(getattr(flags, "session_present", False)))
 
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
-                      reasons: list[ReasonCode], props: Any) -> None:
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
+    ) -> None:
         failed = [str(r) for r in reasons if r.is_failure]
         if failed:
             self._call(self._failed, f"SUBACK refused: {', '.join(failed)}")
@@ -173,20 +195,34 @@ class MqttSource:
             self._call(self._on_subscribed)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self._call(self._deliver, message.topic, message.payload, message.mid, message.qos,
-                   bool(message.retain), datetime.now(UTC), time.monotonic())
+        self._call(
+            self._deliver,
+            message.topic,
+            message.payload,
+            message.mid,
+            message.qos,
+            bool(message.retain),
+            datetime.now(UTC),
+            time.monotonic(),
+        )
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any,
-                       reason: ReasonCode, props: Any) -> None:
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
         self._call(self._disconnected, str(reason))
 
     # -- event-loop side of the callbacks ---------------------------------------------
 
     def _connected(self, session_present: bool) -> None:
         self.generation += 1
-        self._log.info("mqtt connected", extra={"client_id": self._client_id,
-                                                "session_present": session_present,
-                                                "generation": self.generation})
+        self._log.info(
+            "mqtt connected",
+            extra={
+                "client_id": self._client_id,
+                "session_present": session_present,
+                "generation": self.generation,
+            },
+        )
 
     def _on_subscribed(self) -> None:
         self.connected = True
@@ -203,8 +239,17 @@ class MqttSource:
         self.connected = False
         self._log.warning("mqtt disconnected", extra={"client_id": self._client_id, "why": why})
 
-    def _deliver(self, topic: str, payload: bytes, mid: int, qos: int, retain: bool,
-                 at: datetime, mono: float) -> None:
+    def _deliver(
+        self,
+        topic: str,
+        payload: bytes,
+        mid: int,
+        qos: int,
+        retain: bool,
+        at: datetime,
+        mono: float,
+    ) -> None:
         if self._intake_open:
-            self.messages.put_nowait(Inbound(topic, payload, mid, qos, retain,
-                                             self.generation, at, mono))
+            self.messages.put_nowait(
+                Inbound(topic, payload, mid, qos, retain, self.generation, at, mono)
+            )

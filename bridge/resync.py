@@ -31,9 +31,15 @@ async def collect_retained(source: MqttSource, *, idle_s: float, max_s: float) -
     return batch
 
 
-async def write_resync(batch: list[Inbound], source: MqttSource, writer: Writer,
-                       sink: MongoSink, *, create_missing: bool, chunk: int = 2000
-                       ) -> dict[str, int]:
+async def write_resync(
+    batch: list[Inbound],
+    source: MqttSource,
+    writer: Writer,
+    sink: MongoSink,
+    *,
+    create_missing: bool,
+    chunk: int = 2000,
+) -> dict[str, int]:
     """Write in chunks (optionally creating missing devices documents first), then ack."""
     created = 0
     if create_missing:
@@ -41,7 +47,7 @@ async def write_resync(batch: list[Inbound], source: MqttSource, writer: Writer,
         created = await sink.ensure_devices(ids)
     modified = 0
     for start in range(0, len(batch), chunk):
-        part = batch[start:start + chunk]
+        part = batch[start : start + chunk]
         counts = await writer.write(part)
         modified += counts.modified
         for inbound in part:

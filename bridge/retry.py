@@ -32,9 +32,13 @@ class RetryPolicy:
         return float(min(self.max_wait, self.first_wait * self.multiplier ** (attempt - 1)))
 
 
-async def retry(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *,
-                on_retry: Callable[[int, BaseException, float], None],
-                on_success: Callable[[], None]) -> T:
+async def retry(
+    call: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    on_retry: Callable[[int, BaseException, float], None],
+    on_success: Callable[[], None],
+) -> T:
     """Run ``call`` until it succeeds or raises a non-transient error."""
     attempt = 0
     while True:

@@ -55,24 +55,33 @@ class Writer:
         ended = time.monotonic()
         self.metrics.write_seconds.observe(ended - started)
         self._count(planned, counts)
-        self.logger.debug("batch written", extra={
-            "messages": len(batch), "updates": counts.ops, "skipped": counts.skipped,
-            "modified": counts.modified, "rewritten": counts.rewritten,
-            "rejected": len(planned.rejections), "prepare_s": round(started - began, 4),
-            "read_s": round(counts.read_s, 4), "update_s": round(counts.update_s, 4),
-            "total_s": round(ended - began, 4)})
+        self.logger.debug(
+            "batch written",
+            extra={
+                "messages": len(batch),
+                "updates": counts.ops,
+                "skipped": counts.skipped,
+                "modified": counts.modified,
+                "rewritten": counts.rewritten,
+                "rejected": len(planned.rejections),
+                "prepare_s": round(started - began, 4),
+                "read_s": round(counts.read_s, 4),
+                "update_s": round(counts.update_s, 4),
+                "total_s": round(ended - began, 4),
+            },
+        )
         return counts
 
     async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
-        return await retry(call, self.policy, on_retry=self._on_retry,
-                           on_success=self._on_success)
+        return await retry(call, self.policy, on_retry=self._on_retry, on_success=self._on_success)
 
     def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
         self.store_ok = False
         self.metrics.store_retries.inc()
-        self.logger.warning("mongodb unavailable, retrying",
-                            extra={"attempt": attempt, "error": str(exc)[:300],
-                                   "retry_in_s": round(delay, 2)})
+        self.logger.warning(
+            "mongodb unavailable, retrying",
+            extra={"attempt": attempt, "error": str(exc)[:300], "retry_in_s": round(delay, 2)},
+        )
 
     def _on_success(self) -> None:
         if not self.store_ok:
@@ -88,18 +97,29 @@ class Writer:
                 self.metrics.lag_seconds.observe(max(0.0, (now - message.ts).total_seconds()))
         for rejection in planned.rejections:
             self.metrics.rejected.labels(reason=rejection.reason.value).inc()
-            self.logger.debug("message rejected", extra={
-                "reason": rejection.reason.value, "detail": rejection.detail[:200],
-                "topic": rejection.inbound.topic[:200]})
+            self.logger.debug(
+                "message rejected",
+                extra={
+                    "reason": rejection.reason.value,
+                    "detail": rejection.detail[:200],
+                    "topic": rejection.inbound.topic[:200],
+                },
+            )
         if planned.rejections:
-            self.logger.info("messages rejected", extra={
-                "count": len(planned.rejections),
-                "reasons": sorted({r.reason.value for r in planned.rejections})})
+            self.logger.info(
+                "messages rejected",
+                extra={
+                    "count": len(planned.rejections),
+                    "reasons": sorted({r.reason.value for r in planned.rejections}),
+                },
+            )
         if counts.rewritten:
             self.logger.info("lost writes sent again", extra={"count": counts.rewritten})
         if counts.dead_letters_lost:
-            self.logger.warning("dead-letter samples not stored (slot race)",
-                                extra={"count": counts.dead_letters_lost})
+            self.logger.warning(
+                "dead-letter samples not stored (slot race)",
+                extra={"count": counts.dead_letters_lost},
+            )
         self.metrics.db_ops.inc(counts.ops)
         self.metrics.db_writes.inc(counts.modified)
         self.metrics.dead_letters.inc(counts.dead_letters)
@@ -108,8 +128,15 @@ class Writer:
 class Bridge:
     """One bridge instance: :meth:`run` until :meth:`stop`, then flush and ack the rest."""
 
-    def __init__(self, source: MqttSource, writer: Writer, *, batch_max: int,
-                 flush_s: float, stop_timeout_s: float = 20.0) -> None:
+    def __init__(
+        self,
+        source: MqttSource,
+        writer: Writer,
+        *,
+        batch_max: int,
+        flush_s: float,
+        stop_timeout_s: float = 20.0,
+    ) -> None:
         self._source = source
         self._writer = writer
         self._metrics = writer.metrics
@@ -139,8 +166,7 @@ class Bridge:
         self._stopping = True
         self._log.info("bridge stopping", extra={"stop_timeout_s": self._stop_timeout})
         self._source.close_intake()
-        self._deadline = asyncio.get_running_loop().call_later(self._stop_timeout,
-                                                               self._abandon)
+        self._deadline = asyncio.get_running_loop().call_later(self._stop_timeout, self._abandon)
 
     def _abandon(self) -> None:
         if self._writing is not None and not self._writing.done():
@@ -189,10 +215,11 @@ class Bridge:
         except asyncio.CancelledError:
             if not self._abandoned:
                 raise
-            self._log.warning("stop timeout: batch left unacknowledged, the broker "
-                              "redelivers it to this instance's session",
-                              extra={"messages": len(batch),
-                                     "stop_timeout_s": self._stop_timeout})
+            self._log.warning(
+                "stop timeout: batch left unacknowledged, the broker "
+                "redelivers it to this instance's session",
+                extra={"messages": len(batch), "stop_timeout_s": self._stop_timeout},
+            )
             return False
         finally:
             self._writing = None
@@ -209,8 +236,9 @@ class _Empty(Enum):
     TOKEN = 0
 
 
-async def _next(queue: asyncio.Queue[Inbound | None],
-                deadline: float) -> Inbound | Literal[_Empty.TOKEN] | None:
+async def _next(
+    queue: asyncio.Queue[Inbound | None], deadline: float
+) -> Inbound | Literal[_Empty.TOKEN] | None:
     """The next queue item, or ``_Empty.TOKEN`` if none came before ``deadline``."""
     try:
         return queue.get_nowait()

@@ -93,9 +93,14 @@ class _Link:
 class Agent:
     """One device. ``run(stop)`` blocks until ``stop`` is set, reconnecting as needed."""
 
-    def __init__(self, config: AgentConfig, logger: logging.Logger, *,
-                 apply_config: b.ApplyConfig = accept_config,
-                 install: Install = keep_image) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        logger: logging.Logger,
+        *,
+        apply_config: b.ApplyConfig = accept_config,
+        install: Install = keep_image,
+    ) -> None:
         self.config = config
         self.log = logger
         self._apply = apply_config
@@ -111,8 +116,9 @@ class Agent:
     # ------------------------------------------------------------------ connection
 
     def _make_client(self) -> paho.Client:
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.config.device_id,
-                             protocol=paho.MQTTv5)
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.config.device_id, protocol=paho.MQTTv5
+        )
         client.username_pw_set(self.config.username, self.config.password)
         if self.config.tls:
             client.tls_set(ca_certs=self.config.ca_file)
@@ -121,13 +127,15 @@ class Agent:
         client.on_message = self._on_message
         return client
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
-                    props: Any) -> None:
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
         self._link.connack = str(reason)
         self._link.connected = not reason.is_failure
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
-                       props: Any) -> None:
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
         self._link.connected = False
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
@@ -143,8 +151,13 @@ class Agent:
         props.SessionExpiryInterval = self.config.session_expiry
         self._link = _Link()
         try:
-            self._client.connect(self.config.host, self.config.port, self.config.keepalive,
-                                 clean_start=False, properties=props)
+            self._client.connect(
+                self.config.host,
+                self.config.port,
+                self.config.keepalive,
+                clean_start=False,
+                properties=props,
+            )
         except OSError as exc:
             raise BrokerError(f"cannot connect: {exc}") from None
         deadline = time.monotonic() + self.config.connect_timeout
@@ -155,12 +168,14 @@ class Agent:
             raise BrokerError(f"connect refused: {self._link.connack or 'no CONNACK'}")
 
     def _online(self) -> None:
-        self.log.info("connected", extra={"device_id": self.config.device_id,
-                                          "session": self._seq.session})
+        self.log.info(
+            "connected", extra={"device_id": self.config.device_id, "session": self._seq.session}
+        )
         presence = b.online_presence(self.config.device_id, self._seq.next_key(), utc_now())
         self._publish(Channel.PRESENCE, presence, retain=True)
-        self._client.subscribe([(self._topic(Channel.CONFIG), 1),
-                                (f"devices/{self.config.device_id}/jobs/+", 1)])
+        self._client.subscribe(
+            [(self._topic(Channel.CONFIG), 1), (f"devices/{self.config.device_id}/jobs/+", 1)]
+        )
         self.publish_state()
         if self._boot_pending:
             self._boot_pending = False
@@ -174,11 +189,18 @@ class Agent:
             try:
                 self._connect()
             except BrokerError as exc:
-                delay = b.backoff_delay(attempt, base=self.config.backoff_base,
-                                        cap=self.config.backoff_cap)
-                self.log.warning("connect failed", extra={
-                    "device_id": self.config.device_id, "error": str(exc),
-                    "attempt": attempt, "retry_in_s": round(delay, 2)})
+                delay = b.backoff_delay(
+                    attempt, base=self.config.backoff_base, cap=self.config.backoff_cap
+                )
+                self.log.warning(
+                    "connect failed",
+                    extra={
+                        "device_id": self.config.device_id,
+                        "error": str(exc),
+                        "attempt": attempt,
+                        "retry_in_s": round(delay, 2),
+                    },
+                )
                 attempt += 1
                 stop.wait(delay)
                 continue
@@ -188,8 +210,9 @@ class Agent:
             if not stop.is_set() and not self._boot_pending:
                 # Lost the broker (not our reboot): even the first retry is jittered, so a
                 # broker restart does not bring the whole fleet back in the same instant.
-                stop.wait(b.backoff_delay(0, base=self.config.backoff_base,
-                                          cap=self.config.backoff_cap))
+                stop.wait(
+                    b.backoff_delay(0, base=self.config.backoff_base, cap=self.config.backoff_cap)
+                )
         self._goodbye("shutdown")
 
     def _serve(self, stop: threading.Event) -> None:
@@ -206,10 +229,10 @@ class Agent:
         """Graceful offline: the same message and key as the will, then DISCONNECT."""
         if not self._link.connected:
             return
-        offline = b.offline_presence(self.config.device_id, self._seq.session, reason,
-                                     utc_now())
-        info = self._client.publish(self._topic(Channel.PRESENCE), encode(offline), qos=1,
-                                    retain=True)
+        offline = b.offline_presence(self.config.device_id, self._seq.session, reason, utc_now())
+        info = self._client.publish(
+            self._topic(Channel.PRESENCE), encode(offline), qos=1, retain=True
+        )
         deadline = time.monotonic() + 5.0
         while not info.is_published() and time.monotonic() < deadline and self._link.connected:
             self._client.loop(timeout=0.1)
@@ -222,17 +245,27 @@ class Agent:
     def _topic(self, channel: Channel, job_id: str | None = None) -> str:
         return topic(channel, self.config.device_id, job_id)
 
-    def _publish(self, channel: Channel, message: BaseModel, *, retain: bool = False,
-                 job_id: str | None = None) -> None:
-        self._client.publish(self._topic(channel, job_id), encode(message), qos=1,
-                             retain=retain)
+    def _publish(
+        self,
+        channel: Channel,
+        message: BaseModel,
+        *,
+        retain: bool = False,
+        job_id: str | None = None,
+    ) -> None:
+        self._client.publish(self._topic(channel, job_id), encode(message), qos=1, retain=retain)
 
     def publish_state(self) -> None:
         state = b.state_message(
-            self.config.device_id, self._seq.next_key(), utc_now(),
-            firmware=self._state.firmware, hardware_model=self.config.hardware_model,
-            config=self._state.config, uptime_s=int(time.monotonic() - self._booted_at),
-            counters=self._counters)
+            self.config.device_id,
+            self._seq.next_key(),
+            utc_now(),
+            firmware=self._state.firmware,
+            hardware_model=self.config.hardware_model,
+            config=self._state.config,
+            uptime_s=int(time.monotonic() - self._booted_at),
+            counters=self._counters,
+        )
         self._publish(Channel.STATE, state)
 
     def _save(self, state: AgentState) -> None:
@@ -265,13 +298,16 @@ class Agent:
             return
         decision = b.decide_config(desired, self._state.config)
         if decision is not b.ConfigDecision.APPLY:
-            self.log.info("config skipped", extra={"version": desired.version,
-                                                   "decision": decision.value})
+            self.log.info(
+                "config skipped", extra={"version": desired.version, "decision": decision.value}
+            )
             return
         report = b.apply_config(desired, self._apply)
         self._save(self._state.model_copy(update={"config": report}))
-        self.log.info("config handled", extra={"version": report.version,
-                                               "status": report.status, "error": report.error})
+        self.log.info(
+            "config handled",
+            extra={"version": report.version, "status": report.status, "error": report.error},
+        )
         self.publish_state()
 
     def _handle_job(self, job_id: str, payload: bytes) -> None:
@@ -297,27 +333,48 @@ class Agent:
 
     def _report(self, record: b.JobRecord) -> None:
         firmware = self._state.firmware
-        message = b.job_status(self.config.device_id, self._seq.next_key(), utc_now(), record,
-                               firmware)
+        message = b.job_status(
+            self.config.device_id, self._seq.next_key(), utc_now(), record, firmware
+        )
         self._publish(Channel.JOB_STATUS, message, job_id=record.job_id)
 
     def _report_raw(self, job_id: str, status: JobState, reason: str) -> None:
-        message = JobStatusMessage(device_id=self.config.device_id, key=self._seq.next_key(),
-                                   ts=utc_now(), job_id=job_id, status=status, reason=reason)
+        message = JobStatusMessage(
+            device_id=self.config.device_id,
+            key=self._seq.next_key(),
+            ts=utc_now(),
+            job_id=job_id,
+            status=status,
+            reason=reason,
+        )
         self._publish(Channel.JOB_STATUS, message, job_id=job_id)
 
-    def _move(self, record: b.JobRecord, status: JobState, *, progress: float | None = None,
-              reason: str | None = None) -> b.JobRecord:
+    def _move(
+        self,
+        record: b.JobRecord,
+        status: JobState,
+        *,
+        progress: float | None = None,
+        reason: str | None = None,
+    ) -> b.JobRecord:
         moved = record.moved(status, progress=progress, reason=reason)
         self._save(self._state.model_copy(update={"job": moved}))
         self._report(moved)
-        self.log.info("job status", extra={"job_id": moved.job_id, "status": status.value,
-                                           "progress": progress, "reason": reason})
+        self.log.info(
+            "job status",
+            extra={
+                "job_id": moved.job_id,
+                "status": status.value,
+                "progress": progress,
+                "reason": reason,
+            },
+        )
         return moved
 
     def _image_path(self, record: b.JobRecord) -> Path:
         return self.config.state_file.with_name(
-            f"{self.config.device_id}.{record.job_id}.{record.execution}.img")
+            f"{self.config.device_id}.{record.job_id}.{record.execution}.img"
+        )
 
     def _resume_job(self) -> None:
         record = self._state.job
@@ -327,8 +384,7 @@ class Agent:
         if resumed.status in (JobState.QUEUED, JobState.DOWNLOADING):
             self._run_job(resumed)
         elif resumed != record:
-            self._move(resumed, resumed.status, progress=resumed.progress,
-                       reason=resumed.reason)
+            self._move(resumed, resumed.status, progress=resumed.progress, reason=resumed.reason)
         else:
             self._report(record)
 
@@ -347,8 +403,9 @@ class Agent:
                 record = self._move(record, JobState.DOWNLOADING, progress=progress.progress)
 
         try:
-            download(record.url, image, check, on_chunk=on_chunk,
-                     max_rate=self.config.max_download_rate)
+            download(
+                record.url, image, check, on_chunk=on_chunk, max_rate=self.config.max_download_rate
+            )
             failure = check.failure()
         except (DownloadError, ValueError) as exc:
             failure = str(exc)
@@ -383,8 +440,11 @@ class Agent:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m device.agent", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m device.agent",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--device-id", required=True)
     parser.add_argument("--url", required=True, help="mqtt://host:port or mqtts://host:port")
     parser.add_argument("--username", help="defaults to the device id")
@@ -394,8 +454,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--state-interval", type=float, default=60.0)
     parser.add_argument("--max-download-rate", type=float, help="bytes/s (slow link)")
     parser.add_argument("--backoff-cap", type=float, default=60.0)
-    parser.add_argument("--applied-config", type=Path,
-                        help="write each applied config here as JSON (demo apply callback)")
+    parser.add_argument(
+        "--applied-config",
+        type=Path,
+        help="write each applied config here as JSON (demo apply callback)",
+    )
     return parser.parse_args(argv)
 
 
@@ -405,17 +468,26 @@ def _config_from(args: argparse.Namespace) -> AgentConfig:
     mqtt = load(MqttSettings, url=args.url)
     password = os.environ.get("OUTPOST_DEVICE_PASSWORD") or mqtt.password_value or ""
     return AgentConfig(
-        device_id=args.device_id, host=mqtt.host, port=mqtt.port,
-        username=args.username or mqtt.username or args.device_id, password=password,
-        state_file=args.state_file, firmware=args.firmware,
-        hardware_model=args.hardware_model, state_interval=args.state_interval,
-        max_download_rate=args.max_download_rate, backoff_cap=args.backoff_cap,
-        tls=mqtt.tls, ca_file=mqtt.ca_file)
+        device_id=args.device_id,
+        host=mqtt.host,
+        port=mqtt.port,
+        username=args.username or mqtt.username or args.device_id,
+        password=password,
+        state_file=args.state_file,
+        firmware=args.firmware,
+        hardware_model=args.hardware_model,
+        state_interval=args.state_interval,
+        max_download_rate=args.max_download_rate,
+        backoff_cap=args.backoff_cap,
+        tls=mqtt.tls,
+        ca_file=mqtt.ca_file,
+    )
 
 
 def _file_writer(path: Path) -> b.ApplyConfig:
     def apply(message: ConfigMessage) -> None:
         path.write_text(json.dumps(message.model_dump(mode="json"), indent=1))
+
     return apply
 
 

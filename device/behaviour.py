@@ -62,8 +62,9 @@ __all__ = [
 # --------------------------------------------------------------------------- reconnects
 
 
-def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 60.0,
-                  rand: Callable[[], float] = random.random) -> float:
+def backoff_delay(
+    attempt: int, *, base: float = 1.0, cap: float = 60.0, rand: Callable[[], float] = random.random
+) -> float:
     """Full jitter: uniform in ``[0, min(cap, base * 2**attempt))``.
 
     ``attempt`` counts failures since the last successful connection (0 for the first
@@ -110,26 +111,55 @@ def online_presence(device_id: str, key: OrderKey, now: datetime) -> PresenceMes
     return PresenceMessage(device_id=device_id, key=key, ts=now, status=PresenceStatus.ONLINE)
 
 
-def offline_presence(device_id: str, session: int, reason: str,
-                     now: datetime | None = None) -> PresenceMessage:
+def offline_presence(
+    device_id: str, session: int, reason: str, now: datetime | None = None
+) -> PresenceMessage:
     """The Last Will (``reason="connection_lost"``) or the graceful goodbye: same key."""
-    return PresenceMessage(device_id=device_id, key=OrderKey.will(session), ts=now,
-                           status=PresenceStatus.OFFLINE, reason=reason)
+    return PresenceMessage(
+        device_id=device_id,
+        key=OrderKey.will(session),
+        ts=now,
+        status=PresenceStatus.OFFLINE,
+        reason=reason,
+    )
 
 
-def state_message(device_id: str, key: OrderKey, now: datetime, *, firmware: str,
-                  hardware_model: str, config: ConfigReport | None, uptime_s: int,
-                  counters: dict[str, int | float] | None = None) -> StateMessage:
-    return StateMessage(device_id=device_id, key=key, ts=now, firmware=firmware,
-                        hardware_model=hardware_model, config=config,
-                        uptime_s=max(0, uptime_s), counters=counters or {})
+def state_message(
+    device_id: str,
+    key: OrderKey,
+    now: datetime,
+    *,
+    firmware: str,
+    hardware_model: str,
+    config: ConfigReport | None,
+    uptime_s: int,
+    counters: dict[str, int | float] | None = None,
+) -> StateMessage:
+    return StateMessage(
+        device_id=device_id,
+        key=key,
+        ts=now,
+        firmware=firmware,
+        hardware_model=hardware_model,
+        config=config,
+        uptime_s=max(0, uptime_s),
+        counters=counters or {},
+    )
 
 
-def job_status(device_id: str, key: OrderKey, now: datetime, record: JobRecord,
-               firmware: str | None) -> JobStatusMessage:
-    return JobStatusMessage(device_id=device_id, key=key, ts=now, job_id=record.job_id,
-                            status=record.status, progress=record.progress,
-                            reason=record.reason, firmware=firmware)
+def job_status(
+    device_id: str, key: OrderKey, now: datetime, record: JobRecord, firmware: str | None
+) -> JobStatusMessage:
+    return JobStatusMessage(
+        device_id=device_id,
+        key=key,
+        ts=now,
+        job_id=record.job_id,
+        status=record.status,
+        progress=record.progress,
+        reason=record.reason,
+        firmware=firmware,
+    )
 
 
 # -------------------------------------------------------------------------------- config
@@ -179,8 +209,9 @@ def apply_config(message: ConfigMessage, apply: ApplyConfig) -> ConfigReport:
         apply(message)
     except Exception as exc:  # noqa: BLE001 - any failure of the callback is a rejection
         error = str(exc) or type(exc).__name__
-        return ConfigReport(version=message.version, hash=message.hash, status="rejected",
-                            error=error[:1000])
+        return ConfigReport(
+            version=message.version, hash=message.hash, status="rejected", error=error[:1000]
+        )
     return ConfigReport(version=message.version, hash=message.hash, status="applied")
 
 
@@ -204,10 +235,10 @@ class JobRecord(BaseModel):
     progress: float | None = None
     reason: str | None = None
 
-    def moved(self, status: JobState, *, progress: float | None = None,
-              reason: str | None = None) -> JobRecord:
-        return self.model_copy(update={"status": status, "progress": progress,
-                                       "reason": reason})
+    def moved(
+        self, status: JobState, *, progress: float | None = None, reason: str | None = None
+    ) -> JobRecord:
+        return self.model_copy(update={"status": status, "progress": progress, "reason": reason})
 
 
 def parse_job(payload: bytes) -> JobCommand | str:
@@ -233,13 +264,21 @@ class JobDecision:
 
 def _record_for(command: JobCommand, running: str) -> JobRecord:
     fw = command.firmware
-    return JobRecord(job_id=command.job_id, execution=command.execution, target=fw.version,
-                     size=fw.size, sha256=fw.sha256, url=fw.url,
-                     url_expires_at=fw.url_expires_at, previous=running)
+    return JobRecord(
+        job_id=command.job_id,
+        execution=command.execution,
+        target=fw.version,
+        size=fw.size,
+        sha256=fw.sha256,
+        url=fw.url,
+        url_expires_at=fw.url_expires_at,
+        previous=running,
+    )
 
 
-def decide_job(command: JobCommand, current: JobRecord | None, running: str,
-               now: datetime) -> JobDecision:
+def decide_job(
+    command: JobCommand, current: JobRecord | None, running: str, now: datetime
+) -> JobDecision:
     """What to do with an upgrade command, given the job on record and the running firmware.
 
     One job at a time: a different job while one is in progress is rejected (the
@@ -253,14 +292,19 @@ def decide_job(command: JobCommand, current: JobRecord | None, running: str,
         if command.execution == current.execution or not current.status.terminal:
             return JobDecision(JobAction.REPORT, current)
     elif current is not None and not current.status.terminal:
-        return JobDecision(JobAction.REJECT, fresh.moved(
-            JobState.REJECTED, reason=f"busy with job {current.job_id}"))
+        return JobDecision(
+            JobAction.REJECT,
+            fresh.moved(JobState.REJECTED, reason=f"busy with job {current.job_id}"),
+        )
     if command.firmware.url_expires_at <= now:
-        return JobDecision(JobAction.REJECT,
-                           fresh.moved(JobState.REJECTED, reason="download URL expired"))
+        return JobDecision(
+            JobAction.REJECT, fresh.moved(JobState.REJECTED, reason="download URL expired")
+        )
     if command.firmware.version == running:
-        return JobDecision(JobAction.REPORT, fresh.moved(
-            JobState.SUCCEEDED, progress=100.0, reason="already running this version"))
+        return JobDecision(
+            JobAction.REPORT,
+            fresh.moved(JobState.SUCCEEDED, progress=100.0, reason="already running this version"),
+        )
     return JobDecision(JobAction.START, fresh)
 
 
@@ -281,8 +325,7 @@ def resume_job(record: JobRecord, running: str, now: datetime) -> JobRecord:
     if record.status is JobState.REBOOTING:
         if running == record.target:
             return record.moved(JobState.SUCCEEDED, progress=100.0)
-        return record.moved(JobState.FAILED,
-                            reason=f"booted {running}, expected {record.target}")
+        return record.moved(JobState.FAILED, reason=f"booted {running}, expected {record.target}")
     return record
 
 
@@ -329,7 +372,8 @@ class ProgressThrottle:
 
     def due(self, progress: float) -> bool:
         if self.last is not None and (
-                progress <= self.last or progress < min(self.last + self.step, 100.0)):
+            progress <= self.last or progress < min(self.last + self.step, 100.0)
+        ):
             return False
         self.last = progress
         return True

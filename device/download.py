@@ -52,9 +52,15 @@ def resume_partial(dest: Path, check: ImageCheck) -> int:
     return 0
 
 
-def download(url: str, dest: Path, check: ImageCheck, *,
-             on_chunk: Callable[[ImageCheck], None] = lambda _check: None,
-             max_rate: float | None = None, timeout: float = 30.0) -> None:
+def download(
+    url: str,
+    dest: Path,
+    check: ImageCheck,
+    *,
+    on_chunk: Callable[[ImageCheck], None] = lambda _check: None,
+    max_rate: float | None = None,
+    timeout: float = 30.0,
+) -> None:
     """Fetch ``url`` into ``dest``, feeding ``check``.
 
     Call :func:`resume_partial` first: the download continues at ``check.received``.

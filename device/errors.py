@@ -1,9 +1,9 @@
 """Exceptions of the device package, one tree under :class:`DeviceError`.
 
-    DeviceError
-    ├── StateFileError      the agent's state file cannot be read or written
-    ├── DownloadError       a firmware image could not be fetched (HTTP, network)
-    └── BrokerError         the broker refused or dropped the connection
+DeviceError
+├── StateFileError      the agent's state file cannot be read or written
+├── DownloadError       a firmware image could not be fetched (HTTP, network)
+└── BrokerError         the broker refused or dropped the connection
 """
 
 from __future__ import annotations

@@ -11,8 +11,11 @@ from device.sim.cli import sim
 from scheduler.cli import scheduler
 from schemas.cli import app as schemas_app
 
-app = typer.Typer(help="Outpost: an MQTT backend for fleets of network devices.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Outpost: an MQTT backend for fleets of network devices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 app.add_typer(dev_app, name="dev")
 app.command("scheduler")(scheduler)
 app.command("sim")(sim)

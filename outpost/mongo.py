@@ -48,8 +48,7 @@ def client(settings: MongoSettings, **kwargs: Any) -> AsyncMongoClient[Document]
     return AsyncMongoClient(settings.url, tz_aware=True, **kwargs)
 
 
-_FERRETDB: weakref.WeakKeyDictionary[AsyncMongoClient[Document], bool] = (
-    weakref.WeakKeyDictionary())
+_FERRETDB: weakref.WeakKeyDictionary[AsyncMongoClient[Document], bool] = weakref.WeakKeyDictionary()
 
 
 async def is_ferretdb(db: AsyncDatabase[Document]) -> bool:
@@ -80,13 +79,14 @@ class BulkCounts:
     deleted: int = 0
 
 
-async def bulk_write(collection: AsyncCollection[Document], ops: Sequence[WriteOp],
-                     *, chunk: int) -> BulkCounts:
+async def bulk_write(
+    collection: AsyncCollection[Document], ops: Sequence[WriteOp], *, chunk: int
+) -> BulkCounts:
     """Unordered bulk write in chunks of ``chunk`` operations, counts added up."""
     counts = BulkCounts()
     for start in range(0, len(ops), chunk):
         try:
-            result = await collection.bulk_write(list(ops[start:start + chunk]), ordered=False)
+            result = await collection.bulk_write(list(ops[start : start + chunk]), ordered=False)
         except KeyError as exc:
             # FerretDB answers a bulk with write errors (e.g. two clients upserting one
             # _id at once) without the counts pymongo expects, and pymongo then fails

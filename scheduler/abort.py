@@ -14,12 +14,17 @@ from schemas.rollouts import AbortCriterion, ExecutionStatus
 
 __all__ = ["FINISHED", "abort_reason", "failure_share"]
 
-FINISHED = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.REJECTED,
-            ExecutionStatus.TIMED_OUT)
+FINISHED = (
+    ExecutionStatus.SUCCEEDED,
+    ExecutionStatus.FAILED,
+    ExecutionStatus.REJECTED,
+    ExecutionStatus.TIMED_OUT,
+)
 
 
-def failure_share(criterion: AbortCriterion,
-                  counts: Mapping[ExecutionStatus, int]) -> tuple[int, float]:
+def failure_share(
+    criterion: AbortCriterion, counts: Mapping[ExecutionStatus, int]
+) -> tuple[int, float]:
     """(finished executions, percent of them matching the criterion's failure type)."""
     finished = sum(counts.get(s, 0) for s in FINISHED)
     if finished == 0:
@@ -28,12 +33,15 @@ def failure_share(criterion: AbortCriterion,
     return finished, 100 * failed / finished
 
 
-def abort_reason(criteria: Sequence[AbortCriterion],
-                 counts: Mapping[ExecutionStatus, int]) -> str | None:
+def abort_reason(
+    criteria: Sequence[AbortCriterion], counts: Mapping[ExecutionStatus, int]
+) -> str | None:
     """Why the rollout must abort now, or None."""
     for criterion in criteria:
         finished, share = failure_share(criterion, counts)
         if finished >= criterion.min_finished and share > criterion.threshold_percent:
-            return (f"{criterion.failure_type.value} {share:.1f}% of {finished} finished "
-                    f"> {criterion.threshold_percent:g}%")
+            return (
+                f"{criterion.failure_type.value} {share:.1f}% of {finished} finished "
+                f"> {criterion.threshold_percent:g}%"
+            )
     return None

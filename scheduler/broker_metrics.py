@@ -20,8 +20,10 @@ GAUGES: dict[str, tuple[str, str]] = {
     "$SYS/broker/clients/connected": ("clients_connected", "Connected clients"),
     "$SYS/broker/messages/received": ("messages_received", "Messages received since start"),
     "$SYS/broker/messages/sent": ("messages_sent", "Messages sent since start"),
-    "$SYS/broker/publish/messages/dropped": ("messages_dropped",
-                                             "PUBLISH messages dropped since start"),
+    "$SYS/broker/publish/messages/dropped": (
+        "messages_dropped",
+        "PUBLISH messages dropped since start",
+    ),
     "$SYS/broker/retained messages/count": ("retained_messages", "Retained messages"),
     "$SYS/broker/messages/stored": ("stored_messages", "Messages held in the store"),
     "$SYS/broker/store/messages/count": ("store_messages", "Messages held in the store"),
@@ -52,14 +54,19 @@ def broker_started(now: datetime, uptime_s: float, grain_s: int = 2) -> datetime
 class BrokerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.last: dict[str, float] = {}
-        self._gauges = {topic: Gauge(f"outpost_broker_{name}", doc, registry=registry)
-                        for topic, (name, doc) in GAUGES.items()}
-        self._load = Gauge("outpost_broker_load", "Mosquitto load averages",
-                           ["what", "window"], registry=registry)
-        self._uptime = Gauge("outpost_broker_uptime_seconds", "Broker uptime",
-                             registry=registry)
-        self._ignored = Counter("outpost_broker_sys_ignored_total",
-                                "$SYS messages that were not numbers", registry=registry)
+        self._gauges = {
+            topic: Gauge(f"outpost_broker_{name}", doc, registry=registry)
+            for topic, (name, doc) in GAUGES.items()
+        }
+        self._load = Gauge(
+            "outpost_broker_load", "Mosquitto load averages", ["what", "window"], registry=registry
+        )
+        self._uptime = Gauge("outpost_broker_uptime_seconds", "Broker uptime", registry=registry)
+        self._ignored = Counter(
+            "outpost_broker_sys_ignored_total",
+            "$SYS messages that were not numbers",
+            registry=registry,
+        )
 
     def observe(self, topic: str, payload: bytes) -> bool:
         """Record one ``$SYS`` message; True if it set a gauge."""
@@ -83,6 +90,8 @@ class BrokerMetrics:
 
     def snapshot(self, at: datetime) -> dict[str, Any]:
         """A ``broker_metrics`` document (keys without ``$`` or ``.`` for MongoDB)."""
-        values = {topic.removeprefix("$SYS/broker/").replace(".", "_"): value
-                  for topic, value in sorted(self.last.items())}
+        values = {
+            topic.removeprefix("$SYS/broker/").replace(".", "_"): value
+            for topic, value in sorted(self.last.items())
+        }
         return {"at": at, "values": values}

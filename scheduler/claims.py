@@ -60,8 +60,9 @@ class LeaseState:
 class Claims:
     """Claims and leases for one scheduler instance (``holder``)."""
 
-    def __init__(self, db: AsyncDatabase[Document], holder: str, clock: Clock,
-                 logger: logging.Logger) -> None:
+    def __init__(
+        self, db: AsyncDatabase[Document], holder: str, clock: Clock, logger: logging.Logger
+    ) -> None:
         self._coll = db[SCHEDULER_CLAIMS]
         self.holder = holder
         self._clock = clock
@@ -69,8 +70,11 @@ class Claims:
 
     async def claim_firing(self, job: str, scheduled_at: datetime) -> bool:
         """True for exactly one instance per (job, scheduled time)."""
-        doc = {"_id": firing_id(job, scheduled_at), "holder": self.holder,
-               "claimed_at": self._clock()}
+        doc = {
+            "_id": firing_id(job, scheduled_at),
+            "holder": self.holder,
+            "claimed_at": self._clock(),
+        }
         try:
             await self._coll.insert_one(doc)
         except DuplicateKeyError:
@@ -90,9 +94,16 @@ class Claims:
             if latest is not None and aware(latest["expires_at"]) > now:
                 return None
             token = 1 if latest is None else int(latest["token"]) + 1
-            await self._coll.insert_one({"_id": lease_id(name, token), "lease": name,
-                                         "token": token, "holder": self.holder,
-                                         "taken_at": now, "expires_at": now + ttl})
+            await self._coll.insert_one(
+                {
+                    "_id": lease_id(name, token),
+                    "lease": name,
+                    "token": token,
+                    "holder": self.holder,
+                    "taken_at": now,
+                    "expires_at": now + ttl,
+                }
+            )
             await self._coll.delete_many({"lease": name, "token": {"$lt": token - 10}})
         except DuplicateKeyError:
             return None  # another instance took this token first
@@ -106,8 +117,9 @@ class Claims:
         self.check(lease, timedelta(0))
         now = self._clock()
         try:
-            await self._coll.update_one({"_id": lease_id(lease.name, lease.token)},
-                                        {"$set": {"expires_at": now + ttl}})
+            await self._coll.update_one(
+                {"_id": lease_id(lease.name, lease.token)}, {"$set": {"expires_at": now + ttl}}
+            )
             latest = await self._latest(lease.name)
         except PyMongoError as exc:
             raise StoreError(f"renew {lease.name}: {exc}") from exc
@@ -115,8 +127,9 @@ class Claims:
             raise LeaseLost(f"lease {lease.name} token {lease.token} taken over")
         return LeaseState(lease.name, lease.token, now + ttl)
 
-    async def hold(self, name: str, ttl: timedelta,
-                   current: LeaseState | None) -> LeaseState | None:
+    async def hold(
+        self, name: str, ttl: timedelta, current: LeaseState | None
+    ) -> LeaseState | None:
         """Renew ``current`` or try to acquire; None when another instance holds it."""
         if current is not None:
             try:
@@ -128,8 +141,9 @@ class Claims:
     async def release(self, lease: LeaseState) -> None:
         """Let another instance take over at once (graceful stop)."""
         try:
-            await self._coll.update_one({"_id": lease_id(lease.name, lease.token)},
-                                        {"$set": {"expires_at": self._clock()}})
+            await self._coll.update_one(
+                {"_id": lease_id(lease.name, lease.token)}, {"$set": {"expires_at": self._clock()}}
+            )
         except PyMongoError as exc:
             raise StoreError(f"release {lease.name}: {exc}") from exc
 

@@ -18,8 +18,14 @@ from scheduler.service import SchedulerService, Settings
 def scheduler(log_level: str = typer.Option("INFO", help="Log level")) -> None:
     """Run rollouts, broker metrics and the other periodic jobs (several may run)."""
     logs.configure(log_level)
-    settings = Settings(load(MqttSettings), load(MongoSettings), load(S3Settings),
-                        load(HttpSettings), load(SchedulerSettings), load(SmtpSettings))
+    settings = Settings(
+        load(MqttSettings),
+        load(MongoSettings),
+        load(S3Settings),
+        load(HttpSettings),
+        load(SchedulerSettings),
+        load(SmtpSettings),
+    )
     asyncio.run(_main(settings, logging.getLogger("outpost.scheduler")))
 
 

@@ -26,9 +26,12 @@ class SchedulerSettings(BaseSettings):
     ``lease_seconds + tick_seconds``; a command whose sender died is re-sent after
     ``settle_seconds`` unless the device reported on it."""
 
-    model_config = SettingsConfigDict(env_prefix="OUTPOST_SCHEDULER_",
-                                      env_file=(DEV_ENV_FILE, ".env"),
-                                      env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="OUTPOST_SCHEDULER_",
+        env_file=(DEV_ENV_FILE, ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
 
     instance: str = Field(default_factory=_default_instance, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     tick_seconds: float = Field(default=5.0, gt=0, le=300)
@@ -45,14 +48,18 @@ class SchedulerSettings(BaseSettings):
     reconcile_max_attempts: int = Field(default=5, ge=1, le=100)
 
     def reconcile(self) -> ReconcilePolicy:
-        return ReconcilePolicy(lag=timedelta(seconds=self.reconcile_lag_seconds),
-                               retry_after=timedelta(seconds=self.reconcile_retry_seconds),
-                               max_attempts=self.reconcile_max_attempts)
+        return ReconcilePolicy(
+            lag=timedelta(seconds=self.reconcile_lag_seconds),
+            retry_after=timedelta(seconds=self.reconcile_retry_seconds),
+            max_attempts=self.reconcile_max_attempts,
+        )
 
     def executor(self, presign_seconds: int) -> ExecutorConfig:
         return ExecutorConfig(
             lease_ttl=timedelta(seconds=self.lease_seconds),
-            lease_margin=timedelta(seconds=min(self.lease_margin_seconds,
-                                               self.lease_seconds / 3)),
-            batch=self.batch, settle=timedelta(seconds=self.settle_seconds),
-            presign_seconds=presign_seconds, min_url_seconds=self.min_url_seconds)
+            lease_margin=timedelta(seconds=min(self.lease_margin_seconds, self.lease_seconds / 3)),
+            batch=self.batch,
+            settle=timedelta(seconds=self.settle_seconds),
+            presign_seconds=presign_seconds,
+            min_url_seconds=self.min_url_seconds,
+        )

@@ -31,8 +31,10 @@ from schemas.rollouts import ExecutionStatus, RolloutSpec
 
 __all__ = ["DeviceView", "ExecutionView", "Transition", "backoff", "decide", "retry_or_final"]
 
-_REPORT_TO_FINAL = {JobState.FAILED: ExecutionStatus.FAILED,
-                    JobState.REJECTED: ExecutionStatus.REJECTED}
+_REPORT_TO_FINAL = {
+    JobState.FAILED: ExecutionStatus.FAILED,
+    JobState.REJECTED: ExecutionStatus.REJECTED,
+}
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,18 @@ class ExecutionView:
         report = None
         if raw and raw.get("status") in JobState.__members__.values():
             when = raw.get("updated_at") or doc.get("sent_at") or doc["created_at"]
-            report = Report(JobState(raw["status"]), str(raw.get("k", "")), aware(when),
-                            raw.get("reason"))
+            report = Report(
+                JobState(raw["status"]), str(raw.get("k", "")), aware(when), raw.get("reason")
+            )
         sent = doc.get("sent_at")
-        return cls(doc["_id"], ExecutionStatus(doc["status"]), int(doc.get("attempt", 1)),
-                   aware(sent) if sent else None, report, str(doc.get("stale_k", "")))
+        return cls(
+            doc["_id"],
+            ExecutionStatus(doc["status"]),
+            int(doc.get("attempt", 1)),
+            aware(sent) if sent else None,
+            report,
+            str(doc.get("stale_k", "")),
+        )
 
     @property
     def current_report(self) -> Report | None:
@@ -89,18 +98,21 @@ class Transition:
         return self.status.terminal and not self.retry
 
 
-def _grace(spec: RolloutSpec, report: Report, device: DeviceView | None,
-           now: datetime) -> Transition | None:
+def _grace(
+    spec: RolloutSpec, report: Report, device: DeviceView | None, now: datetime
+) -> Transition | None:
     if device and device.online and device.firmware == spec.firmware.version:
         return Transition(ExecutionStatus.SUCCEEDED, "back online on the new version")
     if now - report.updated_at > spec.grace_period:
-        return Transition(ExecutionStatus.FAILED, "not back online on the new version "
-                          f"within {spec.grace_period}")
+        return Transition(
+            ExecutionStatus.FAILED, f"not back online on the new version within {spec.grace_period}"
+        )
     return None
 
 
-def _raw(spec: RolloutSpec, ex: ExecutionView, device: DeviceView | None,
-         now: datetime) -> Transition | None:
+def _raw(
+    spec: RolloutSpec, ex: ExecutionView, device: DeviceView | None, now: datetime
+) -> Transition | None:
     if ex.status.terminal or ex.sent_at is None:
         return None
     report = ex.current_report
@@ -112,28 +124,32 @@ def _raw(spec: RolloutSpec, ex: ExecutionView, device: DeviceView | None,
     if report is not None and report.status in _REPORT_TO_FINAL:
         return Transition(_REPORT_TO_FINAL[report.status], report.reason or "device reported")
     if now - ex.sent_at > spec.in_progress_timeout:
-        return Transition(ExecutionStatus.TIMED_OUT, f"no result within "
-                          f"{spec.in_progress_timeout}")
+        return Transition(ExecutionStatus.TIMED_OUT, f"no result within {spec.in_progress_timeout}")
     return None
 
 
 def retry_or_final(spec: RolloutSpec, attempt: int, t: Transition) -> Transition:
     """Turn a failure into a retry while its failure type has retries left."""
-    if t.status in (ExecutionStatus.FAILED, ExecutionStatus.REJECTED,
-                    ExecutionStatus.TIMED_OUT) and attempt <= spec.retries_for(t.status):
+    if t.status in (
+        ExecutionStatus.FAILED,
+        ExecutionStatus.REJECTED,
+        ExecutionStatus.TIMED_OUT,
+    ) and attempt <= spec.retries_for(t.status):
         return Transition(t.status, t.reason, retry=True)
     return t
 
 
-def decide(spec: RolloutSpec, ex: ExecutionView, device: DeviceView | None,
-           now: datetime) -> Transition | None:
+def decide(
+    spec: RolloutSpec, ex: ExecutionView, device: DeviceView | None, now: datetime
+) -> Transition | None:
     """The change to apply to this execution now, or None."""
     t = _raw(spec, ex, device, now)
     return None if t is None else retry_or_final(spec, ex.attempt, t)
 
 
-def backoff(tries: int, base: timedelta = timedelta(seconds=5),
-            cap: timedelta = timedelta(minutes=2)) -> timedelta:
+def backoff(
+    tries: int, base: timedelta = timedelta(seconds=5), cap: timedelta = timedelta(minutes=2)
+) -> timedelta:
     """Wait before checking an offline device again (or retrying): doubling, capped."""
     wait: timedelta = base * 2 ** min(tries, 16)
     return min(cap, wait)

@@ -139,9 +139,14 @@ def transition_op(ev: ExecutionView, t: Transition, token: int, now: datetime) -
     if t.retry:
         stale = ev.report.k if ev.report else ev.stale_k
         update: Document = {
-            "status": S.QUEUED.value, "attempt": ev.attempt + 1, "sent_at": None,
-            "next_try_at": now + backoff(ev.attempt - 1), "stale_k": stale,
-            "last_failure": {"status": t.status.value, "reason": t.reason}, "fence": token}
+            "status": S.QUEUED.value,
+            "attempt": ev.attempt + 1,
+            "sent_at": None,
+            "next_try_at": now + backoff(ev.attempt - 1),
+            "stale_k": stale,
+            "last_failure": {"status": t.status.value, "reason": t.reason},
+            "fence": token,
+        }
     else:
         update = {"status": t.status.value, "reason": t.reason, "fence": token}
         if t.final:
@@ -150,10 +155,21 @@ def transition_op(ev: ExecutionView, t: Transition, token: int, now: datetime) -
 
 
 def new_execution(run: _Run, device_id: str, wave: int) -> Document:
-    return {"_id": execution_id(run.job, device_id), "tenant_id": run.doc.get("tenant_id"),
-            "rollout_id": run.job, "job_id": run.job, "device_id": device_id, "wave": wave,
-            "attempt": 1, "status": S.QUEUED.value, "created_at": run.now, "sent_at": None,
-            "next_try_at": run.now, "tries": 0, "fence": run.lease.token}
+    return {
+        "_id": execution_id(run.job, device_id),
+        "tenant_id": run.doc.get("tenant_id"),
+        "rollout_id": run.job,
+        "job_id": run.job,
+        "device_id": device_id,
+        "wave": wave,
+        "attempt": 1,
+        "status": S.QUEUED.value,
+        "created_at": run.now,
+        "sent_at": None,
+        "next_try_at": run.now,
+        "tries": 0,
+        "fence": run.lease.token,
+    }
 
 
 def is_online(device: Document | None) -> bool:
@@ -167,9 +183,17 @@ def device_view(device: Document | None) -> DeviceView | None:
 
 
 class RolloutExecutor:
-    def __init__(self, store: RolloutStore, claims: Claims, sink: CommandSink,
-                 presigner: Presigner, metrics: SchedulerMetrics, clock: Clock,
-                 logger: logging.Logger, config: ExecutorConfig | None = None) -> None:
+    def __init__(
+        self,
+        store: RolloutStore,
+        claims: Claims,
+        sink: CommandSink,
+        presigner: Presigner,
+        metrics: SchedulerMetrics,
+        clock: Clock,
+        logger: logging.Logger,
+        config: ExecutorConfig | None = None,
+    ) -> None:
         self.store = store
         self.claims = claims
         self.sink = sink
@@ -187,7 +211,8 @@ class RolloutExecutor:
         rollouts = await self.store.active_rollouts()
         for status in RolloutStatus:
             self.metrics.rollouts.labels(status.value).set(
-                sum(1 for r in rollouts if r.get("status") == status.value))
+                sum(1 for r in rollouts if r.get("status") == status.value)
+            )
         for doc in rollouts:
             lease = await self._hold(str(doc["_id"]))
             if lease is not None:
@@ -214,19 +239,15 @@ class RolloutExecutor:
             await self._run(doc, lease)
         except LeaseLost as exc:
             self._leases.pop(lease.name, None)
-            self.log.warning("lease lost mid-tick", extra={"job_id": doc["_id"],
-                                                            "error": str(exc)})
+            self.log.warning("lease lost mid-tick", extra={"job_id": doc["_id"], "error": str(exc)})
         except RolloutDataError as exc:
             self.metrics.rejected.labels("rollout").inc()
-            self.log.error("rollout cannot run", extra={"job_id": doc["_id"],
-                                                         "error": str(exc)})
+            self.log.error("rollout cannot run", extra={"job_id": doc["_id"], "error": str(exc)})
             progress = RolloutProgress(reason=str(exc)[:500])
-            await self.store.save(str(doc["_id"]), lease.token, progress,
-                                  RolloutStatus.ABORTED)
+            await self.store.save(str(doc["_id"]), lease.token, progress, RolloutStatus.ABORTED)
         except SchedulerError as exc:  # this rollout only; the others still run
             self.metrics.errors.labels(type(exc).__name__).inc()
-            self.log.error("rollout step failed", extra={"job_id": doc["_id"],
-                                                          "error": str(exc)})
+            self.log.error("rollout step failed", extra={"job_id": doc["_id"], "error": str(exc)})
 
     async def _run(self, doc: Document, lease: LeaseState) -> None:
         spec = parse_spec(doc)
@@ -259,11 +280,17 @@ class RolloutExecutor:
     # -- stopping ------------------------------------------------------------------------
 
     async def _save(self, run: _Run, status: RolloutStatus | None = None) -> None:
-        if (status is not None and status is not run.status
-                and await self.store.save(run.job, run.lease.token, run.progress, status,
-                                          expect=run.status.value)):
-            self.log.info("rollout status", extra={"job_id": run.job, "status": status.value,
-                                                   "reason": run.progress.reason})
+        if (
+            status is not None
+            and status is not run.status
+            and await self.store.save(
+                run.job, run.lease.token, run.progress, status, expect=run.status.value
+            )
+        ):
+            self.log.info(
+                "rollout status",
+                extra={"job_id": run.job, "status": status.value, "reason": run.progress.reason},
+            )
             return
         await self.store.save(run.job, run.lease.token, run.progress)
 
@@ -276,11 +303,17 @@ class RolloutExecutor:
 
     async def _stop(self, run: _Run, status: RolloutStatus, reason: str) -> None:
         canceled, open_ = await self._close_sent(run)
-        run.progress = run.progress.model_copy(update={"reason": reason,
-                                                       "open_executions": open_})
-        self.log.info("rollout stopping", extra={"job_id": run.job, "status": status.value,
-                                                 "canceled": canceled, "reason": reason,
-                                                 "open_executions": open_})
+        run.progress = run.progress.model_copy(update={"reason": reason, "open_executions": open_})
+        self.log.info(
+            "rollout stopping",
+            extra={
+                "job_id": run.job,
+                "status": status.value,
+                "canceled": canceled,
+                "reason": reason,
+                "open_executions": open_,
+            },
+        )
         await self._save(run, status)
 
     async def _follow(self, run: _Run) -> None:
@@ -293,8 +326,9 @@ class RolloutExecutor:
         _, open_ = await self._close_sent(run)
         run.progress = run.progress.model_copy(update={"open_executions": open_})
         if open_ == 0:
-            self.log.info("stopped rollout settled", extra={"job_id": run.job,
-                                                             "status": run.status.value})
+            self.log.info(
+                "stopped rollout settled", extra={"job_id": run.job, "status": run.status.value}
+            )
         await self._save(run)
 
     async def _end(self, run: _Run, in_flight: int) -> None:
@@ -331,8 +365,9 @@ class RolloutExecutor:
                 return await self._verdict(run, verdict)
             if not run.wave_met:
                 return True
-            size = wave_size(run.spec, await self.store.target_count(
-                run.doc.get("tenant_id"), run.spec.target))
+            size = wave_size(
+                run.spec, await self.store.target_count(run.doc.get("tenant_id"), run.spec.target)
+            )
         else:
             size = await self._exponential_room(run, counts)
         created = await self._start_wave(run, size) if size > 0 else None
@@ -349,8 +384,9 @@ class RolloutExecutor:
             run.wave_met = True
             return None
         wc = await self.store.counts(run.job, p.wave)
-        counts = WaveCounts(sum(wc.values()), wc.get(S.SUCCEEDED, 0),
-                            sum(n for s, n in wc.items() if s.terminal))
+        counts = WaveCounts(
+            sum(wc.values()), wc.get(S.SUCCEEDED, 0), sum(n for s, n in wc.items() if s.terminal)
+        )
         outcome = wave_outcome(run.spec.success, counts, p.wave_started_at, run.now)
         if outcome is WaveOutcome.MISSED and p.accepted_wave >= p.wave:
             outcome = WaveOutcome.MET  # the admin resumed after this wave missed
@@ -358,12 +394,18 @@ class RolloutExecutor:
         if outcome is not WaveOutcome.MISSED:
             return None
         share = 100 * counts.succeeded / max(1, counts.total)
-        run.progress = p.model_copy(update={
-            "reason": f"wave {p.wave}: {share:.0f}% succeeded < "
-                      f"{run.spec.success.min_success_percent:g}%",
-            "accepted_wave": p.wave})
-        return (RolloutStatus.PAUSED if run.spec.success.on_miss is MissAction.PAUSE
-                else RolloutStatus.ABORTED)
+        run.progress = p.model_copy(
+            update={
+                "reason": f"wave {p.wave}: {share:.0f}% succeeded < "
+                f"{run.spec.success.min_success_percent:g}%",
+                "accepted_wave": p.wave,
+            }
+        )
+        return (
+            RolloutStatus.PAUSED
+            if run.spec.success.on_miss is MissAction.PAUSE
+            else RolloutStatus.ABORTED
+        )
 
     async def _verdict(self, run: _Run, status: RolloutStatus) -> bool:
         if status is RolloutStatus.ABORTED:
@@ -377,31 +419,39 @@ class RolloutExecutor:
         plan = run.spec.waves
         assert isinstance(plan, ExponentialRate)
         p = run.progress
-        if (p.rate_per_minute and p.minute_started_at is not None
-                and run.now - p.minute_started_at < MINUTE):
+        if (
+            p.rate_per_minute
+            and p.minute_started_at is not None
+            and run.now - p.minute_started_at < MINUTE
+        ):
             rate = int(p.rate_per_minute)  # a new rate applies from the next minute on
         else:
-            rate = exponential_rate(plan, await self.store.sent_count(run.job),
-                                    counts.get(S.SUCCEEDED, 0), run.spec.max_per_minute)
-        _, _, left = minute_budget(rate, run.progress.minute_started_at,
-                                      run.progress.sent_this_minute, run.now)
+            rate = exponential_rate(
+                plan,
+                await self.store.sent_count(run.job),
+                counts.get(S.SUCCEEDED, 0),
+                run.spec.max_per_minute,
+            )
+        _, _, left = minute_budget(
+            rate, run.progress.minute_started_at, run.progress.sent_this_minute, run.now
+        )
         backlog = len(await self.store.due(run.job, run.now, rate))
         run.progress = run.progress.model_copy(update={"rate_per_minute": float(rate)})
         return max(0, left - backlog)
 
     async def _start_wave(self, run: _Run, size: int) -> int:
-        ids = await self.store.eligible(run.job, run.doc.get("tenant_id"),
-                                        run.spec.target, size)
+        ids = await self.store.eligible(run.job, run.doc.get("tenant_id"), run.spec.target, size)
         if not ids:
             return 0
         wave = run.progress.wave + 1
         self.claims.check(run.lease, self.config.lease_margin)
         created = await self.store.create([new_execution(run, d, wave) for d in ids])
-        run.progress = run.progress.model_copy(update={"wave": wave,
-                                                       "wave_started_at": run.now})
+        run.progress = run.progress.model_copy(update={"wave": wave, "wave_started_at": run.now})
         await self._save(run)
-        self.log.info("wave started", extra={"job_id": run.job, "wave": wave,
-                                             "devices": len(ids), "inserted": created})
+        self.log.info(
+            "wave started",
+            extra={"job_id": run.job, "wave": wave, "devices": len(ids), "inserted": created},
+        )
         return len(ids)
 
     # -- sending -------------------------------------------------------------------------
@@ -413,14 +463,14 @@ class RolloutExecutor:
         return run.spec.max_per_minute
 
     async def _send(self, run: _Run, until: datetime) -> None:
-        lifetime = min(self.config.presign_seconds,
-                       math.floor((until - run.now).total_seconds()))
+        lifetime = min(self.config.presign_seconds, math.floor((until - run.now).total_seconds()))
         if lifetime < self.config.min_url_seconds:
             return
         await self._firmware(run)  # a rollout without its image stops before any claim
         p = run.progress
-        start, sent, left = minute_budget(self._cap(run), p.minute_started_at,
-                                          p.sent_this_minute, run.now)
+        start, sent, left = minute_budget(
+            self._cap(run), p.minute_started_at, p.sent_this_minute, run.now
+        )
         if left > 0:
             resent = await self._recover(run, lifetime, min(left, self.config.batch))
             sent, left = sent + resent, left - resent
@@ -432,23 +482,33 @@ class RolloutExecutor:
             sent, left = sent + published, left - published
             if len(due) < self.config.batch or published == 0:
                 break
-        run.progress = run.progress.model_copy(update={"minute_started_at": start,
-                                                       "sent_this_minute": sent})
+        run.progress = run.progress.model_copy(
+            update={"minute_started_at": start, "sent_this_minute": sent}
+        )
 
     async def _firmware(self, run: _Run) -> Document:
         if not run.firmware:
             doc = await self.store.firmware(run.spec.firmware.id)
             if doc is None or str(doc.get("version")) != run.spec.firmware.version:
-                raise RolloutDataError(f"firmware {run.spec.firmware.id} "
-                                       f"{run.spec.firmware.version} not found")
+                raise RolloutDataError(
+                    f"firmware {run.spec.firmware.id} {run.spec.firmware.version} not found"
+                )
             run.firmware = doc
         return run.firmware
 
     def _send_doc(self, run: _Run, ex: Document, send_id: str, stamp: str) -> Document:
-        return {"_id": send_id, "job_id": run.job, "execution_id": ex["_id"],
-                "device_id": ex["device_id"], "attempt": ex["attempt"],
-                "token": run.lease.token, "holder": self.claims.holder, "stamp": stamp,
-                "intent_at": run.now, "published_at": None}
+        return {
+            "_id": send_id,
+            "job_id": run.job,
+            "execution_id": ex["_id"],
+            "device_id": ex["device_id"],
+            "attempt": ex["attempt"],
+            "token": run.lease.token,
+            "holder": self.claims.holder,
+            "stamp": stamp,
+            "intent_at": run.now,
+            "published_at": None,
+        }
 
     async def _batch(self, run: _Run, due: list[Document], lifetime: int) -> int:
         """Claim (insert), mark, publish, confirm one batch; returns how many went out."""
@@ -456,8 +516,7 @@ class RolloutExecutor:
         online = [d for d in due if is_online(devices.get(d["device_id"]))]
         await self._postpone([d for d in due if d not in online], run)
         stamp = f"{self.claims.holder}:{run.lease.token}:{secrets.token_hex(6)}"
-        await self.store.insert_sends([self._send_doc(run, d, send_id(d), stamp)
-                                       for d in online])
+        await self.store.insert_sends([self._send_doc(run, d, send_id(d), stamp) for d in online])
         mine = {s["execution_id"] for s in await self.store.stamped(stamp)}
         await self._remark([d for d in online if d["_id"] not in mine])
         held = [d for d in online if d["_id"] in mine]
@@ -465,8 +524,9 @@ class RolloutExecutor:
             return 0
         return await self._publish(run, held, [send_id(d) for d in held], lifetime)
 
-    async def _publish(self, run: _Run, held: list[Document], send_ids: list[str],
-                       lifetime: int) -> int:
+    async def _publish(
+        self, run: _Run, held: list[Document], send_ids: list[str], lifetime: int
+    ) -> int:
         """Mark sent (before: no report can race yet), publish, then confirm."""
         expires = run.now + timedelta(seconds=lifetime)
         await self.store.mark_sent([d["_id"] for d in held], run.now, expires)
@@ -476,8 +536,9 @@ class RolloutExecutor:
             await self.sink.publish_all(messages)
         except PublishError as exc:
             self.metrics.errors.labels("publish").inc()
-            self.log.warning("publish failed; re-sent after settle",
-                             extra={"job_id": run.job, "error": str(exc)})
+            self.log.warning(
+                "publish failed; re-sent after settle", extra={"job_id": run.job, "error": str(exc)}
+            )
             return 0
         await self.store.mark_published(send_ids, self.clock())
         self.metrics.commands.inc(len(held))
@@ -510,15 +571,19 @@ class RolloutExecutor:
                 resend.append((send, ex))
         return await self._resend(run, resend, lifetime)
 
-    async def _resend(self, run: _Run, pairs: list[tuple[Document, Document]],
-                      lifetime: int) -> int:
+    async def _resend(
+        self, run: _Run, pairs: list[tuple[Document, Document]], lifetime: int
+    ) -> int:
         """Publish again, same attempt: once per fencing token (``#r<token>`` claim)."""
         if not pairs:
             return 0
         stamp = f"{self.claims.holder}:{run.lease.token}:{secrets.token_hex(6)}"
-        await self.store.insert_sends([
-            self._send_doc(run, ex, f"{send['_id']}#r{run.lease.token}", stamp)
-            for send, ex in pairs])
+        await self.store.insert_sends(
+            [
+                self._send_doc(run, ex, f"{send['_id']}#r{run.lease.token}", stamp)
+                for send, ex in pairs
+            ]
+        )
         mine = {s["execution_id"] for s in await self.store.stamped(stamp)}
         held = [(s, ex) for s, ex in pairs if ex["_id"] in mine]
         if not held:
@@ -526,15 +591,22 @@ class RolloutExecutor:
         ids = [s["_id"] for s, _ in held] + [f"{s['_id']}#r{run.lease.token}" for s, _ in held]
         published = await self._publish(run, [ex for _, ex in held], ids, lifetime)
         self.metrics.republished.inc(published)
-        self.log.warning("re-sent unconfirmed commands", extra={"job_id": run.job,
-                                                                "count": published})
+        self.log.warning(
+            "re-sent unconfirmed commands", extra={"job_id": run.job, "count": published}
+        )
         return published
 
     async def _postpone(self, offline: list[Document], run: _Run) -> None:
-        ops = [UpdateOne({"_id": d["_id"], "attempt": d["attempt"], "sent_at": None},
-                         {"$set": {"next_try_at": run.now + backoff(int(d.get("tries", 0)))},
-                          "$inc": {"tries": 1}})
-               for d in offline]
+        ops = [
+            UpdateOne(
+                {"_id": d["_id"], "attempt": d["attempt"], "sent_at": None},
+                {
+                    "$set": {"next_try_at": run.now + backoff(int(d.get("tries", 0)))},
+                    "$inc": {"tries": 1},
+                },
+            )
+            for d in offline
+        ]
         await self.store.apply(ops)
 
     async def _commands(self, run: _Run, held: list[Document], lifetime: int) -> list[Outgoing]:
@@ -543,12 +615,19 @@ class RolloutExecutor:
         out = []
         for doc in held:
             url = self.presigner.get_url(str(fw["s3_key"]), lifetime)
-            ref = FirmwareRef(version=run.spec.firmware.version, size=int(fw["size"]),
-                              sha256=str(fw["sha256"]), url=url, url_expires_at=expires)
-            command = JobCommand(job_id=run.job, execution=int(doc["attempt"]),
-                                 firmware=ref, issued_at=run.now)
-            out.append(Outgoing(topic(Channel.JOB, doc["device_id"], run.job),
-                                encode(command), lifetime))
+            ref = FirmwareRef(
+                version=run.spec.firmware.version,
+                size=int(fw["size"]),
+                sha256=str(fw["sha256"]),
+                url=url,
+                url_expires_at=expires,
+            )
+            command = JobCommand(
+                job_id=run.job, execution=int(doc["attempt"]), firmware=ref, issued_at=run.now
+            )
+            out.append(
+                Outgoing(topic(Channel.JOB, doc["device_id"], run.job), encode(command), lifetime)
+            )
         return out
 
 

@@ -57,9 +57,12 @@ class SmtpSettings(BaseSettings):
     """``OUTPOST_SMTP_*``. ``recipients`` maps tenant id to addresses (JSON), ``*`` for
     every tenant without its own entry. Unset ``host``: notifications are off."""
 
-    model_config = SettingsConfigDict(env_prefix="OUTPOST_SMTP_",
-                                      env_file=(DEV_ENV_FILE, ".env"),
-                                      env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="OUTPOST_SMTP_",
+        env_file=(DEV_ENV_FILE, ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
 
     host: str | None = None
     port: int = Field(default=587, ge=1, le=65535)
@@ -91,8 +94,9 @@ class Incident:
     since: datetime
 
 
-def offline_incidents(devices: list[Document], now: datetime,
-                      offline_for: timedelta) -> list[Incident]:
+def offline_incidents(
+    devices: list[Document], now: datetime, offline_for: timedelta
+) -> list[Incident]:
     """Devices offline for longer than ``offline_for``, one incident per offline spell."""
     found = []
     for d in devices:
@@ -102,13 +106,20 @@ def offline_incidents(devices: list[Document], now: datetime,
             continue
         since = aware(since)
         if now - since >= offline_for:
-            found.append(Incident(f"offline:{d['_id']}@{since.isoformat()}",
-                                  str(d.get("tenant_id")), d["_id"], since))
+            found.append(
+                Incident(
+                    f"offline:{d['_id']}@{since.isoformat()}",
+                    str(d.get("tenant_id")),
+                    d["_id"],
+                    since,
+                )
+            )
     return found
 
 
-def group_mails(kind: Literal["offline", "back online"], incidents: list[Incident],
-                digest_over: int) -> list[Mail]:
+def group_mails(
+    kind: Literal["offline", "back online"], incidents: list[Incident], digest_over: int
+) -> list[Mail]:
     """One mail per device, or one digest per tenant when more than ``digest_over``."""
     by_tenant: dict[str, list[Incident]] = defaultdict(list)
     for incident in incidents:
@@ -116,16 +127,27 @@ def group_mails(kind: Literal["offline", "back online"], incidents: list[Inciden
     mails = []
     for tenant, items in sorted(by_tenant.items()):
         if len(items) > digest_over:
-            listed = "\n".join(f"- {i.device_id} (offline since {i.since:%Y-%m-%d %H:%M} UTC)"
-                               for i in items[:200])
+            listed = "\n".join(
+                f"- {i.device_id} (offline since {i.since:%Y-%m-%d %H:%M} UTC)" for i in items[:200]
+            )
             more = f"\n... and {len(items) - 200} more" if len(items) > 200 else ""
-            mails.append(Mail(tenant, f"[outpost] {len(items)} devices {kind}",
-                              f"{len(items)} devices are {kind}:\n{listed}{more}\n"))
+            mails.append(
+                Mail(
+                    tenant,
+                    f"[outpost] {len(items)} devices {kind}",
+                    f"{len(items)} devices are {kind}:\n{listed}{more}\n",
+                )
+            )
             continue
         for i in items:
-            mails.append(Mail(tenant, f"[outpost] device {i.device_id} {kind}",
-                              f"Device {i.device_id} is {kind} (offline since "
-                              f"{i.since:%Y-%m-%d %H:%M} UTC).\n"))
+            mails.append(
+                Mail(
+                    tenant,
+                    f"[outpost] device {i.device_id} {kind}",
+                    f"Device {i.device_id} is {kind} (offline since "
+                    f"{i.since:%Y-%m-%d %H:%M} UTC).\n",
+                )
+            )
     return mails
 
 
@@ -188,41 +210,78 @@ class Notifier:
         return True
 
     async def _offline(self, now: datetime) -> list[Mail]:
-        devices = await self.db[DEVICES].find(
-            {"presence.status": "offline", "decommissioned_at": None},
-            {"presence": 1, "tenant_id": 1}).to_list(None)
-        incidents = offline_incidents(devices, now,
-                                      timedelta(minutes=self.settings.offline_minutes))
-        new = [i for i in incidents if await self._claim(i.notice_id, {
-            "kind": "offline", "device_id": i.device_id, "tenant_id": i.tenant,
-            "since": i.since, "at": now, "recovered": None})]
+        devices = (
+            await self.db[DEVICES]
+            .find(
+                {"presence.status": "offline", "decommissioned_at": None},
+                {"presence": 1, "tenant_id": 1},
+            )
+            .to_list(None)
+        )
+        incidents = offline_incidents(
+            devices, now, timedelta(minutes=self.settings.offline_minutes)
+        )
+        new = [
+            i
+            for i in incidents
+            if await self._claim(
+                i.notice_id,
+                {
+                    "kind": "offline",
+                    "device_id": i.device_id,
+                    "tenant_id": i.tenant,
+                    "since": i.since,
+                    "at": now,
+                    "recovered": None,
+                },
+            )
+        ]
         return group_mails("offline", new, self.settings.digest_over)
 
     async def _recovered(self, now: datetime) -> list[Mail]:
         open_ = await self.db[NOTICES].find({"kind": "offline", "recovered": None}).to_list(None)
         if not open_:
             return []
-        online = {d["_id"]: d for d in await self.db[DEVICES].find(
-            {"_id": {"$in": [n["device_id"] for n in open_]}, "presence.status": "online"},
-            {"presence": 1}).to_list(None)}
+        online = {
+            d["_id"]: d
+            for d in await self.db[DEVICES]
+            .find(
+                {"_id": {"$in": [n["device_id"] for n in open_]}, "presence.status": "online"},
+                {"presence": 1},
+            )
+            .to_list(None)
+        }
         back = [n for n in open_ if n["device_id"] in online]
         if back:
-            await self.db[NOTICES].update_many({"_id": {"$in": [n["_id"] for n in back]}},
-                                               {"$set": {"recovered": now}})
-        incidents = [Incident(n["_id"], n["tenant_id"], n["device_id"], aware(n["since"]))
-                     for n in back]
+            await self.db[NOTICES].update_many(
+                {"_id": {"$in": [n["_id"] for n in back]}}, {"$set": {"recovered": now}}
+            )
+        incidents = [
+            Incident(n["_id"], n["tenant_id"], n["device_id"], aware(n["since"])) for n in back
+        ]
         return group_mails("back online", incidents, self.settings.digest_over)
 
     async def _rollouts(self, now: datetime) -> list[Mail]:
-        ended = await self.db[ROLLOUTS].find(
-            {"status": {"$in": ["completed", "aborted"]}},
-            {"status": 1, "tenant_id": 1, "progress.reason": 1}).to_list(None)
+        ended = (
+            await self.db[ROLLOUTS]
+            .find(
+                {"status": {"$in": ["completed", "aborted"]}},
+                {"status": 1, "tenant_id": 1, "progress.reason": 1},
+            )
+            .to_list(None)
+        )
         mails = []
         for r in ended:
-            if await self._claim(f"rollout:{r['_id']}:{r['status']}", {
-                    "kind": "rollout", "tenant_id": r.get("tenant_id"), "at": now}):
+            if await self._claim(
+                f"rollout:{r['_id']}:{r['status']}",
+                {"kind": "rollout", "tenant_id": r.get("tenant_id"), "at": now},
+            ):
                 reason = (r.get("progress") or {}).get("reason") or ""
-                mails.append(Mail(str(r.get("tenant_id")),
-                                  f"[outpost] rollout {r['_id']} {r['status']}",
-                                  f"Rollout {r['_id']} {r['status']}. {reason}\n"))
+                mails.append(
+                    Mail(
+                        str(r.get("tenant_id")),
+                        f"[outpost] rollout {r['_id']} {r['status']}",
+                        f"Rollout {r['_id']} {r['status']}. {reason}\n",
+                    )
+                )
         return mails

@@ -46,7 +46,8 @@ class Presigner:
         """A GET URL for ``key`` valid for ``seconds`` from now."""
         try:
             return self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=seconds)
+                "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=seconds
+            )
         except (BotoCoreError, ClientError) as exc:
             raise PresignError(f"presign {key}: {exc}") from exc
 
@@ -92,8 +93,9 @@ class MqttSink(CommandSink):
                 for message in messages:
                     group.create_task(self._one(message), name=f"publish {message.topic}")
         except* (aiomqtt.MqttError, TimeoutError) as errors:
-            raise PublishError(f"{len(errors.exceptions)} publishes failed: "
-                               f"{errors.exceptions[0]}") from None
+            raise PublishError(
+                f"{len(errors.exceptions)} publishes failed: {errors.exceptions[0]}"
+            ) from None
 
     async def _one(self, message: Outgoing) -> None:
         props = None
@@ -101,6 +103,11 @@ class MqttSink(CommandSink):
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.MessageExpiryInterval = max(1, message.expiry_s)
         assert self._client is not None
-        await self._client.publish(message.topic, message.payload, qos=1,
-                                   retain=message.retain, properties=props,
-                                   timeout=self._timeout)
+        await self._client.publish(
+            message.topic,
+            message.payload,
+            qos=1,
+            retain=message.retain,
+            properties=props,
+            timeout=self._timeout,
+        )

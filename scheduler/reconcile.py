@@ -56,8 +56,9 @@ def _when(value: Any) -> datetime | None:
     return aware(value) if isinstance(value, datetime) else None
 
 
-def decide(device: Document, record: Document | None, policy: ReconcilePolicy,
-           now: datetime) -> str | None:
+def decide(
+    device: Document, record: Document | None, policy: ReconcilePolicy, now: datetime
+) -> str | None:
     """Why to re-publish this device's config now, or None."""
     desired = device.get("desired_config") or {}
     version = desired.get("version")
@@ -84,8 +85,13 @@ def decide(device: Document, record: Document | None, policy: ReconcilePolicy,
 
 
 class Reconciler:
-    def __init__(self, db: Any, sink: CommandSink, logger: logging.Logger,
-                 policy: ReconcilePolicy | None = None) -> None:
+    def __init__(
+        self,
+        db: Any,
+        sink: CommandSink,
+        logger: logging.Logger,
+        policy: ReconcilePolicy | None = None,
+    ) -> None:
         self.db = db
         self.sink = sink
         self.log = logger
@@ -99,58 +105,88 @@ class Reconciler:
             if messages:
                 await self.sink.publish_all(messages)
             if records:
-                await bulk_write(self.db[RECONCILE], records,
-                                 chunk=await chunk_size(self.db))
+                await bulk_write(self.db[RECONCILE], records, chunk=await chunk_size(self.db))
         except PyMongoError as exc:
             raise StoreError(f"reconcile: {exc}") from exc
         if messages:
-            self.log.info("configs re-published", extra={"count": len(messages),
-                                                         "resync": resync})
+            self.log.info("configs re-published", extra={"count": len(messages), "resync": resync})
         return len(messages)
 
     async def _pick(self, now: datetime, resync: bool) -> list[tuple[Document, str]]:
-        devices = await self.db[DEVICES].find(
-            {"desired_config.version": {"$gt": 0}, "decommissioned_at": None},
-            {"desired_config": 1, "state.config": 1, "presence": 1}).to_list(None)
-        records = {r["_id"]: r async for r in self.db[RECONCILE].find(
-            {"_id": {"$in": [d["_id"] for d in devices]}})}
+        devices = (
+            await self.db[DEVICES]
+            .find(
+                {"desired_config.version": {"$gt": 0}, "decommissioned_at": None},
+                {"desired_config": 1, "state.config": 1, "presence": 1},
+            )
+            .to_list(None)
+        )
+        records = {
+            r["_id"]: r
+            async for r in self.db[RECONCILE].find({"_id": {"$in": [d["_id"] for d in devices]}})
+        }
         picked = []
         for device in devices:
-            reason = "broker resync" if resync else decide(
-                device, records.get(device["_id"]), self.policy, now)
+            reason = (
+                "broker resync"
+                if resync
+                else decide(device, records.get(device["_id"]), self.policy, now)
+            )
             if reason:
                 picked.append((device, reason))
-        return picked[:self.policy.per_run] if not resync else picked
+        return picked[: self.policy.per_run] if not resync else picked
 
-    async def _build(self, picked: list[tuple[Document, str]], now: datetime,
-                     resync: bool) -> tuple[list[Outgoing], list[ReplaceOne[Document]]]:
+    async def _build(
+        self, picked: list[tuple[Document, str]], now: datetime, resync: bool
+    ) -> tuple[list[Outgoing], list[ReplaceOne[Document]]]:
         messages: list[Outgoing] = []
         records: list[ReplaceOne[Document]] = []
-        old = {r["_id"]: r async for r in self.db[RECONCILE].find(
-            {"_id": {"$in": [d["_id"] for d, _ in picked]}})}
+        old = {
+            r["_id"]: r
+            async for r in self.db[RECONCILE].find({"_id": {"$in": [d["_id"] for d, _ in picked]}})
+        }
         for device, reason in picked:
             desired = device["desired_config"]
             doc = await self.db[DEVICE_CONFIGS].find_one(
-                {"device_id": device["_id"], "version": desired["version"]})
+                {"device_id": device["_id"], "version": desired["version"]}
+            )
             if doc is None:
-                self.log.warning("desired config missing from history",
-                                 extra={"device_id": device["_id"]})
+                self.log.warning(
+                    "desired config missing from history", extra={"device_id": device["_id"]}
+                )
                 continue
             try:
-                message = ConfigMessage.model_validate({
-                    "version": doc["version"], "hash": doc["hash"],
-                    "issued_at": aware(doc.get("created_at") or now),
-                    "config": json.loads(doc["config"])})
+                message = ConfigMessage.model_validate(
+                    {
+                        "version": doc["version"],
+                        "hash": doc["hash"],
+                        "issued_at": aware(doc.get("created_at") or now),
+                        "config": json.loads(doc["config"]),
+                    }
+                )
             except (ValidationError, ValueError, KeyError, TypeError) as exc:
-                self.log.error("stored config cannot be published", extra={
-                    "device_id": device["_id"], "error": str(exc)[:300]})
+                self.log.error(
+                    "stored config cannot be published",
+                    extra={"device_id": device["_id"], "error": str(exc)[:300]},
+                )
                 continue
-            messages.append(Outgoing(topic(Channel.CONFIG, device["_id"]), encode(message),
-                                     retain=True))
+            messages.append(
+                Outgoing(topic(Channel.CONFIG, device["_id"]), encode(message), retain=True)
+            )
             prev = old.get(device["_id"]) or {}
             same = prev.get("version") == desired["version"]
             attempts = (int(prev.get("attempts", 0)) if same else 0) + (0 if resync else 1)
-            records.append(ReplaceOne({"_id": device["_id"]}, {
-                "_id": device["_id"], "version": desired["version"], "attempts": attempts,
-                "last_at": now, "reason": reason}, upsert=True))
+            records.append(
+                ReplaceOne(
+                    {"_id": device["_id"]},
+                    {
+                        "_id": device["_id"],
+                        "version": desired["version"],
+                        "attempts": attempts,
+                        "last_at": now,
+                        "reason": reason,
+                    },
+                    upsert=True,
+                )
+            )
         return messages, records

@@ -86,8 +86,7 @@ def firing_slot(now: datetime, period_s: float) -> datetime:
 
 
 class SchedulerService:
-    def __init__(self, settings: Settings, logger: logging.Logger,
-                 clock: Clock = utc_now) -> None:
+    def __init__(self, settings: Settings, logger: logging.Logger, clock: Clock = utc_now) -> None:
         self.settings = settings
         self.log = logger
         self.clock = clock
@@ -108,10 +107,15 @@ class SchedulerService:
             self.db = client[self.settings.mongo.database]
             self.claims = Claims(self.db, cfg.instance, self.clock, self.log)
             self.executor = RolloutExecutor(
-                RolloutStore(self.db), self.claims, self.sink,
+                RolloutStore(self.db),
+                self.claims,
+                self.sink,
                 Presigner(s3_client(self.settings.s3), self.settings.s3.bucket),
-                self.metrics, self.clock, self.log,
-                cfg.executor(self.settings.s3.presign_seconds))
+                self.metrics,
+                self.clock,
+                self.log,
+                cfg.executor(self.settings.s3.presign_seconds),
+            )
             self.reconciler = Reconciler(self.db, self.sink, self.log, cfg.reconcile())
             self.notifier = Notifier(self.db, SmtpMailer(self.settings.smtp), self.log)
             async with asyncio.TaskGroup() as group:
@@ -125,15 +129,40 @@ class SchedulerService:
     async def _schedule(self, stop: asyncio.Event) -> None:
         cfg = self.settings.scheduler
         scheduler = AsyncIOScheduler(timezone=UTC)
-        scheduler.add_job(self.tick, "interval", seconds=cfg.tick_seconds, id="rollouts",
-                          max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
-        scheduler.add_job(self.snapshot, "interval", seconds=cfg.snapshot_seconds,
-                          id="broker_snapshot", max_instances=1, coalesce=True)
-        scheduler.add_job(self.reconcile, "interval", seconds=cfg.reconcile_seconds,
-                          id="reconcile", max_instances=1, coalesce=True)
+        scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=cfg.tick_seconds,
+            id="rollouts",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+        scheduler.add_job(
+            self.snapshot,
+            "interval",
+            seconds=cfg.snapshot_seconds,
+            id="broker_snapshot",
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.add_job(
+            self.reconcile,
+            "interval",
+            seconds=cfg.reconcile_seconds,
+            id="reconcile",
+            max_instances=1,
+            coalesce=True,
+        )
         if self.settings.smtp.host:
-            scheduler.add_job(self.notify, "interval", seconds=cfg.notify_seconds,
-                              id="notify", max_instances=1, coalesce=True)
+            scheduler.add_job(
+                self.notify,
+                "interval",
+                seconds=cfg.notify_seconds,
+                id="notify",
+                max_instances=1,
+                coalesce=True,
+            )
         scheduler.start()
         self.log.info("scheduler started", extra={"instance": cfg.instance})
         try:
@@ -230,13 +259,17 @@ class SchedulerService:
         m = self.settings.mqtt
         quiet = logging.getLogger("outpost.scheduler.mqtt")
         quiet.setLevel(logging.ERROR)  # aiomqtt warns on every pending QoS 1 publish
-        return aiomqtt.Client(m.host, m.port, username=m.username,
-                              password=m.password_value,
-                              identifier=f"{m.client_id_prefix}-scheduler-"
-                                         f"{self.settings.scheduler.instance}",
-                              protocol=aiomqtt.ProtocolVersion.V5, keepalive=m.keepalive,
-                              tls_params=aiomqtt.TLSParameters(ca_certs=m.ca_file)
-                              if m.tls else None, logger=quiet)
+        return aiomqtt.Client(
+            m.host,
+            m.port,
+            username=m.username,
+            password=m.password_value,
+            identifier=f"{m.client_id_prefix}-scheduler-{self.settings.scheduler.instance}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            keepalive=m.keepalive,
+            tls_params=aiomqtt.TLSParameters(ca_certs=m.ca_file) if m.tls else None,
+            logger=quiet,
+        )
 
     async def _mqtt(self, stop: asyncio.Event) -> None:
         failures = 0
@@ -261,10 +294,10 @@ class SchedulerService:
             async for message in client.messages:
                 if isinstance(message.payload, bytes):
                     self._observe(str(message.topic), message.payload)
+
         reader = asyncio.create_task(messages(), name="scheduler $SYS reader")
         stopper = asyncio.create_task(stop.wait(), name="scheduler stop")
-        done, pending = await asyncio.wait({reader, stopper},
-                                           return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -280,15 +313,20 @@ class SchedulerService:
 
         async def readyz(_: Request) -> Response:
             ready = self.sink.connected and await self._ping()
-            return PlainTextResponse("ready" if ready else "not ready",
-                                     status_code=200 if ready else 503)
+            return PlainTextResponse(
+                "ready" if ready else "not ready", status_code=200 if ready else 503
+            )
 
         async def metrics(_: Request) -> Response:
-            return Response(generate_latest(self.metrics.registry),
-                            media_type=CONTENT_TYPE_LATEST)
+            return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-        return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz),
-                                 Route("/metrics", metrics)])
+        return Starlette(
+            routes=[
+                Route("/healthz", healthz),
+                Route("/readyz", readyz),
+                Route("/metrics", metrics),
+            ]
+        )
 
     async def _ping(self) -> bool:
         try:
@@ -299,12 +337,17 @@ class SchedulerService:
 
     async def _http(self, stop: asyncio.Event) -> None:
         http = self.settings.http
-        server = _QuietServer(uvicorn.Config(self.app(), host=http.host, port=http.port,
-                                             log_config=None, access_log=False,
-                                             lifespan="off"))
+        server = _QuietServer(
+            uvicorn.Config(
+                self.app(),
+                host=http.host,
+                port=http.port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
         serving = asyncio.create_task(server.serve(), name="scheduler http serve")
         await stop.wait()
         server.should_exit = True
         await serving
-
-

@@ -44,6 +44,7 @@ def _mapped(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             return await fn(*args, **kwargs)
         except PyMongoError as exc:
             raise StoreError(f"{fn.__name__}: {exc}") from exc
+
     return wrapper
 
 
@@ -64,10 +65,14 @@ class RolloutStore:
     @_mapped
     async def active_rollouts(self) -> list[Document]:
         """Rollouts to move on, and stopped ones whose sent executions are still open."""
-        return await self.rollouts.find({"$or": [
-            {"status": {"$in": ACTIVE}},
-            {"status": {"$in": FOLLOWED}, "progress.open_executions": {"$gt": 0}},
-        ]}).to_list(None)
+        return await self.rollouts.find(
+            {
+                "$or": [
+                    {"status": {"$in": ACTIVE}},
+                    {"status": {"$in": FOLLOWED}, "progress.open_executions": {"$gt": 0}},
+                ]
+            }
+        ).to_list(None)
 
     @_mapped
     async def firmware(self, firmware_id: str) -> Document | None:
@@ -77,15 +82,22 @@ class RolloutStore:
         return await self.db[FIRMWARE].find_one({"_id": {"$in": ids}})
 
     @_mapped
-    async def save(self, rollout_id: str, token: int, progress: RolloutProgress,
-                   status: RolloutStatus | None = None, expect: str | None = None) -> bool:
+    async def save(
+        self,
+        rollout_id: str,
+        token: int,
+        progress: RolloutProgress,
+        status: RolloutStatus | None = None,
+        expect: str | None = None,
+    ) -> bool:
         """Write progress (and status) unless a newer lease holder wrote first, or the
         status changed under us (``expect``: the status we read, e.g. an api pause)."""
         query: Document = {"_id": rollout_id, "progress.fence": {"$not": {"$gt": token}}}
         if expect is not None:
             query["status"] = expect
-        update: Document = {"progress": progress.model_copy(update={"fence": token})
-                            .model_dump(mode="python")}
+        update: Document = {
+            "progress": progress.model_copy(update={"fence": token}).model_dump(mode="python")
+        }
         if status is not None:
             update["status"] = status.value
         result = await self.rollouts.update_one(query, {"$set": update})
@@ -96,14 +108,14 @@ class RolloutStore:
         match: Document = {"job_id": job_id}
         if wave is not None:
             match["wave"] = wave
-        rows = await self.executions.aggregate([{"$match": match},
-                                          {"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+        rows = await self.executions.aggregate(
+            [{"$match": match}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        )
         return {ExecutionStatus(r["_id"]): int(r["n"]) async for r in rows}
 
     @_mapped
     async def sent_count(self, job_id: str) -> int:
-        return await self.executions.count_documents({"job_id": job_id,
-                                                      "sent_at": {"$ne": None}})
+        return await self.executions.count_documents({"job_id": job_id, "sent_at": {"$ne": None}})
 
     @_mapped
     async def tracked(self, job_id: str) -> list[Document]:
@@ -114,8 +126,9 @@ class RolloutStore:
 
     @_mapped
     async def device_views(self, ids: Sequence[str]) -> dict[str, Document]:
-        cursor = self.devices.find({"_id": {"$in": list(ids)}},
-                                   {"presence.status": 1, "state.firmware": 1})
+        cursor = self.devices.find(
+            {"_id": {"$in": list(ids)}}, {"presence.status": 1, "state.firmware": 1}
+        )
         return {d["_id"]: d async for d in cursor}
 
     @_mapped
@@ -123,8 +136,7 @@ class RolloutStore:
         return await self.devices.count_documents(target_filter(tenant_id, target))
 
     @_mapped
-    async def eligible(self, job_id: str, tenant_id: Any, target: Target,
-                       limit: int) -> list[str]:
+    async def eligible(self, job_id: str, tenant_id: Any, target: Target, limit: int) -> list[str]:
         """Target devices without an execution of this job nor an open one of another."""
         if limit <= 0:
             return []
@@ -135,10 +147,17 @@ class RolloutStore:
         picked: list[str] = []
         cursor = self.devices.find(query, {"_id": 1}).sort("_id", 1)
         async for batch in _batches(cursor, 500):
-            busy = set(await self.executions.distinct("device_id", {
-                "device_id": {"$in": batch}, "status": {"$in": OPEN},
-                "job_id": {"$ne": job_id}}))
-            picked += [d for d in batch if d not in busy][:limit - len(picked)]
+            busy = set(
+                await self.executions.distinct(
+                    "device_id",
+                    {
+                        "device_id": {"$in": batch},
+                        "status": {"$in": OPEN},
+                        "job_id": {"$ne": job_id},
+                    },
+                )
+            )
+            picked += [d for d in batch if d not in busy][: limit - len(picked)]
             if len(picked) >= limit:
                 break
         return picked
@@ -146,8 +165,9 @@ class RolloutStore:
     async def create(self, docs: Sequence[Document]) -> int:
         """Insert executions; ones that already exist (same ``_id``) are left alone."""
         try:
-            counts = await bulk_write(self.executions, [InsertOne(d) for d in docs],
-                                      chunk=await self.chunk())
+            counts = await bulk_write(
+                self.executions, [InsertOne(d) for d in docs], chunk=await self.chunk()
+            )
         except BulkWriteError as exc:
             if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                 raise StoreError(f"create executions: {exc}") from exc
@@ -159,10 +179,15 @@ class RolloutStore:
     @_mapped
     async def due(self, job_id: str, now: datetime, limit: int) -> list[Document]:
         """Queued executions not marked sent whose next try is due, oldest wave first."""
-        query = {"job_id": job_id, "status": ExecutionStatus.QUEUED.value, "sent_at": None,
-                 "next_try_at": {"$lte": now}}
-        return await (self.executions.find(query).sort([("wave", 1), ("_id", 1)])
-                      .limit(limit).to_list(None))
+        query = {
+            "job_id": job_id,
+            "status": ExecutionStatus.QUEUED.value,
+            "sent_at": None,
+            "next_try_at": {"$lte": now},
+        }
+        return await (
+            self.executions.find(query).sort([("wave", 1), ("_id", 1)]).limit(limit).to_list(None)
+        )
 
     async def apply(self, ops: Sequence[UpdateOne]) -> int:
         if not ops:
@@ -204,27 +229,40 @@ class RolloutStore:
         return {d["_id"]: d async for d in cursor}
 
     @_mapped
-    async def mark_published(self, send_ids: Sequence[str], when: datetime,
-                             how: str = "puback") -> None:
-        await self.sends.update_many({"_id": {"$in": list(send_ids)}},
-                                     {"$set": {"published_at": when, "how": how}})
+    async def mark_published(
+        self, send_ids: Sequence[str], when: datetime, how: str = "puback"
+    ) -> None:
+        await self.sends.update_many(
+            {"_id": {"$in": list(send_ids)}}, {"$set": {"published_at": when, "how": how}}
+        )
 
     @_mapped
-    async def mark_sent(self, execution_ids: Sequence[str], when: datetime,
-                        expires: datetime | None) -> None:
+    async def mark_sent(
+        self, execution_ids: Sequence[str], when: datetime, expires: datetime | None
+    ) -> None:
         update: Document = {"sent_at": when}
         if expires is not None:
             update["url_expires_at"] = expires
-        await self.executions.update_many({"_id": {"$in": list(execution_ids)}},
-                                          {"$set": update})
+        await self.executions.update_many({"_id": {"$in": list(execution_ids)}}, {"$set": update})
 
     @_mapped
     async def cancel_unsent(self, job_id: str, token: int, now: datetime) -> int:
         result = await self.executions.update_many(
-            {"job_id": job_id, "status": ExecutionStatus.QUEUED.value, "sent_at": None,
-             "fence": {"$not": {"$gt": token}}},
-            {"$set": {"status": ExecutionStatus.CANCELED.value, "finished_at": now,
-                      "reason": "rollout stopped", "fence": token}})
+            {
+                "job_id": job_id,
+                "status": ExecutionStatus.QUEUED.value,
+                "sent_at": None,
+                "fence": {"$not": {"$gt": token}},
+            },
+            {
+                "$set": {
+                    "status": ExecutionStatus.CANCELED.value,
+                    "finished_at": now,
+                    "reason": "rollout stopped",
+                    "fence": token,
+                }
+            },
+        )
         return result.modified_count
 
 

@@ -25,15 +25,24 @@ from schemas.rollouts import (
     SuccessCondition,
 )
 
-__all__ = ["MINUTE", "WaveCounts", "WaveOutcome", "exponential_rate", "gated",
-           "minute_budget", "plan_waves", "wave_outcome", "wave_size"]
+__all__ = [
+    "MINUTE",
+    "WaveCounts",
+    "WaveOutcome",
+    "exponential_rate",
+    "gated",
+    "minute_budget",
+    "plan_waves",
+    "wave_outcome",
+    "wave_size",
+]
 
 MINUTE = timedelta(minutes=1)
 
 
 class WaveOutcome(StrEnum):
-    WAIT = "wait"      # not decided yet
-    MET = "met"        # the next wave may start
+    WAIT = "wait"  # not decided yet
+    MET = "met"  # the next wave may start
     MISSED = "missed"  # pause or abort, as the rollout says
 
 
@@ -44,8 +53,9 @@ class WaveCounts:
     final: int  # executions in a terminal state (succeeded included)
 
 
-def exponential_rate(plan: ExponentialRate, notified: int, succeeded: int,
-                     max_per_minute: int) -> int:
+def exponential_rate(
+    plan: ExponentialRate, notified: int, succeeded: int, max_per_minute: int
+) -> int:
     """Devices per minute at these counts, capped by ``max_per_minute``."""
     if plan.notified_devices is not None:
         steps = notified // plan.notified_devices
@@ -55,8 +65,7 @@ def exponential_rate(plan: ExponentialRate, notified: int, succeeded: int,
     return max(1, min(max_per_minute, math.floor(rate)))
 
 
-def wave_size(spec: RolloutSpec, eligible_total: int, notified: int = 0,
-              succeeded: int = 0) -> int:
+def wave_size(spec: RolloutSpec, eligible_total: int, notified: int = 0, succeeded: int = 0) -> int:
     """Devices the next wave takes (before the per-minute cap)."""
     plan = spec.waves
     if isinstance(plan, FixedWaves):
@@ -66,16 +75,18 @@ def wave_size(spec: RolloutSpec, eligible_total: int, notified: int = 0,
     return exponential_rate(plan, notified, succeeded, spec.max_per_minute)
 
 
-def minute_budget(max_per_minute: int, minute_started_at: datetime | None, sent: int,
-                  now: datetime) -> tuple[datetime, int, int]:
+def minute_budget(
+    max_per_minute: int, minute_started_at: datetime | None, sent: int, now: datetime
+) -> tuple[datetime, int, int]:
     """(current minute start, already sent in it, still allowed in it)."""
     if minute_started_at is None or now - minute_started_at >= MINUTE:
         return now, 0, max_per_minute
     return minute_started_at, sent, max(0, max_per_minute - sent)
 
 
-def wave_outcome(condition: SuccessCondition, counts: WaveCounts, started_at: datetime,
-                 now: datetime) -> WaveOutcome:
+def wave_outcome(
+    condition: SuccessCondition, counts: WaveCounts, started_at: datetime, now: datetime
+) -> WaveOutcome:
     """Whether the wave met its success condition (early) or missed it (at the end)."""
     if counts.total == 0:
         return WaveOutcome.MET

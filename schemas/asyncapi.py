@@ -36,20 +36,26 @@ class _ChannelDoc:
 
 _CHANNELS: dict[Channel, _ChannelDoc] = {
     Channel.PRESENCE: _ChannelDoc(
-        "devices/{deviceId}/presence", True,
-        "Online on connect; offline from the Last Will (or a graceful shutdown)."),
+        "devices/{deviceId}/presence",
+        True,
+        "Online on connect; offline from the Last Will (or a graceful shutdown).",
+    ),
     Channel.STATE: _ChannelDoc(
-        "devices/{deviceId}/state", False,
-        "Firmware, hardware model, applied config version and hash, uptime, counters."),
+        "devices/{deviceId}/state",
+        False,
+        "Firmware, hardware model, applied config version and hash, uptime, counters.",
+    ),
     Channel.CONFIG: _ChannelDoc(
-        "devices/{deviceId}/config", True,
-        "Desired WiFi configuration with its version and hash."),
+        "devices/{deviceId}/config", True, "Desired WiFi configuration with its version and hash."
+    ),
     Channel.JOB: _ChannelDoc(
-        "devices/{deviceId}/jobs/{jobId}", False,
-        "Upgrade command; MQTT message expiry equals the presigned URL's lifetime."),
+        "devices/{deviceId}/jobs/{jobId}",
+        False,
+        "Upgrade command; MQTT message expiry equals the presigned URL's lifetime.",
+    ),
     Channel.JOB_STATUS: _ChannelDoc(
-        "devices/{deviceId}/jobs/{jobId}/status", False,
-        "Progress and outcome of one upgrade job."),
+        "devices/{deviceId}/jobs/{jobId}/status", False, "Progress and outcome of one upgrade job."
+    ),
 }
 
 _DESCRIPTION = f"""\
@@ -89,8 +95,9 @@ def _asyncapi_schema(node: Any) -> Any:
 
 def _schemas() -> dict[str, Any]:
     models: list[type[BaseModel]] = list(MODELS.values())
-    _, top = models_json_schema([(m, "validation") for m in models],
-                                ref_template="#/components/schemas/{model}")
+    _, top = models_json_schema(
+        [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
+    )
     return {name: _asyncapi_schema(schema) for name, schema in sorted(top["$defs"].items())}
 
 
@@ -119,8 +126,9 @@ def _operation(channel: Channel) -> tuple[str, dict[str, Any]]:
         "channel": {"$ref": f"#/channels/{channel.value}"},
         "summary": _CHANNELS[channel].summary,
         "messages": [{"$ref": f"#/channels/{channel.value}/messages/{channel.value}"}],
-        "bindings": {"mqtt": {"qos": 1, "retain": _CHANNELS[channel].retain,
-                              "bindingVersion": _MQTT_BINDING}},
+        "bindings": {
+            "mqtt": {"qos": 1, "retain": _CHANNELS[channel].retain, "bindingVersion": _MQTT_BINDING}
+        },
     }
 
 
@@ -145,12 +153,19 @@ def _server() -> dict[str, Any]:
         "protocol": "secure-mqtt",
         "protocolVersion": "5",
         "description": "Any MQTT v5 broker with shared subscriptions (Mosquitto, EMQX, "
-                       "HiveMQ, AWS IoT Core).",
-        "bindings": {"mqtt": {
-            "lastWill": {"topic": "devices/{deviceId}/presence", "qos": 1, "retain": True,
-                         "message": "PresenceMessage: status offline, "
-                                    "reason connection_lost, key {session, seq: 2^53-1}"},
-            "bindingVersion": _MQTT_BINDING}},
+        "HiveMQ, AWS IoT Core).",
+        "bindings": {
+            "mqtt": {
+                "lastWill": {
+                    "topic": "devices/{deviceId}/presence",
+                    "qos": 1,
+                    "retain": True,
+                    "message": "PresenceMessage: status offline, "
+                    "reason connection_lost, key {session, seq: 2^53-1}",
+                },
+                "bindingVersion": _MQTT_BINDING,
+            }
+        },
     }
 
 
@@ -159,10 +174,12 @@ def build_document() -> dict[str, Any]:
     channels = list(Channel)
     return {
         "asyncapi": "3.0.0",
-        "info": {"title": "Outpost device protocol", "version": str(PROTOCOL_VERSION),
-                 "description": _DESCRIPTION,
-                 "license": {"name": "Apache-2.0",
-                             "url": "https://www.apache.org/licenses/LICENSE-2.0"}},
+        "info": {
+            "title": "Outpost device protocol",
+            "version": str(PROTOCOL_VERSION),
+            "description": _DESCRIPTION,
+            "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"},
+        },
         "defaultContentType": "application/json",
         "servers": {"broker": _server()},
         "channels": {c.value: _channel(c) for c in channels},
@@ -189,4 +206,3 @@ def is_current(path: Path = DOCUMENT_PATH) -> bool:
         return path.read_text(encoding="utf-8") == render()
     except FileNotFoundError:
         return False
-

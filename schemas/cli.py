@@ -19,10 +19,15 @@ def schemas() -> None:
 
 @app.command()
 def asyncapi(
-    check: Annotated[bool, typer.Option(
-        "--check", help="Only check that the file is up to date; exit 1 if it is stale.")] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Only check that the file is up to date; exit 1 if it is stale."
+        ),
+    ] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where the document lives.")] = (
-        DOCUMENT_PATH),
+        DOCUMENT_PATH
+    ),
 ) -> None:
     """Write (or check) the AsyncAPI 3.0 document of the device protocol."""
     if check:

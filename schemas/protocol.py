@@ -143,7 +143,8 @@ class PresenceMessage(_DeviceMessage):
 
     status: PresenceStatus
     reason: ShortText | None = Field(
-        default=None, description="Why offline: connection_lost (will), shutdown, reboot")
+        default=None, description="Why offline: connection_lost (will), shutdown, reboot"
+    )
 
 
 class ConfigReport(BaseModel):
@@ -165,7 +166,8 @@ class StateMessage(_DeviceMessage):
     config: ConfigReport | None = None
     uptime_s: NonNegativeInt = 0
     counters: dict[Annotated[str, StringConstraints(max_length=64)], int | float] = Field(
-        default_factory=dict, max_length=64)
+        default_factory=dict, max_length=64
+    )
 
     def content(self) -> dict[str, Any]:
         """Everything but key, timestamp and uptime: equal content means nothing changed."""
@@ -235,19 +237,27 @@ class ConfigMessage(_Message):
     def _hash_matches(self) -> ConfigMessage:
         expected = config_hash(self.config)
         if self.hash != expected:
-            error = PydanticCustomError("hash_mismatch",
-                                        "does not match the config (its hash is {expected})",
-                                        {"expected": expected})
-            raise ValidationError.from_exception_data(type(self).__name__, [
-                InitErrorDetails(type=error, loc=("hash",), input=self.hash)])
+            error = PydanticCustomError(
+                "hash_mismatch",
+                "does not match the config (its hash is {expected})",
+                {"expected": expected},
+            )
+            raise ValidationError.from_exception_data(
+                type(self).__name__, [InitErrorDetails(type=error, loc=("hash",), input=self.hash)]
+            )
         return self
 
     @classmethod
-    def for_config(cls, config: WifiConfig, version: int,
-                   issued_at: datetime | None = None) -> ConfigMessage:
+    def for_config(
+        cls, config: WifiConfig, version: int, issued_at: datetime | None = None
+    ) -> ConfigMessage:
         """The message for ``config`` with its hash filled in."""
-        return cls(version=version, hash=config_hash(config), config=config,
-                   issued_at=issued_at or utc_now())
+        return cls(
+            version=version,
+            hash=config_hash(config),
+            config=config,
+            issued_at=issued_at or utc_now(),
+        )
 
 
 DeviceMessage = PresenceMessage | StateMessage | JobStatusMessage
@@ -326,11 +336,13 @@ def _decode(where: Topic, payload: bytes) -> DeviceMessage | BackendMessage:
 
 def _check_ids(where: Topic, device_id: str | None, job_id: str | None) -> None:
     if device_id is not None and device_id != where.device_id:
-        raise Rejected(RejectReason.ID_MISMATCH,
-                       f"topic says {where.device_id!r}, payload says {device_id!r}")
+        raise Rejected(
+            RejectReason.ID_MISMATCH, f"topic says {where.device_id!r}, payload says {device_id!r}"
+        )
     if job_id is not None and job_id != where.job_id:
-        raise Rejected(RejectReason.ID_MISMATCH,
-                       f"topic job {where.job_id!r}, payload job {job_id!r}")
+        raise Rejected(
+            RejectReason.ID_MISMATCH, f"topic job {where.job_id!r}, payload job {job_id!r}"
+        )
 
 
 def parse_device_message(topic: str, payload: bytes) -> tuple[Topic, DeviceMessage]:

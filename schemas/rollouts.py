@@ -76,10 +76,10 @@ Percent = Annotated[float, Field(ge=0, le=100)]
 class RolloutStatus(StrEnum):
     """Lifecycle of a rollout. ``paused`` and ``canceling`` may be requested by the api."""
 
-    SCHEDULED = "scheduled"   # created, start time not reached yet
+    SCHEDULED = "scheduled"  # created, start time not reached yet
     RUNNING = "running"
     PAUSED = "paused"
-    CANCELING = "canceling"   # requested; the scheduler cancels what has not started
+    CANCELING = "canceling"  # requested; the scheduler cancels what has not started
     COMPLETED = "completed"
     ABORTED = "aborted"
     CANCELED = "canceled"
@@ -87,8 +87,12 @@ class RolloutStatus(StrEnum):
     @property
     def active(self) -> bool:
         """Still holds its devices (one active rollout per device)."""
-        return self in (RolloutStatus.SCHEDULED, RolloutStatus.RUNNING, RolloutStatus.PAUSED,
-                        RolloutStatus.CANCELING)
+        return self in (
+            RolloutStatus.SCHEDULED,
+            RolloutStatus.RUNNING,
+            RolloutStatus.PAUSED,
+            RolloutStatus.CANCELING,
+        )
 
     @property
     def final(self) -> bool:
@@ -125,8 +129,11 @@ class FailureType(StrEnum):
 
     def matches(self, status: ExecutionStatus) -> bool:
         if self is FailureType.ALL:
-            return status in (ExecutionStatus.FAILED, ExecutionStatus.REJECTED,
-                              ExecutionStatus.TIMED_OUT)
+            return status in (
+                ExecutionStatus.FAILED,
+                ExecutionStatus.REJECTED,
+                ExecutionStatus.TIMED_OUT,
+            )
         return status.value == self.value
 
 
@@ -136,8 +143,8 @@ class MissAction(StrEnum):
 
 
 class EndBehavior(StrEnum):
-    STOP = "stop"        # send nothing more; executions already sent run to their end
-    CANCEL = "cancel"    # also cancel executions not started (queued, not sent)
+    STOP = "stop"  # send nothing more; executions already sent run to their end
+    CANCEL = "cancel"  # also cancel executions not started (queued, not sent)
 
 
 class Weekday(StrEnum):
@@ -325,17 +332,20 @@ class RolloutSpec(BaseModel):
     success: SuccessCondition = SuccessCondition()
     abort: tuple[AbortCriterion, ...] = Field(default=(), max_length=4)
     retries: tuple[RetryPolicy, ...] = Field(default=(), max_length=4)
-    in_progress_timeout: timedelta = Field(default=timedelta(minutes=30),
-                                           ge=timedelta(seconds=1), le=timedelta(days=7))
-    grace_period: timedelta = Field(default=timedelta(minutes=10),
-                                    ge=timedelta(0), le=timedelta(days=1))
+    in_progress_timeout: timedelta = Field(
+        default=timedelta(minutes=30), ge=timedelta(seconds=1), le=timedelta(days=7)
+    )
+    grace_period: timedelta = Field(
+        default=timedelta(minutes=10), ge=timedelta(0), le=timedelta(days=1)
+    )
     max_per_minute: int = Field(default=1000, ge=1, le=100_000)
     schedule: RolloutSchedule = RolloutSchedule()
 
     def retries_for(self, status: ExecutionStatus) -> int:
         """How many retries a failure of ``status`` gets (the most generous policy)."""
-        return max((p.max_retries for p in self.retries if p.failure_type.matches(status)),
-                   default=0)
+        return max(
+            (p.max_retries for p in self.retries if p.failure_type.matches(status)), default=0
+        )
 
 
 class RolloutProgress(BaseModel):
@@ -353,7 +363,9 @@ class RolloutProgress(BaseModel):
     accepted_wave: int = Field(default=0, description="A missed wave the admin resumed past")
     fence: int = Field(default=0, description="Lease token of the last writer")
     open_executions: int = Field(
-        default=0, ge=0,
+        default=0,
+        ge=0,
         description="Commands sent whose execution is not final yet. An aborted or "
-                    "canceled rollout is still followed until this is 0, so the devices "
-                    "that were upgrading when it stopped end succeeded, failed or timed out")
+        "canceled rollout is still followed until this is 0, so the devices "
+        "that were upgrading when it stopped end succeeded, failed or timed out",
+    )

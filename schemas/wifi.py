@@ -114,28 +114,83 @@ def _chans(*spans: tuple[int, int], step: int = 4) -> frozenset[int]:
 _UNII_1_2 = (36, 64)
 _6GHZ_ALL = _chans((1, 233))
 _6GHZ_LPI = _chans((1, 93))  # 5945-6425 MHz: Europe, Japan
-_FCC = Regulatory("FCC", {Band.GHZ_2_4: _chans((1, 11), step=1),
-                          Band.GHZ_5: _chans(_UNII_1_2, (100, 144), (149, 165)),
-                          Band.GHZ_6: _6GHZ_ALL})
-_ETSI = Regulatory("ETSI", {Band.GHZ_2_4: _chans((1, 13), step=1),
-                            Band.GHZ_5: _chans(_UNII_1_2, (100, 140)),
-                            Band.GHZ_6: _6GHZ_LPI})
-_JP = Regulatory("JP", {Band.GHZ_2_4: _chans((1, 14), step=1),
-                        Band.GHZ_5: _chans(_UNII_1_2, (100, 144)),
-                        Band.GHZ_6: _6GHZ_LPI})
-_CN = Regulatory("CN", {Band.GHZ_2_4: _chans((1, 13), step=1),
-                        Band.GHZ_5: _chans(_UNII_1_2, (149, 165)),
-                        Band.GHZ_6: frozenset()})
-WORLD = Regulatory("world", {Band.GHZ_2_4: _chans((1, 13), step=1),
-                             Band.GHZ_5: _chans(_UNII_1_2),
-                             Band.GHZ_6: frozenset()})
+_FCC = Regulatory(
+    "FCC",
+    {
+        Band.GHZ_2_4: _chans((1, 11), step=1),
+        Band.GHZ_5: _chans(_UNII_1_2, (100, 144), (149, 165)),
+        Band.GHZ_6: _6GHZ_ALL,
+    },
+)
+_ETSI = Regulatory(
+    "ETSI",
+    {
+        Band.GHZ_2_4: _chans((1, 13), step=1),
+        Band.GHZ_5: _chans(_UNII_1_2, (100, 140)),
+        Band.GHZ_6: _6GHZ_LPI,
+    },
+)
+_JP = Regulatory(
+    "JP",
+    {
+        Band.GHZ_2_4: _chans((1, 14), step=1),
+        Band.GHZ_5: _chans(_UNII_1_2, (100, 144)),
+        Band.GHZ_6: _6GHZ_LPI,
+    },
+)
+_CN = Regulatory(
+    "CN",
+    {
+        Band.GHZ_2_4: _chans((1, 13), step=1),
+        Band.GHZ_5: _chans(_UNII_1_2, (149, 165)),
+        Band.GHZ_6: frozenset(),
+    },
+)
+WORLD = Regulatory(
+    "world",
+    {Band.GHZ_2_4: _chans((1, 13), step=1), Band.GHZ_5: _chans(_UNII_1_2), Band.GHZ_6: frozenset()},
+)
 """Countries not in :data:`REGULATORY`: the channels allowed almost everywhere."""
 
-_ETSI_COUNTRIES = ("AT", "BE", "BG", "CH", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR",
-                   "GB", "GR", "HR", "HU", "IE", "IS", "IT", "LI", "LT", "LU", "LV", "MT",
-                   "NL", "NO", "PL", "PT", "RO", "SE", "SI", "SK")
+_ETSI_COUNTRIES = (
+    "AT",
+    "BE",
+    "BG",
+    "CH",
+    "CY",
+    "CZ",
+    "DE",
+    "DK",
+    "EE",
+    "ES",
+    "FI",
+    "FR",
+    "GB",
+    "GR",
+    "HR",
+    "HU",
+    "IE",
+    "IS",
+    "IT",
+    "LI",
+    "LT",
+    "LU",
+    "LV",
+    "MT",
+    "NL",
+    "NO",
+    "PL",
+    "PT",
+    "RO",
+    "SE",
+    "SI",
+    "SK",
+)
 REGULATORY: Mapping[str, Regulatory] = {
-    "US": _FCC, "CA": _FCC, "JP": _JP, "CN": _CN,
+    "US": _FCC,
+    "CA": _FCC,
+    "JP": _JP,
+    "CN": _CN,
     **dict.fromkeys(_ETSI_COUNTRIES, _ETSI),
 }
 
@@ -219,8 +274,9 @@ def _wpa_passphrase(value: str) -> str:
             raise ValueError("a 64-character passphrase must be a raw PSK of 64 hex digits")
         return value
     if not 8 <= len(value) <= 63:
-        raise ValueError(f"passphrase must be 8-63 characters or 64 hex digits, "
-                         f"got {len(value)} characters")
+        raise ValueError(
+            f"passphrase must be 8-63 characters or 64 hex digits, got {len(value)} characters"
+        )
     if not _PRINTABLE.fullmatch(value):
         raise ValueError("passphrase must be printable ASCII (space to ~)")
     return value
@@ -268,8 +324,11 @@ SaePassword = Annotated[str, AfterValidator(_sae_password)]
 Host = Annotated[str, StringConstraints(min_length=1, max_length=253), AfterValidator(_host)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 VlanId = Annotated[int, Field(ge=1, le=4094)]
-Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$"),
-                    Field(description="ISO 3166-1 alpha-2 country code, upper case")]
+Country = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Z]{2}$"),
+    Field(description="ISO 3166-1 alpha-2 country code, upper case"),
+]
 
 
 class _Strict(BaseModel):
@@ -296,16 +355,20 @@ class Wpa3Sae(_Strict):
 class RadiusServer(_Strict):
     host: Host
     port: Port = 1812
-    secret: Annotated[str, StringConstraints(min_length=1, max_length=128,
-                                             pattern=r"^[\x20-\x7e]+$")] = Field(repr=False)
+    secret: Annotated[
+        str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x20-\x7e]+$")
+    ] = Field(repr=False)
 
 
 class Enterprise(_Strict):
     """WPA2-Enterprise (802.1X): the RADIUS servers in order of preference."""
 
     mode: Literal["wpa2-enterprise"] = "wpa2-enterprise"
-    radius: Annotated[tuple[RadiusServer, ...], AfterValidator(_radius_count),
-                      Field(json_schema_extra={"minItems": 1, "maxItems": 4})]
+    radius: Annotated[
+        tuple[RadiusServer, ...],
+        AfterValidator(_radius_count),
+        Field(json_schema_extra={"minItems": 1, "maxItems": 4}),
+    ]
 
 
 Security = Annotated[Open | Wpa2Psk | Wpa3Sae | Enterprise, Field(discriminator="mode")]
@@ -314,8 +377,9 @@ Security = Annotated[Open | Wpa2Psk | Wpa3Sae | Enterprise, Field(discriminator=
 class Ssid(_Strict):
     name: SsidName
     security: Security
-    bands: Annotated[tuple[Band, ...], Field(min_length=1), AfterValidator(_sorted_bands)] = (
-        Field(description="Bands the SSID is offered on; order carries no meaning"))
+    bands: Annotated[tuple[Band, ...], Field(min_length=1), AfterValidator(_sorted_bands)] = Field(
+        description="Bands the SSID is offered on; order carries no meaning"
+    )
     hidden: bool = False
     vlan: VlanId | None = Field(default=None, description="Tagged VLAN; none: untagged LAN")
 
@@ -348,10 +412,17 @@ class WifiConfig(_Strict):
     def _consistent(self) -> WifiConfig:
         issues = [*_radio_issues(self), *_ssid_issues(self), *_ntp_issues(self)]
         if issues:
-            raise ValidationError.from_exception_data(type(self).__name__, [
-                InitErrorDetails(type=PydanticCustomError("wifi_config", issue.message),
-                                 loc=issue.loc, input=issue.value)
-                for issue in issues])
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("wifi_config", issue.message),
+                        loc=issue.loc,
+                        input=issue.value,
+                    )
+                    for issue in issues
+                ],
+            )
         return self
 
 
@@ -383,8 +454,11 @@ def _one_radio_issues(band: Band, radio: Radio, country: str) -> Iterable[Config
     loc: tuple[str | int, ...] = ("radios", band.value)
     if radio.width not in WIDTHS[band]:
         widths = "/".join(map(str, WIDTHS[band]))
-        yield ConfigIssue((*loc, "width"), f"{radio.width} MHz is not available on {band} "
-                          f"(allowed: {widths} MHz)", radio.width)
+        yield ConfigIssue(
+            (*loc, "width"),
+            f"{radio.width} MHz is not available on {band} (allowed: {widths} MHz)",
+            radio.width,
+        )
         return
     if not regulatory(country).channels[band]:
         yield ConfigIssue(loc, f"{band} is not permitted in {country}")
@@ -392,22 +466,33 @@ def _one_radio_issues(band: Band, radio: Radio, country: str) -> Iterable[Config
     usable = allowed_channels(band, radio.width, country)
     if radio.channel == "auto":
         if not usable:
-            yield ConfigIssue((*loc, "width"), f"no {band} channel allows {radio.width} MHz "
-                              f"in {country}", radio.width)
+            yield ConfigIssue(
+                (*loc, "width"),
+                f"no {band} channel allows {radio.width} MHz in {country}",
+                radio.width,
+            )
         return
     yield from _channel_issues(loc, band, radio, country, usable)
 
 
-def _channel_issues(loc: tuple[str | int, ...], band: Band, radio: Radio, country: str,
-                    usable: frozenset[int]) -> Iterable[ConfigIssue]:
+def _channel_issues(
+    loc: tuple[str | int, ...], band: Band, radio: Radio, country: str, usable: frozenset[int]
+) -> Iterable[ConfigIssue]:
     allowed = regulatory(country).channels[band]
     if radio.channel not in allowed:
-        yield ConfigIssue((*loc, "channel"), f"channel {radio.channel} is not allowed on "
-                          f"{band} in {country} (allowed: {_spans(allowed)})", radio.channel)
+        yield ConfigIssue(
+            (*loc, "channel"),
+            f"channel {radio.channel} is not allowed on "
+            f"{band} in {country} (allowed: {_spans(allowed)})",
+            radio.channel,
+        )
     elif radio.channel not in usable:
-        yield ConfigIssue((*loc, "width"), f"channel {radio.channel} cannot use {radio.width} "
-                          f"MHz in {country} ({radio.width} MHz channels: {_spans(usable)})",
-                          radio.width)
+        yield ConfigIssue(
+            (*loc, "width"),
+            f"channel {radio.channel} cannot use {radio.width} "
+            f"MHz in {country} ({radio.width} MHz channels: {_spans(usable)})",
+            radio.width,
+        )
 
 
 def _ssid_issues(config: WifiConfig) -> Iterable[ConfigIssue]:
@@ -416,20 +501,29 @@ def _ssid_issues(config: WifiConfig) -> Iterable[ConfigIssue]:
         for band in ssid.bands:
             first = seen.setdefault((ssid.name, band), i)
             if first != i:
-                yield ConfigIssue(("ssids", i, "name"), f"SSID {ssid.name!r} is already "
-                                  f"offered on {band} by ssids.{first}", ssid.name)
+                yield ConfigIssue(
+                    ("ssids", i, "name"),
+                    f"SSID {ssid.name!r} is already offered on {band} by ssids.{first}",
+                    ssid.name,
+                )
         yield from _ssid_band_issues(i, ssid, config)
 
 
 def _ssid_band_issues(i: int, ssid: Ssid, config: WifiConfig) -> Iterable[ConfigIssue]:
     for band in ssid.bands:
         if band not in config.radios:
-            yield ConfigIssue(("ssids", i, "bands"), f"SSID {ssid.name!r} is offered on "
-                              f"{band} but no {band} radio is configured", band.value)
+            yield ConfigIssue(
+                ("ssids", i, "bands"),
+                f"SSID {ssid.name!r} is offered on {band} but no {band} radio is configured",
+                band.value,
+            )
     if Band.GHZ_6 in ssid.bands and ssid.security.mode != "wpa3-sae":
-        yield ConfigIssue(("ssids", i, "security", "mode"), f"SSID {ssid.name!r} is offered "
-                          f"on 6GHz, which requires wpa3-sae, not {ssid.security.mode}",
-                          ssid.security.mode)
+        yield ConfigIssue(
+            ("ssids", i, "security", "mode"),
+            f"SSID {ssid.name!r} is offered "
+            f"on 6GHz, which requires wpa3-sae, not {ssid.security.mode}",
+            ssid.security.mode,
+        )
 
 
 def _ntp_issues(config: WifiConfig) -> Iterable[ConfigIssue]:
@@ -453,8 +547,10 @@ def validate_config(data: Mapping[str, Any]) -> WifiConfig:
     try:
         return WifiConfig.model_validate(data)
     except ValidationError as exc:
-        issues = tuple(ConfigIssue(tuple(e["loc"]), e["msg"].removeprefix("Value error, "),
-                                   e.get("input")) for e in exc.errors())
+        issues = tuple(
+            ConfigIssue(tuple(e["loc"]), e["msg"].removeprefix("Value error, "), e.get("input"))
+            for e in exc.errors()
+        )
         raise InvalidConfig(issues) from None
 
 
@@ -477,16 +573,18 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def effective_config(template: Mapping[str, Any],
-                     override: Mapping[str, Any] | None = None) -> WifiConfig:
+def effective_config(
+    template: Mapping[str, Any], override: Mapping[str, Any] | None = None
+) -> WifiConfig:
     """A device's config: its group ``template`` merge-patched with its ``override``."""
     return validate_config(merge_patch(template, override or {}))
 
 
 def canonical_json(config: WifiConfig) -> bytes:
     """Sorted keys, no whitespace, defaults included, UTF-8: equal meaning, equal bytes."""
-    return json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode("utf-8")
+    return json.dumps(
+        config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
 
 
 def config_hash(config: WifiConfig) -> str:

@@ -32,8 +32,9 @@ def servers_root() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def broker(servers_root: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(servers_root / "mosquitto", free_port(),
-                       backend_password=secrets.token_urlsafe(12))
+    server = Mosquitto(
+        servers_root / "mosquitto", free_port(), backend_password=secrets.token_urlsafe(12)
+    )
     server.start()
     yield server
     server.stop()

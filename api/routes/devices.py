@@ -42,14 +42,24 @@ IfMatch = Annotated[str | None, Header(description="Current config version (ETag
 def public(doc: Doc) -> DevicePublic:
     sync = sync_state(doc)
     return DevicePublic(
-        id=doc["_id"], hardware_model=doc["hardware_model"], group=doc.get("group"),
-        tags=doc.get("tags", []), created_at=doc["created_at"],
-        decommissioned_at=doc.get("decommissioned_at"), presence=doc.get("presence"),
-        state=doc.get("state"), last_seen=doc.get("last_seen"),
+        id=doc["_id"],
+        hardware_model=doc["hardware_model"],
+        group=doc.get("group"),
+        tags=doc.get("tags", []),
+        created_at=doc["created_at"],
+        decommissioned_at=doc.get("decommissioned_at"),
+        presence=doc.get("presence"),
+        state=doc.get("state"),
+        last_seen=doc.get("last_seen"),
         desired_config=doc.get("desired_config"),
-        sync=SyncPublic(in_sync=sync.in_sync, reason=sync.reason, error=sync.error,
-                        desired_version=sync.desired_version,
-                        applied_version=sync.applied_version))
+        sync=SyncPublic(
+            in_sync=sync.in_sync,
+            reason=sync.reason,
+            error=sync.error,
+            desired_version=sync.desired_version,
+            applied_version=sync.applied_version,
+        ),
+    )
 
 
 def parse_if_match(value: str | None, required: bool = False) -> int | None:
@@ -80,13 +90,24 @@ async def register(body: DeviceCreate, state: State, who: Operator) -> DeviceReg
     await _check_group(state, who.tenant_id, body.group)
     check_patch(body.overrides, "overrides")
     password = auth.new_device_password()
-    doc = {"_id": body.id, "tenant_id": who.tenant_id, "hardware_model": body.hardware_model,
-           "group": body.group, "tags": sorted(set(body.tags)), "overrides": body.overrides,
-           "created_at": datetime.now(UTC), "decommissioned_at": None, "desired_config": None,
-           "credentials": {"password_hash": auth.password_hash(password),
-                           "rotated_at": datetime.now(UTC)}}
-    config_service.plan(doc, await config_service.template_of(
-        state, who.tenant_id, body.group))  # validates before anything is written
+    doc = {
+        "_id": body.id,
+        "tenant_id": who.tenant_id,
+        "hardware_model": body.hardware_model,
+        "group": body.group,
+        "tags": sorted(set(body.tags)),
+        "overrides": body.overrides,
+        "created_at": datetime.now(UTC),
+        "decommissioned_at": None,
+        "desired_config": None,
+        "credentials": {
+            "password_hash": auth.password_hash(password),
+            "rotated_at": datetime.now(UTC),
+        },
+    }
+    config_service.plan(
+        doc, await config_service.template_of(state, who.tenant_id, body.group)
+    )  # validates before anything is written
     try:
         await store.insert(state.db, doc)
     except DuplicateKeyError:
@@ -98,17 +119,28 @@ async def register(body: DeviceCreate, state: State, who: Operator) -> DeviceReg
         raise
     if body.group or body.overrides:
         await config_service.change_device(state, who, doc, cause="register")
-    await audit.record(state.db, who, "device.register", f"device:{body.id}",
-                       after={"group": body.group, "tags": doc["tags"],
-                              "hardware_model": body.hardware_model})
+    await audit.record(
+        state.db,
+        who,
+        "device.register",
+        f"device:{body.id}",
+        after={"group": body.group, "tags": doc["tags"], "hardware_model": body.hardware_model},
+    )
     fresh = await _device(state, who.tenant_id, body.id)
-    return DeviceRegistered(device=public(fresh), credentials=DeviceCredentials(
-        device_id=body.id, username=body.id, client_id=body.id, password=password))
+    return DeviceRegistered(
+        device=public(fresh),
+        credentials=DeviceCredentials(
+            device_id=body.id, username=body.id, client_id=body.id, password=password
+        ),
+    )
 
 
 @router.get("/devices")
 async def list_devices(
-    db: Db, who: Viewer, limit: Limit = DEFAULT, cursor: Cursor = None,
+    db: Db,
+    who: Viewer,
+    limit: Limit = DEFAULT,
+    cursor: Cursor = None,
     online: bool | None = None,
     group: Annotated[str | None, Query(max_length=64)] = None,
     tag: Annotated[str | None, Query(max_length=64)] = None,
@@ -120,13 +152,21 @@ async def list_devices(
     include_decommissioned: bool = False,
     sort: Annotated[str, Query(pattern=r"^-?[a-z_]{1,32}$")] = "id",
 ) -> PageOf[DevicePublic]:
-    flt = store.DeviceFilter(online, group, tag, firmware, hardware_model, last_seen_before,
-                             last_seen_after, include_decommissioned)
+    flt = store.DeviceFilter(
+        online,
+        group,
+        tag,
+        firmware,
+        hardware_model,
+        last_seen_before,
+        last_seen_after,
+        include_decommissioned,
+    )
     keep = None if in_sync is None else (lambda d: sync_state(d).in_sync == in_sync)
-    page = await store.find(db, who.tenant_id, flt, Sort.parse(sort, store.SORTS), limit,
-                            cursor, keep)
-    return PageOf[DevicePublic](items=[public(d) for d in page.items],
-                                next_cursor=page.next_cursor)
+    page = await store.find(
+        db, who.tenant_id, flt, Sort.parse(sort, store.SORTS), limit, cursor, keep
+    )
+    return PageOf[DevicePublic](items=[public(d) for d in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/devices/{device_id}")
@@ -138,8 +178,9 @@ async def get_device(device_id: DevicePath, db: Db, who: Viewer) -> DevicePublic
 
 
 @router.patch("/devices/{device_id}")
-async def update_device(device_id: DevicePath, body: DeviceUpdate, state: State,
-                        who: Operator) -> DevicePublic:
+async def update_device(
+    device_id: DevicePath, body: DeviceUpdate, state: State, who: Operator
+) -> DevicePublic:
     doc = await _device(state, who.tenant_id, device_id)
     fields: dict[str, Any] = {}
     if body.tags is not None:
@@ -151,22 +192,39 @@ async def update_device(device_id: DevicePath, body: DeviceUpdate, state: State,
         await config_service.change_device(state, who, doc, cause="group", extra=fields)
     elif fields:
         await store.update_fields(state.db, who.tenant_id, device_id, fields)
-    await audit.record(state.db, who, "device.update", f"device:{device_id}",
-                       before={k: doc.get(k) for k in fields}, after=fields)
+    await audit.record(
+        state.db,
+        who,
+        "device.update",
+        f"device:{device_id}",
+        before={k: doc.get(k) for k in fields},
+        after=fields,
+    )
     return public(await _device(state, who.tenant_id, device_id))
 
 
 @router.post("/devices/{device_id}/credentials")
-async def rotate_credentials(device_id: DevicePath, state: State,
-                             who: Operator) -> DeviceCredentials:
+async def rotate_credentials(
+    device_id: DevicePath, state: State, who: Operator
+) -> DeviceCredentials:
     await _device(state, who.tenant_id, device_id)
     password = auth.new_device_password()
     await state.broker_admin.set_password(device_id, password)
-    await store.update_fields(state.db, who.tenant_id, device_id, {"credentials": {
-        "password_hash": auth.password_hash(password), "rotated_at": datetime.now(UTC)}})
+    await store.update_fields(
+        state.db,
+        who.tenant_id,
+        device_id,
+        {
+            "credentials": {
+                "password_hash": auth.password_hash(password),
+                "rotated_at": datetime.now(UTC),
+            }
+        },
+    )
     await audit.record(state.db, who, "device.rotate_credentials", f"device:{device_id}")
-    return DeviceCredentials(device_id=device_id, username=device_id, client_id=device_id,
-                             password=password)
+    return DeviceCredentials(
+        device_id=device_id, username=device_id, client_id=device_id, password=password
+    )
 
 
 @router.delete("/devices/{device_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -177,16 +235,19 @@ async def decommission(device_id: DevicePath, state: State, who: Operator) -> No
     await state.broker_admin.delete_device(device_id)
     for channel in (Channel.PRESENCE, Channel.CONFIG):
         await state.link.publish(topic(channel, device_id), b"", qos=1, retain=True)
-    await store.update_fields(state.db, who.tenant_id, device_id,
-                              {"decommissioned_at": datetime.now(UTC)})
+    await store.update_fields(
+        state.db, who.tenant_id, device_id, {"decommissioned_at": datetime.now(UTC)}
+    )
     await audit.record(state.db, who, "device.decommission", f"device:{device_id}")
 
 
 # -- desired config ----------------------------------------------------------------------
 
+
 @router.get("/devices/{device_id}/config")
-async def get_config(device_id: DevicePath, db: Db, who: Viewer,
-                     response: Response) -> DeviceConfigPublic:
+async def get_config(
+    device_id: DevicePath, db: Db, who: Viewer, response: Response
+) -> DeviceConfigPublic:
     doc = await store.get(db, who.tenant_id, device_id)
     pointer = (doc or {}).get("desired_config")
     if doc is None or not pointer:
@@ -199,24 +260,43 @@ async def get_config(device_id: DevicePath, db: Db, who: Viewer,
 
 
 @router.put("/devices/{device_id}/config/overrides")
-async def set_overrides(device_id: DevicePath, body: OverridesUpdate, state: State,
-                        who: Operator, if_match: IfMatch = None) -> ConfigChange:
+async def set_overrides(
+    device_id: DevicePath,
+    body: OverridesUpdate,
+    state: State,
+    who: Operator,
+    if_match: IfMatch = None,
+) -> ConfigChange:
     doc = await _device(state, who.tenant_id, device_id)
     config_service.check_if_match(doc, parse_if_match(if_match, required=True))
     check_patch(body.overrides, "overrides")
     change, published = await config_service.change_device(
-        state, who, doc, cause="overrides", overrides=body.overrides,
-        extra={"overrides": body.overrides})
-    await audit.record(state.db, who, "device.config.overrides", f"device:{device_id}",
-                       before=doc.get("overrides"), after=body.overrides)
-    return ConfigChange(changed=change is not None,
-                        version=change.version if change else _version(doc),
-                        published=published)
+        state,
+        who,
+        doc,
+        cause="overrides",
+        overrides=body.overrides,
+        extra={"overrides": body.overrides},
+    )
+    await audit.record(
+        state.db,
+        who,
+        "device.config.overrides",
+        f"device:{device_id}",
+        before=doc.get("overrides"),
+        after=body.overrides,
+    )
+    return ConfigChange(
+        changed=change is not None,
+        version=change.version if change else _version(doc),
+        published=published,
+    )
 
 
 @router.post("/devices/{device_id}/config/rollback")
-async def rollback(device_id: DevicePath, body: Rollback, state: State, who: Operator,
-                   if_match: IfMatch = None) -> ConfigChange:
+async def rollback(
+    device_id: DevicePath, body: Rollback, state: State, who: Operator, if_match: IfMatch = None
+) -> ConfigChange:
     """Make an earlier version's content desired again (as a new version)."""
     doc = await _device(state, who.tenant_id, device_id)
     config_service.check_if_match(doc, parse_if_match(if_match))
@@ -225,12 +305,21 @@ async def rollback(device_id: DevicePath, body: Rollback, state: State, who: Ope
         raise NotFound(f"config version {body.version} is not in the kept history")
     rendered = validated(entry["config"], f"config version {body.version}")
     change, published = await config_service.change_device(
-        state, who, doc, cause=f"rollback:{body.version}", rendered=rendered)
-    await audit.record(state.db, who, "device.config.rollback", f"device:{device_id}",
-                       before=_version(doc), after={"content_of": body.version})
-    return ConfigChange(changed=change is not None,
-                        version=change.version if change else _version(doc),
-                        published=published)
+        state, who, doc, cause=f"rollback:{body.version}", rendered=rendered
+    )
+    await audit.record(
+        state.db,
+        who,
+        "device.config.rollback",
+        f"device:{device_id}",
+        before=_version(doc),
+        after={"content_of": body.version},
+    )
+    return ConfigChange(
+        changed=change is not None,
+        version=change.version if change else _version(doc),
+        published=published,
+    )
 
 
 def _version(doc: Doc) -> int | None:
@@ -238,11 +327,13 @@ def _version(doc: Doc) -> int | None:
 
 
 @router.get("/devices/{device_id}/config/history")
-async def config_history(device_id: DevicePath, db: Db, who: Viewer, limit: Limit = DEFAULT,
-                         cursor: Cursor = None) -> PageOf[DeviceConfigPublic]:
+async def config_history(
+    device_id: DevicePath, db: Db, who: Viewer, limit: Limit = DEFAULT, cursor: Cursor = None
+) -> PageOf[DeviceConfigPublic]:
     if await store.get(db, who.tenant_id, device_id, live_only=False) is None:
         raise NotFound(f"no device {device_id!r}")
     page = await store.config_history(db, who.tenant_id, device_id, limit, cursor)
     return PageOf[DeviceConfigPublic](
         items=[DeviceConfigPublic.model_validate(d) for d in page.items],
-        next_cursor=page.next_cursor)
+        next_cursor=page.next_cursor,
+    )

@@ -28,17 +28,30 @@ async def create_firmware(body: FirmwareCreate, db: Db, who: Operator) -> Firmwa
     if await store.duplicate_of(db, who.tenant_id, body.version, models):
         raise Conflict(f"version {body.version} already exists for one of {models}")
     doc = await store.create(db, who.tenant_id, body.version, models, body.release_notes)
-    await audit.record(db, who, "firmware.create", f"firmware:{doc['_id']}",
-                       after={"version": body.version, "hardware_models": models})
+    await audit.record(
+        db,
+        who,
+        "firmware.create",
+        f"firmware:{doc['_id']}",
+        after={"version": body.version, "hardware_models": models},
+    )
     return public(doc)
 
 
-@router.put("/firmware/{firmware_id}/image", openapi_extra={"requestBody": {
-    "required": True,
-    "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                        "format": "binary"}}}}})
-async def upload_image(firmware_id: FirmwareId, request: Request, state: State,
-                       who: Operator) -> FirmwarePublic:
+@router.put(
+    "/firmware/{firmware_id}/image",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def upload_image(
+    firmware_id: FirmwareId, request: Request, state: State, who: Operator
+) -> FirmwarePublic:
     """Stream the image (application/octet-stream) to S3; size and sha256 on the way."""
     doc = await store.get(state.db, who.tenant_id, firmware_id)
     if doc is None:
@@ -48,17 +61,28 @@ async def upload_image(firmware_id: FirmwareId, request: Request, state: State,
     stored = await state.firmware.upload(doc["s3_key"], request.stream())
     updated = await store.mark_uploaded(state.db, firmware_id, stored.size, stored.sha256)
     assert updated is not None
-    await audit.record(state.db, who, "firmware.upload", f"firmware:{firmware_id}",
-                       after={"size": stored.size, "sha256": stored.sha256})
+    await audit.record(
+        state.db,
+        who,
+        "firmware.upload",
+        f"firmware:{firmware_id}",
+        after={"size": stored.size, "sha256": stored.sha256},
+    )
     return public(updated)
 
 
 @router.get("/firmware")
-async def list_firmware(db: Db, who: Viewer, limit: Limit = DEFAULT, cursor: Cursor = None,
-                        hardware_model: str | None = None) -> PageOf[FirmwarePublic]:
+async def list_firmware(
+    db: Db,
+    who: Viewer,
+    limit: Limit = DEFAULT,
+    cursor: Cursor = None,
+    hardware_model: str | None = None,
+) -> PageOf[FirmwarePublic]:
     page = await store.find(db, who.tenant_id, limit, cursor, hardware_model)
-    return PageOf[FirmwarePublic](items=[public(d) for d in page.items],
-                                  next_cursor=page.next_cursor)
+    return PageOf[FirmwarePublic](
+        items=[public(d) for d in page.items], next_cursor=page.next_cursor
+    )
 
 
 @router.get("/firmware/{firmware_id}")
@@ -78,5 +102,10 @@ async def delete_firmware(firmware_id: FirmwareId, state: State, who: Operator) 
         raise Conflict("an active rollout uses this firmware")
     await state.firmware.delete(doc["s3_key"])
     await store.delete(state.db, who.tenant_id, firmware_id)
-    await audit.record(state.db, who, "firmware.delete", f"firmware:{firmware_id}",
-                       before={"version": doc["version"]})
+    await audit.record(
+        state.db,
+        who,
+        "firmware.delete",
+        f"firmware:{firmware_id}",
+        before={"version": doc["version"]},
+    )

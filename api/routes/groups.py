@@ -39,11 +39,11 @@ async def create_group(body: GroupCreate, db: Db, who: Operator) -> GroupPublic:
 
 
 @router.get("/groups")
-async def list_groups(db: Db, who: Viewer, limit: Limit = DEFAULT,
-                      cursor: Cursor = None) -> PageOf[GroupPublic]:
+async def list_groups(
+    db: Db, who: Viewer, limit: Limit = DEFAULT, cursor: Cursor = None
+) -> PageOf[GroupPublic]:
     page = await store.find(db, who.tenant_id, limit, cursor)
-    return PageOf[GroupPublic](items=[public(d) for d in page.items],
-                               next_cursor=page.next_cursor)
+    return PageOf[GroupPublic](items=[public(d) for d in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/groups/{name}")
@@ -56,8 +56,13 @@ async def get_group(name: GroupPath, db: Db, who: Viewer, response: Response) ->
 
 
 @router.put("/groups/{name}/template")
-async def set_template(name: GroupPath, body: TemplateUpdate, state: State, who: Operator,
-                       if_match: Annotated[str | None, Header()] = None) -> GroupChange:
+async def set_template(
+    name: GroupPath,
+    body: TemplateUpdate,
+    state: State,
+    who: Operator,
+    if_match: Annotated[str | None, Header()] = None,
+) -> GroupChange:
     """Replace the template (If-Match: group version) and re-render all member devices."""
     doc = await store.get(state.db, who.tenant_id, name)
     if doc is None:
@@ -68,15 +73,23 @@ async def set_template(name: GroupPath, body: TemplateUpdate, state: State, who:
     check_patch(body.template, "template")
     members = await device_store.in_group(state.db, who.tenant_id, name)
     changes = plan_members(members, body.template)  # all valid, or nothing is written
-    updated = await store.replace_template(state.db, who.tenant_id, name, body.template,
-                                           doc["version"])
+    updated = await store.replace_template(
+        state.db, who.tenant_id, name, body.template, doc["version"]
+    )
     if updated is None:
         raise PreconditionFailed("the group changed meanwhile; read it and retry")
     moved, published = await config_service.apply(state, who, changes, f"group:{name}")
-    await audit.record(state.db, who, "group.template", f"group:{name}",
-                       before=doc["template"], after=body.template)
-    return GroupChange(group=public(updated), devices_changed=len(moved),
-                       devices_published=published)
+    await audit.record(
+        state.db,
+        who,
+        "group.template",
+        f"group:{name}",
+        before=doc["template"],
+        after=body.template,
+    )
+    return GroupChange(
+        group=public(updated), devices_changed=len(moved), devices_published=published
+    )
 
 
 def plan_members(members: list[Doc], template: dict[str, Any]) -> list[Change]:

@@ -36,9 +36,14 @@ class BrokerSummary(BaseModel):
 def summarize(latest: Doc | None, earlier: Doc | None, now: datetime) -> BrokerSummary:
     """The latest snapshot, how many messages the broker dropped over ``WINDOW``, alerts."""
     if latest is None:
-        return BrokerSummary(at=None, age_seconds=None, values={}, dropped_in_window=None,
-                             window_seconds=WINDOW.total_seconds(),
-                             alerts=["no broker metrics yet: is `outpost scheduler` running?"])
+        return BrokerSummary(
+            at=None,
+            age_seconds=None,
+            values={},
+            dropped_in_window=None,
+            window_seconds=WINDOW.total_seconds(),
+            alerts=["no broker metrics yet: is `outpost scheduler` running?"],
+        )
     at = _aware(latest["at"])
     values = {k: float(v) for k, v in latest.get("values", {}).items()}
     alerts = []
@@ -51,9 +56,14 @@ def summarize(latest: Doc | None, earlier: Doc | None, now: datetime) -> BrokerS
         dropped = values[DROPPED] - before if values[DROPPED] >= before else values[DROPPED]
         if dropped > 0:
             alerts.append(f"the broker dropped {dropped:.0f} messages in the last hour")
-    return BrokerSummary(at=at, age_seconds=(now - at).total_seconds(), values=values,
-                         dropped_in_window=dropped, window_seconds=WINDOW.total_seconds(),
-                         alerts=alerts)
+    return BrokerSummary(
+        at=at,
+        age_seconds=(now - at).total_seconds(),
+        values=values,
+        dropped_in_window=dropped,
+        window_seconds=WINDOW.total_seconds(),
+        alerts=alerts,
+    )
 
 
 def _aware(value: datetime) -> datetime:

@@ -47,7 +47,8 @@ class DryRunWave(BaseModel):
     wave: int
     earliest_start: datetime = Field(
         description="Lower bound: gated waves also wait for the previous wave's success, "
-                    "and sends wait for maintenance windows")
+        "and sends wait for maintenance windows"
+    )
     device_ids: list[str]
 
 
@@ -62,8 +63,12 @@ SPEC_KEYS = set(RolloutSpec.model_fields)
 
 def public(doc: Doc) -> RolloutPublic:
     spec = {k: v for k, v in doc.items() if k in SPEC_KEYS}
-    return RolloutPublic(id=doc["_id"], status=RolloutStatus(doc["status"]), spec=spec,
-                         progress=doc.get("progress") or {})
+    return RolloutPublic(
+        id=doc["_id"],
+        status=RolloutStatus(doc["status"]),
+        spec=spec,
+        progress=doc.get("progress") or {},
+    )
 
 
 async def _check_firmware(db: Db, tenant_id: str, spec: RolloutSpec) -> None:
@@ -81,8 +86,10 @@ async def _check_overlap(db: Db, tenant_id: str, ids: list[str]) -> None:
         overlap = wanted & set(await store.target_ids(db, tenant_id, spec.target))
         if overlap:
             sample = sorted(overlap)[:5]
-            raise Conflict(f"{len(overlap)} devices (e.g. {sample}) are already targeted by "
-                           f"active rollout {other['_id']}")
+            raise Conflict(
+                f"{len(overlap)} devices (e.g. {sample}) are already targeted by "
+                f"active rollout {other['_id']}"
+            )
 
 
 @router.post("/rollouts", status_code=status.HTTP_201_CREATED)
@@ -93,8 +100,13 @@ async def create_rollout(spec: RolloutSpec, db: Db, who: Operator) -> RolloutPub
         raise InvalidInput("target: matches no device")
     await _check_overlap(db, who.tenant_id, ids)
     doc = await store.create(db, who.tenant_id, spec, who.token_id)
-    await audit.record(db, who, "rollout.create", f"rollout:{doc['_id']}",
-                       after={"firmware": spec.firmware.id, "devices": len(ids)})
+    await audit.record(
+        db,
+        who,
+        "rollout.create",
+        f"rollout:{doc['_id']}",
+        after={"firmware": spec.firmware.id, "devices": len(ids)},
+    )
     return public(doc)
 
 
@@ -106,8 +118,13 @@ def dry_run_waves(spec: RolloutSpec, ids: list[str], now: datetime) -> list[DryR
     waves, done = [], 0
     for n, size in enumerate(plan_waves(spec, len(ids))):
         minutes = n if not gated(spec) else done // spec.max_per_minute
-        waves.append(DryRunWave(wave=n + 1, earliest_start=start + timedelta(minutes=minutes),
-                                device_ids=ids[done:done + size]))
+        waves.append(
+            DryRunWave(
+                wave=n + 1,
+                earliest_start=start + timedelta(minutes=minutes),
+                device_ids=ids[done : done + size],
+            )
+        )
         done += size
     return waves
 
@@ -116,13 +133,15 @@ def dry_run_waves(spec: RolloutSpec, ids: list[str], now: datetime) -> list[DryR
 async def dry_run(spec: RolloutSpec, db: Db, who: Viewer) -> DryRun:
     """Which devices would be in which wave, and the earliest each could start."""
     ids = await store.target_ids(db, who.tenant_id, spec.target)
-    return DryRun(targeted=len(ids), gated=gated(spec),
-                  waves=dry_run_waves(spec, ids, datetime.now(UTC)))
+    return DryRun(
+        targeted=len(ids), gated=gated(spec), waves=dry_run_waves(spec, ids, datetime.now(UTC))
+    )
 
 
 @router.get("/rollouts")
-async def list_rollouts(db: Db, who: Viewer, limit: Limit = DEFAULT,
-                        cursor: Cursor = None) -> RolloutPage:
+async def list_rollouts(
+    db: Db, who: Viewer, limit: Limit = DEFAULT, cursor: Cursor = None
+) -> RolloutPage:
     page = await store.find(db, who.tenant_id, limit, cursor)
     return RolloutPage(items=[public(d) for d in page.items], next_cursor=page.next_cursor)
 
@@ -142,15 +161,21 @@ async def progress(rollout_id: RolloutId, db: Db, who: Viewer) -> Progress:
         raise NotFound(f"no rollout {rollout_id!r}")
     counts = await store.execution_counts(db, who.tenant_id, rollout_id)
     waves = {k.removeprefix("wave:"): dict(v) for k, v in counts.items() if k != "all"}
-    return Progress(status=RolloutStatus(doc["status"]), executions=dict(counts["all"]),
-                    waves=waves, scheduler=doc.get("progress") or {})
+    return Progress(
+        status=RolloutStatus(doc["status"]),
+        executions=dict(counts["all"]),
+        waves=waves,
+        scheduler=doc.get("progress") or {},
+    )
 
 
 _TRANSITIONS = {
     "pause": ([RolloutStatus.RUNNING, RolloutStatus.SCHEDULED], RolloutStatus.PAUSED),
     "resume": ([RolloutStatus.PAUSED], RolloutStatus.RUNNING),
-    "cancel": ([RolloutStatus.RUNNING, RolloutStatus.SCHEDULED, RolloutStatus.PAUSED],
-               RolloutStatus.CANCELING),
+    "cancel": (
+        [RolloutStatus.RUNNING, RolloutStatus.SCHEDULED, RolloutStatus.PAUSED],
+        RolloutStatus.CANCELING,
+    ),
 }
 
 
@@ -162,8 +187,9 @@ async def _transition(db: Db, who: Any, rollout_id: str, action: str) -> Rollout
         if current is None:
             raise NotFound(f"no rollout {rollout_id!r}")
         raise Conflict(f"cannot {action} a rollout that is {current['status']}")
-    await audit.record(db, who, f"rollout.{action}", f"rollout:{rollout_id}",
-                       after={"status": new.value})
+    await audit.record(
+        db, who, f"rollout.{action}", f"rollout:{rollout_id}", after={"status": new.value}
+    )
     return public(doc)
 
 

@@ -22,16 +22,27 @@ def _summary(value: Any) -> str | None:
     return text if len(text) <= SUMMARY_CHARS else text[:SUMMARY_CHARS] + "…"
 
 
-async def record(db: Db, who: Principal, action: str, target: str,
-                 before: Any = None, after: Any = None) -> None:
-    await db[AUDIT_LOG].insert_one({
-        "_id": new_id(), "tenant_id": who.tenant_id, "actor": who.token_id,
-        "role": who.role.value, "action": action, "target": target,
-        "at": datetime.now(UTC), "before": _summary(before), "after": _summary(after)})
+async def record(
+    db: Db, who: Principal, action: str, target: str, before: Any = None, after: Any = None
+) -> None:
+    await db[AUDIT_LOG].insert_one(
+        {
+            "_id": new_id(),
+            "tenant_id": who.tenant_id,
+            "actor": who.token_id,
+            "role": who.role.value,
+            "action": action,
+            "target": target,
+            "at": datetime.now(UTC),
+            "before": _summary(before),
+            "after": _summary(after),
+        }
+    )
 
 
-async def list_entries(db: Db, tenant_id: str, limit: int, cursor: str | None,
-                       target: str | None = None) -> Page:
+async def list_entries(
+    db: Db, tenant_id: str, limit: int, cursor: str | None, target: str | None = None
+) -> Page:
     query: dict[str, Any] = {"tenant_id": tenant_id}
     if target:
         query["target"] = target

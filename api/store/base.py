@@ -27,8 +27,14 @@ class Page:
     next_cursor: str | None
 
 
-async def page(collection: AsyncCollection[Doc], query: Doc, sort: Sort, limit: int,
-               cursor: str | None, projection: Doc | None = None) -> Page:
+async def page(
+    collection: AsyncCollection[Doc],
+    query: Doc,
+    sort: Sort,
+    limit: int,
+    cursor: str | None,
+    projection: Doc | None = None,
+) -> Page:
     """One page of ``query`` in ``sort`` order, after ``cursor``."""
     after = after_filter(sort, cursor)
     full = {"$and": [query, after]} if after else query
@@ -40,12 +46,13 @@ async def page(collection: AsyncCollection[Doc], query: Doc, sort: Sort, limit: 
 def to_json_text(doc: Doc, fields: tuple[str, ...]) -> Doc:
     """Config objects are stored as JSON text: FerretDB refuses keys with '.' (the WiFi
     band keys are ``2.4GHz``) and no server takes admin-chosen keys starting with '$'."""
-    return {k: json.dumps(v, separators=(",", ":")) if k in fields and isinstance(v, dict)
-            else v for k, v in doc.items()}
+    return {
+        k: json.dumps(v, separators=(",", ":")) if k in fields and isinstance(v, dict) else v
+        for k, v in doc.items()
+    }
 
 
 def from_json_text(doc: Doc | None, fields: tuple[str, ...]) -> Doc | None:
     if doc is None:
         return None
-    return {k: json.loads(v) if k in fields and isinstance(v, str) else v
-            for k, v in doc.items()}
+    return {k: json.loads(v) if k in fields and isinstance(v, str) else v for k, v in doc.items()}

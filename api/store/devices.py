@@ -19,8 +19,12 @@ from api.store.base import Db, Doc, Page, from_json_text, page, to_json_text
 from outpost.mongo import bulk_write, chunk_size, is_ferretdb, settle_delay
 from schemas.documents import DEVICE_CONFIGS, DEVICES
 
-SORTS = {"id": "_id", "created_at": "created_at", "hardware_model": "hardware_model",
-         "group": "group"}
+SORTS = {
+    "id": "_id",
+    "created_at": "created_at",
+    "hardware_model": "hardware_model",
+    "group": "group",
+}
 SCAN_MAX = 2000
 API_REV = "api_rev"  # changes with every api write of a device (see update_fields)
 SETTLE_ROUNDS = 8
@@ -49,9 +53,12 @@ class DeviceFilter:
             q["decommissioned_at"] = None
         if self.online is not None:
             q["presence.status"] = "online" if self.online else {"$ne": "online"}
-        for field, value in (("group", self.group), ("tags", self.tag),
-                             ("state.firmware", self.firmware),
-                             ("hardware_model", self.hardware_model)):
+        for field, value in (
+            ("group", self.group),
+            ("tags", self.tag),
+            ("state.firmware", self.firmware),
+            ("hardware_model", self.hardware_model),
+        ):
             if value is not None:
                 q[field] = value
         seen: Doc = {}
@@ -91,8 +98,9 @@ async def update_fields(db: Db, tenant_id: str, device_id: str, fields: Doc) -> 
     values = {**to_json_text(fields, JSON), API_REV: rev}
     live = {"_id": device_id, "tenant_id": tenant_id, "decommissioned_at": None}
     started = time.monotonic()
-    before = await db[DEVICES].find_one_and_update(live, {"$set": values},
-                                                   return_document=ReturnDocument.BEFORE)
+    before = await db[DEVICES].find_one_and_update(
+        live, {"$set": values}, return_document=ReturnDocument.BEFORE
+    )
     if before is None:
         return False
     if await is_ferretdb(db):
@@ -101,8 +109,9 @@ async def update_fields(db: Db, tenant_id: str, device_id: str, fields: Doc) -> 
     return True
 
 
-async def _settled(db: Db, device_id: str, unchanged: Doc, values: Doc, rev: str,
-                   took: float) -> None:
+async def _settled(
+    db: Db, device_id: str, unchanged: Doc, values: Doc, rev: str, took: float
+) -> None:
     for _ in range(SETTLE_ROUNDS):
         await asyncio.sleep(settle_delay(took))
         now = await db[DEVICES].find_one({"_id": device_id}, {API_REV: 1})
@@ -111,12 +120,21 @@ async def _settled(db: Db, device_id: str, unchanged: Doc, values: Doc, rev: str
         started = time.monotonic()
         await db[DEVICES].update_one(unchanged, {"$set": values})
         took = time.monotonic() - started
-    raise Unavailable(f"device {device_id!r} is being written too often to store the "
-                      f"change (FerretDB lost it {SETTLE_ROUNDS} times); retry")
+    raise Unavailable(
+        f"device {device_id!r} is being written too often to store the "
+        f"change (FerretDB lost it {SETTLE_ROUNDS} times); retry"
+    )
 
 
-async def find(db: Db, tenant_id: str, flt: DeviceFilter, sort: Sort, limit: int,
-               cursor: str | None, keep: Callable[[Doc], bool] | None = None) -> Page:
+async def find(
+    db: Db,
+    tenant_id: str,
+    flt: DeviceFilter,
+    sort: Sort,
+    limit: int,
+    cursor: str | None,
+    keep: Callable[[Doc], bool] | None = None,
+) -> Page:
     """A page of devices; ``keep`` filters in Python (for what the server cannot query).
 
     With ``keep``, a page may hold fewer than ``limit`` items (at most SCAN_MAX documents
@@ -151,8 +169,10 @@ def _cursor(doc: Doc, sort: Sort) -> str:
 async def in_group(db: Db, tenant_id: str, group: str) -> list[Doc]:
     projection = {"_id": 1, "overrides": 1, "desired_config": 1}
     query = {"tenant_id": tenant_id, "group": group, "decommissioned_at": None}
-    return [from_json_text(d, JSON) or d
-            for d in await db[DEVICES].find(query, projection).to_list(None)]
+    return [
+        from_json_text(d, JSON) or d
+        for d in await db[DEVICES].find(query, projection).to_list(None)
+    ]
 
 
 async def count_in_group(db: Db, tenant_id: str, group: str) -> int:
@@ -164,30 +184,44 @@ async def count_in_group(db: Db, tenant_id: str, group: str) -> int:
 # History ids carry the hash: two racing writers of the same version never overwrite each
 # other's entry; the one whose pointer update lost deletes its own.
 
+
 def config_id(device_id: str, version: int, hash_: str) -> str:
     return f"{device_id}:{version:010d}:{hash_[:16]}"
 
 
-def config_doc(tenant_id: str, device_id: str, version: int, hash_: str, config: Doc,
-               actor: str, cause: str) -> Doc:
-    return {"_id": config_id(device_id, version, hash_), "tenant_id": tenant_id,
-            "device_id": device_id, "version": version, "hash": hash_,
-            "config": json.dumps(config, separators=(",", ":")),
-            "created_at": datetime.now(UTC), "actor": actor, "cause": cause}
+def config_doc(
+    tenant_id: str, device_id: str, version: int, hash_: str, config: Doc, actor: str, cause: str
+) -> Doc:
+    return {
+        "_id": config_id(device_id, version, hash_),
+        "tenant_id": tenant_id,
+        "device_id": device_id,
+        "version": version,
+        "hash": hash_,
+        "config": json.dumps(config, separators=(",", ":")),
+        "created_at": datetime.now(UTC),
+        "actor": actor,
+        "cause": cause,
+    }
 
 
-def desired_update(device_id: str, expected_version: int | None, version: int,
-                   hash_: str, extra: Doc | None = None) -> UpdateOne:
+def desired_update(
+    device_id: str, expected_version: int | None, version: int, hash_: str, extra: Doc | None = None
+) -> UpdateOne:
     """Move the desired-config pointer only if nobody moved it since we read it."""
     now = datetime.now(UTC)
-    fields = {"desired_config": {"version": version, "hash": hash_, "updated_at": now},
-              **to_json_text(extra or {}, JSON)}
-    return UpdateOne({"_id": device_id, "desired_config.version": expected_version},
-                     {"$set": fields})
+    fields = {
+        "desired_config": {"version": version, "hash": hash_, "updated_at": now},
+        **to_json_text(extra or {}, JSON),
+    }
+    return UpdateOne(
+        {"_id": device_id, "desired_config.version": expected_version}, {"$set": fields}
+    )
 
 
-async def apply_configs(db: Db, configs: list[Doc], updates: list[UpdateOne],
-                        expected: dict[str, int | None]) -> set[str]:
+async def apply_configs(
+    db: Db, configs: list[Doc], updates: list[UpdateOne], expected: dict[str, int | None]
+) -> set[str]:
     """Store history entries, then move the pointers; returns the device ids moved.
 
     ``updates`` are :func:`desired_update` operations in the order of ``configs``, ``expected``
@@ -209,12 +243,18 @@ async def apply_configs(db: Db, configs: list[Doc], updates: list[UpdateOne],
         await bulk_write(db[DEVICES], list(pending.values()), chunk=chunk)
         if ferretdb:
             await asyncio.sleep(settle_delay((time.monotonic() - started) / len(pending)))
-        now = await db[DEVICES].find({"_id": {"$in": list(pending)}},
-                                     {"desired_config": 1}).to_list(None)
+        now = (
+            await db[DEVICES]
+            .find({"_id": {"$in": list(pending)}}, {"desired_config": 1})
+            .to_list(None)
+        )
         pointers = {d["_id"]: d.get("desired_config") or {} for d in now}
         moved |= {i for i, p in pointers.items() if p.get("hash") == wanted[i]}
-        pending = {i: op for i, op in pending.items() if i not in moved and i in pointers
-                   and pointers[i].get("version") == expected.get(i)}  # undone: again
+        pending = {
+            i: op
+            for i, op in pending.items()
+            if i not in moved and i in pointers and pointers[i].get("version") == expected.get(i)
+        }  # undone: again
         if not pending:
             break
     lost = [c["_id"] for c in configs if c["device_id"] not in moved]
@@ -227,16 +267,22 @@ async def trim_history(db: Db, device_id: str, newest: int, keep: int) -> None:
     oldest_kept = newest - keep + 1
     if oldest_kept > 1:
         await db[DEVICE_CONFIGS].delete_many(
-            {"device_id": device_id, "version": {"$lt": oldest_kept}})
+            {"device_id": device_id, "version": {"$lt": oldest_kept}}
+        )
 
 
 async def get_config(db: Db, tenant_id: str, device_id: str, version: int) -> Doc | None:
-    return from_json_text(await db[DEVICE_CONFIGS].find_one(
-        {"tenant_id": tenant_id, "device_id": device_id, "version": version}), CONFIG_JSON)
+    return from_json_text(
+        await db[DEVICE_CONFIGS].find_one(
+            {"tenant_id": tenant_id, "device_id": device_id, "version": version}
+        ),
+        CONFIG_JSON,
+    )
 
 
-async def config_history(db: Db, tenant_id: str, device_id: str, limit: int,
-                         cursor: str | None) -> Page:
+async def config_history(
+    db: Db, tenant_id: str, device_id: str, limit: int, cursor: str | None
+) -> Page:
     query = {"tenant_id": tenant_id, "device_id": device_id}
     found = await page(db[DEVICE_CONFIGS], query, Sort("_id", descending=True), limit, cursor)
     return Page([from_json_text(d, CONFIG_JSON) or d for d in found.items], found.next_cursor)

@@ -14,15 +14,25 @@ ACTIVE = [s.value for s in RolloutStatus if s.active]
 
 async def duplicate_of(db: Db, tenant_id: str, version: str, models: list[str]) -> Doc | None:
     return await db[FIRMWARE].find_one(
-        {"tenant_id": tenant_id, "version": version, "hardware_models": {"$in": models}})
+        {"tenant_id": tenant_id, "version": version, "hardware_models": {"$in": models}}
+    )
 
 
 async def create(db: Db, tenant_id: str, version: str, models: list[str], notes: str) -> Doc:
     fw_id = new_id()
-    doc = {"_id": fw_id, "tenant_id": tenant_id, "version": version,
-           "hardware_models": models, "release_notes": notes, "status": "pending",
-           "s3_key": f"firmware/{tenant_id}/{fw_id}", "size": None, "sha256": None,
-           "created_at": datetime.now(UTC), "uploaded_at": None}
+    doc = {
+        "_id": fw_id,
+        "tenant_id": tenant_id,
+        "version": version,
+        "hardware_models": models,
+        "release_notes": notes,
+        "status": "pending",
+        "s3_key": f"firmware/{tenant_id}/{fw_id}",
+        "size": None,
+        "sha256": None,
+        "created_at": datetime.now(UTC),
+        "uploaded_at": None,
+    }
     await db[FIRMWARE].insert_one(doc)
     return doc
 
@@ -33,8 +43,17 @@ async def get(db: Db, tenant_id: str, fw_id: str) -> Doc | None:
 
 async def mark_uploaded(db: Db, fw_id: str, size: int, sha256: str) -> Doc | None:
     return await db[FIRMWARE].find_one_and_update(
-        {"_id": fw_id}, {"$set": {"status": "ready", "size": size, "sha256": sha256,
-                                  "uploaded_at": datetime.now(UTC)}}, return_document=True)
+        {"_id": fw_id},
+        {
+            "$set": {
+                "status": "ready",
+                "size": size,
+                "sha256": sha256,
+                "uploaded_at": datetime.now(UTC),
+            }
+        },
+        return_document=True,
+    )
 
 
 async def in_use(db: Db, tenant_id: str, fw_id: str) -> bool:
@@ -46,8 +65,9 @@ async def delete(db: Db, tenant_id: str, fw_id: str) -> None:
     await db[FIRMWARE].delete_one({"_id": fw_id, "tenant_id": tenant_id})
 
 
-async def find(db: Db, tenant_id: str, limit: int, cursor: str | None,
-               hardware_model: str | None = None) -> Page:
+async def find(
+    db: Db, tenant_id: str, limit: int, cursor: str | None, hardware_model: str | None = None
+) -> Page:
     query: Doc = {"tenant_id": tenant_id}
     if hardware_model:
         query["hardware_models"] = hardware_model

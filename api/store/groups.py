@@ -21,19 +21,31 @@ async def get(db: Db, tenant_id: str, name: str) -> Doc | None:
 
 
 async def create(db: Db, tenant_id: str, name: str, template: Doc) -> Doc:
-    doc = {"_id": group_id(tenant_id, name), "tenant_id": tenant_id, "name": name,
-           "template": template, "version": 1, "updated_at": datetime.now(UTC)}
+    doc = {
+        "_id": group_id(tenant_id, name),
+        "tenant_id": tenant_id,
+        "name": name,
+        "template": template,
+        "version": 1,
+        "updated_at": datetime.now(UTC),
+    }
     await db[GROUPS].insert_one(to_json_text(doc, JSON))
     return doc
 
 
-async def replace_template(db: Db, tenant_id: str, name: str, template: Doc,
-                           expected_version: int) -> Doc | None:
+async def replace_template(
+    db: Db, tenant_id: str, name: str, template: Doc, expected_version: int
+) -> Doc | None:
     """Conditional on the version read (If-Match); None if it moved meanwhile."""
     fields = to_json_text({"template": template, "updated_at": datetime.now(UTC)}, JSON)
-    return from_json_text(await db[GROUPS].find_one_and_update(
-        {"_id": group_id(tenant_id, name), "version": expected_version},
-        {"$set": fields, "$inc": {"version": 1}}, return_document=True), JSON)
+    return from_json_text(
+        await db[GROUPS].find_one_and_update(
+            {"_id": group_id(tenant_id, name), "version": expected_version},
+            {"$set": fields, "$inc": {"version": 1}},
+            return_document=True,
+        ),
+        JSON,
+    )
 
 
 async def delete(db: Db, tenant_id: str, name: str) -> bool:

@@ -43,33 +43,46 @@ def spec_fields(spec: RolloutSpec) -> Doc:
 async def create(db: Db, tenant_id: str, spec: RolloutSpec, actor: str) -> Doc:
     now = datetime.now(UTC)
     scheduled = spec.schedule.start_at is not None and spec.schedule.start_at > now
-    doc = {"_id": new_id(), "tenant_id": tenant_id, **spec_fields(spec),
-           "status": (RolloutStatus.SCHEDULED if scheduled else RolloutStatus.RUNNING).value,
-           "progress": {}, "created_at": now, "created_by": actor}
+    doc = {
+        "_id": new_id(),
+        "tenant_id": tenant_id,
+        **spec_fields(spec),
+        "status": (RolloutStatus.SCHEDULED if scheduled else RolloutStatus.RUNNING).value,
+        "progress": {},
+        "created_at": now,
+        "created_by": actor,
+    }
     await db[ROLLOUTS].insert_one(doc)
     return doc
 
 
 def _window(window: dict[str, Any]) -> dict[str, Any]:
-    return {**window, "days": sorted(window["days"]), "start": window["start"].isoformat(),
-            "end": window["end"].isoformat()}
+    return {
+        **window,
+        "days": sorted(window["days"]),
+        "start": window["start"].isoformat(),
+        "end": window["end"].isoformat(),
+    }
 
 
 async def get(db: Db, tenant_id: str, rollout_id: str) -> Doc | None:
     return await db[ROLLOUTS].find_one({"_id": rollout_id, "tenant_id": tenant_id})
 
 
-async def set_status(db: Db, tenant_id: str, rollout_id: str, allowed_from: list[str],
-                     new: RolloutStatus) -> Doc | None:
+async def set_status(
+    db: Db, tenant_id: str, rollout_id: str, allowed_from: list[str], new: RolloutStatus
+) -> Doc | None:
     return await db[ROLLOUTS].find_one_and_update(
         {"_id": rollout_id, "tenant_id": tenant_id, "status": {"$in": allowed_from}},
         {"$set": {"status": new.value, "status_requested_at": datetime.now(UTC)}},
-        return_document=True)
+        return_document=True,
+    )
 
 
 async def find(db: Db, tenant_id: str, limit: int, cursor: str | None) -> Page:
-    return await page(db[ROLLOUTS], {"tenant_id": tenant_id}, Sort("_id", descending=True),
-                      limit, cursor)
+    return await page(
+        db[ROLLOUTS], {"tenant_id": tenant_id}, Sort("_id", descending=True), limit, cursor
+    )
 
 
 async def execution_counts(db: Db, tenant_id: str, rollout_id: str) -> dict[str, Counter[str]]:

@@ -20,11 +20,19 @@ async def get_tenant(db: Db, tenant_id: str) -> Doc | None:
     return await db[TENANTS].find_one({"_id": tenant_id})
 
 
-async def create_token(db: Db, token: NewToken, tenant_id: str, role: Role, name: str,
-                       created_by: str | None) -> Doc:
-    doc = {"_id": token.hash, "token_id": token.token_id, "tenant_id": tenant_id,
-           "role": role.value, "name": name, "created_at": datetime.now(UTC),
-           "created_by": created_by, "revoked_at": None}
+async def create_token(
+    db: Db, token: NewToken, tenant_id: str, role: Role, name: str, created_by: str | None
+) -> Doc:
+    doc = {
+        "_id": token.hash,
+        "token_id": token.token_id,
+        "tenant_id": tenant_id,
+        "role": role.value,
+        "name": name,
+        "created_at": datetime.now(UTC),
+        "created_by": created_by,
+        "revoked_at": None,
+    }
     await db[API_TOKENS].insert_one(doc)
     return doc
 
@@ -46,4 +54,5 @@ async def list_tokens(db: Db, tenant_id: str, limit: int, cursor: str | None) ->
 async def revoke_token(db: Db, tenant_id: str, token_id: str) -> Doc | None:
     return await db[API_TOKENS].find_one_and_update(
         {"tenant_id": tenant_id, "token_id": token_id, "revoked_at": None},
-        {"$set": {"revoked_at": datetime.now(UTC)}})
+        {"$set": {"revoked_at": datetime.now(UTC)}},
+    )

@@ -15,8 +15,9 @@ from deploy.local.errors import LocalStackError
 from deploy.local.servers import Server
 from deploy.local.stack import DevSettings, Stack
 
-app = typer.Typer(help="The local development stack (Mosquitto, MongoDB/FerretDB, S3).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="The local development stack (Mosquitto, MongoDB/FerretDB, S3).", no_args_is_help=True
+)
 console = Console(stderr=True)
 T = TypeVar("T")
 
@@ -39,11 +40,13 @@ def install() -> None:
     if tools.mongod():
         console.print(f"mongod     {tools.mongod()}")
     else:
-        ferretdb = _step(f"Building FerretDB {tools.FERRETDB_VERSION} (first time: minutes)",
-                         tools.ferretdb)
+        ferretdb = _step(
+            f"Building FerretDB {tools.FERRETDB_VERSION} (first time: minutes)", tools.ferretdb
+        )
         console.print(f"ferretdb   {ferretdb}")
-    versitygw = _step(f"Building versitygw {tools.VERSITYGW_VERSION} (first time: minutes)",
-                      tools.versitygw)
+    versitygw = _step(
+        f"Building versitygw {tools.VERSITYGW_VERSION} (first time: minutes)", tools.versitygw
+    )
     console.print(f"versitygw  {versitygw}")
 
 
@@ -77,26 +80,33 @@ def _start_all(servers: Iterable[Server]) -> None:
 
 def _demo(stack: Stack) -> None:
     env = {**os.environ, **stack.env()}
-    token = _step("Creating the demo tenant and its admin token",
-                  lambda: demo.admin_token(stack.root, env))
+    token = _step(
+        "Creating the demo tenant and its admin token", lambda: demo.admin_token(stack.root, env)
+    )
     api = demo.Api(stack.api_url, token)
     ids = demo.device_ids("demo", stack.demo_devices)
     new = _step(f"Registering {len(ids)} demo devices", lambda: demo.register(api, ids))
     console.print(f"[green]✓[/green] {new} devices registered ({len(ids) - new} already were)")
     stack.sim.start()
-    online = _step(f"Waiting for {len(ids)} simulated devices to come online",
-                   lambda: demo.wait_online(api, len(ids)))
+    online = _step(
+        f"Waiting for {len(ids)} simulated devices to come online",
+        lambda: demo.wait_online(api, len(ids)),
+    )
     table = Table("device", "presence", "firmware", "config", title="devices, via the api")
     for device in online[:5]:
-        table.add_row(device["id"], str(device.get("presence", {}).get("status")),
-                      str((device.get("state") or {}).get("firmware")),
-                      str(device.get("config_sync", device.get("sync", ""))))
+        table.add_row(
+            device["id"],
+            str(device.get("presence", {}).get("status")),
+            str((device.get("state") or {}).get("firmware")),
+            str(device.get("config_sync", device.get("sync", ""))),
+        )
     Console().print(table)
     console.print(
         f"[green]✓[/green] {len(online)} simulated devices online in MongoDB, written by the "
         f"bridge from their MQTT presence.\n  Try: curl -H 'Authorization: Bearer "
         f"$(cat {stack.root / 'demo-token'})' {stack.api_url}/devices | python3 -m json.tool"
-        f"\n  API docs: {stack.api_url}/docs")
+        f"\n  API docs: {stack.api_url}/docs"
+    )
 
 
 @app.command()
@@ -116,8 +126,12 @@ def status() -> None:
     rows = stack.status()
     for row in rows:
         colour = "green" if row.healthy else ("red" if not row.ok else "dim")
-        table.add_row(row.name, str(row.pid or "-"), str(row.port or "-"),
-                      f"[{colour}]{row.detail}[/{colour}]")
+        table.add_row(
+            row.name,
+            str(row.pid or "-"),
+            str(row.port or "-"),
+            f"[{colour}]{row.detail}[/{colour}]",
+        )
     Console().print(table)
     if not all(row.ok for row in rows):
         raise typer.Exit(1)

@@ -32,9 +32,11 @@ class Api:
     def call(self, method: str, path: str, body: object | None = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
-            f"{self.url}{path}", data=data, method=method,
-            headers={"Authorization": f"Bearer {self.token}",
-                     "Content-Type": "application/json"})
+            f"{self.url}{path}",
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, json.loads(response.read() or b"null")
@@ -43,8 +45,13 @@ class Api:
 
 
 def _outpost(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "outpost", *args], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "outpost", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if result.returncode != 0:
         raise StartFailed(f"outpost {' '.join(args)} failed: {result.stderr.strip()[-300:]}")
     return result.stdout.strip()
@@ -76,8 +83,11 @@ def register(api: Api, ids: list[str]) -> int:
     """Register the devices that are not registered yet; returns how many were new."""
     new = 0
     for device_id in ids:
-        status, body = api.call("POST", "/devices", {
-            "id": device_id, "hardware_model": "sim-ap-1", "group": None, "tags": ["demo"]})
+        status, body = api.call(
+            "POST",
+            "/devices",
+            {"id": device_id, "hardware_model": "sim-ap-1", "group": None, "tags": ["demo"]},
+        )
         if status == 201:
             new += 1
         elif status != 409:
@@ -96,5 +106,7 @@ def wait_online(api: Api, expected: int, timeout: float = 90.0) -> list[dict[str
             if len(online) >= expected:
                 return online
         time.sleep(0.5)
-    raise StartFailed(f"only {len(online)} of {expected} simulated devices came online "
-                      f"within {timeout:.0f}s; see .outpost/*/*.log")
+    raise StartFailed(
+        f"only {len(online)} of {expected} simulated devices came online "
+        f"within {timeout:.0f}s; see .outpost/*/*.log"
+    )

@@ -88,16 +88,21 @@ class Server:
         """Start unless ours already runs healthy here. True if a process was started."""
         self.root.mkdir(parents=True, exist_ok=True)
         if self.running_pid() is not None:
-            wait_until(self.ready, what=self.name, proc=None, log_path=self.log_path,
-                       timeout=timeout)
+            wait_until(
+                self.ready, what=self.name, proc=None, log_path=self.log_path, timeout=timeout
+            )
             self._after_ready()
             return False
         ensure_port_free(self.port, self.name, self.port_variable)
         self._prepare()
-        proc = spawn(self._argv(), log_path=self.log_path, pid_file=self.pid_file,
-                     env=self._env(), cwd=self.root)
-        wait_until(self.ready, what=self.name, proc=proc, log_path=self.log_path,
-                   timeout=timeout)
+        proc = spawn(
+            self._argv(),
+            log_path=self.log_path,
+            pid_file=self.pid_file,
+            env=self._env(),
+            cwd=self.root,
+        )
+        wait_until(self.ready, what=self.name, proc=proc, log_path=self.log_path, timeout=timeout)
         self._after_ready()
         return True
 
@@ -116,19 +121,24 @@ def dynsec_password(password: str, iterations: int = 101) -> dict[str, object]:
     }
 
 
-def mqtt_connack(host: str, port: int, username: str, password: str,
-                 timeout: float = 5.0) -> str | None:
+def mqtt_connack(
+    host: str, port: int, username: str, password: str, timeout: float = 5.0
+) -> str | None:
     """Connect with MQTT v5 and return the CONNACK reason (``"Success"``), None if no answer."""
     done = threading.Event()
     reason: list[str] = []
 
-    def on_connect(client: paho.Client, userdata: object, flags: object, rc: object,
-                   props: object) -> None:
+    def on_connect(
+        client: paho.Client, userdata: object, flags: object, rc: object, props: object
+    ) -> None:
         reason.append(str(rc))
         done.set()
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
-                         client_id=f"outpost-probe-{secrets.token_hex(4)}")
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        protocol=paho.MQTTv5,
+        client_id=f"outpost-probe-{secrets.token_hex(4)}",
+    )
     client.username_pw_set(username, password)
     client.on_connect = on_connect
     try:
@@ -175,12 +185,18 @@ class Mosquitto(Server):
         if not self.dynsec_path.exists():
             self.dynsec_path.write_text(json.dumps(self._dynsec(), indent=2))
         template = (BROKER_DIR / "mosquitto.conf.template").read_text()
-        self.conf_path.write_text(template.format(
-            port=self.port, host=HOST, data_dir=self.root / "data",
-            autosave_interval=self.autosave_interval, dynsec_plugin=tools.dynsec_plugin(),
-            dynsec_file=self.dynsec_path, max_queued_messages=1_000_000,
-            max_queued_bytes=512 * 1024 * 1024,
-        ))
+        self.conf_path.write_text(
+            template.format(
+                port=self.port,
+                host=HOST,
+                data_dir=self.root / "data",
+                autosave_interval=self.autosave_interval,
+                dynsec_plugin=tools.dynsec_plugin(),
+                dynsec_file=self.dynsec_path,
+                max_queued_messages=1_000_000,
+                max_queued_bytes=512 * 1024 * 1024,
+            )
+        )
         self._binary = binary
         self._hand_to_broker_user()
 
@@ -221,8 +237,9 @@ class Mosquitto(Server):
         return [self._binary, "-c", str(self.conf_path)]
 
     def healthy(self) -> bool:
-        return mqtt_connack(HOST, self.port, self.backend_username,
-                            self.backend_password) == "Success"
+        return (
+            mqtt_connack(HOST, self.port, self.backend_username, self.backend_password) == "Success"
+        )
 
 
 @dataclass
@@ -246,8 +263,16 @@ class MongoServer(Server):
     def _argv(self) -> list[str]:
         mongod = tools.mongod()
         if mongod:
-            return [mongod, "--dbpath", str(self.root / "data"), "--port", str(self.port),
-                    "--bind_ip", HOST, "--quiet"]
+            return [
+                mongod,
+                "--dbpath",
+                str(self.root / "data"),
+                "--port",
+                str(self.port),
+                "--bind_ip",
+                HOST,
+                "--quiet",
+            ]
         return [
             tools.ferretdb(),
             "--handler=sqlite",
@@ -264,7 +289,8 @@ class MongoServer(Server):
 
     def healthy(self) -> bool:
         client: MongoClient[dict[str, object]] = MongoClient(
-            self.url, serverSelectionTimeoutMS=500, connectTimeoutMS=500)
+            self.url, serverSelectionTimeoutMS=500, connectTimeoutMS=500
+        )
         try:
             client.admin.command("ping")
         except PyMongoError:
@@ -291,10 +317,18 @@ class S3Server(Server):
 
     def client(self) -> S3Client:
         return boto3.client(
-            "s3", endpoint_url=self.url, region_name=self.region,
-            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
-            config=BotoConfig(signature_version="s3v4", s3={"addressing_style": "path"},
-                              retries={"max_attempts": 2}, connect_timeout=2, read_timeout=10),
+            "s3",
+            endpoint_url=self.url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=BotoConfig(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 2},
+                connect_timeout=2,
+                read_timeout=10,
+            ),
         )
 
     def _prepare(self) -> None:
@@ -303,9 +337,20 @@ class S3Server(Server):
         (self.root / "data").mkdir(exist_ok=True)
 
     def _argv(self) -> list[str]:
-        return [tools.versitygw(), "--access", self.access_key, "--secret", self.secret_key,
-                "--port", f"{HOST}:{self.port}", "--region", self.region, "--quiet",
-                "posix", str(self.root / "data")]
+        return [
+            tools.versitygw(),
+            "--access",
+            self.access_key,
+            "--secret",
+            self.secret_key,
+            "--port",
+            f"{HOST}:{self.port}",
+            "--region",
+            self.region,
+            "--quiet",
+            "posix",
+            str(self.root / "data"),
+        ]
 
     def ready(self) -> bool:
         try:
@@ -367,8 +412,13 @@ class PythonService(Server):
             self.root.mkdir(parents=True, exist_ok=True)
             if self.running_pid() is not None:
                 return False
-            spawn(self._argv(), log_path=self.log_path, pid_file=self.pid_file,
-                  env=self._env(), cwd=Path.cwd())
+            spawn(
+                self._argv(),
+                log_path=self.log_path,
+                pid_file=self.pid_file,
+                env=self._env(),
+                cwd=Path.cwd(),
+            )
             return True
         return super().start(timeout)
 

@@ -56,22 +56,35 @@ class Stack:
     def __init__(self, settings: DevSettings) -> None:
         self.root = settings.root.resolve()
         creds = self._secrets()
-        self.broker = Mosquitto(self.root / "mosquitto", settings.mqtt_port,
-                                backend_password=creds["mqtt_backend_password"])
+        self.broker = Mosquitto(
+            self.root / "mosquitto",
+            settings.mqtt_port,
+            backend_password=creds["mqtt_backend_password"],
+        )
         self.mongo = MongoServer(self.root / "mongodb", settings.mongo_port)
-        self.s3 = S3Server(self.root / "s3", settings.s3_port,
-                           secret_key=creds["s3_secret_key"])
+        self.s3 = S3Server(self.root / "s3", settings.s3_port, secret_key=creds["s3_secret_key"])
         env = self.env_file
-        self.bridge = PythonService(self.root / "bridge", settings.bridge_port,
-                                    service="bridge", env_file=env)
-        self.api = PythonService(self.root / "api", settings.api_port, service="api",
-                                 env_file=env)
-        self.scheduler = PythonService(self.root / "scheduler", settings.scheduler_port,
-                                       service="scheduler", env_file=env)
+        self.bridge = PythonService(
+            self.root / "bridge", settings.bridge_port, service="bridge", env_file=env
+        )
+        self.api = PythonService(self.root / "api", settings.api_port, service="api", env_file=env)
+        self.scheduler = PythonService(
+            self.root / "scheduler", settings.scheduler_port, service="scheduler", env_file=env
+        )
         self.sim = PythonService(
-            self.root / "sim", 0, service="sim", env_file=env,
-            args=("--devices", str(settings.demo_devices), "--prefix", "demo",
-                  "--state-interval", "30"))
+            self.root / "sim",
+            0,
+            service="sim",
+            env_file=env,
+            args=(
+                "--devices",
+                str(settings.demo_devices),
+                "--prefix",
+                "demo",
+                "--state-interval",
+                "30",
+            ),
+        )
         self.demo_devices = settings.demo_devices
 
     @property
@@ -106,8 +119,10 @@ class Stack:
             stored: dict[str, str] = json.loads(path.read_text())
             return stored
         self.root.mkdir(parents=True, exist_ok=True)
-        made = {"mqtt_backend_password": secrets.token_urlsafe(18),
-                "s3_secret_key": secrets.token_urlsafe(24)}
+        made = {
+            "mqtt_backend_password": secrets.token_urlsafe(18),
+            "s3_secret_key": secrets.token_urlsafe(24),
+        }
         path.touch(mode=0o600)
         path.write_text(json.dumps(made))
         return made
@@ -139,6 +154,14 @@ class Stack:
             pid = server.running_pid()
             healthy = pid is not None and server.healthy()
             detail = "healthy" if healthy else ("not answering" if pid else "stopped")
-            result.append(Status(server.name, pid, server.port, healthy, detail,
-                                 required=server.name in infrastructure))
+            result.append(
+                Status(
+                    server.name,
+                    pid,
+                    server.port,
+                    healthy,
+                    detail,
+                    required=server.name in infrastructure,
+                )
+            )
         return result

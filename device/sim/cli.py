@@ -33,15 +33,18 @@ def raise_open_files_limit(wanted: int) -> int:
     return soft
 
 
-async def _run(options: FleetOptions, broker: Broker, duration: float | None,
-               console: Console) -> Summary:
+async def _run(
+    options: FleetOptions, broker: Broker, duration: float | None, console: Console
+) -> Summary:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Fleet(options, broker, logging.getLogger("outpost.sim")) as fleet:
-        with Live(live_table(fleet), console=console, refresh_per_second=2,
-                  transient=False) as live:
+        with Live(
+            live_table(fleet), console=console, refresh_per_second=2, transient=False
+        ) as live:
+
             async def refresh() -> None:
                 while True:
                     live.update(live_table(fleet))
@@ -53,8 +56,10 @@ async def _run(options: FleetOptions, broker: Broker, duration: float | None,
                     await asyncio.sleep(duration)
                     stop.set()
 
-            tasks = [asyncio.create_task(refresh(), name="sim-refresh"),
-                     asyncio.create_task(run_for(), name="sim-timer")]
+            tasks = [
+                asyncio.create_task(refresh(), name="sim-refresh"),
+                asyncio.create_task(run_for(), name="sim-timer"),
+            ]
             await stop.wait()
             for task in tasks:
                 task.cancel()
@@ -67,19 +72,29 @@ async def _run(options: FleetOptions, broker: Broker, duration: float | None,
 def sim(
     devices: Annotated[int, typer.Option(min=1, help="Number of simulated devices")] = 100,
     prefix: Annotated[str, typer.Option(help="Device ids: <prefix>-000000, -000001, ...")] = "sim",
-    state_interval: Annotated[float, typer.Option(
-        min=0, help="Seconds between periodic states per device (0: only on change)")] = 60.0,
-    fail_rate: Annotated[float, typer.Option(min=0, max=1,
-                                             help="Share of upgrade jobs that fail")] = 0.0,
-    download_rate: Annotated[float, typer.Option(
-        min=0, help="Download speed per device, bytes/s (0: unlimited)")] = 0.0,
-    churn_per_min: Annotated[float, typer.Option(
-        min=0, help="Share of online devices dropped per minute (they come back)")] = 0.0,
-    abrupt_share: Annotated[float, typer.Option(
-        min=0, max=1, help="Share of churn drops without DISCONNECT (the will fires)")] = 0.5,
+    state_interval: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds between periodic states per device (0: only on change)"),
+    ] = 60.0,
+    fail_rate: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of upgrade jobs that fail")
+    ] = 0.0,
+    download_rate: Annotated[
+        float, typer.Option(min=0, help="Download speed per device, bytes/s (0: unlimited)")
+    ] = 0.0,
+    churn_per_min: Annotated[
+        float,
+        typer.Option(min=0, help="Share of online devices dropped per minute (they come back)"),
+    ] = 0.0,
+    abrupt_share: Annotated[
+        float,
+        typer.Option(min=0, max=1, help="Share of churn drops without DISCONNECT (the will fires)"),
+    ] = 0.5,
     connect_concurrency: Annotated[int, typer.Option(min=1, help="CONNECTs in flight")] = 64,
-    duration: Annotated[float | None, typer.Option(
-        help="Seconds to keep running once all are connected (default: until Ctrl-C)")] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Seconds to keep running once all are connected (default: until Ctrl-C)"),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (reproducible churn)")] = None,
     summary_json: Annotated[Path | None, typer.Option(help="Also write the summary here")] = None,
 ) -> None:
@@ -91,9 +106,16 @@ def sim(
         raise typer.BadParameter(str(exc)) from None
     raise_open_files_limit(devices * 2 + 256)
     options = FleetOptions(
-        devices=devices, prefix=prefix, state_interval=state_interval, fail_rate=fail_rate,
-        download_rate=download_rate or None, churn_per_min=churn_per_min,
-        abrupt_share=abrupt_share, connect_concurrency=connect_concurrency, seed=seed)
+        devices=devices,
+        prefix=prefix,
+        state_interval=state_interval,
+        fail_rate=fail_rate,
+        download_rate=download_rate or None,
+        churn_per_min=churn_per_min,
+        abrupt_share=abrupt_share,
+        connect_concurrency=connect_concurrency,
+        seed=seed,
+    )
     if not is_device_id(options.device_id(0)):
         raise typer.BadParameter(f"--prefix {prefix!r} does not make valid device ids")
     console = Console(stderr=True)

@@ -150,8 +150,9 @@ class SimDevice:
             try:
                 mode = await self._session()
             except aiomqtt.MqttError as exc:
-                self.fleet.log.debug("session ended", extra={"device_id": self.device_id,
-                                                            "error": str(exc)})
+                self.fleet.log.debug(
+                    "session ended", extra={"device_id": self.device_id, "error": str(exc)}
+                )
                 mode = None
             if mode is None:  # lost the broker: exponential backoff, full jitter
                 delay, attempt = self.fleet.backoff(attempt), attempt + 1
@@ -166,12 +167,21 @@ class SimDevice:
         props.SessionExpiryInterval = self.fleet.options.session_expiry
         broker = self.fleet.broker
         return aiomqtt.Client(
-            broker.host, broker.port, username=broker.username, password=broker.password,
-            identifier=self.device_id, protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False, properties=props, keepalive=self.fleet.options.keepalive,
-            will=aiomqtt.Will(topic(Channel.PRESENCE, self.device_id), encode(will), qos=1,
-                              retain=True),
-            logger=self.fleet.mqtt_log, timeout=30)
+            broker.host,
+            broker.port,
+            username=broker.username,
+            password=broker.password,
+            identifier=self.device_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+            keepalive=self.fleet.options.keepalive,
+            will=aiomqtt.Will(
+                topic(Channel.PRESENCE, self.device_id), encode(will), qos=1, retain=True
+            ),
+            logger=self.fleet.mqtt_log,
+            timeout=30,
+        )
 
     async def _session(self) -> DropMode:
         self.seq.new_session()
@@ -212,8 +222,9 @@ class SimDevice:
     async def _online(self, client: aiomqtt.Client) -> None:
         presence = b.online_presence(self.device_id, self.seq.next_key(), utc_now())
         await self._send(Channel.PRESENCE, presence, retain=True)
-        await client.subscribe([(topic(Channel.CONFIG, self.device_id), 1),
-                                (f"devices/{self.device_id}/jobs/+", 1)])
+        await client.subscribe(
+            [(topic(Channel.CONFIG, self.device_id), 1), (f"devices/{self.device_id}/jobs/+", 1)]
+        )
         await self.publish_state()
         if self._boot_pending:
             self._boot_pending = False
@@ -222,7 +233,8 @@ class SimDevice:
     async def _serve(self, client: aiomqtt.Client, drop: asyncio.Future[DropMode]) -> DropMode:
         tasks: list[asyncio.Future[Any]] = [
             asyncio.create_task(self._read(client), name=f"{self.device_id}-read"),
-            asyncio.create_task(self._tick(), name=f"{self.device_id}-tick")]
+            asyncio.create_task(self._tick(), name=f"{self.device_id}-tick"),
+        ]
         try:
             done, _ = await asyncio.wait([drop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -242,12 +254,16 @@ class SimDevice:
             await _close_abruptly(client)
             return
         self.fleet.stats.graceful_drops += 1
-        offline = b.offline_presence(self.device_id, self.seq.session,
-                                     "reboot" if mode is DropMode.REBOOT else "shutdown",
-                                     utc_now())
+        offline = b.offline_presence(
+            self.device_id,
+            self.seq.session,
+            "reboot" if mode is DropMode.REBOOT else "shutdown",
+            utc_now(),
+        )
         try:
-            await client.publish(topic(Channel.PRESENCE, self.device_id), encode(offline),
-                                 qos=1, retain=True)
+            await client.publish(
+                topic(Channel.PRESENCE, self.device_id), encode(offline), qos=1, retain=True
+            )
             self.fleet.stats.sent += 1
         finally:
             await client.__aexit__(None, None, None)
@@ -264,14 +280,21 @@ class SimDevice:
 
     # ------------------------------------------------------------------ messages
 
-    async def _send(self, channel: Channel, message: BaseModel, *, retain: bool = False,
-                    job_id: str | None = None) -> bool:
+    async def _send(
+        self,
+        channel: Channel,
+        message: BaseModel,
+        *,
+        retain: bool = False,
+        job_id: str | None = None,
+    ) -> bool:
         client = self.client
         if client is None:
             return False
         try:
-            await client.publish(topic(channel, self.device_id, job_id), encode(message),
-                                 qos=1, retain=retain)
+            await client.publish(
+                topic(channel, self.device_id, job_id), encode(message), qos=1, retain=retain
+            )
         except aiomqtt.MqttError:
             self.fleet.stats.send_failures += 1
             return False
@@ -280,9 +303,14 @@ class SimDevice:
 
     async def publish_state(self) -> bool:
         state = b.state_message(
-            self.device_id, self.seq.next_key(), utc_now(), firmware=self.firmware,
-            hardware_model=self.fleet.options.hardware_model, config=self.config,
-            uptime_s=int(time.monotonic() - self._booted_at))
+            self.device_id,
+            self.seq.next_key(),
+            utc_now(),
+            firmware=self.firmware,
+            hardware_model=self.fleet.options.hardware_model,
+            config=self.config,
+            uptime_s=int(time.monotonic() - self._booted_at),
+        )
         sent = await self._send(Channel.STATE, state)
         if sent:
             self.last_state = state
@@ -339,12 +367,19 @@ class SimDevice:
     # ------------------------------------------------------------------ upgrade job
 
     async def _report(self, record: b.JobRecord) -> None:
-        message = b.job_status(self.device_id, self.seq.next_key(), utc_now(), record,
-                               self.firmware)
+        message = b.job_status(
+            self.device_id, self.seq.next_key(), utc_now(), record, self.firmware
+        )
         await self._send(Channel.JOB_STATUS, message, job_id=record.job_id)
 
-    async def _move(self, record: b.JobRecord, status: JobState, *,
-                    progress: float | None = None, reason: str | None = None) -> b.JobRecord:
+    async def _move(
+        self,
+        record: b.JobRecord,
+        status: JobState,
+        *,
+        progress: float | None = None,
+        reason: str | None = None,
+    ) -> b.JobRecord:
         self.job = record.moved(status, progress=progress, reason=reason)
         await self._report(self.job)
         return self.job
@@ -371,8 +406,7 @@ class SimDevice:
         try:
             async for _ in self.fleet.download(record.url, check):
                 if throttle.due(check.progress) and check.progress < 100.0:
-                    record = await self._move(record, JobState.DOWNLOADING,
-                                              progress=check.progress)
+                    record = await self._move(record, JobState.DOWNLOADING, progress=check.progress)
             failure = check.failure()
         except (DownloadError, ValueError) as exc:
             failure = str(exc)
@@ -411,9 +445,15 @@ async def _close_abruptly(client: aiomqtt.Client) -> None:
 class Fleet:
     """An async context manager owning N simulated devices and every task they run."""
 
-    def __init__(self, options: FleetOptions, broker: Broker, logger: logging.Logger, *,
-                 apply_config: b.ApplyConfig = lambda _message: None,
-                 start_online: bool = True) -> None:
+    def __init__(
+        self,
+        options: FleetOptions,
+        broker: Broker,
+        logger: logging.Logger,
+        *,
+        apply_config: b.ApplyConfig = lambda _message: None,
+        start_online: bool = True,
+    ) -> None:
         self.options = options
         self.broker = broker
         self.log = logger
@@ -423,10 +463,14 @@ class Fleet:
         self.rng = random.Random(options.seed)
         self.stats = FleetStats()
         if not is_device_id(options.device_id(0)):
-            raise ValueError(f"prefix {options.prefix!r} does not make valid device ids "
-                             f"(e.g. {options.device_id(0)!r})")
-        self.devices = {options.device_id(i): SimDevice(self, options.device_id(i))
-                        for i in range(options.devices)}
+            raise ValueError(
+                f"prefix {options.prefix!r} does not make valid device ids "
+                f"(e.g. {options.device_id(0)!r})"
+            )
+        self.devices = {
+            options.device_id(i): SimDevice(self, options.device_id(i))
+            for i in range(options.devices)
+        }
         self.ids = list(self.devices)
         self._start_online = start_online
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -438,8 +482,9 @@ class Fleet:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Fleet:
-        self._downloads = ThreadPoolExecutor(self.options.download_concurrency,
-                                             thread_name_prefix="sim-download")
+        self._downloads = ThreadPoolExecutor(
+            self.options.download_concurrency, thread_name_prefix="sim-download"
+        )
         self.stats = FleetStats()
         for device in self.devices.values():
             self.spawn(device.live(), f"{device.device_id}-live")
@@ -468,8 +513,9 @@ class Fleet:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            self.log.error("simulator task failed", exc_info=task.exception(),
-                           extra={"task": task.get_name()})
+            self.log.error(
+                "simulator task failed", exc_info=task.exception(), extra={"task": task.get_name()}
+            )
 
     def on_connected(self, device: SimDevice) -> None:
         self.changed()
@@ -483,8 +529,12 @@ class Fleet:
         self.changed()
 
     def backoff(self, attempt: int) -> float:
-        return b.backoff_delay(attempt, base=self.options.reconnect_base,
-                               cap=self.options.reconnect_cap, rand=self.rng.random)
+        return b.backoff_delay(
+            attempt,
+            base=self.options.reconnect_base,
+            cap=self.options.reconnect_cap,
+            rand=self.rng.random,
+        )
 
     # ------------------------------------------------------------------ queries
 
@@ -523,8 +573,9 @@ class Fleet:
 
     # ------------------------------------------------------------------ actions
 
-    async def publish_state_all(self, ids: Sequence[str] | None = None,
-                                concurrency: int = 256) -> int:
+    async def publish_state_all(
+        self, ids: Sequence[str] | None = None, concurrency: int = 256
+    ) -> int:
         """Every (connected) device sends one state now; returns how many were sent."""
         slots = asyncio.Semaphore(concurrency)
 
@@ -606,4 +657,3 @@ def _read(body: BinaryIO) -> bytes:
         return body.read(_CHUNK)
     except OSError as exc:
         raise DownloadError(f"download interrupted: {exc}") from None
-

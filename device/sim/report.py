@@ -55,13 +55,23 @@ def summarize(fleet: Fleet) -> Summary:
     rss, peak = rss_mb()
     connect = stats.all_connected_after
     return Summary(
-        devices=len(fleet.ids), connected=stats.connected, ready=stats.ready, connect_s=connect,
+        devices=len(fleet.ids),
+        connected=stats.connected,
+        ready=stats.ready,
+        connect_s=connect,
         connects_per_s=len(fleet.ids) / connect if connect else None,
-        runtime_s=time.monotonic() - stats.started_at, connects=stats.connects,
-        connect_failures=stats.connect_failures, messages_sent=stats.sent,
-        messages_received=stats.received, abrupt_drops=stats.abrupt_drops,
-        graceful_drops=stats.graceful_drops, jobs_succeeded=stats.jobs_succeeded,
-        jobs_failed=stats.jobs_failed, rss_mib=round(rss, 1), peak_rss_mib=round(peak, 1))
+        runtime_s=time.monotonic() - stats.started_at,
+        connects=stats.connects,
+        connect_failures=stats.connect_failures,
+        messages_sent=stats.sent,
+        messages_received=stats.received,
+        abrupt_drops=stats.abrupt_drops,
+        graceful_drops=stats.graceful_drops,
+        jobs_succeeded=stats.jobs_succeeded,
+        jobs_failed=stats.jobs_failed,
+        rss_mib=round(rss, 1),
+        peak_rss_mib=round(peak, 1),
+    )
 
 
 def _fmt(value: object) -> str:

@@ -15,16 +15,27 @@ pytestmark = pytest.mark.integration
 
 
 def _outpost(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "outpost", *args], env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "outpost", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_up_twice_status_down(servers_root: Path) -> None:
     root = servers_root / "dev-stack"
-    env = {**os.environ, "OUTPOST_DEV_ROOT": str(root), "COLUMNS": "200",
-           "OUTPOST_DEV_DEMO_DEVICES": "4",
-           **{f"OUTPOST_DEV_{name}_PORT": str(free_port())
-              for name in ("MQTT", "MONGO", "S3", "API", "BRIDGE", "SCHEDULER")}}
+    env = {
+        **os.environ,
+        "OUTPOST_DEV_ROOT": str(root),
+        "COLUMNS": "200",
+        "OUTPOST_DEV_DEMO_DEVICES": "4",
+        **{
+            f"OUTPOST_DEV_{name}_PORT": str(free_port())
+            for name in ("MQTT", "MONGO", "S3", "API", "BRIDGE", "SCHEDULER")
+        },
+    }
     names = ("mosquitto", "mongodb", "s3", "bridge", "api", "scheduler", "sim")
     try:
         first = _outpost(env, "dev", "up")
@@ -59,8 +70,12 @@ def test_busy_port_is_one_clear_line(servers_root: Path) -> None:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        env = {**os.environ, "OUTPOST_DEV_ROOT": str(servers_root / "busy"),
-               "OUTPOST_DEV_MQTT_PORT": str(port), "COLUMNS": "300"}
+        env = {
+            **os.environ,
+            "OUTPOST_DEV_ROOT": str(servers_root / "busy"),
+            "OUTPOST_DEV_MQTT_PORT": str(port),
+            "COLUMNS": "300",
+        }
         result = _outpost(env, "dev", "up")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

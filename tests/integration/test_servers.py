@@ -40,9 +40,13 @@ def _paho_publish_retained(broker: Mosquitto, topic: str, payload: bytes) -> Non
 
 
 async def _aiomqtt_read_retained(broker: Mosquitto, topic: str) -> bytes:
-    async with aiomqtt.Client("127.0.0.1", broker.port, username=broker.backend_username,
-                              password=broker.backend_password,
-                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        broker.port,
+        username=broker.backend_username,
+        password=broker.backend_password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as client:
         await client.subscribe(topic, qos=1)
         async with asyncio.timeout(5):
             async for message in client.messages:
@@ -51,10 +55,12 @@ async def _aiomqtt_read_retained(broker: Mosquitto, topic: str) -> bytes:
     raise AssertionError("no retained message")
 
 
-async def test_retained_qos1_survives_broker_restart(tmp_path_factory: pytest.TempPathFactory,
-                                                     servers_root: Path, unique: str) -> None:
-    broker = Mosquitto(servers_root / f"restart-{unique}", free_port(),
-                       backend_password=secrets.token_urlsafe(12))
+async def test_retained_qos1_survives_broker_restart(
+    tmp_path_factory: pytest.TempPathFactory, servers_root: Path, unique: str
+) -> None:
+    broker = Mosquitto(
+        servers_root / f"restart-{unique}", free_port(), backend_password=secrets.token_urlsafe(12)
+    )
     broker.start()
     try:
         topic = f"devices/t{unique}/config"
@@ -68,16 +74,23 @@ async def test_retained_qos1_survives_broker_restart(tmp_path_factory: pytest.Te
 
 
 def test_wrong_password_is_refused(broker: Mosquitto) -> None:
-    assert mqtt_connack("127.0.0.1", broker.port, broker.backend_username,
-                        broker.backend_password) == "Success"
+    assert (
+        mqtt_connack("127.0.0.1", broker.port, broker.backend_username, broker.backend_password)
+        == "Success"
+    )
     refused = mqtt_connack("127.0.0.1", broker.port, broker.backend_username, "wrong")
     assert refused in {"Not authorized", "Bad user name or password"}
 
 
 async def test_aiomqtt_wrong_password_raises(broker: Mosquitto) -> None:
     with pytest.raises(aiomqtt.MqttCodeError):
-        async with aiomqtt.Client("127.0.0.1", broker.port, username="nobody",
-                                  password="nothing", protocol=aiomqtt.ProtocolVersion.V5):
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            broker.port,
+            username="nobody",
+            password="nothing",
+            protocol=aiomqtt.ProtocolVersion.V5,
+        ):
             pass
 
 
@@ -92,11 +105,17 @@ async def test_unique_index_rejects_duplicate(mongo_db) -> None:
 async def test_find_one_and_update_upsert_creates_then_updates(mongo_db) -> None:
     devices = mongo_db["devices"]
     first = await devices.find_one_and_update(
-        {"_id": "ap-1"}, {"$set": {"fw": "1.0"}, "$inc": {"n": 1}}, upsert=True,
-        return_document=True)
+        {"_id": "ap-1"},
+        {"$set": {"fw": "1.0"}, "$inc": {"n": 1}},
+        upsert=True,
+        return_document=True,
+    )
     second = await devices.find_one_and_update(
-        {"_id": "ap-1"}, {"$set": {"fw": "1.1"}, "$inc": {"n": 1}}, upsert=True,
-        return_document=True)
+        {"_id": "ap-1"},
+        {"$set": {"fw": "1.1"}, "$inc": {"n": 1}},
+        upsert=True,
+        return_document=True,
+    )
     assert (first["fw"], first["n"]) == ("1.0", 1)
     assert (second["fw"], second["n"]) == ("1.1", 2)
     assert await devices.count_documents({}) == 1
@@ -105,10 +124,10 @@ async def test_find_one_and_update_upsert_creates_then_updates(mongo_db) -> None
 async def test_unordered_bulk_write_of_10000_upserts(mongo_db) -> None:
     devices = mongo_db["devices"]
     await devices.insert_many([{"_id": f"ap-{i}", "seq": 0} for i in range(2_000)])
-    ops = [UpdateOne({"_id": f"ap-{i}"}, {"$set": {"seq": 1}}, upsert=True)
-           for i in range(10_000)]
+    ops = [UpdateOne({"_id": f"ap-{i}"}, {"$set": {"seq": 1}}, upsert=True) for i in range(10_000)]
     result = await outpost_mongo.bulk_write(
-        devices, ops, chunk=await outpost_mongo.chunk_size(mongo_db))
+        devices, ops, chunk=await outpost_mongo.chunk_size(mongo_db)
+    )
     assert result.upserted == 8_000
     assert result.modified == 2_000
     assert await devices.count_documents({"seq": 1}) == 10_000
@@ -120,7 +139,8 @@ def _put(s3: S3Server, key: str, body: bytes) -> None:
 
 def _presign(s3: S3Server, key: str, seconds: int) -> str:
     url: str = s3.client().generate_presigned_url(
-        "get_object", Params={"Bucket": s3.bucket, "Key": key}, ExpiresIn=seconds)
+        "get_object", Params={"Bucket": s3.bucket, "Key": key}, ExpiresIn=seconds
+    )
     return url
 
 
@@ -155,8 +175,10 @@ def test_wrong_secret_is_refused(s3: S3Server) -> None:
     forged = S3Server(s3.root, s3.port, secret_key="not-the-secret")
     response = requests.get(
         forged.client().generate_presigned_url(
-            "list_objects_v2", Params={"Bucket": s3.bucket}, ExpiresIn=60),
-        timeout=10)
+            "list_objects_v2", Params={"Bucket": s3.bucket}, ExpiresIn=60
+        ),
+        timeout=10,
+    )
     assert response.status_code == 403
 
 
@@ -180,14 +202,15 @@ def _remote_peers(pid: int) -> set[str]:
 
 
 LOOPBACK_OR_NONE = {
-    "00000000", "0100007F",  # 0.0.0.0, 127.0.0.1 (little-endian hex)
-    "00000000000000000000000000000000", "00000000000000000000000001000000",  # ::, ::1
+    "00000000",
+    "0100007F",  # 0.0.0.0, 127.0.0.1 (little-endian hex)
+    "00000000000000000000000000000000",
+    "00000000000000000000000001000000",  # ::, ::1
     "0000000000000000FFFF00000100007F",  # ::ffff:127.0.0.1
 }
 
 
-def test_servers_talk_to_loopback_only(broker: Mosquitto, mongo: MongoServer,
-                                       s3: S3Server) -> None:
+def test_servers_talk_to_loopback_only(broker: Mosquitto, mongo: MongoServer, s3: S3Server) -> None:
     for server in (broker, mongo, s3):
         assert server.healthy()
         pid = server.running_pid()

@@ -43,8 +43,9 @@ def test_separate_credentials_win(monkeypatch: pytest.MonkeyPatch) -> None:
         ("mqtt://broker:99999", "OUTPOST_MQTT_URL: Port out of range"),
     ],
 )
-def test_invalid_mqtt_url_names_the_variable(monkeypatch: pytest.MonkeyPatch, value: str,
-                                             message: str) -> None:
+def test_invalid_mqtt_url_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
     monkeypatch.setenv("OUTPOST_MQTT_URL", value)
     with pytest.raises(SettingsError) as caught:
         load(MqttSettings)

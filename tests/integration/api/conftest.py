@@ -28,12 +28,18 @@ pytestmark = pytest.mark.integration
 
 def api_settings(broker: Any, mongo: Any, s3: Any, database: str, **api: Any) -> Settings:
     return Settings(
-        mqtt=MqttSettings(url=broker.url, username=broker.backend_username,
-                          password=broker.backend_password),
+        mqtt=MqttSettings(
+            url=broker.url, username=broker.backend_username, password=broker.backend_password
+        ),
         mongo=MongoSettings(url=mongo.url, database=database),
-        s3=S3Settings(endpoint_url=s3.url, bucket=s3.bucket, access_key_id=s3.access_key,
-                      secret_access_key=s3.secret_key),
-        api=ApiSettings(**api))
+        s3=S3Settings(
+            endpoint_url=s3.url,
+            bucket=s3.bucket,
+            access_key_id=s3.access_key,
+            secret_access_key=s3.secret_key,
+        ),
+        api=ApiSettings(**api),
+    )
 
 
 @dataclass
@@ -44,8 +50,9 @@ class Api:
     def client(self, token: str | None = None) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         transport = httpx.ASGITransport(app=self._with_state)
-        return httpx.AsyncClient(transport=transport, base_url="http://api", headers=headers,
-                                 timeout=30)
+        return httpx.AsyncClient(
+            transport=transport, base_url="http://api", headers=headers, timeout=30
+        )
 
     async def _with_state(self, scope: Any, receive: Any, send: Any) -> None:
         scope["state"] = {"app": self.state}

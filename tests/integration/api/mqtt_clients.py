@@ -14,8 +14,9 @@ class DeviceClient:
     """A paho MQTT v5 client in its own thread; every call waits with a timeout."""
 
     def __init__(self, host: str, port: int, device_id: str, password: str) -> None:
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device_id,
-                                  protocol=paho.MQTTv5)
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=device_id, protocol=paho.MQTTv5
+        )
         self.client.username_pw_set(device_id, password)
         self.host, self.port = host, port
         self.connack: Any = None
@@ -33,8 +34,7 @@ class DeviceClient:
         self.connack = rc
         self.connected.set()
 
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any,
-                       props: Any) -> None:
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self.disconnected.set()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
@@ -61,8 +61,9 @@ class DeviceClient:
                 raise TimeoutError(f"no ack for mid {mid}")
             return table[mid]
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False,
-                timeout: float = 5.0) -> Any:
+    def publish(
+        self, topic: str, payload: bytes, retain: bool = False, timeout: float = 5.0
+    ) -> Any:
         """QoS 1 publish; the PUBACK reason code (a denied publish shows only at QoS 1)."""
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         return self._wait(self.acks, info.mid, timeout)

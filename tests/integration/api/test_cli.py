@@ -25,8 +25,9 @@ def test_bootstrap_tenant_and_token(mongo, monkeypatch, tmp_path):
     assert bad.exit_code == 2
     missing = runner.invoke(app, ["admin", "create-token", "--tenant", "nope"], env=env)
     assert missing.exit_code == 2
-    issued = runner.invoke(app, ["admin", "create-token", "--tenant", "acme",
-                                 "--role", "operator"], env=env)
+    issued = runner.invoke(
+        app, ["admin", "create-token", "--tenant", "acme", "--role", "operator"], env=env
+    )
     assert issued.exit_code == 0, issued.output
     token = issued.stdout.strip()
     client: MongoClient = MongoClient(mongo.url)

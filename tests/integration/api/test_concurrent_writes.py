@@ -33,10 +33,22 @@ LOG = logging.getLogger("test.concurrent")
 
 
 def _presence(device_id: str, seq: int) -> Inbound:
-    body = {"v": 1, "device_id": device_id, "key": {"session": 1, "seq": seq},
-            "status": "online" if seq % 2 else "offline"}
-    return Inbound(f"devices/{device_id}/presence", json.dumps(body).encode(), seq, 1, True,
-                   1, datetime.now(UTC), time.monotonic())
+    body = {
+        "v": 1,
+        "device_id": device_id,
+        "key": {"session": 1, "seq": seq},
+        "status": "online" if seq % 2 else "offline",
+    }
+    return Inbound(
+        f"devices/{device_id}/presence",
+        json.dumps(body).encode(),
+        seq,
+        1,
+        True,
+        1,
+        datetime.now(UTC),
+        time.monotonic(),
+    )
 
 
 async def test_admin_and_bridge_writes_to_one_device_both_survive(api: Api, unique):
@@ -51,15 +63,18 @@ async def test_admin_and_bridge_writes_to_one_device_both_survive(api: Api, uniq
     async def bridge() -> None:
         while not stop.is_set():
             last_seq[0] += 1
-            counts = await sink.write(with_known(plan([_presence(device_id, last_seq[0])]),
-                                                 {device_id}))
+            counts = await sink.write(
+                with_known(plan([_presence(device_id, last_seq[0])]), {device_id})
+            )
             bridge_writes[0] += counts.modified
 
     async with api.client(token) as http:
-        await http.post("/groups", json={"name": "g", "template": {
-            "country": "US", "radios": {"2.4GHz": {}}}})
-        created = await http.post("/devices", json={"id": device_id, "hardware_model": "ap-1",
-                                                    "group": "g"})
+        await http.post(
+            "/groups", json={"name": "g", "template": {"country": "US", "radios": {"2.4GHz": {}}}}
+        )
+        created = await http.post(
+            "/devices", json={"id": device_id, "hardware_model": "ap-1", "group": "g"}
+        )
         assert created.status_code == 201, created.text
         writer = asyncio.create_task(bridge())
         lost_tags, versions = [], []
@@ -75,10 +90,11 @@ async def test_admin_and_bridge_writes_to_one_device_both_survive(api: Api, uniq
                 assert bridge_writes[0] > before  # the two really wrote at the same time
             assert lost_tags == []
             for i in range(1, 5):
-                moved = await http.put(f"/devices/{device_id}/config/overrides",
-                                       headers={"If-Match": str(i)},
-                                       json={"overrides": {"radios": {"2.4GHz": {
-                                           "channel": i}}}})
+                moved = await http.put(
+                    f"/devices/{device_id}/config/overrides",
+                    headers={"If-Match": str(i)},
+                    json={"overrides": {"radios": {"2.4GHz": {"channel": i}}}},
+                )
                 assert moved.status_code == 200, moved.text
                 versions.append(moved.json()["version"])
                 await asyncio.sleep(0.3)
@@ -92,8 +108,7 @@ async def test_admin_and_bridge_writes_to_one_device_both_survive(api: Api, uniq
     assert last["presence"]["k"] == order_key_str(OrderKey(session=1, seq=last_seq[0]))
 
 
-async def test_bridge_writes_survive_an_admin_patching_the_device_continuously(
-        api: Api, unique):
+async def test_bridge_writes_survive_an_admin_patching_the_device_continuously(api: Api, unique):
     db = api.state.db
     device_id = f"busy2-{unique}"
     token = await api.token(f"t-{unique}", Role.OPERATOR)
@@ -109,8 +124,9 @@ async def test_bridge_writes_survive_an_admin_patching_the_device_continuously(
         async def admin() -> None:
             while not stop.is_set():
                 patches[0] += 1
-                patched = await http.patch(f"/devices/{device_id}",
-                                           json={"tags": [f"t{patches[0]}"]})
+                patched = await http.patch(
+                    f"/devices/{device_id}", json={"tags": [f"t{patches[0]}"]}
+                )
                 assert patched.status_code == 200, patched.text
 
         writers = [asyncio.create_task(admin()) for _ in range(ADMINS)]

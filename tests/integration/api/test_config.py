@@ -16,8 +16,11 @@ CH6 = {"radios": {"2.4GHz": {"channel": 6}}}
 
 
 def template(channel: int) -> dict:
-    return {"country": "US", "radios": {"2.4GHz": {"channel": channel}},
-            "ssids": [{"name": "guest", "security": {"mode": "open"}, "bands": ["2.4GHz"]}]}
+    return {
+        "country": "US",
+        "radios": {"2.4GHz": {"channel": channel}},
+        "ssids": [{"name": "guest", "security": {"mode": "open"}, "bands": ["2.4GHz"]}],
+    }
 
 
 def channel_only(n: int) -> dict:
@@ -37,10 +40,13 @@ class ConfigWatcher:
         self.messages: list[tuple[str, dict]] = []
 
     async def __aenter__(self) -> ConfigWatcher:
-        self.client = aiomqtt.Client("127.0.0.1", self.broker.port,
-                                     username=self.broker.backend_username,
-                                     password=self.broker.backend_password,
-                                     protocol=aiomqtt.ProtocolVersion.V5)
+        self.client = aiomqtt.Client(
+            "127.0.0.1",
+            self.broker.port,
+            username=self.broker.backend_username,
+            password=self.broker.backend_password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+        )
         await self.client.__aenter__()
         for device_id in self.ids:
             await self.client.subscribe(f"devices/{device_id}/config", qos=1)
@@ -77,9 +83,15 @@ async def test_group_template_change_publishes_only_changed_devices(api: Api, br
         assert created.status_code == 201
         for n, device_id in enumerate(ids):
             overrides = {"radios": {"2.4GHz": {"channel": 11}}} if n == 0 else {}
-            response = await http.post("/devices", json={
-                "id": device_id, "hardware_model": "ap-1", "group": "lobby",
-                "overrides": overrides})
+            response = await http.post(
+                "/devices",
+                json={
+                    "id": device_id,
+                    "hardware_model": "ap-1",
+                    "group": "lobby",
+                    "overrides": overrides,
+                },
+            )
             assert response.status_code == 201, response.text
         async with ConfigWatcher(broker, ids) as watcher:
             await watcher.settle(4)  # the retained v1 of each device
@@ -88,26 +100,35 @@ async def test_group_template_change_publishes_only_changed_devices(api: Api, br
             watcher.messages.clear()
 
             # channel change: device 0 overrides it, so only 1..3 change
-            change = await http.put("/groups/lobby/template", headers={"If-Match": '"1"'},
-                                    json={"template": template(6)})
+            change = await http.put(
+                "/groups/lobby/template",
+                headers={"If-Match": '"1"'},
+                json={"template": template(6)},
+            )
             assert change.status_code == 200, change.text
             assert change.json()["devices_changed"] == 3
             await watcher.settle(3)
             assert sorted(d for d, _ in watcher.messages) == sorted(ids[1:])
-            assert all(m["version"] == 2 and m["config"]["radios"]["2.4GHz"]["channel"] == 6
-                       for _, m in watcher.messages)
+            assert all(
+                m["version"] == 2 and m["config"]["radios"]["2.4GHz"]["channel"] == 6
+                for _, m in watcher.messages
+            )
             watcher.messages.clear()
 
             # the same template again: a no-op publishes nothing
-            same = await http.put("/groups/lobby/template", headers={"If-Match": '"2"'},
-                                  json={"template": dict(reversed(template(6).items()))})
+            same = await http.put(
+                "/groups/lobby/template",
+                headers={"If-Match": '"2"'},
+                json={"template": dict(reversed(template(6).items()))},
+            )
             assert same.status_code == 200
             assert same.json()["devices_changed"] == 0
             await watcher.settle(0)
             assert watcher.messages == []
 
-            stale = await http.put("/groups/lobby/template", headers={"If-Match": '"1"'},
-                                   json={"template": {}})
+            stale = await http.put(
+                "/groups/lobby/template", headers={"If-Match": '"1"'}, json={"template": {}}
+            )
             assert stale.status_code == 412
             missing = await http.put("/groups/lobby/template", json={"template": {}})
             assert missing.status_code == 428
@@ -124,18 +145,16 @@ async def test_overrides_if_match_and_rollback(api: Api, broker, unique):
     token = await api.token(f"t-{unique}", Role.OPERATOR)
     device_id = f"o-{unique}"
     async with api.client(token) as http:
-        await http.post("/groups", json={"name": "g", "template": {
-            "country": "US", "radios": {"2.4GHz": {}}}})
-        await http.post("/devices", json={"id": device_id, "hardware_model": "ap-1",
-                                          "group": "g"})
+        await http.post(
+            "/groups", json={"name": "g", "template": {"country": "US", "radios": {"2.4GHz": {}}}}
+        )
+        await http.post("/devices", json={"id": device_id, "hardware_model": "ap-1", "group": "g"})
         url = f"/devices/{device_id}/config/overrides"
-        first = await http.put(url, headers={"If-Match": "1"},
-                               json={"overrides": CH6})
+        first = await http.put(url, headers={"If-Match": "1"}, json={"overrides": CH6})
         assert first.json() == {"changed": True, "version": 2, "published": True}
         stale = await http.put(url, headers={"If-Match": "1"}, json={"overrides": {}})
         assert stale.status_code == 412
-        noop = await http.put(url, headers={"If-Match": "2"},
-                              json={"overrides": CH6})
+        noop = await http.put(url, headers={"If-Match": "2"}, json={"overrides": CH6})
         assert noop.json() == {"changed": False, "version": 2, "published": False}
         back = await http.post(f"/devices/{device_id}/config/rollback", json={"version": 1})
         assert back.json() == {"changed": True, "version": 3, "published": True}
@@ -150,13 +169,20 @@ async def test_overrides_if_match_and_rollback(api: Api, broker, unique):
         # out of sync, and why: the device never acknowledged, and is offline
         listed = (await http.get("/devices", params={"in_sync": "false"})).json()["items"]
         assert [(d["id"], d["sync"]["reason"]) for d in listed] == [(device_id, "offline")]
-        await api.state.db["devices"].update_one({"_id": device_id}, {"$set": {
-            "state.config": {"version": 3, "status": "rejected", "error": "bad channel"}}})
+        await api.state.db["devices"].update_one(
+            {"_id": device_id},
+            {
+                "$set": {
+                    "state.config": {"version": 3, "status": "rejected", "error": "bad channel"}
+                }
+            },
+        )
         one = (await http.get(f"/devices/{device_id}")).json()["sync"]
         assert one["reason"] == "rejected"
         assert one["error"] == "bad channel"
-        await api.state.db["devices"].update_one({"_id": device_id}, {"$set": {
-            "state.config": {"version": 3, "status": "applied"}}})
+        await api.state.db["devices"].update_one(
+            {"_id": device_id}, {"$set": {"state.config": {"version": 3, "status": "applied"}}}
+        )
         synced = (await http.get("/devices", params={"in_sync": "true"})).json()["items"]
         assert [d["id"] for d in synced] == [device_id]
 
@@ -164,6 +190,7 @@ async def test_overrides_if_match_and_rollback(api: Api, broker, unique):
 async def test_history_is_bounded(broker, mongo, s3, unique):
     from api.app import create_app
     from tests.integration.api.conftest import api_settings
+
     app = create_app(api_settings(broker, mongo, s3, f"h_{unique}", config_history=3))
     async with app.router.lifespan_context(app) as state:
         api = Api(app, state["app"])
@@ -171,12 +198,16 @@ async def test_history_is_bounded(broker, mongo, s3, unique):
             token = await api.token(f"t-{unique}", Role.OPERATOR)
             device_id = f"h-{unique}"
             async with api.client(token) as http:
-                await http.post("/devices", json={"id": device_id, "hardware_model": "m",
-                                                  "overrides": channel(1)})
+                await http.post(
+                    "/devices",
+                    json={"id": device_id, "hardware_model": "m", "overrides": channel(1)},
+                )
                 for n in range(1, 6):
-                    r = await http.put(f"/devices/{device_id}/config/overrides",
-                                       headers={"If-Match": str(n)},
-                                       json={"overrides": channel(n + 1)})
+                    r = await http.put(
+                        f"/devices/{device_id}/config/overrides",
+                        headers={"If-Match": str(n)},
+                        json={"overrides": channel(n + 1)},
+                    )
                     assert r.status_code == 200, r.text
                 history = (await http.get(f"/devices/{device_id}/config/history")).json()
                 assert [h["version"] for h in history["items"]] == [6, 5, 4]
@@ -188,19 +219,37 @@ async def test_invalid_effective_config_is_refused_with_the_reason(api: Api, uni
     token = await api.token(f"t-{unique}", Role.OPERATOR)
     device_id = f"i-{unique}"
     async with api.client(token) as http:
-        await http.post("/groups", json={"name": "eu", "template": {
-            "country": "DE", "radios": {"2.4GHz": {}}}})
-        bad = await http.post("/devices", json={"id": device_id, "hardware_model": "m",
-                                                "group": "eu", "overrides": channel_only(14)})
+        await http.post(
+            "/groups", json={"name": "eu", "template": {"country": "DE", "radios": {"2.4GHz": {}}}}
+        )
+        bad = await http.post(
+            "/devices",
+            json={
+                "id": device_id,
+                "hardware_model": "m",
+                "group": "eu",
+                "overrides": channel_only(14),
+            },
+        )
         assert bad.status_code == 422
         assert "channel 14 is not allowed" in bad.json()["detail"]
         assert (await http.get(f"/devices/{device_id}")).status_code == 404
-        ok = await http.post("/devices", json={"id": device_id, "hardware_model": "m",
-                                               "group": "eu", "overrides": channel_only(13)})
+        ok = await http.post(
+            "/devices",
+            json={
+                "id": device_id,
+                "hardware_model": "m",
+                "group": "eu",
+                "overrides": channel_only(13),
+            },
+        )
         assert ok.status_code == 201
         # a template that makes a member's effective config invalid is refused whole
-        refused = await http.put("/groups/eu/template", headers={"If-Match": "1"},
-                                 json={"template": {"country": "US", "radios": {"2.4GHz": {}}}})
+        refused = await http.put(
+            "/groups/eu/template",
+            headers={"If-Match": "1"},
+            json={"template": {"country": "US", "radios": {"2.4GHz": {}}}},
+        )
         assert refused.status_code == 422
         assert device_id in refused.json()["detail"]
         group = (await http.get("/groups/eu")).json()

@@ -23,8 +23,9 @@ async def register(client, device_id: str, **extra) -> dict:
 
 
 def presence(device_id: str) -> bytes:
-    return json.dumps({"v": 1, "device_id": device_id, "key": {"session": 1, "seq": 1},
-                       "status": "online"}).encode()
+    return json.dumps(
+        {"v": 1, "device_id": device_id, "key": {"session": 1, "seq": 1}, "status": "online"}
+    ).encode()
 
 
 async def test_registered_device_is_confined_to_its_subtree(api: Api, broker, unique):
@@ -44,11 +45,9 @@ async def test_registered_device_is_confined_to_its_subtree(api: Api, broker, un
         assert not (await in_thread(device.publish, own, presence(creds["username"]))).is_failure
         theirs = f"devices/{other['device']['id']}/presence"
         assert (await in_thread(device.publish, theirs, b"{}")).is_failure
-        assert (await in_thread(device.subscribe, f"devices/{other['device']['id']}/#")
-                ).is_failure
+        assert (await in_thread(device.subscribe, f"devices/{other['device']['id']}/#")).is_failure
         assert (await in_thread(device.subscribe, "devices/#")).is_failure
-        assert not (await in_thread(device.subscribe, f"devices/{creds['username']}/#")
-                    ).is_failure
+        assert not (await in_thread(device.subscribe, f"devices/{creds['username']}/#")).is_failure
     finally:
         device.close()
 
@@ -80,8 +79,7 @@ async def test_rotate_then_decommission(api: Api, broker, unique):
         device = DeviceClient("127.0.0.1", broker.port, device_id, new)
         assert not (await in_thread(device.connect)).is_failure
         topic = f"devices/{device_id}/presence"
-        assert not (await in_thread(device.publish, topic, presence(device_id), True)
-                    ).is_failure
+        assert not (await in_thread(device.publish, topic, presence(device_id), True)).is_failure
         try:
             gone = await http.delete(f"/devices/{device_id}")
             assert gone.status_code == 204
@@ -105,9 +103,13 @@ async def test_rotate_then_decommission(api: Api, broker, unique):
 
 async def assert_no_retained(broker, topic: str) -> None:
     """The retained presence was cleared: a fresh subscriber gets nothing retained."""
-    async with aiomqtt.Client("127.0.0.1", broker.port, username=broker.backend_username,
-                              password=broker.backend_password,
-                              protocol=aiomqtt.ProtocolVersion.V5) as watcher:
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        broker.port,
+        username=broker.backend_username,
+        password=broker.backend_password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as watcher:
         await watcher.subscribe(topic, qos=1)
         marker = f"{topic}-probe"
         # a probe on a sibling topic proves the retained one would have arrived first
@@ -135,10 +137,15 @@ async def test_list_filters_sort_and_pagination(api: Api, unique):
     token = await api.token(f"t-{unique}", Role.OPERATOR)
     async with api.client(token) as http:
         for n in range(5):
-            await register(http, f"d{n}-{unique}", tags=["even"] if n % 2 == 0 else ["odd"],
-                           hardware_model="ap-2" if n == 4 else "ap-1")
+            await register(
+                http,
+                f"d{n}-{unique}",
+                tags=["even"] if n % 2 == 0 else ["odd"],
+                hardware_model="ap-2" if n == 4 else "ap-1",
+            )
         await api.state.db["devices"].update_one(
-            {"_id": f"d1-{unique}"}, {"$set": {"presence": {"status": "online"}}})
+            {"_id": f"d1-{unique}"}, {"$set": {"presence": {"status": "online"}}}
+        )
         seen, cursor = [], None
         while True:
             params = {"limit": 2, **({"cursor": cursor} if cursor else {})}

@@ -41,8 +41,10 @@ async def astream(total: int):
 async def test_20mb_upload_streams_with_bounded_memory(api: Api, s3, unique):
     token = await api.token(f"t-{unique}", Role.OPERATOR)
     async with api.client(token) as http:
-        created = await http.post("/firmware", json={
-            "version": "1.2.3", "hardware_models": ["ap-1"], "release_notes": "fixes"})
+        created = await http.post(
+            "/firmware",
+            json={"version": "1.2.3", "hardware_models": ["ap-1"], "release_notes": "fixes"},
+        )
         assert created.status_code == 201, created.text
         fw = created.json()
         assert fw["status"] == "pending"
@@ -50,8 +52,11 @@ async def test_20mb_upload_streams_with_bounded_memory(api: Api, s3, unique):
         try:
             tracemalloc.reset_peak()
             base, _ = tracemalloc.get_traced_memory()
-            uploaded = await http.put(f"/firmware/{fw['id']}/image", content=astream(IMAGE_BYTES),
-                                      headers={"content-type": "application/octet-stream"})
+            uploaded = await http.put(
+                f"/firmware/{fw['id']}/image",
+                content=astream(IMAGE_BYTES),
+                headers={"content-type": "application/octet-stream"},
+            )
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -61,7 +66,8 @@ async def test_20mb_upload_streams_with_bounded_memory(api: Api, s3, unique):
         assert body["sha256"] == expected_sha256(IMAGE_BYTES)
         growth = peak - base
         logging.getLogger(__name__).warning(
-            "upload of %d bytes: traced peak growth %d bytes", IMAGE_BYTES, growth)
+            "upload of %d bytes: traced peak growth %d bytes", IMAGE_BYTES, growth
+        )
         assert growth < IMAGE_BYTES // 4, f"peak {growth} bytes for a {IMAGE_BYTES} image"
 
         key = f"firmware/t-{unique}/{fw['id']}"
@@ -78,12 +84,16 @@ async def test_20mb_upload_streams_with_bounded_memory(api: Api, s3, unique):
 async def test_duplicate_version_and_delete_in_use(api: Api, s3, unique):
     token = await api.token(f"t-{unique}", Role.OPERATOR)
     async with api.client(token) as http:
-        fw = (await http.post("/firmware", json={"version": "2.0.0",
-                                                 "hardware_models": ["ap-1", "ap-2"]})).json()
+        fw = (
+            await http.post(
+                "/firmware", json={"version": "2.0.0", "hardware_models": ["ap-1", "ap-2"]}
+            )
+        ).json()
         dup = await http.post("/firmware", json={"version": "2.0.0", "hardware_models": ["ap-2"]})
         assert dup.status_code == 409
-        other_model = await http.post("/firmware", json={"version": "2.0.0",
-                                                         "hardware_models": ["ap-3"]})
+        other_model = await http.post(
+            "/firmware", json={"version": "2.0.0", "hardware_models": ["ap-3"]}
+        )
         assert other_model.status_code == 201
         bad = await http.post("/firmware", json={"version": "2.0", "hardware_models": ["x"]})
         assert bad.status_code == 422
@@ -92,9 +102,14 @@ async def test_duplicate_version_and_delete_in_use(api: Api, s3, unique):
         assert up.json()["size"] == 1000
 
         await http.post("/devices", json={"id": f"f-{unique}", "hardware_model": "ap-1"})
-        rollout = await http.post("/rollouts", json={
-            "firmware": {"id": fw["id"], "version": "2.0.0"},
-            "target": {"device_ids": [f"f-{unique}"]}, "waves": {"kind": "fixed", "size": 1}})
+        rollout = await http.post(
+            "/rollouts",
+            json={
+                "firmware": {"id": fw["id"], "version": "2.0.0"},
+                "target": {"device_ids": [f"f-{unique}"]},
+                "waves": {"kind": "fixed", "size": 1},
+            },
+        )
         assert rollout.status_code == 201, rollout.text
         in_use = await http.delete(f"/firmware/{fw['id']}")
         assert in_use.status_code == 409
@@ -114,6 +129,7 @@ async def test_duplicate_version_and_delete_in_use(api: Api, s3, unique):
 async def test_image_over_the_limit_is_413_and_nothing_is_kept(broker, mongo, s3, unique):
     from api.app import create_app
     from tests.integration.api.conftest import api_settings
+
     database = f"fl_{unique}"
     app = create_app(api_settings(broker, mongo, s3, database, max_firmware_bytes=6 * 2**20))
     async with app.router.lifespan_context(app) as state:
@@ -121,15 +137,18 @@ async def test_image_over_the_limit_is_413_and_nothing_is_kept(broker, mongo, s3
         try:
             token = await api.token(f"t-{unique}", Role.OPERATOR)
             async with api.client(token) as http:
-                fw = (await http.post("/firmware", json={"version": "1.0.0",
-                                                         "hardware_models": ["m"]})).json()
-                big = await http.put(f"/firmware/{fw['id']}/image",
-                                     content=astream(7 * 2**20))
+                fw = (
+                    await http.post(
+                        "/firmware", json={"version": "1.0.0", "hardware_models": ["m"]}
+                    )
+                ).json()
+                big = await http.put(f"/firmware/{fw['id']}/image", content=astream(7 * 2**20))
                 assert big.status_code == 413
                 assert big.headers["content-type"] == "application/problem+json"
                 assert (await http.get(f"/firmware/{fw['id']}")).json()["status"] == "pending"
-                uploads = s3.client().list_multipart_uploads(Bucket=s3.bucket,
-                                                            Prefix=f"firmware/t-{unique}/")
+                uploads = s3.client().list_multipart_uploads(
+                    Bucket=s3.bucket, Prefix=f"firmware/t-{unique}/"
+                )
                 assert uploads.get("Uploads", []) == []
                 ok = await http.put(f"/firmware/{fw['id']}/image", content=astream(1000))
                 assert ok.status_code == 200

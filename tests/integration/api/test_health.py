@@ -34,16 +34,23 @@ async def test_framework_errors_are_problems(api: Api, unique):
         wrong = await http.put("/devices")
         assert wrong.status_code == 405
         assert wrong.headers["content-type"] == PROBLEM
-        big = await http.post("/devices", content=b"{" + b" " * (2 * 1024 * 1024) + b"}",
-                              headers={"content-type": "application/json"})
+        big = await http.post(
+            "/devices",
+            content=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+            headers={"content-type": "application/json"},
+        )
         assert big.status_code == 413
         assert big.json()["status"] == 413
-        not_json = await http.post("/devices", content=b"{nope",
-                                   headers={"content-type": "application/json"})
+        not_json = await http.post(
+            "/devices", content=b"{nope", headers={"content-type": "application/json"}
+        )
         assert not_json.status_code == 422
         assert not_json.headers["content-type"] == PROBLEM
-        bad_header = await http.put(f"/devices/x-{unique}/config/overrides",
-                                    headers={"If-Match": "W/\"abc\""}, json={"overrides": {}})
+        bad_header = await http.put(
+            f"/devices/x-{unique}/config/overrides",
+            headers={"If-Match": 'W/"abc"'},
+            json={"overrides": {}},
+        )
         assert bad_header.status_code in (404, 422)
         too_many = await http.get("/devices", params={"limit": 1000})
         assert too_many.status_code == 422
@@ -56,12 +63,18 @@ async def test_ops_broker_summarizes_the_scheduler_snapshots(api: Api, unique):
     from schemas.documents import BROKER_METRICS
 
     now = datetime.now(UTC)
-    await api.state.db[BROKER_METRICS].insert_many([
-        {"at": now - timedelta(minutes=70),
-         "values": {"clients/connected": 10, "publish/messages/dropped": 2}},
-        {"at": now - timedelta(seconds=5),
-         "values": {"clients/connected": 12, "publish/messages/dropped": 9}},
-    ])
+    await api.state.db[BROKER_METRICS].insert_many(
+        [
+            {
+                "at": now - timedelta(minutes=70),
+                "values": {"clients/connected": 10, "publish/messages/dropped": 2},
+            },
+            {
+                "at": now - timedelta(seconds=5),
+                "values": {"clients/connected": 12, "publish/messages/dropped": 9},
+            },
+        ]
+    )
     viewer = await api.token(f"v-{unique}", Role.VIEWER)
     async with api.client(viewer) as http:
         assert (await http.get("/ops/broker")).status_code == 403

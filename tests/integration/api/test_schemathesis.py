@@ -23,20 +23,28 @@ from deploy.local import free_port
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
-CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance," \
-         "response_schema_conformance"
+CHECKS = (
+    "not_a_server_error,status_code_conformance,content_type_conformance,"
+    "response_schema_conformance"
+)
 
 
 def api_env(broker, mongo, s3, database: str, port: int) -> dict[str, str]:
-    return {**os.environ,
-            "OUTPOST_MQTT_URL": broker.url, "OUTPOST_MQTT_USERNAME": broker.backend_username,
-            "OUTPOST_MQTT_PASSWORD": broker.backend_password,
-            "OUTPOST_MONGO_URL": mongo.url, "OUTPOST_MONGO_DATABASE": database,
-            "OUTPOST_S3_ENDPOINT_URL": s3.url, "OUTPOST_S3_BUCKET": s3.bucket,
-            "OUTPOST_S3_ACCESS_KEY_ID": s3.access_key,
-            "OUTPOST_S3_SECRET_ACCESS_KEY": s3.secret_key,
-            "OUTPOST_HTTP_HOST": "127.0.0.1", "OUTPOST_HTTP_PORT": str(port),
-            "OUTPOST_LOG_LEVEL": "WARNING"}
+    return {
+        **os.environ,
+        "OUTPOST_MQTT_URL": broker.url,
+        "OUTPOST_MQTT_USERNAME": broker.backend_username,
+        "OUTPOST_MQTT_PASSWORD": broker.backend_password,
+        "OUTPOST_MONGO_URL": mongo.url,
+        "OUTPOST_MONGO_DATABASE": database,
+        "OUTPOST_S3_ENDPOINT_URL": s3.url,
+        "OUTPOST_S3_BUCKET": s3.bucket,
+        "OUTPOST_S3_ACCESS_KEY_ID": s3.access_key,
+        "OUTPOST_S3_SECRET_ACCESS_KEY": s3.secret_key,
+        "OUTPOST_HTTP_HOST": "127.0.0.1",
+        "OUTPOST_HTTP_PORT": str(port),
+        "OUTPOST_LOG_LEVEL": "WARNING",
+    }
 
 
 async def wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
@@ -63,26 +71,48 @@ async def admin_token(mongo, database: str) -> str:
         await client.close()
 
 
-async def test_openapi_property_run_finds_no_5xx_or_schema_violation(broker, mongo, s3,
-                                                                     tmp_path):
+async def test_openapi_property_run_finds_no_5xx_or_schema_violation(broker, mongo, s3, tmp_path):
     database = f"fuzz_{secrets.token_hex(4)}"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "api.log").open("w")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "outpost", "api", cwd=tmp_path,
-        env=api_env(broker, mongo, s3, database, port), stdout=log,
-        stderr=subprocess.STDOUT)
+        sys.executable,
+        "-m",
+        "outpost",
+        "api",
+        cwd=tmp_path,
+        env=api_env(broker, mongo, s3, database, port),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         await wait_ready(url, proc)
         token = await admin_token(mongo, database)
         started = time.monotonic()
         fuzz = await asyncio.create_subprocess_exec(
-            str(SCHEMATHESIS), "run", f"{url}/openapi.json", "--checks", CHECKS,
-            "--max-examples", "8", "--seed", "1", "--no-shrink", "--phases",
-            "examples,coverage,fuzzing", "--generation-database", "none",
-            "--request-timeout", "10", "-H", f"Authorization: Bearer {token}",
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            str(SCHEMATHESIS),
+            "run",
+            f"{url}/openapi.json",
+            "--checks",
+            CHECKS,
+            "--max-examples",
+            "8",
+            "--seed",
+            "1",
+            "--no-shrink",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--generation-database",
+            "none",
+            "--request-timeout",
+            "10",
+            "-H",
+            f"Authorization: Bearer {token}",
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         try:
             async with asyncio.timeout(400):
                 output, _ = await fuzz.communicate()
@@ -91,8 +121,9 @@ async def test_openapi_property_run_finds_no_5xx_or_schema_violation(broker, mon
                 fuzz.kill()
                 await fuzz.wait()
         report = output.decode(errors="replace")[-6000:]
-        logging.getLogger(__name__).warning("schemathesis took %.0fs\n%s",
-                                            time.monotonic() - started, report)
+        logging.getLogger(__name__).warning(
+            "schemathesis took %.0fs\n%s", time.monotonic() - started, report
+        )
         assert fuzz.returncode == 0, report
     finally:
         proc.terminate()

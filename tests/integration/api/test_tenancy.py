@@ -20,25 +20,40 @@ CONFIG = {"country": "US", "radios": {"2.4GHz": {"channel": 6}}}
 async def seed(http, unique: str) -> dict[str, str]:
     """Tenant A's objects: a device in a group, uploaded firmware, a rollout, a token."""
     assert (await http.post("/groups", json={"name": "ga", "template": CONFIG})).status_code == 201
-    device = await http.post("/devices", json={"id": f"a-{unique}", "hardware_model": "ap-1",
-                                               "group": "ga"})
+    device = await http.post(
+        "/devices", json={"id": f"a-{unique}", "hardware_model": "ap-1", "group": "ga"}
+    )
     assert device.status_code == 201, device.text
-    fw = (await http.post("/firmware", json={"version": "1.0.0",
-                                             "hardware_models": ["ap-1"]})).json()
+    fw = (
+        await http.post("/firmware", json={"version": "1.0.0", "hardware_models": ["ap-1"]})
+    ).json()
     assert (await http.put(f"/firmware/{fw['id']}/image", content=b"img")).status_code == 200
-    rollout = await http.post("/rollouts", json={
-        "firmware": {"id": fw["id"], "version": "1.0.0"},
-        "target": {"group": "ga"}, "waves": {"kind": "fixed", "size": 1}})
+    rollout = await http.post(
+        "/rollouts",
+        json={
+            "firmware": {"id": fw["id"], "version": "1.0.0"},
+            "target": {"group": "ga"},
+            "waves": {"kind": "fixed", "size": 1},
+        },
+    )
     assert rollout.status_code == 201, rollout.text
     token = (await http.post("/tokens", json={"name": "a2", "role": "viewer"})).json()
-    return {"device_id": f"a-{unique}", "name": "ga", "firmware_id": fw["id"],
-            "rollout_id": rollout.json()["id"], "token_id": token["token_id"]}
+    return {
+        "device_id": f"a-{unique}",
+        "name": "ga",
+        "firmware_id": fw["id"],
+        "rollout_id": rollout.json()["id"],
+        "token_id": token["token_id"],
+    }
 
 
 def bodies(ids: dict[str, str], unique: str) -> dict[tuple[str, str], dict]:
     """A request body per (method, template) that would succeed for the owner."""
-    spec = {"firmware": {"id": ids["firmware_id"], "version": "1.0.0"},
-            "target": {"device_ids": [ids["device_id"]]}, "waves": {"kind": "fixed", "size": 1}}
+    spec = {
+        "firmware": {"id": ids["firmware_id"], "version": "1.0.0"},
+        "target": {"device_ids": [ids["device_id"]]},
+        "waves": {"kind": "fixed", "size": 1},
+    }
     return {
         ("post", "/tokens"): {"name": "x", "role": "viewer"},
         ("post", "/devices"): {"id": f"b-{unique}", "hardware_model": "ap-1", "group": "ga"},
@@ -71,20 +86,26 @@ async def test_other_tenant_can_neither_read_nor_change(api: Api, unique):
     b = await api.token(f"b-{unique}", Role.ADMIN)
     async with api.client(a) as http_a, api.client(b) as http_b:
         ids = await seed(http_a, unique)
-        before = {c: await api.state.db[c].find({}, {"_id": 1, "tags": 1, "status": 1,
-                                                     "version": 1, "revoked_at": 1}
-                                                ).sort("_id").to_list(None)
-                  for c in ("devices", "groups", "firmware", "rollouts", "api_tokens")}
-        create_ok = {("post", "/tokens"), ("post", "/groups"), ("post", "/firmware"),
-                     ("post", "/devices")}
+        before = {
+            c: await api.state.db[c]
+            .find({}, {"_id": 1, "tags": 1, "status": 1, "version": 1, "revoked_at": 1})
+            .sort("_id")
+            .to_list(None)
+            for c in ("devices", "groups", "firmware", "rollouts", "api_tokens")
+        }
+        create_ok = {
+            ("post", "/tokens"),
+            ("post", "/groups"),
+            ("post", "/firmware"),
+            ("post", "/devices"),
+        }
         for method, template in operations(api.app):
             body = bodies(ids, unique).get((method, template))
             response = await call(http_b, method, template, ids, body)
             where = f"{method.upper()} {template}"
             assert response.status_code < 500, f"{where}: {response.text}"
             text = response.text if response.status_code < 400 else ""  # 404s echo the id
-            for value in (ids["device_id"], ids["firmware_id"], ids["rollout_id"],
-                          ids["token_id"]):
+            for value in (ids["device_id"], ids["firmware_id"], ids["rollout_id"], ids["token_id"]):
                 assert value not in text, f"{where} leaked {value}: {text[:300]}"
             if "{" in template:
                 assert response.status_code == 404, f"{where}: {response.text}"
@@ -96,10 +117,16 @@ async def test_other_tenant_can_neither_read_nor_change(api: Api, unique):
                 assert response.status_code in (200, 422), f"{where}: {text}"
                 if response.status_code == 200:
                     assert response.json()["targeted"] == 0
-        after = {c: await api.state.db[c].find({"_id": {"$in": [d["_id"] for d in docs]}},
-                                               {"_id": 1, "tags": 1, "status": 1, "version": 1,
-                                                "revoked_at": 1}).sort("_id").to_list(None)
-                 for c, docs in before.items()}
+        after = {
+            c: await api.state.db[c]
+            .find(
+                {"_id": {"$in": [d["_id"] for d in docs]}},
+                {"_id": 1, "tags": 1, "status": 1, "version": 1, "revoked_at": 1},
+            )
+            .sort("_id")
+            .to_list(None)
+            for c, docs in before.items()
+        }
         assert after == before
         assert (await http_a.get(f"/devices/{ids['device_id']}")).status_code == 200
 
@@ -119,8 +146,7 @@ async def test_viewer_cannot_write_and_revoked_token_is_refused(api: Api, unique
         assert (await http_viewer.get("/devices")).status_code == 200
         assert (await http_viewer.get("/tokens")).status_code == 403  # admins only
 
-        created = (await http_admin.post("/tokens", json={"name": "t", "role": "operator"})
-                   ).json()
+        created = (await http_admin.post("/tokens", json={"name": "t", "role": "operator"})).json()
         async with api.client(created["token"]) as http_op:
             assert (await http_op.get("/devices")).status_code == 200
             revoked = await http_admin.delete(f"/tokens/{created['token_id']}")
@@ -136,8 +162,15 @@ async def test_viewer_cannot_write_and_revoked_token_is_refused(api: Api, unique
 
         audit = (await http_admin.get("/audit", params={"limit": 200})).json()["items"]
         actions = {e["action"] for e in audit}
-        assert {"group.create", "device.register", "firmware.create", "firmware.upload",
-                "rollout.create", "token.create", "token.revoke"} <= actions
+        assert {
+            "group.create",
+            "device.register",
+            "firmware.create",
+            "firmware.upload",
+            "rollout.create",
+            "token.create",
+            "token.revoke",
+        } <= actions
         entry = next(e for e in audit if e["action"] == "token.revoke")
         assert entry["target"] == f"token:{created['token_id']}"
         assert entry["at"]

@@ -39,16 +39,30 @@ LOG = logging.getLogger("test.bridge")
 
 # -- payloads ------------------------------------------------------------------------
 
+
 def state_payload(device: str, session: int, seq: int, n: int = 0, **extra: Any) -> bytes:
-    return json.dumps({"v": 1, "device_id": device, "key": {"session": session, "seq": seq},
-                       "firmware": "1.0.0", "hardware_model": "ap-1",
-                       "counters": {"n": n}, **extra}).encode()
+    return json.dumps(
+        {
+            "v": 1,
+            "device_id": device,
+            "key": {"session": session, "seq": seq},
+            "firmware": "1.0.0",
+            "hardware_model": "ap-1",
+            "counters": {"n": n},
+            **extra,
+        }
+    ).encode()
 
 
-def presence_payload(device: str, session: int, seq: int, status: str,
-                     reason: str | None = None) -> bytes:
-    body: dict[str, Any] = {"v": 1, "device_id": device, "status": status,
-                            "key": {"session": session, "seq": seq}}
+def presence_payload(
+    device: str, session: int, seq: int, status: str, reason: str | None = None
+) -> bytes:
+    body: dict[str, Any] = {
+        "v": 1,
+        "device_id": device,
+        "status": status,
+        "key": {"session": session, "seq": seq},
+    }
     if reason:
         body["reason"] = reason
     return json.dumps(body).encode()
@@ -56,8 +70,14 @@ def presence_payload(device: str, session: int, seq: int, status: str,
 
 # -- waiting -------------------------------------------------------------------------
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, within: float,
-                     interval: float = 0.2, what: str = "condition") -> None:
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    *,
+    within: float,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> None:
     """Poll ``check`` until true; fail after ``within`` seconds."""
     deadline = time.monotonic() + within
     while not await check():
@@ -85,14 +105,28 @@ def metric(text: str, name: str) -> float:
 
 # -- settings / bridge runners -------------------------------------------------------
 
-def settings(broker: Mosquitto, mongo_url: str, database: str, unique: str, *,
-             instance: str = "0", session_expiry_s: int = 30, **bridge: Any) -> Settings:
+
+def settings(
+    broker: Mosquitto,
+    mongo_url: str,
+    database: str,
+    unique: str,
+    *,
+    instance: str = "0",
+    session_expiry_s: int = 30,
+    **bridge: Any,
+) -> Settings:
     return Settings(
-        mqtt=MqttSettings(url=broker.url, username=broker.backend_username,
-                          password=broker.backend_password, client_id_prefix=f"t{unique}"),
+        mqtt=MqttSettings(
+            url=broker.url,
+            username=broker.backend_username,
+            password=broker.backend_password,
+            client_id_prefix=f"t{unique}",
+        ),
         mongo=MongoSettings(url=mongo_url, database=database),
-        bridge=BridgeSettings(instance=instance, share_group=f"g{unique}",
-                              session_expiry_s=session_expiry_s, **bridge),
+        bridge=BridgeSettings(
+            instance=instance, share_group=f"g{unique}", session_expiry_s=session_expiry_s, **bridge
+        ),
         http=HttpSettings(host=HOST, port=0),
     )
 
@@ -102,12 +136,16 @@ async def running_bridge(cfg: Settings) -> AsyncIterator[tuple[Running, BridgeMe
     """An in-process bridge; stopped (flush, ack, disconnect) on exit."""
     metrics = BridgeMetrics()
     started: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_bridge(cfg, LOG, metrics=metrics, handle_signals=False,
-                                          on_started=started.set_result), name="bridge")
+    task = asyncio.create_task(
+        run_bridge(cfg, LOG, metrics=metrics, handle_signals=False, on_started=started.set_result),
+        name="bridge",
+    )
     try:
         async with asyncio.timeout(20):
-            await asyncio.wait([started, task],  # type: ignore[type-var]
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [started, task],  # type: ignore[type-var]
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         if task.done():
             task.result()  # raise its error
         running = started.result()
@@ -123,8 +161,9 @@ async def running_bridge(cfg: Settings) -> AsyncIterator[tuple[Running, BridgeMe
 
 
 @contextlib.asynccontextmanager
-async def private_mongo(root: Path, unique: str,
-                        ids: list[str]) -> AsyncIterator[tuple[MongoServer, Any]]:
+async def private_mongo(
+    root: Path, unique: str, ids: list[str]
+) -> AsyncIterator[tuple[MongoServer, Any]]:
     """A database server of the test's own (to stop and start), holding devices ``ids``."""
     from pymongo import AsyncMongoClient
 
@@ -140,29 +179,46 @@ async def private_mongo(root: Path, unique: str,
         server.stop()  # its data lives under root, removed with it
 
 
-def bridge_env(broker: Mosquitto, mongo: MongoServer, database: str, unique: str, *,
-               instance: str, http_port: int) -> dict[str, str]:
+def bridge_env(
+    broker: Mosquitto,
+    mongo: MongoServer,
+    database: str,
+    unique: str,
+    *,
+    instance: str,
+    http_port: int,
+) -> dict[str, str]:
     return {
         **os.environ,
-        "OUTPOST_MQTT_URL": broker.url, "OUTPOST_MQTT_USERNAME": broker.backend_username,
+        "OUTPOST_MQTT_URL": broker.url,
+        "OUTPOST_MQTT_USERNAME": broker.backend_username,
         "OUTPOST_MQTT_PASSWORD": broker.backend_password,
         "OUTPOST_MQTT_CLIENT_ID_PREFIX": f"t{unique}",
-        "OUTPOST_MONGO_URL": mongo.url, "OUTPOST_MONGO_DATABASE": database,
-        "OUTPOST_BRIDGE_INSTANCE": instance, "OUTPOST_BRIDGE_SHARE_GROUP": f"g{unique}",
+        "OUTPOST_MONGO_URL": mongo.url,
+        "OUTPOST_MONGO_DATABASE": database,
+        "OUTPOST_BRIDGE_INSTANCE": instance,
+        "OUTPOST_BRIDGE_SHARE_GROUP": f"g{unique}",
         "OUTPOST_BRIDGE_SESSION_EXPIRY_S": "300",
-        "OUTPOST_HTTP_HOST": HOST, "OUTPOST_HTTP_PORT": str(http_port),
+        "OUTPOST_HTTP_HOST": HOST,
+        "OUTPOST_HTTP_PORT": str(http_port),
         "OUTPOST_LOG_LEVEL": "WARNING",
     }
 
 
 def spawn_bridge(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "outpost", "bridge"], env=env,
-                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "outpost", "bridge"],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
-async def wait_ready(port: int, proc: subprocess.Popen[bytes] | None = None,
-                     within: float = 20) -> None:
+async def wait_ready(
+    port: int, proc: subprocess.Popen[bytes] | None = None, within: float = 20
+) -> None:
     async def ready() -> bool:
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"bridge exited with {proc.returncode}")
@@ -170,10 +226,12 @@ async def wait_ready(port: int, proc: subprocess.Popen[bytes] | None = None,
             return (await asyncio.to_thread(http_get, port, "/readyz"))[0] == 200
         except OSError:
             return False
+
     await eventually(ready, within=within, what="bridge /readyz")
 
 
 # -- a fast publisher (one paho client, many devices' topics) ------------------------
+
 
 class Publisher:
     """Publishes QoS 1 messages and waits until the broker acknowledged all of them."""
@@ -182,8 +240,9 @@ class Publisher:
         self._acked = 0
         self._sent = 0
         self._lock = threading.Lock()
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                   protocol=paho.MQTTv5)
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
+        )
         self._client.username_pw_set(broker.backend_username, broker.backend_password)
         self._client.max_inflight_messages_set(500)
         self._client.max_queued_messages_set(0)
@@ -203,6 +262,7 @@ class Publisher:
         async def done() -> bool:
             with self._lock:
                 return self._acked >= self._sent
+
         await eventually(done, within=within, interval=0.05, what="PUBACKs")
 
     def close(self) -> None:
@@ -211,6 +271,7 @@ class Publisher:
 
 
 # -- raw MQTT v5 devices -------------------------------------------------------------
+
 
 def _varint(n: int) -> bytes:
     out = bytearray()
@@ -233,8 +294,9 @@ def _packet(first: int, body: bytes) -> bytes:
 class RawDevice:
     """One simulated device: connects with an offline Last Will, announces itself online."""
 
-    def __init__(self, broker: Mosquitto, device_id: str, session: int,
-                 keepalive: int = 600) -> None:
+    def __init__(
+        self, broker: Mosquitto, device_id: str, session: int, keepalive: int = 600
+    ) -> None:
         self.broker = broker
         self.device_id = device_id
         self.session = session
@@ -251,12 +313,22 @@ class RawDevice:
         return f"devices/{self.device_id}/presence"
 
     def _connect_packet(self) -> bytes:
-        will = presence_payload(self.device_id, self.session, WILL_SEQ, "offline",
-                                "connection_lost")
+        will = presence_payload(
+            self.device_id, self.session, WILL_SEQ, "offline", "connection_lost"
+        )
         flags = 0x80 | 0x40 | 0x20 | 0x08 | 0x04 | 0x02  # user, pass, will retain/qos1/flag, clean
-        body = (_str("MQTT") + bytes([5, flags]) + struct.pack("!H", self.keepalive) + b"\x00"
-                + _str(self.device_id) + b"\x00" + _str(self.topic) + _str(will)
-                + _str(self.broker.backend_username) + _str(self.broker.backend_password))
+        body = (
+            _str("MQTT")
+            + bytes([5, flags])
+            + struct.pack("!H", self.keepalive)
+            + b"\x00"
+            + _str(self.device_id)
+            + b"\x00"
+            + _str(self.topic)
+            + _str(will)
+            + _str(self.broker.backend_username)
+            + _str(self.broker.backend_password)
+        )
         return _packet(0x10, body)
 
     async def connect(self, online: bool = True) -> None:
@@ -267,11 +339,13 @@ class RawDevice:
             raise AssertionError(f"{self.device_id}: CONNACK {body[:2]!r}")
         self._tasks = [asyncio.create_task(self._read_loop(), name=f"rx-{self.device_id}")]
         if self.keepalive < 60:
-            self._tasks.append(asyncio.create_task(self._ping_loop(),
-                                                   name=f"ping-{self.device_id}"))
+            self._tasks.append(
+                asyncio.create_task(self._ping_loop(), name=f"ping-{self.device_id}")
+            )
         if online:
-            await self.publish(self.topic, presence_payload(self.device_id, self.session, 1,
-                                                            "online"), retain=True)
+            await self.publish(
+                self.topic, presence_payload(self.device_id, self.session, 1, "online"), retain=True
+            )
 
     async def _read(self) -> tuple[int, bytes]:
         assert self._reader is not None

@@ -38,7 +38,8 @@ def _bad(i: int, unique: str) -> tuple[str, bytes, str]:
 
 
 async def test_malformed_messages_are_rejected_counted_sampled_and_valid_traffic_stored(
-        broker, mongo, mongo_db, unique):
+    broker, mongo, mongo_db, unique
+):
     ids = [f"d{unique}-{i}" for i in range(DEVICES_N)]
     await mongo_db[DEVICES].insert_many([{"_id": i} for i in ids])
     expected: Counter[str] = Counter()
@@ -56,8 +57,11 @@ async def test_malformed_messages_are_rejected_counted_sampled_and_valid_traffic
             await pub.flushed(30)
 
             async def all_counted() -> bool:
-                return all(metrics.value("outpost_bridge_rejected_total", reason=r) == n
-                           for r, n in expected.items())
+                return all(
+                    metrics.value("outpost_bridge_rejected_total", reason=r) == n
+                    for r, n in expected.items()
+                )
+
             await eventually(all_counted, within=60, what="every rejection counted")
             await eventually(lambda: _acked(metrics, 1100), within=30, what="all acked")
 

@@ -28,30 +28,48 @@ async def _devices(db, ids):
 
 
 async def test_state_presence_and_job_land_newest_wins_and_repeats_write_nothing(
-        broker, mongo, mongo_db, unique):
+    broker, mongo, mongo_db, unique
+):
     dev, ghost = f"d{unique}-a", f"d{unique}-ghost"
     await _devices(mongo_db, [dev])
     await mongo_db[JOB_EXECUTIONS].insert_one({"_id": f"j1:{dev}", "status": "in_progress"})
     pub = Publisher(broker, f"p{unique}")
     try:
         async with running_bridge(settings(broker, mongo.url, mongo_db.name, unique)) as (
-                running, metrics):
+            running,
+            metrics,
+        ):
             pub.publish(f"devices/{dev}/state", state_payload(dev, 1, 5, n=5))
             pub.publish(f"devices/{dev}/state", state_payload(dev, 1, 3, n=3))  # older: ignored
             pub.publish(f"devices/{dev}/presence", presence_payload(dev, 1, 1, "online"))
-            pub.publish(f"devices/{dev}/jobs/j1/status", json.dumps({
-                "v": 1, "device_id": dev, "job_id": "j1", "key": {"session": 1, "seq": 6},
-                "status": "downloading", "progress": 40}).encode())
+            pub.publish(
+                f"devices/{dev}/jobs/j1/status",
+                json.dumps(
+                    {
+                        "v": 1,
+                        "device_id": dev,
+                        "job_id": "j1",
+                        "key": {"session": 1, "seq": 6},
+                        "status": "downloading",
+                        "progress": 40,
+                    }
+                ).encode(),
+            )
             pub.publish(f"devices/{ghost}/state", state_payload(ghost, 1, 1))
             await pub.flushed(10)
 
             async def stored() -> bool:
                 doc = await mongo_db[DEVICES].find_one({"_id": dev})
                 job = await mongo_db[JOB_EXECUTIONS].find_one({"_id": f"j1:{dev}"})
-                return bool(doc and "state" in doc and "presence" in doc
-                            and job and "report" in job
-                            and metrics.value("outpost_bridge_rejected_total",
-                                              reason="unknown_device") == 1)
+                return bool(
+                    doc
+                    and "state" in doc
+                    and "presence" in doc
+                    and job
+                    and "report" in job
+                    and metrics.value("outpost_bridge_rejected_total", reason="unknown_device") == 1
+                )
+
             await eventually(stored, within=15, what="writes")
             doc = await mongo_db[DEVICES].find_one({"_id": dev})
             assert doc["state"]["counters"] == {"n": 5}

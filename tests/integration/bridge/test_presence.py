@@ -33,8 +33,7 @@ async def test_idle_fleet_causes_zero_database_writes(broker, mongo, mongo_db, u
     ids = [f"d{unique}-{i}" for i in range(50)]
     await mongo_db[DEVICES].insert_many([{"_id": i} for i in ids])
     fleet = [RawDevice(broker, i, session=1, keepalive=2) for i in ids]
-    async with running_bridge(settings(broker, mongo.url, mongo_db.name, unique)) as (
-            _, metrics):
+    async with running_bridge(settings(broker, mongo.url, mongo_db.name, unique)) as (_, metrics):
         await asyncio.gather(*(d.connect() for d in fleet))
         await eventually(lambda: _online(mongo_db, ids), within=20, what="fleet online")
         await eventually(lambda: _acked(metrics, 50), within=10, what="acks")
@@ -53,30 +52,30 @@ async def _acked(metrics, n: int) -> bool:
 
 
 async def test_resync_rebuilds_presence_after_the_collection_was_dropped(
-        broker, mongo, mongo_db, unique):
+    broker, mongo, mongo_db, unique
+):
     ids = [f"d{unique}-{i:03}" for i in range(300)]
     pub = Publisher(broker, f"p{unique}")
     try:
         for n, dev in enumerate(ids):  # retained presence: even online, odd offline
             status = "online" if n % 2 == 0 else "offline"
-            pub.publish(f"devices/{dev}/presence", presence_payload(dev, 3, 1, status),
-                        retain=True)
+            pub.publish(f"devices/{dev}/presence", presence_payload(dev, 3, 1, status), retain=True)
         await pub.flushed(20)
         await mongo_db[DEVICES].insert_many([{"_id": i} for i in ids])
         await mongo_db.drop_collection(DEVICES)
         cfg = settings(broker, mongo.url, mongo_db.name, unique)
         result = await run_resync(cfg, LOG, idle_s=1.0, create_missing=True)
         assert result["created"] >= 300  # the broker also retains other tests' devices
-        docs = {d["_id"]: d for d in await mongo_db[DEVICES].find(
-            {"_id": {"$in": ids}}).to_list()}
+        docs = {d["_id"]: d for d in await mongo_db[DEVICES].find({"_id": {"$in": ids}}).to_list()}
         assert len(docs) == 300
         for n, dev in enumerate(ids):
             assert docs[dev]["presence"]["status"] == ("online" if n % 2 == 0 else "offline")
 
         # newer stored presence is never regressed by a resync
         await mongo_db[DEVICES].update_one(
-            {"_id": ids[0]}, {"$set": {"presence.status": "offline",
-                                       "presence.k": "00000000000004.00000000000001"}})
+            {"_id": ids[0]},
+            {"$set": {"presence.status": "offline", "presence.k": "00000000000004.00000000000001"}},
+        )
         await run_resync(cfg, LOG, idle_s=1.0)
         doc = await mongo_db[DEVICES].find_one({"_id": ids[0]})
         assert doc["presence"]["status"] == "offline"
@@ -87,8 +86,7 @@ async def test_resync_rebuilds_presence_after_the_collection_was_dropped(
         pub.close()
 
 
-async def test_mongodb_outage_keeps_messages_unacked_then_catches_up(
-        broker, servers_root, unique):
+async def test_mongodb_outage_keeps_messages_unacked_then_catches_up(broker, servers_root, unique):
     ids = [f"d{unique}-{i}" for i in range(30)]
     pub = Publisher(broker, f"p{unique}")
     try:
@@ -106,9 +104,9 @@ async def test_mongodb_outage_keeps_messages_unacked_then_catches_up(
                 await pub.flushed(10)
 
                 async def not_ready() -> bool:
-                    status, _ = await asyncio.to_thread(http_get, running.http_port,
-                                                        "/readyz")
+                    status, _ = await asyncio.to_thread(http_get, running.http_port, "/readyz")
                     return status == 503
+
                 await eventually(not_ready, within=20, what="/readyz 503")
                 # (other tests' traffic reaches this bridge too: compare, do not count)
                 assert metrics.value("outpost_bridge_acked_total") == acked
@@ -117,9 +115,11 @@ async def test_mongodb_outage_keeps_messages_unacked_then_catches_up(
 
                 async def caught_up() -> bool:
                     return await db[DEVICES].count_documents({"state.counters.n": 2}) == 30
+
                 await eventually(caught_up, within=60, what="catch-up")
-                await eventually(lambda: _acked(metrics, acked + 30), within=10,
-                                 what="acks after outage")
+                await eventually(
+                    lambda: _acked(metrics, acked + 30), within=10, what="acks after outage"
+                )
                 status, _ = await asyncio.to_thread(http_get, running.http_port, "/readyz")
                 assert status == 200
     finally:

@@ -48,9 +48,11 @@ async def _converged(db, ids, seq: int) -> bool:
 async def _assert_exact(db, ids, seq: int) -> None:
     docs = await db[DEVICES].find({}, projection={"state": 1}).to_list()
     assert len(docs) == len(ids)
-    wrong = [d["_id"] for d in docs
-             if d.get("state", {}).get("counters") != {"n": seq}
-             or d["state"]["k"] != _last_key(seq)]
+    wrong = [
+        d["_id"]
+        for d in docs
+        if d.get("state", {}).get("counters") != {"n": seq} or d["state"]["k"] != _last_key(seq)
+    ]
     assert wrong == []
 
 
@@ -74,7 +76,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 
 
 async def test_kill_9_mid_flood_then_restart_loses_and_regresses_nothing(
-        broker, mongo, mongo_db, unique, tmp_path):
+    broker, mongo, mongo_db, unique, tmp_path
+):
     ids = [f"d{unique}-{i:04}" for i in range(FLEET)]
     await mongo_db[DEVICES].insert_many([{"_id": i} for i in ids])
     port = free_port()
@@ -90,6 +93,7 @@ async def test_kill_9_mid_flood_then_restart_loses_and_regresses_nothing(
 
         async def writing() -> bool:
             return await mongo_db[DEVICES].count_documents({"state": {"$exists": True}}) >= 100
+
         await eventually(writing, within=60, what="bridge writing")
         proc.send_signal(signal.SIGKILL)  # mid-batch: part written, nothing acknowledged yet
         assert proc.wait(timeout=10) == -signal.SIGKILL
@@ -100,13 +104,18 @@ async def test_kill_9_mid_flood_then_restart_loses_and_regresses_nothing(
 
         proc = spawn_bridge(env, log)
         await wait_ready(port, proc)
-        await eventually(lambda: _converged(mongo_db, ids, ROUNDS), within=180, interval=1,
-                         what="convergence after restart")
+        await eventually(
+            lambda: _converged(mongo_db, ids, ROUNDS),
+            within=180,
+            interval=1,
+            what="convergence after restart",
+        )
         elapsed = time.monotonic() - started
         await _assert_exact(mongo_db, ids, ROUNDS)
         assert _stop(proc) == 0, log.read_text()[-2000:]  # SIGTERM: flush, ack, exit 0
-        LOG.info("kill test converged", extra={"messages": FLEET * ROUNDS,
-                                               "seconds": round(elapsed, 1)})
+        LOG.info(
+            "kill test converged", extra={"messages": FLEET * ROUNDS, "seconds": round(elapsed, 1)}
+        )
     finally:
         pub.close()
         if proc.poll() is None:
@@ -115,20 +124,21 @@ async def test_kill_9_mid_flood_then_restart_loses_and_regresses_nothing(
 
 
 async def test_two_instances_split_a_shared_subscription_and_end_exact(
-        broker, mongo, mongo_db, unique):
+    broker, mongo, mongo_db, unique
+):
     ids = [f"d{unique}-{i:04}" for i in range(SHARED_FLEET)]
     await mongo_db[DEVICES].insert_many([{"_id": i} for i in ids])
     pub = Publisher(broker, f"p{unique}")
     cfg_a = settings(broker, mongo.url, mongo_db.name, unique, instance="a")
     cfg_b = settings(broker, mongo.url, mongo_db.name, unique, instance="b")
     try:
-        async with running_bridge(cfg_a) as (_, metrics_a), running_bridge(cfg_b) as (
-                _, metrics_b):
+        async with running_bridge(cfg_a) as (_, metrics_a), running_bridge(cfg_b) as (_, metrics_b):
             for seq in range(1, 4):
                 _publish_round(pub, ids, seq)
             await pub.flushed(60)
-            await eventually(lambda: _converged(mongo_db, ids, 3), within=120, interval=0.5,
-                             what="convergence")
+            await eventually(
+                lambda: _converged(mongo_db, ids, 3), within=120, interval=0.5, what="convergence"
+            )
             await _assert_exact(mongo_db, ids, 3)
             got_a = metrics_a.value("outpost_bridge_acked_total")
             got_b = metrics_b.value("outpost_bridge_acked_total")

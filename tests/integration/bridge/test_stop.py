@@ -29,7 +29,8 @@ async def _stored(db, n: int, count: int) -> bool:
 
 
 async def test_sigterm_during_an_outage_leaves_at_the_deadline_then_a_restart_catches_up(
-        broker, servers_root, unique, tmp_path):
+    broker, servers_root, unique, tmp_path
+):
     ids = [f"d{unique}-{i}" for i in range(20)]
     pub = Publisher(broker, f"p{unique}")
     port = free_port()
@@ -37,8 +38,11 @@ async def test_sigterm_during_an_outage_leaves_at_the_deadline_then_a_restart_ca
     proc = None
     try:
         async with private_mongo(servers_root, unique, ids) as (server, db):
-            env = {**bridge_env(broker, server, db.name, unique, instance="0", http_port=port),
-                   "OUTPOST_BRIDGE_STOP_TIMEOUT_S": "2", "OUTPOST_LOG_LEVEL": "INFO"}
+            env = {
+                **bridge_env(broker, server, db.name, unique, instance="0", http_port=port),
+                "OUTPOST_BRIDGE_STOP_TIMEOUT_S": "2",
+                "OUTPOST_LOG_LEVEL": "INFO",
+            }
             proc = spawn_bridge(env, log)
             await wait_ready(port, proc)
             for dev in ids:
@@ -54,6 +58,7 @@ async def test_sigterm_during_an_outage_leaves_at_the_deadline_then_a_restart_ca
             async def retrying() -> bool:
                 status, _ = await asyncio.to_thread(http_get, port, "/readyz")
                 return status == 503
+
             await eventually(retrying, within=20, what="/readyz 503")
 
             proc.send_signal(signal.SIGTERM)

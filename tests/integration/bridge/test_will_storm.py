@@ -35,7 +35,8 @@ async def _count(db, status: str) -> int:
 
 @pytest.mark.timeout(1500)  # 5,000 wills on FerretDB take minutes (each update scans)
 async def test_simultaneous_drop_of_a_fleet_marks_every_device_offline(
-        broker, mongo, mongo_db, unique, tmp_path):
+    broker, mongo, mongo_db, unique, tmp_path
+):
     n = _fleet_size()
     ids = [f"d{unique}-{i:05}" for i in range(n)]
     # already online in the mirror with the key the devices announce: the connect storm
@@ -44,7 +45,7 @@ async def test_simultaneous_drop_of_a_fleet_marks_every_device_offline(
     await mongo_db[DEVICES].insert_many([{"_id": i, "presence": online} for i in ids])
     fleet = [RawDevice(broker, i, session=1) for i in ids]
     for start in range(0, n, 500):
-        await asyncio.gather(*(d.connect() for d in fleet[start:start + 500]))
+        await asyncio.gather(*(d.connect() for d in fleet[start : start + 500]))
     port = free_port()
     env = bridge_env(broker, mongo, mongo_db.name, unique, instance="w", http_port=port)
     proc = spawn_bridge(env, tmp_path / "bridge.log")
@@ -53,8 +54,12 @@ async def test_simultaneous_drop_of_a_fleet_marks_every_device_offline(
         started = time.monotonic()
         for device in fleet:
             device.drop()  # all TCP connections closed within a few milliseconds
-        await eventually(lambda: _count_is(mongo_db, "offline", n), within=1200, interval=1,
-                         what=f"{n} devices offline")
+        await eventually(
+            lambda: _count_is(mongo_db, "offline", n),
+            within=1200,
+            interval=1,
+            what=f"{n} devices offline",
+        )
         elapsed = time.monotonic() - started
         assert await _count(mongo_db, "online") == 0
         LOG.info("will storm stored", extra={"devices": n, "seconds": round(elapsed, 1)})

@@ -17,12 +17,19 @@ from device.agent import Agent, AgentConfig
 REPO = Path(__file__).resolve().parents[3]
 
 
-def agent_config(broker: Mosquitto, device_id: str, state_file: Path,
-                 **overrides: Any) -> AgentConfig:
+def agent_config(
+    broker: Mosquitto, device_id: str, state_file: Path, **overrides: Any
+) -> AgentConfig:
     base: dict[str, Any] = {"state_interval": 60.0, "backoff_base": 0.2, "backoff_cap": 1.0}
-    return AgentConfig(device_id=device_id, host="127.0.0.1", port=broker.port,
-                       username=broker.backend_username, password=broker.backend_password,
-                       state_file=state_file, **(base | overrides))
+    return AgentConfig(
+        device_id=device_id,
+        host="127.0.0.1",
+        port=broker.port,
+        username=broker.backend_username,
+        password=broker.backend_password,
+        state_file=state_file,
+        **(base | overrides),
+    )
 
 
 @dataclass
@@ -40,19 +47,35 @@ class ThreadAgent:
 def start_thread_agent(config: AgentConfig, **kwargs: Any) -> ThreadAgent:
     agent = Agent(config, logging.getLogger(f"test.agent.{config.device_id}"), **kwargs)
     stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), name=config.device_id,
-                              daemon=True)
+    thread = threading.Thread(target=agent.run, args=(stop,), name=config.device_id, daemon=True)
     thread.start()
     return ThreadAgent(agent, stop, thread)
 
 
-def start_process_agent(broker: Mosquitto, device_id: str, state_file: Path,
-                        *extra: str) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "device.agent", "--device-id", device_id,
-            "--url", broker.url, "--username", broker.backend_username,
-            "--state-file", str(state_file), "--backoff-cap", "1", *extra]
-    env = {**os.environ, "OUTPOST_DEVICE_PASSWORD": broker.backend_password,
-           "PYTHONPATH": str(REPO)}
+def start_process_agent(
+    broker: Mosquitto, device_id: str, state_file: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable,
+        "-m",
+        "device.agent",
+        "--device-id",
+        device_id,
+        "--url",
+        broker.url,
+        "--username",
+        broker.backend_username,
+        "--state-file",
+        str(state_file),
+        "--backoff-cap",
+        "1",
+        *extra,
+    ]
+    env = {
+        **os.environ,
+        "OUTPOST_DEVICE_PASSWORD": broker.backend_password,
+        "PYTHONPATH": str(REPO),
+    }
     log = (state_file.parent / f"{device_id}.log").open("ab")
     return subprocess.Popen(argv, cwd=state_file.parent, env=env, stdout=log, stderr=log)
 

@@ -44,8 +44,9 @@ class Watcher:
             self.messages.append(Seen(str(message.topic), data, message.retain))
             self._arrived.set()
 
-    async def wait_for(self, predicate: Callable[[Seen], bool], within: float = 15.0,
-                       count: int = 1) -> list[Seen]:
+    async def wait_for(
+        self, predicate: Callable[[Seen], bool], within: float = 15.0, count: int = 1
+    ) -> list[Seen]:
         async with asyncio.timeout(within):
             while True:
                 found = [m for m in self.messages if predicate(m)]
@@ -64,10 +65,15 @@ def broker_address(broker: Mosquitto) -> Broker:
 
 
 def backend_client(broker: Mosquitto, **kwargs: Any) -> aiomqtt.Client:
-    return aiomqtt.Client("127.0.0.1", broker.port, username=broker.backend_username,
-                          password=broker.backend_password,
-                          identifier=f"test-{secrets.token_hex(4)}",
-                          protocol=aiomqtt.ProtocolVersion.V5, **kwargs)
+    return aiomqtt.Client(
+        "127.0.0.1",
+        broker.port,
+        username=broker.backend_username,
+        password=broker.backend_password,
+        identifier=f"test-{secrets.token_hex(4)}",
+        protocol=aiomqtt.ProtocolVersion.V5,
+        **kwargs,
+    )
 
 
 @pytest.fixture

@@ -61,8 +61,12 @@ def cleanup() -> Iterator[list]:
 
 def is_presence(status: str, reason: str | None = None):
     def check(m) -> bool:
-        return (m.topic.endswith("/presence") and m.payload.get("status") == status
-                and (reason is None or m.payload.get("reason") == reason))
+        return (
+            m.topic.endswith("/presence")
+            and m.payload.get("status") == status
+            and (reason is None or m.payload.get("reason") == reason)
+        )
+
     return check
 
 
@@ -83,8 +87,7 @@ async def retained(broker: Mosquitto, topic: str) -> aiomqtt.Message:
 # ------------------------------------------------------------------------------ presence
 
 
-async def test_killed_agent_will_is_retained_offline(broker, watch, device_id, state_file,
-                                                     cleanup):
+async def test_killed_agent_will_is_retained_offline(broker, watch, device_id, state_file, cleanup):
     watcher = await watch(f"devices/{device_id}/#")
     proc = start_process_agent(broker, device_id, state_file)
     cleanup.append(proc)
@@ -104,8 +107,9 @@ async def test_killed_agent_will_is_retained_offline(broker, watch, device_id, s
     assert json.loads(state_file.read_text())["session"] == 1
 
 
-async def test_sigterm_says_goodbye_with_the_will_key(broker, watch, device_id, state_file,
-                                                      cleanup):
+async def test_sigterm_says_goodbye_with_the_will_key(
+    broker, watch, device_id, state_file, cleanup
+):
     watcher = await watch(f"devices/{device_id}/#")
     proc = start_process_agent(broker, device_id, state_file)
     cleanup.append(proc)
@@ -128,24 +132,31 @@ def config_message(version: int, management_vlan: int) -> ConfigMessage:
 
 def picky_apply(applied: list[ConfigMessage]):
     """Accepts management VLANs up to 1000, like a small access point might."""
+
     def apply(message: ConfigMessage) -> None:
         vlan = message.config.management_vlan
         if vlan is not None and vlan > 1000:
             raise ConfigRejected(f"management VLAN {vlan} not supported (max 1000)")
         applied.append(message)
+
     return apply
 
 
 def reports_config(version: int, status: str):
     def check(m) -> bool:
         report = m.payload.get("config") or {}
-        return (m.topic.endswith("/state") and report.get("version") == version
-                and report.get("status") == status)
+        return (
+            m.topic.endswith("/state")
+            and report.get("version") == version
+            and report.get("status") == status
+        )
+
     return check
 
 
 async def test_config_published_while_offline_is_applied_on_reconnect(
-        broker, watch, device_id, state_file, cleanup):
+    broker, watch, device_id, state_file, cleanup
+):
     watcher = await watch(f"devices/{device_id}/#")
     applied: list[ConfigMessage] = []
     config = agent_config(broker, device_id, state_file)
@@ -173,9 +184,14 @@ async def test_config_published_while_offline_is_applied_on_reconnect(
     assert [m.version for m in applied] == [3]
 
     await publish(broker, f"devices/{device_id}/config", b"{not json", retain=True)
-    state = (await watcher.wait_for(
-        lambda m: m.topic.endswith("/state")
-        and m.payload.get("counters", {}).get("config_invalid") == 1))[0]
+    state = (
+        await watcher.wait_for(
+            lambda m: (
+                m.topic.endswith("/state")
+                and m.payload.get("counters", {}).get("config_invalid") == 1
+            )
+        )
+    )[0]
     assert state.payload["config"]["version"] == 4  # the last real report stays
     second.close()
     await publish(broker, f"devices/{device_id}/config", b"", retain=True)  # clear
@@ -187,16 +203,22 @@ async def test_config_published_while_offline_is_applied_on_reconnect(
 def upload(s3: S3Server, key: str, body: bytes) -> str:
     client = s3.client()
     client.put_object(Bucket=s3.bucket, Key=key, Body=body)
-    return client.generate_presigned_url("get_object", Params={"Bucket": s3.bucket, "Key": key},
-                                         ExpiresIn=600)
+    return client.generate_presigned_url(
+        "get_object", Params={"Bucket": s3.bucket, "Key": key}, ExpiresIn=600
+    )
 
 
-def job_command(job_id: str, url: str, body: bytes, *, sha256: str | None = None,
-                version: str = "2.0.0") -> JobCommand:
+def job_command(
+    job_id: str, url: str, body: bytes, *, sha256: str | None = None, version: str = "2.0.0"
+) -> JobCommand:
     now = datetime.now(UTC)
-    firmware = FirmwareRef(version=version, size=len(body),
-                           sha256=sha256 or hashlib.sha256(body).hexdigest(), url=url,
-                           url_expires_at=now + timedelta(minutes=10))
+    firmware = FirmwareRef(
+        version=version,
+        size=len(body),
+        sha256=sha256 or hashlib.sha256(body).hexdigest(),
+        url=url,
+        url_expires_at=now + timedelta(minutes=10),
+    )
     return JobCommand(job_id=job_id, firmware=firmware, issued_at=now)
 
 
@@ -205,12 +227,14 @@ def job_statuses(watcher, job_id: str) -> list[dict]:
 
 
 def job_reached(job_id: str, status: str):
-    return lambda m: (m.topic.endswith(f"/jobs/{job_id}/status")
-                      and m.payload.get("status") == status)
+    return lambda m: (
+        m.topic.endswith(f"/jobs/{job_id}/status") and m.payload.get("status") == status
+    )
 
 
-async def test_upgrade_job_downloads_from_s3_and_succeeds(broker, s3, watch, device_id,
-                                                          state_file, cleanup):
+async def test_upgrade_job_downloads_from_s3_and_succeeds(
+    broker, s3, watch, device_id, state_file, cleanup
+):
     watcher = await watch(f"devices/{device_id}/#")
     image = secrets.token_bytes(300 * 1024)
     url = upload(s3, f"fw/{device_id}/2.0.0.bin", image)
@@ -219,8 +243,9 @@ async def test_upgrade_job_downloads_from_s3_and_succeeds(broker, s3, watch, dev
     await watcher.wait_for(is_presence("online"))
 
     job_id = f"job-{device_id}"
-    await publish(broker, f"devices/{device_id}/jobs/{job_id}",
-                  encode(job_command(job_id, url, image)))
+    await publish(
+        broker, f"devices/{device_id}/jobs/{job_id}", encode(job_command(job_id, url, image))
+    )
     done = (await watcher.wait_for(job_reached(job_id, "succeeded"), within=30))[0]
     assert done.payload["firmware"] == "2.0.0"
     steps = [p["status"] for p in job_statuses(watcher, job_id)]
@@ -231,14 +256,16 @@ async def test_upgrade_job_downloads_from_s3_and_succeeds(broker, s3, watch, dev
     assert keys == sorted(keys)
     assert keys[-1][0] == keys[0][0] + 1  # success is reported by the rebooted session
     await watcher.wait_for(is_presence("offline", "reboot"))
-    state = (await watcher.wait_for(lambda m: m.topic.endswith("/state")
-                                    and m.payload["firmware"] == "2.0.0"))[0]
+    state = (
+        await watcher.wait_for(
+            lambda m: m.topic.endswith("/state") and m.payload["firmware"] == "2.0.0"
+        )
+    )[0]
     assert state.payload["key"]["session"] == keys[-1][0]
     assert not list(state_file.parent.glob("*.img"))  # the image does not linger
 
 
-async def test_corrupted_image_fails_with_reason(broker, s3, watch, device_id, state_file,
-                                                 cleanup):
+async def test_corrupted_image_fails_with_reason(broker, s3, watch, device_id, state_file, cleanup):
     watcher = await watch(f"devices/{device_id}/#")
     image = secrets.token_bytes(100 * 1024)
     url = upload(s3, f"fw/{device_id}/bad.bin", image)
@@ -248,8 +275,11 @@ async def test_corrupted_image_fails_with_reason(broker, s3, watch, device_id, s
 
     job_id = f"bad-{device_id}"
     wrong = hashlib.sha256(b"something else").hexdigest()
-    await publish(broker, f"devices/{device_id}/jobs/{job_id}",
-                  encode(job_command(job_id, url, image, sha256=wrong)))
+    await publish(
+        broker,
+        f"devices/{device_id}/jobs/{job_id}",
+        encode(job_command(job_id, url, image, sha256=wrong)),
+    )
     failed = (await watcher.wait_for(job_reached(job_id, "failed"), within=30))[0]
     assert failed.payload["reason"].startswith("sha256 mismatch")
     assert wrong in failed.payload["reason"]
@@ -259,14 +289,18 @@ async def test_corrupted_image_fails_with_reason(broker, s3, watch, device_id, s
 
     # a URL that was tampered with is refused by S3: failed with the HTTP status
     job_id = f"forged-{device_id}"
-    await publish(broker, f"devices/{device_id}/jobs/{job_id}",
-                  encode(job_command(job_id, url.replace("Signature=", "Signature=0"), image)))
+    await publish(
+        broker,
+        f"devices/{device_id}/jobs/{job_id}",
+        encode(job_command(job_id, url.replace("Signature=", "Signature=0"), image)),
+    )
     failed = (await watcher.wait_for(job_reached(job_id, "failed"), within=30))[0]
     assert failed.payload["reason"].startswith("HTTP 403")
 
 
-async def test_reboot_mid_download_resumes_and_succeeds(broker, s3, watch, device_id,
-                                                         state_file, cleanup):
+async def test_reboot_mid_download_resumes_and_succeeds(
+    broker, s3, watch, device_id, state_file, cleanup
+):
     watcher = await watch(f"devices/{device_id}/#")
     image = secrets.token_bytes(1024 * 1024)
     url = upload(s3, f"fw/{device_id}/3.0.0.bin", image)
@@ -276,10 +310,15 @@ async def test_reboot_mid_download_resumes_and_succeeds(broker, s3, watch, devic
     await watcher.wait_for(is_presence("online"), within=20)
 
     job_id = f"slow-{device_id}"
-    await publish(broker, f"devices/{device_id}/jobs/{job_id}",
-                  encode(job_command(job_id, url, image, version="3.0.0")))
-    await watcher.wait_for(lambda m: job_reached(job_id, "downloading")(m)
-                           and m.payload.get("progress", 0) >= 30, within=20)
+    await publish(
+        broker,
+        f"devices/{device_id}/jobs/{job_id}",
+        encode(job_command(job_id, url, image, version="3.0.0")),
+    )
+    await watcher.wait_for(
+        lambda m: job_reached(job_id, "downloading")(m) and m.payload.get("progress", 0) >= 30,
+        within=20,
+    )
     os.kill(proc.pid, signal.SIGKILL)  # power cut in the middle of the download
     proc.wait(10)
     killed_at = len(job_statuses(watcher, job_id))
@@ -297,17 +336,25 @@ async def test_reboot_mid_download_resumes_and_succeeds(broker, s3, watch, devic
     assert json.loads(state_file.read_text())["firmware"] == "3.0.0"
 
 
-async def test_reboot_while_rebooting_reports_the_outcome(broker, watch, device_id,
-                                                          state_file, cleanup):
+async def test_reboot_while_rebooting_reports_the_outcome(
+    broker, watch, device_id, state_file, cleanup
+):
     """A job on record as 'rebooting' is judged by the firmware the device boots into."""
     from device.behaviour import JobRecord
     from device.storage import AgentState, save_state
     from schemas.protocol import JobState
 
-    record = JobRecord(job_id="j-reboot", target="4.0.0", size=1, sha256="0" * 64,
-                       url="http://127.0.0.1:9/x", previous="1.0.0",
-                       url_expires_at=datetime.now(UTC) + timedelta(minutes=5),
-                       status=JobState.REBOOTING, progress=100.0)
+    record = JobRecord(
+        job_id="j-reboot",
+        target="4.0.0",
+        size=1,
+        sha256="0" * 64,
+        url="http://127.0.0.1:9/x",
+        previous="1.0.0",
+        url_expires_at=datetime.now(UTC) + timedelta(minutes=5),
+        status=JobState.REBOOTING,
+        progress=100.0,
+    )
     save_state(state_file, AgentState(session=7, firmware="1.0.0", job=record))
     watcher = await watch(f"devices/{device_id}/#")
     agent = start_thread_agent(agent_config(broker, device_id, state_file))
@@ -317,18 +364,25 @@ async def test_reboot_while_rebooting_reports_the_outcome(broker, watch, device_
     assert failed.payload["key"]["session"] == 8
 
 
-async def test_agent_reconnects_after_the_broker_drops_it(broker, watch, device_id,
-                                                          state_file, cleanup):
+async def test_agent_reconnects_after_the_broker_drops_it(
+    broker, watch, device_id, state_file, cleanup
+):
     """Another client taking over the client id makes the broker drop the agent."""
     watcher = await watch(f"devices/{device_id}/#")
     agent = start_thread_agent(agent_config(broker, device_id, state_file))
     cleanup.append(agent)
     await watcher.wait_for(is_presence("online"))
-    async with aiomqtt.Client("127.0.0.1", broker.port, username=broker.backend_username,
-                              password=broker.backend_password, identifier=device_id,
-                              protocol=aiomqtt.ProtocolVersion.V5):
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        broker.port,
+        username=broker.backend_username,
+        password=broker.backend_password,
+        identifier=device_id,
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ):
         pass  # connecting with the agent's client id takes its session over
-    back = await watcher.wait_for(lambda m: is_presence("online")(m)
-                                  and m.payload["key"]["session"] >= 2, within=20)
+    back = await watcher.wait_for(
+        lambda m: is_presence("online")(m) and m.payload["key"]["session"] >= 2, within=20
+    )
     assert back[0].payload["key"]["seq"] == 1
     assert json.loads(state_file.read_text())["session"] >= 2

@@ -22,8 +22,9 @@ async def test_fleet_presence_state_and_wills(broker_address: Broker, watch, uni
     async with Fleet(options, broker_address, logging.getLogger("test.sim")) as fleet:
         async with asyncio.timeout(30):
             await fleet.wait_ready()
-        online = await watcher.wait_for(lambda m: m.topic.endswith("/presence")
-                                        and m.payload["status"] == "online", count=N)
+        online = await watcher.wait_for(
+            lambda m: m.topic.endswith("/presence") and m.payload["status"] == "online", count=N
+        )
         assert {m.payload["device_id"] for m in online} == set(fleet.ids)
         assert all(m.payload["key"] == {"session": 1, "seq": 1} for m in online)
         await watcher.wait_for(lambda m: m.topic.endswith("/state"), count=N)
@@ -42,13 +43,19 @@ async def test_fleet_presence_state_and_wills(broker_address: Broker, watch, uni
             assert await fleet.drop(dropped, abrupt=True) == 10
             assert await fleet.disconnect(left) == 5
         wills = await watcher.wait_for(
-            lambda m: m.topic.endswith("/presence") and m.payload["status"] == "offline"
-            and m.payload["reason"] == "connection_lost", count=10)
+            lambda m: (
+                m.topic.endswith("/presence")
+                and m.payload["status"] == "offline"
+                and m.payload["reason"] == "connection_lost"
+            ),
+            count=10,
+        )
         assert {m.payload["device_id"] for m in wills} == set(dropped)
         assert all(m.payload["key"] == {"session": 1, "seq": WILL_SEQ} for m in wills)
         goodbyes = await watcher.wait_for(
             lambda m: m.topic.endswith("/presence") and m.payload.get("reason") == "shutdown",
-            count=5)
+            count=5,
+        )
         assert {m.payload["device_id"] for m in goodbyes} == set(left)
         assert fleet.stats.connected == N - 15
 
@@ -56,16 +63,27 @@ async def test_fleet_presence_state_and_wills(broker_address: Broker, watch, uni
         async with asyncio.timeout(20):
             await fleet.wait_connected(N - 5)
         back = await watcher.wait_for(
-            lambda m: m.topic.endswith("/presence") and m.payload["status"] == "online"
-            and m.payload["key"]["session"] == 2, count=10)
+            lambda m: (
+                m.topic.endswith("/presence")
+                and m.payload["status"] == "online"
+                and m.payload["key"]["session"] == 2
+            ),
+            count=10,
+        )
         assert {m.payload["device_id"] for m in back} == set(dropped)
     # none of the abruptly dropped devices said goodbye itself
-    assert not [m for m in watcher.messages if m.payload.get("device_id") in dropped
-                and m.payload.get("reason") == "shutdown" and m.payload["key"]["session"] == 1]
+    assert not [
+        m
+        for m in watcher.messages
+        if m.payload.get("device_id") in dropped
+        and m.payload.get("reason") == "shutdown"
+        and m.payload["key"]["session"] == 1
+    ]
 
 
-async def test_fleet_config_and_upgrade_jobs_with_real_downloads(broker_address: Broker, s3,
-                                                                watch, unique: str):
+async def test_fleet_config_and_upgrade_jobs_with_real_downloads(
+    broker_address: Broker, s3, watch, unique: str
+):
     import hashlib
     import secrets
     from datetime import UTC, datetime, timedelta
@@ -81,17 +99,24 @@ async def test_fleet_config_and_upgrade_jobs_with_real_downloads(broker_address:
     key = f"fw/{prefix}/2.0.0.bin"
     s3.client().put_object(Bucket=s3.bucket, Key=key, Body=image)
     url = s3.client().generate_presigned_url(
-        "get_object", Params={"Bucket": s3.bucket, "Key": key}, ExpiresIn=600)
+        "get_object", Params={"Bucket": s3.bucket, "Key": key}, ExpiresIn=600
+    )
 
     def command(job_id: str, sha256: str) -> bytes:
         now = datetime.now(UTC)
-        fw = FirmwareRef(version="2.0.0", size=len(image), sha256=sha256, url=url,
-                         url_expires_at=now + timedelta(minutes=10))
+        fw = FirmwareRef(
+            version="2.0.0",
+            size=len(image),
+            sha256=sha256,
+            url=url,
+            url_expires_at=now + timedelta(minutes=10),
+        )
         return encode(JobCommand(job_id=job_id, firmware=fw, issued_at=now))
 
     def reached(job_id: str, status: str):
-        return lambda m: (m.topic.endswith(f"/jobs/{job_id}/status")
-                          and m.payload.get("status") == status)
+        return lambda m: (
+            m.topic.endswith(f"/jobs/{job_id}/status") and m.payload.get("status") == status
+        )
 
     options = FleetOptions(devices=6, prefix=prefix, seed=3, download_rate=400 * 1024)
     async with Fleet(options, broker_address, logging.getLogger("test.sim")) as fleet:
@@ -101,8 +126,7 @@ async def test_fleet_config_and_upgrade_jobs_with_real_downloads(broker_address:
         sha = hashlib.sha256(image).hexdigest()
         async with backend_session(broker_address) as client:
             for device_id in good:
-                await client.publish(f"devices/{device_id}/jobs/up-1", command("up-1", sha),
-                                     qos=1)
+                await client.publish(f"devices/{device_id}/jobs/up-1", command("up-1", sha), qos=1)
             await client.publish(f"devices/{bad}/jobs/up-1", command("up-1", "0" * 64), qos=1)
             desired = ConfigMessage.for_config(example_wifi_config(), version=5)
             await client.publish(f"devices/{cfg}/config", encode(desired), qos=1, retain=True)
@@ -116,8 +140,10 @@ async def test_fleet_config_and_upgrade_jobs_with_real_downloads(broker_address:
         assert failed.payload["reason"].startswith("sha256 mismatch")
 
         def applied(m: Seen) -> bool:
-            return (m.topic == f"devices/{cfg}/state"
-                    and (m.payload.get("config") or {}).get("version") == 5)
+            return (
+                m.topic == f"devices/{cfg}/state"
+                and (m.payload.get("config") or {}).get("version") == 5
+            )
 
         state = (await watcher.wait_for(applied))[0]
         assert state.payload["config"]["status"] == "applied"
@@ -128,21 +154,32 @@ async def test_fleet_config_and_upgrade_jobs_with_real_downloads(broker_address:
             await client.publish(f"devices/{cfg}/config", b"", qos=1, retain=True)
 
 
-async def test_churn_drops_both_ways_and_devices_come_back(broker_address: Broker, watch,
-                                                           unique: str):
+async def test_churn_drops_both_ways_and_devices_come_back(
+    broker_address: Broker, watch, unique: str
+):
     prefix = f"c{unique}"
     watcher = await watch("devices/+/#", prefix=f"devices/{prefix}-")
-    options = FleetOptions(devices=20, prefix=prefix, seed=5, churn_per_min=12.0,
-                           abrupt_share=0.5, reconnect_base=0.2, reconnect_cap=0.5)
+    options = FleetOptions(
+        devices=20,
+        prefix=prefix,
+        seed=5,
+        churn_per_min=12.0,
+        abrupt_share=0.5,
+        reconnect_base=0.2,
+        reconnect_cap=0.5,
+    )
     async with Fleet(options, broker_address, logging.getLogger("test.sim")) as fleet:
         async with asyncio.timeout(20):
             await fleet.wait_ready()
-        await watcher.wait_for(lambda m: m.payload.get("reason") == "connection_lost",
-                               count=3, within=20)
-        await watcher.wait_for(lambda m: m.payload.get("reason") == "shutdown",
-                               count=3, within=20)
-        await watcher.wait_for(lambda m: m.topic.endswith("/presence")
-                               and m.payload["key"]["session"] >= 2, count=6, within=20)
+        await watcher.wait_for(
+            lambda m: m.payload.get("reason") == "connection_lost", count=3, within=20
+        )
+        await watcher.wait_for(lambda m: m.payload.get("reason") == "shutdown", count=3, within=20)
+        await watcher.wait_for(
+            lambda m: m.topic.endswith("/presence") and m.payload["key"]["session"] >= 2,
+            count=6,
+            within=20,
+        )
         assert fleet.stats.connects > 20
         assert fleet.stats.abrupt_drops >= 3
         assert fleet.stats.graceful_drops >= 3
@@ -153,6 +190,11 @@ def backend_session(broker: Broker):
 
     import aiomqtt
 
-    return aiomqtt.Client(broker.host, broker.port, username=broker.username,
-                          password=broker.password, identifier=f"test-{secrets.token_hex(4)}",
-                          protocol=aiomqtt.ProtocolVersion.V5)
+    return aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username=broker.username,
+        password=broker.password,
+        identifier=f"test-{secrets.token_hex(4)}",
+        protocol=aiomqtt.ProtocolVersion.V5,
+    )

@@ -30,14 +30,29 @@ def device_ids(prefix: str, n: int) -> list[str]:
     return [f"{prefix}-{i:04d}" for i in range(n)]
 
 
-async def seed_devices(db, ids: list[str], *, tenant: str = "t1", group: str = "g1",
-                       online: bool = True, firmware: str = "1.0") -> None:
+async def seed_devices(
+    db,
+    ids: list[str],
+    *,
+    tenant: str = "t1",
+    group: str = "g1",
+    online: bool = True,
+    firmware: str = "1.0",
+) -> None:
     from pymongo.operations import InsertOne
 
-    docs = [{"_id": d, "tenant_id": tenant, "group": group, "tags": ["ap"],
-             "hardware_model": "hw1",
-             "presence": {"status": "online" if online else "offline"},
-             "state": {"firmware": firmware}} for d in ids]
+    docs = [
+        {
+            "_id": d,
+            "tenant_id": tenant,
+            "group": group,
+            "tags": ["ap"],
+            "hardware_model": "hw1",
+            "presence": {"status": "online" if online else "offline"},
+            "state": {"firmware": firmware},
+        }
+        for d in ids
+    ]
     await bulk_write(db["devices"], [InsertOne(d) for d in docs], chunk=await chunk_size(db))
 
 
@@ -50,8 +65,15 @@ def seed_firmware_object(s3, key: str, size: int = 4096) -> tuple[bytes, str]:
 async def seed_firmware(db, s3, unique: str, version: str = "2.0") -> dict[str, Any]:
     key = f"fw/{unique}/image.bin"
     data, digest = seed_firmware_object(s3, key)
-    doc = {"_id": f"fw-{unique}", "tenant_id": "t1", "version": version, "size": len(data),
-           "sha256": digest, "s3_key": key, "hardware_models": ["hw1"]}
+    doc = {
+        "_id": f"fw-{unique}",
+        "tenant_id": "t1",
+        "version": version,
+        "size": len(data),
+        "sha256": digest,
+        "s3_key": key,
+        "hardware_models": ["hw1"],
+    }
     await db["firmware"].insert_one(doc)
     return doc
 
@@ -64,8 +86,13 @@ def rollout_doc(job_id: str, firmware: dict[str, Any], **spec: Any) -> dict[str,
         "grace_period": "PT30S",
     }
     base.update(spec)
-    return {"_id": job_id, "tenant_id": "t1", "status": "running",
-            "created_at": datetime.now(UTC), **base}
+    return {
+        "_id": job_id,
+        "tenant_id": "t1",
+        "status": "running",
+        "created_at": datetime.now(UTC),
+        **base,
+    }
 
 
 def real_clock() -> datetime:
@@ -79,22 +106,35 @@ def quiet_mqtt_logger() -> logging.Logger:
 
 
 @contextlib.asynccontextmanager
-async def executor(db, broker, s3, *, holder: str = "s1", clock=real_clock,
-                   config: ExecutorConfig | None = None):
-    client = aiomqtt.Client("127.0.0.1", broker.port, username=broker.backend_username,
-                            password=broker.backend_password,
-                            identifier=f"sched-{holder}-{secrets.token_hex(3)}",
-                            protocol=aiomqtt.ProtocolVersion.V5, logger=quiet_mqtt_logger())
+async def executor(
+    db, broker, s3, *, holder: str = "s1", clock=real_clock, config: ExecutorConfig | None = None
+):
+    client = aiomqtt.Client(
+        "127.0.0.1",
+        broker.port,
+        username=broker.backend_username,
+        password=broker.backend_password,
+        identifier=f"sched-{holder}-{secrets.token_hex(3)}",
+        protocol=aiomqtt.ProtocolVersion.V5,
+        logger=quiet_mqtt_logger(),
+    )
     async with client:
         metrics = SchedulerMetrics()
         yield RolloutExecutor(
-            RolloutStore(db), Claims(db, holder, clock, LOG), MqttSink(client),
-            Presigner(s3.client(), s3.bucket), metrics, clock, LOG,
-            config or ExecutorConfig(presign_seconds=120, min_url_seconds=5))
+            RolloutStore(db),
+            Claims(db, holder, clock, LOG),
+            MqttSink(client),
+            Presigner(s3.client(), s3.bucket),
+            metrics,
+            clock,
+            LOG,
+            config or ExecutorConfig(presign_seconds=120, min_url_seconds=5),
+        )
 
 
-async def tick_until(ex: RolloutExecutor, done: Callable[[], Awaitable[bool]],
-                     limit_s: float = 60) -> int:
+async def tick_until(
+    ex: RolloutExecutor, done: Callable[[], Awaitable[bool]], limit_s: float = 60
+) -> int:
     """Tick (as the periodic job would) until ``done()``; return the number of ticks."""
     deadline = time.monotonic() + limit_s
     ticks = 0

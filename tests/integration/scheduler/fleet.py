@@ -64,9 +64,14 @@ class FakeFleet:
     async def _handle(self, device: str, message: aiomqtt.Message) -> None:
         body = json.loads(message.payload)  # type: ignore[arg-type]
         props = message.properties
-        got = Received(body["job_id"], body["execution"], body["firmware"]["url"],
-                       body["firmware"]["sha256"], body["firmware"]["version"],
-                       getattr(props, "MessageExpiryInterval", None))
+        got = Received(
+            body["job_id"],
+            body["execution"],
+            body["firmware"]["url"],
+            body["firmware"]["sha256"],
+            body["firmware"]["version"],
+            getattr(props, "MessageExpiryInterval", None),
+        )
         seen = {(r.job_id, r.execution) for r in self.commands[device]}
         self.commands[device].append(got)
         if (got.job_id, got.execution) in seen:
@@ -96,11 +101,21 @@ class FakeFleet:
         now = datetime.now(UTC)
         await self.db["job_executions"].update_one(
             {"_id": execution_id(got.job_id, device)},
-            {"$set": {"report": {"status": status, "k": key, "updated_at": now,
-                                 "firmware": got.version if status == "succeeded" else None}}})
+            {
+                "$set": {
+                    "report": {
+                        "status": status,
+                        "k": key,
+                        "updated_at": now,
+                        "firmware": got.version if status == "succeeded" else None,
+                    }
+                }
+            },
+        )
         if status == "succeeded":
             await self.db["devices"].update_one(
-                {"_id": device}, {"$set": {"state.firmware": got.version}})
+                {"_id": device}, {"$set": {"state.firmware": got.version}}
+            )
 
     def distinct(self, device: str) -> set[tuple[str, int]]:
         return {(r.job_id, r.execution) for r in self.commands[device]}
@@ -108,10 +123,15 @@ class FakeFleet:
 
 @contextlib.asynccontextmanager
 async def running(fleet: FakeFleet, broker: Any) -> Any:
-    client = aiomqtt.Client("127.0.0.1", broker.port, username=broker.backend_username,
-                            password=broker.backend_password,
-                            identifier=f"fleet-{fleet.prefix}",
-                            protocol=aiomqtt.ProtocolVersion.V5, max_queued_incoming_messages=0)
+    client = aiomqtt.Client(
+        "127.0.0.1",
+        broker.port,
+        username=broker.backend_username,
+        password=broker.backend_password,
+        identifier=f"fleet-{fleet.prefix}",
+        protocol=aiomqtt.ProtocolVersion.V5,
+        max_queued_incoming_messages=0,
+    )
     ready = asyncio.Event()
     async with client:
         task = asyncio.create_task(fleet.run(client, ready), name="fake fleet")

@@ -29,8 +29,9 @@ async def test_each_firing_is_claimed_by_exactly_one_instance(db):
     a = Claims(db, "a", clock, LOG)
     b = Claims(db, "b", clock, LOG)
     firings = [clock.now + timedelta(minutes=i) for i in range(10)]
-    results = await asyncio.gather(*(c.claim_firing("reconcile", t)
-                                     for t in firings for c in (a, b)))
+    results = await asyncio.gather(
+        *(c.claim_firing("reconcile", t) for t in firings for c in (a, b))
+    )
     pairs = list(zip(results[::2], results[1::2], strict=True))
     assert all(x != y for x, y in pairs)  # exactly one of each pair won
     assert await db["scheduler_claims"].count_documents({}) == 10
@@ -60,8 +61,9 @@ async def test_lease_is_exclusive_and_taken_over_after_expiry_with_a_new_token(d
 async def test_concurrent_acquire_has_one_winner(db):
     clock = FakeClock()
     instances = [Claims(db, f"i{n}", clock, LOG) for n in range(4)]
-    leases = await asyncio.gather(*(c.acquire("rollout:race", timedelta(seconds=30))
-                                    for c in instances))
+    leases = await asyncio.gather(
+        *(c.acquire("rollout:race", timedelta(seconds=30)) for c in instances)
+    )
     assert sum(lease is not None for lease in leases) == 1
 
 

@@ -36,24 +36,44 @@ N = 30
 
 
 async def test_rollout_through_bridge_and_simulated_fleet(db, broker, mongo, s3, unique):
-    options = FleetOptions(devices=N, prefix=f"e{unique}", firmware="1.0.0",
-                           hardware_model="sim-ap", reconnect_base=0.2, reconnect_cap=1.0)
-    await db["devices"].insert_many([
-        {"_id": options.device_id(i), "tenant_id": "t1", "group": "g1",
-         "hardware_model": "sim-ap"} for i in range(N)])
+    options = FleetOptions(
+        devices=N,
+        prefix=f"e{unique}",
+        firmware="1.0.0",
+        hardware_model="sim-ap",
+        reconnect_base=0.2,
+        reconnect_cap=1.0,
+    )
+    await db["devices"].insert_many(
+        [
+            {
+                "_id": options.device_id(i),
+                "tenant_id": "t1",
+                "group": "g1",
+                "hardware_model": "sim-ap",
+            }
+            for i in range(N)
+        ]
+    )
     fw = await seed_firmware(db, s3, unique, version="2.0.0")
     job = f"job-{unique}"
-    await db["rollouts"].insert_one(rollout_doc(job, fw, waves={"kind": "fixed", "size": 10},
-                                                grace_period="PT60S"))
-    fleet_broker = Broker("127.0.0.1", broker.port, broker.backend_username,
-                          broker.backend_password)
+    await db["rollouts"].insert_one(
+        rollout_doc(job, fw, waves={"kind": "fixed", "size": 10}, grace_period="PT60S")
+    )
+    fleet_broker = Broker(
+        "127.0.0.1", broker.port, broker.backend_username, broker.backend_password
+    )
     cfg = bridge_settings(broker, mongo.url, db.name, unique)
-    async with running_bridge(cfg), Fleet(options, fleet_broker, LOG) as fleet, \
-            executor(db, broker, s3) as ex:
+    async with (
+        running_bridge(cfg),
+        Fleet(options, fleet_broker, LOG) as fleet,
+        executor(db, broker, s3) as ex,
+    ):
         await fleet.wait_ready(N)
 
         async def done() -> bool:
             return await status_of(db, job) in ("completed", "aborted", "paused")
+
         await tick_until(ex, done, limit_s=120)
         stats = fleet.stats
     assert await status_of(db, job) == "completed"
@@ -71,20 +91,27 @@ async def test_rollout_created_by_the_api_store_is_run_as_stored(db, broker, s3,
     ids = device_ids(prefix, 6)
     await seed_devices(db, ids)
     fw = await seed_firmware(db, s3, unique)
-    spec = RolloutSpec.model_validate({
-        "firmware": {"id": fw["_id"], "version": fw["version"]},
-        "target": {"group": "g1", "tags": ["ap"]}, "waves": {"kind": "percentage",
-                                                             "percent": 50},
-        "success": {"min_success_percent": 100, "wait": "PT10M"},
-        "grace_period": "PT30S",
-        "schedule": RolloutSchedule(windows=(MaintenanceWindow(
-            start=time(0, 0), end=time(0, 0), timezone="Europe/Berlin"),)),
-    })
+    spec = RolloutSpec.model_validate(
+        {
+            "firmware": {"id": fw["_id"], "version": fw["version"]},
+            "target": {"group": "g1", "tags": ["ap"]},
+            "waves": {"kind": "percentage", "percent": 50},
+            "success": {"min_success_percent": 100, "wait": "PT10M"},
+            "grace_period": "PT30S",
+            "schedule": RolloutSchedule(
+                windows=(
+                    MaintenanceWindow(start=time(0, 0), end=time(0, 0), timezone="Europe/Berlin"),
+                )
+            ),
+        }
+    )
     doc = await api_rollouts.create(db, "t1", spec, actor="test")
     fleet = FakeFleet(db, prefix, download=False)
     async with running(fleet, broker), executor(db, broker, s3) as ex:
+
         async def done() -> bool:
             return await status_of(db, doc["_id"]) == "completed"
+
         await tick_until(ex, done, limit_s=60)
     execs = await db["job_executions"].find({"job_id": doc["_id"]}).to_list(None)
     assert Counter(e["wave"] for e in execs) == {1: 3, 2: 3}

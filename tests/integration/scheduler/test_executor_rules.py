@@ -46,8 +46,9 @@ async def setup(db, s3, unique, prefix, n, **spec):
 
 
 async def test_max_per_minute_caps_a_large_wave(db, broker, s3, unique, prefix):
-    ids, job = await setup(db, s3, unique, prefix, 30, max_per_minute=12,
-                           waves={"kind": "fixed", "size": 30})
+    ids, job = await setup(
+        db, s3, unique, prefix, 30, max_per_minute=12, waves={"kind": "fixed", "size": 30}
+    )
     clock = FakeClock()
     fleet = FakeFleet(db, prefix, download=False, behaviour=dict.fromkeys(ids, SILENT))
     async with running(fleet, broker), executor(db, broker, s3, clock=clock) as ex:
@@ -64,9 +65,19 @@ async def test_max_per_minute_caps_a_large_wave(db, broker, s3, unique, prefix):
 
 
 async def test_exponential_rate_grows_with_notified_devices(db, broker, s3, unique, prefix):
-    ids, job = await setup(db, s3, unique, prefix, 40, waves={
-        "kind": "exponential", "base_rate_per_minute": 4, "increment_factor": 2,
-        "notified_devices": 4})
+    ids, job = await setup(
+        db,
+        s3,
+        unique,
+        prefix,
+        40,
+        waves={
+            "kind": "exponential",
+            "base_rate_per_minute": 4,
+            "increment_factor": 2,
+            "notified_devices": 4,
+        },
+    )
     clock = FakeClock()
     fleet = FakeFleet(db, prefix, download=False, behaviour=dict.fromkeys(ids, SILENT))
     totals = []
@@ -101,10 +112,10 @@ async def test_offline_device_waits_and_is_sent_when_back(db, broker, s3, unique
     assert [r.execution for r in fleet.commands[away]] == [1]
 
 
-async def test_pause_resume_and_cancel_take_effect_at_the_next_tick(
-        db, broker, s3, unique, prefix):
-    ids, job = await setup(db, s3, unique, prefix, 20, max_per_minute=5,
-                           waves={"kind": "fixed", "size": 20})
+async def test_pause_resume_and_cancel_take_effect_at_the_next_tick(db, broker, s3, unique, prefix):
+    ids, job = await setup(
+        db, s3, unique, prefix, 20, max_per_minute=5, waves={"kind": "fixed", "size": 20}
+    )
     clock = FakeClock()
     fleet = FakeFleet(db, prefix, download=False, behaviour=dict.fromkeys(ids, SILENT))
     async with running(fleet, broker), executor(db, broker, s3, clock=clock) as ex:
@@ -124,8 +135,10 @@ async def test_pause_resume_and_cancel_take_effect_at_the_next_tick(
         assert await status_of(db, job) == "canceled"
         assert await sent_in_db(db, job) == 10
         await tick_until(ex, lambda: _count(fleet, 10))
-    counts = {s: await db["job_executions"].count_documents({"job_id": job, "status": s})
-              for s in ("queued", "canceled")}
+    counts = {
+        s: await db["job_executions"].count_documents({"job_id": job, "status": s})
+        for s in ("queued", "canceled")
+    }
     assert counts == {"queued": 10, "canceled": 10}  # the 10 sent run to their end
 
 
@@ -134,11 +147,19 @@ async def _count(fleet: FakeFleet, n: int) -> bool:
 
 
 async def test_invalid_rollout_or_missing_firmware_aborts_with_a_reason(
-        db, broker, s3, unique, prefix):
+    db, broker, s3, unique, prefix
+):
     ids, job = await setup(db, s3, unique, prefix, 2)
-    await db["rollouts"].insert_one({"_id": f"bad-{unique}", "tenant_id": "t1",
-                                     "status": "running", "firmware": {"id": "x"},
-                                     "target": {}, "waves": {"kind": "sideways"}})
+    await db["rollouts"].insert_one(
+        {
+            "_id": f"bad-{unique}",
+            "tenant_id": "t1",
+            "status": "running",
+            "firmware": {"id": "x"},
+            "target": {},
+            "waves": {"kind": "sideways"},
+        }
+    )
     await db["firmware"].delete_many({})
     async with executor(db, broker, s3) as ex:
         await ex.tick()
@@ -155,8 +176,7 @@ async def test_invalid_rollout_or_missing_firmware_aborts_with_a_reason(
     assert len(ids) == 2
 
 
-async def test_a_device_in_another_active_rollout_is_not_targeted(
-        db, broker, s3, unique, prefix):
+async def test_a_device_in_another_active_rollout_is_not_targeted(db, broker, s3, unique, prefix):
     ids, first = await setup(db, s3, unique, prefix, 4, waves={"kind": "fixed", "size": 2})
     fw = await db["firmware"].find_one({})
     second = f"second-{unique}"

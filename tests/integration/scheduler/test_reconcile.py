@@ -35,21 +35,38 @@ CONFIG = example_wifi_config()
 
 async def seed(db, ids: list[str], *, applied: int, desired: int = 2) -> None:
     for d in ids:
-        await db["devices"].insert_one({
-            "_id": d, "tenant_id": "t1", "desired_config": {"version": desired, "hash": "a" * 64,
-                                                            "updated_at": OLD},
-            "state": {"config": {"version": applied, "status": "applied"}},
-            "presence": {"status": "online", "since": OLD - timedelta(hours=1)}})
-        await db["device_configs"].insert_one({
-            "_id": f"{d}:{desired:010d}:aaaa", "tenant_id": "t1", "device_id": d,
-            "version": desired, "hash": config_hash(CONFIG), "created_at": OLD,
-            "config": json.dumps(CONFIG.model_dump(mode="json"))})
+        await db["devices"].insert_one(
+            {
+                "_id": d,
+                "tenant_id": "t1",
+                "desired_config": {"version": desired, "hash": "a" * 64, "updated_at": OLD},
+                "state": {"config": {"version": applied, "status": "applied"}},
+                "presence": {"status": "online", "since": OLD - timedelta(hours=1)},
+            }
+        )
+        await db["device_configs"].insert_one(
+            {
+                "_id": f"{d}:{desired:010d}:aaaa",
+                "tenant_id": "t1",
+                "device_id": d,
+                "version": desired,
+                "hash": config_hash(CONFIG),
+                "created_at": OLD,
+                "config": json.dumps(CONFIG.model_dump(mode="json")),
+            }
+        )
 
 
 def mqtt(broker, name: str) -> aiomqtt.Client:
-    return aiomqtt.Client("127.0.0.1", broker.port, username=broker.backend_username,
-                          password=broker.backend_password, identifier=name,
-                          protocol=aiomqtt.ProtocolVersion.V5, logger=quiet_mqtt_logger())
+    return aiomqtt.Client(
+        "127.0.0.1",
+        broker.port,
+        username=broker.backend_username,
+        password=broker.backend_password,
+        identifier=name,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        logger=quiet_mqtt_logger(),
+    )
 
 
 async def _retained_once(broker, prefix: str, expect: int, window_s: float) -> dict:
@@ -80,8 +97,7 @@ async def retained_configs(broker, prefix: str, expect: int, limit_s: float = 10
 async def test_lagging_config_is_republished_then_applied_and_capped(db, broker, prefix):
     ids = device_ids(prefix, 3)
     await seed(db, ids, applied=1)
-    policy = ReconcilePolicy(lag=timedelta(minutes=5), retry_after=timedelta(0),
-                             max_attempts=3)
+    policy = ReconcilePolicy(lag=timedelta(minutes=5), retry_after=timedelta(0), max_attempts=3)
     async with mqtt(broker, f"rec-{prefix}") as client:
         rec = Reconciler(db, MqttSink(client), LOG, policy)
         now = datetime.now(UTC)
@@ -100,22 +116,35 @@ async def test_lagging_config_is_republished_then_applied_and_capped(db, broker,
 
 
 async def test_broker_sigkill_loses_retained_configs_and_resync_restores_them(
-        db, mongo, s3, prefix, tmp_path):
+    db, mongo, s3, prefix, tmp_path
+):
     tmp_path.chmod(0o755)
-    broker = Mosquitto(tmp_path / "mosquitto", free_port(),
-                       backend_password=secrets.token_urlsafe(12), autosave_interval=3600)
+    broker = Mosquitto(
+        tmp_path / "mosquitto",
+        free_port(),
+        backend_password=secrets.token_urlsafe(12),
+        autosave_interval=3600,
+    )
     broker.start()
     started = time.monotonic()
     ids = device_ids(prefix, 20)
     await seed(db, ids, applied=2)  # all in sync: only a broker restart needs a resync
     settings = Settings(
-        MqttSettings(url=broker.url, username=broker.backend_username,
-                     password=SecretStr(broker.backend_password)),
+        MqttSettings(
+            url=broker.url,
+            username=broker.backend_username,
+            password=SecretStr(broker.backend_password),
+        ),
         MongoSettings(url=mongo.url, database=db.name),
-        S3Settings(endpoint_url=s3.url, bucket=s3.bucket, access_key_id=s3.access_key,
-                   secret_access_key=SecretStr(s3.secret_key)),
+        S3Settings(
+            endpoint_url=s3.url,
+            bucket=s3.bucket,
+            access_key_id=s3.access_key,
+            secret_access_key=SecretStr(s3.secret_key),
+        ),
         HttpSettings(port=free_port()),
-        SchedulerSettings(instance="rec", reconcile_seconds=1, tick_seconds=1))
+        SchedulerSettings(instance="rec", reconcile_seconds=1, tick_seconds=1),
+    )
     stop = asyncio.Event()
     service = SchedulerService(settings, LOG)
     task = asyncio.create_task(service.run(stop), name="scheduler under test")
@@ -134,7 +163,8 @@ async def test_broker_sigkill_loses_retained_configs_and_resync_restores_them(
         back = await retained_configs(broker, prefix, 20, limit_s=45)
         assert len(back) == 20
         resyncs = await db["scheduler_claims"].count_documents(
-            {"_id": {"$regex": "^config_resync@"}})
+            {"_id": {"$regex": "^config_resync@"}}
+        )
         assert resyncs == 2
     finally:
         stop.set()

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.integration
 
 
 async def test_rollout_over_200_devices_in_waves_completes_exactly_once(
-        db, broker, s3, unique, prefix):
+    db, broker, s3, unique, prefix
+):
     ids = device_ids(prefix, 200)
     await seed_devices(db, ids)
     fw = await seed_firmware(db, s3, unique)
@@ -73,16 +74,22 @@ async def test_url_is_refused_after_its_expiry(db, broker, s3, unique, prefix):
 
 
 async def test_thirty_percent_failing_aborts_at_threshold_and_sends_no_more(
-        db, broker, s3, unique, prefix):
+    db, broker, s3, unique, prefix
+):
     ids = device_ids(prefix, 100)
     await seed_devices(db, ids)
     fw = await seed_firmware(db, s3, unique)
     failing = {d: FAIL for i, d in enumerate(ids) if i % 10 in (1, 4, 7)}  # 30%
     job = f"job-{unique}"
-    await db["rollouts"].insert_one(rollout_doc(
-        job, fw, waves={"kind": "fixed", "size": 20},
-        success={"min_success_percent": 50},
-        abort=[{"failure_type": "failed", "threshold_percent": 20, "min_finished": 10}]))
+    await db["rollouts"].insert_one(
+        rollout_doc(
+            job,
+            fw,
+            waves={"kind": "fixed", "size": 20},
+            success={"min_success_percent": 50},
+            abort=[{"failure_type": "failed", "threshold_percent": 20, "min_finished": 10}],
+        )
+    )
     fleet = FakeFleet(db, prefix, behaviour=failing, download=False)
     async with running(fleet, broker), executor(db, broker, s3) as ex:
         await tick_until(ex, lambda: _final(db, job), limit_s=60)
@@ -107,9 +114,14 @@ async def test_retry_gets_a_new_attempt_and_a_fresh_url(db, broker, s3, unique, 
     await seed_devices(db, ids)
     fw = await seed_firmware(db, s3, unique)
     job = f"job-{unique}"
-    await db["rollouts"].insert_one(rollout_doc(
-        job, fw, retries=[{"failure_type": "failed", "max_retries": 1}],
-        success={"min_success_percent": 0}))
+    await db["rollouts"].insert_one(
+        rollout_doc(
+            job,
+            fw,
+            retries=[{"failure_type": "failed", "max_retries": 1}],
+            success={"min_success_percent": 0},
+        )
+    )
     fleet = FakeFleet(db, prefix, behaviour={ids[0]: FAIL}, download=False)
     config = ExecutorConfig(presign_seconds=120, min_url_seconds=5)
     async with running(fleet, broker), executor(db, broker, s3, config=config) as ex:
@@ -118,8 +130,9 @@ async def test_retry_gets_a_new_attempt_and_a_fresh_url(db, broker, s3, unique, 
     got = fleet.commands[ids[0]]
     assert [r.execution for r in got] == [1, 2]
     assert got[0].url != got[1].url
-    execs = {e["device_id"]: e for e in await db["job_executions"].find(
-        {"job_id": job}).to_list(None)}
+    execs = {
+        e["device_id"]: e for e in await db["job_executions"].find({"job_id": job}).to_list(None)
+    }
     assert execs[ids[0]]["status"] == "failed"
     assert execs[ids[0]]["attempt"] == 2
     assert [len(fleet.commands[d]) for d in ids[1:]] == [1, 1]
@@ -139,9 +152,13 @@ async def _final(db, job: str) -> bool:
 
 async def _settled(db, job: str) -> bool:
     doc = await db["rollouts"].find_one({"_id": job})
-    return (doc["progress"].get("open_executions") == 0
-            and await db["job_executions"].count_documents(
-                {"job_id": job, "status": {"$in": ["queued", "in_progress"]}}) == 0)
+    return (
+        doc["progress"].get("open_executions") == 0
+        and await db["job_executions"].count_documents(
+            {"job_id": job, "status": {"$in": ["queued", "in_progress"]}}
+        )
+        == 0
+    )
 
 
 async def _received(fleet: FakeFleet, ids: list[str]) -> bool:
@@ -149,33 +166,64 @@ async def _received(fleet: FakeFleet, ids: list[str]) -> bool:
 
 
 async def test_takeover_resends_only_unconfirmed_commands_the_device_did_not_answer(
-        db, broker, s3, unique, prefix):
+    db, broker, s3, unique, prefix
+):
     """A holder died after claiming and marking two sends, before confirming them."""
     answered, silent = device_ids(prefix, 2)
     await seed_devices(db, [answered, silent])
     fw = await seed_firmware(db, s3, unique)
     job = f"job-{unique}"
     t0 = datetime.now(UTC) - timedelta(seconds=60)
-    await db["rollouts"].insert_one({**rollout_doc(job, fw), "progress": {
-        "wave": 1, "wave_started_at": t0, "fence": 1}})
-    await db["scheduler_claims"].insert_one({
-        "_id": f"lease:rollout:{job}:000000000001", "lease": f"rollout:{job}", "token": 1,
-        "holder": "dead", "expires_at": t0 + timedelta(seconds=30)})
+    await db["rollouts"].insert_one(
+        {**rollout_doc(job, fw), "progress": {"wave": 1, "wave_started_at": t0, "fence": 1}}
+    )
+    await db["scheduler_claims"].insert_one(
+        {
+            "_id": f"lease:rollout:{job}:000000000001",
+            "lease": f"rollout:{job}",
+            "token": 1,
+            "holder": "dead",
+            "expires_at": t0 + timedelta(seconds=30),
+        }
+    )
     for device in (answered, silent):
         eid = f"{job}:{device}"
-        await db["job_executions"].insert_one({
-            "_id": eid, "tenant_id": "t1", "rollout_id": job, "job_id": job,
-            "device_id": device, "wave": 1, "attempt": 1, "status": "queued",
-            "created_at": t0, "sent_at": t0, "next_try_at": t0, "tries": 0, "fence": 1})
-        await db["scheduler_sends"].insert_one({
-            "_id": f"{eid}#1", "job_id": job, "execution_id": eid, "device_id": device,
-            "attempt": 1, "token": 1, "holder": "dead", "stamp": "dead:1:x",
-            "intent_at": t0, "published_at": None})
+        await db["job_executions"].insert_one(
+            {
+                "_id": eid,
+                "tenant_id": "t1",
+                "rollout_id": job,
+                "job_id": job,
+                "device_id": device,
+                "wave": 1,
+                "attempt": 1,
+                "status": "queued",
+                "created_at": t0,
+                "sent_at": t0,
+                "next_try_at": t0,
+                "tries": 0,
+                "fence": 1,
+            }
+        )
+        await db["scheduler_sends"].insert_one(
+            {
+                "_id": f"{eid}#1",
+                "job_id": job,
+                "execution_id": eid,
+                "device_id": device,
+                "attempt": 1,
+                "token": 1,
+                "holder": "dead",
+                "stamp": "dead:1:x",
+                "intent_at": t0,
+                "published_at": None,
+            }
+        )
     await db["job_executions"].update_one(  # the bridge recorded the device's answer
         {"_id": f"{job}:{answered}"},
-        {"$set": {"report": {"status": "downloading", "k": "1", "updated_at": t0}}})
-    fleet = FakeFleet(db, prefix, download=False, behaviour={answered: "silent",
-                                                              silent: "silent"})
+        {"$set": {"report": {"status": "downloading", "k": "1", "updated_at": t0}}},
+    )
+    fleet = FakeFleet(db, prefix, download=False, behaviour={answered: "silent", silent: "silent"})
     async with running(fleet, broker), executor(db, broker, s3) as ex:
         await ex.tick()
         await tick_until(ex, lambda: _received(fleet, [silent]), limit_s=20)
@@ -184,8 +232,7 @@ async def test_takeover_resends_only_unconfirmed_commands_the_device_did_not_ans
         assert ex.metrics.republished._value.get() == 1
     assert fleet.commands[answered] == []
     assert [r.execution for r in fleet.commands[silent]] == [1]
-    sends = {s["_id"]: s for s in await db["scheduler_sends"].find({"job_id": job})
-             .to_list(None)}
+    sends = {s["_id"]: s for s in await db["scheduler_sends"].find({"job_id": job}).to_list(None)}
     assert sends[f"{job}:{answered}#1"]["how"] == "device reported"
     assert sends[f"{job}:{silent}#1"]["published_at"] is not None
     assert f"{job}:{silent}#1#r2" in sends  # re-sent once, under the new token 2

@@ -32,17 +32,26 @@ class Instance:
         self.name = name
         self.port = free_port()
         self.log = folder / f"scheduler-{name}.log"
-        full = {**os.environ, **env, "OUTPOST_HTTP_PORT": str(self.port),
-                "OUTPOST_SCHEDULER_INSTANCE": name}
+        full = {
+            **os.environ,
+            **env,
+            "OUTPOST_HTTP_PORT": str(self.port),
+            "OUTPOST_SCHEDULER_INSTANCE": name,
+        }
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "outpost", "scheduler"],
-                                         env=full, cwd=folder, stdout=out,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "outpost", "scheduler"],
+                env=full,
+                cwd=folder,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}",
-                                        timeout=2) as response:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.port}{path}", timeout=2
+            ) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, ""
@@ -57,15 +66,21 @@ class Instance:
 
 def service_env(db, broker, mongo, s3, **extra: str) -> dict[str, str]:
     return {
-        "OUTPOST_MQTT_URL": broker.url, "OUTPOST_MQTT_USERNAME": broker.backend_username,
+        "OUTPOST_MQTT_URL": broker.url,
+        "OUTPOST_MQTT_USERNAME": broker.backend_username,
         "OUTPOST_MQTT_PASSWORD": broker.backend_password,
-        "OUTPOST_MONGO_URL": mongo.url, "OUTPOST_MONGO_DATABASE": db.name,
-        "OUTPOST_S3_ENDPOINT_URL": s3.url, "OUTPOST_S3_BUCKET": s3.bucket,
-        "OUTPOST_S3_ACCESS_KEY_ID": s3.access_key, "OUTPOST_S3_SECRET_ACCESS_KEY": s3.secret_key,
+        "OUTPOST_MONGO_URL": mongo.url,
+        "OUTPOST_MONGO_DATABASE": db.name,
+        "OUTPOST_S3_ENDPOINT_URL": s3.url,
+        "OUTPOST_S3_BUCKET": s3.bucket,
+        "OUTPOST_S3_ACCESS_KEY_ID": s3.access_key,
+        "OUTPOST_S3_SECRET_ACCESS_KEY": s3.secret_key,
         "OUTPOST_S3_PRESIGN_SECONDS": "600",
-        "OUTPOST_SCHEDULER_TICK_SECONDS": "0.3", "OUTPOST_SCHEDULER_LEASE_SECONDS": "3",
+        "OUTPOST_SCHEDULER_TICK_SECONDS": "0.3",
+        "OUTPOST_SCHEDULER_LEASE_SECONDS": "3",
         "OUTPOST_SCHEDULER_LEASE_MARGIN_SECONDS": "1",
-        "OUTPOST_SCHEDULER_SETTLE_SECONDS": "2", "OUTPOST_SCHEDULER_BATCH": "8",
+        "OUTPOST_SCHEDULER_SETTLE_SECONDS": "2",
+        "OUTPOST_SCHEDULER_BATCH": "8",
         **extra,
     }
 
@@ -82,7 +97,8 @@ async def ready(instance: Instance) -> bool:
 
 
 async def test_sigkill_of_the_lease_holder_mid_rollout_no_duplicate_no_missing(
-        db, broker, mongo, s3, unique, prefix, tmp_path):
+    db, broker, mongo, s3, unique, prefix, tmp_path
+):
     tmp_path.chmod(0o755)
     ids = device_ids(prefix, 200)
     await seed_devices(db, ids)
@@ -101,9 +117,11 @@ async def test_sigkill_of_the_lease_holder_mid_rollout_no_duplicate_no_missing(
 
             async def some_sent() -> bool:
                 return sum(1 for d in ids if fleet.commands[d]) >= 50
+
             await until(some_sent, 60, "first waves")
-            lease = await db["scheduler_claims"].find_one({"lease": f"rollout:{job}"},
-                                                          sort=[("token", -1)])
+            lease = await db["scheduler_claims"].find_one(
+                {"lease": f"rollout:{job}"}, sort=[("token", -1)]
+            )
             victim = instances[lease["holder"]]
             victim.proc.send_signal(signal.SIGKILL)
             victim.proc.wait(10)
@@ -111,6 +129,7 @@ async def test_sigkill_of_the_lease_holder_mid_rollout_no_duplicate_no_missing(
 
             async def finished() -> bool:
                 return await status_of(db, job) == "completed"
+
             await until(finished, 90, "rollout completed")
             survivor = next(i for i in instances.values() if i is not victim)
             status, metrics = await asyncio.to_thread(survivor.get, "/metrics")
@@ -133,8 +152,7 @@ async def test_sigkill_of_the_lease_holder_mid_rollout_no_duplicate_no_missing(
     assert max(tokens) >= 2  # the lease was taken over
 
 
-async def test_sys_metrics_become_gauges_and_sigterm_stops_cleanly(
-        db, broker, mongo, s3, tmp_path):
+async def test_sys_metrics_become_gauges_and_sigterm_stops_cleanly(db, broker, mongo, s3, tmp_path):
     tmp_path.chmod(0o755)
     env = service_env(db, broker, mongo, s3, OUTPOST_SCHEDULER_SNAPSHOT_SECONDS="1")
     inst = Instance("solo", env, tmp_path)
@@ -144,16 +162,24 @@ async def test_sys_metrics_become_gauges_and_sigterm_stops_cleanly(
 
         async def gauges() -> bool:
             _, body = await asyncio.to_thread(inst.get, "/metrics")
-            return ("\noutpost_broker_clients_connected " in body
-                    and "\noutpost_broker_retained_messages " in body)
+            return (
+                "\noutpost_broker_clients_connected " in body
+                and "\noutpost_broker_retained_messages " in body
+            )
+
         await until(gauges, 30, "$SYS gauges")  # Mosquitto publishes $SYS every 10 s
 
         # The first snapshot may hold the retained $SYS value Mosquitto published before
         # this scheduler connected (0 clients between two tests); the broker republishes
         # every 10 s, and then the scheduler itself is counted.
         async def snapshot() -> bool:
-            return await db["broker_metrics"].count_documents(
-                {"values.clients/connected": {"$gte": 1}}) > 0
+            return (
+                await db["broker_metrics"].count_documents(
+                    {"values.clients/connected": {"$gte": 1}}
+                )
+                > 0
+            )
+
         await until(snapshot, 30, "a broker snapshot counting this scheduler")
         inst.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(inst.proc.wait, 20) == 0

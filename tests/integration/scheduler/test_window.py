@@ -28,8 +28,7 @@ class FakeClock:
         return self.now
 
 
-async def test_outside_the_window_on_the_dst_night_nothing_is_sent(
-        db, broker, s3, unique, prefix):
+async def test_outside_the_window_on_the_dst_night_nothing_is_sent(db, broker, s3, unique, prefix):
     ids = device_ids(prefix, 5)
     await seed_devices(db, ids)
     fw = await seed_firmware(db, s3, unique)
@@ -41,8 +40,7 @@ async def test_outside_the_window_on_the_dst_night_nothing_is_sent(
     clock = FakeClock(datetime(2026, 3, 29, 0, 0, tzinfo=UTC))  # 01:00 CET
     fleet = FakeFleet(db, prefix, download=False)
     config = ExecutorConfig(presign_seconds=7200, min_url_seconds=5)
-    async with running(fleet, broker), executor(db, broker, s3, clock=clock,
-                                                config=config) as ex:
+    async with running(fleet, broker), executor(db, broker, s3, clock=clock, config=config) as ex:
         for minutes in (0, 30, 59):  # 01:00, 01:30, 01:59 CET: before the window
             clock.now = datetime(2026, 3, 29, 0, minutes, tzinfo=UTC)
             await ex.tick()
@@ -50,8 +48,14 @@ async def test_outside_the_window_on_the_dst_night_nothing_is_sent(
         clock.now = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # 03:30 CEST: inside
         await tick_until(ex, lambda: _all_received(fleet, ids), limit_s=30)
         clock.now = datetime(2026, 3, 29, 2, 0, tzinfo=UTC)  # 04:00 CEST: closed again
-        await db["devices"].insert_one({"_id": f"{prefix}-late", "tenant_id": "t1",
-                                        "group": "g1", "presence": {"status": "online"}})
+        await db["devices"].insert_one(
+            {
+                "_id": f"{prefix}-late",
+                "tenant_id": "t1",
+                "group": "g1",
+                "presence": {"status": "online"},
+            }
+        )
         for _ in range(3):
             await ex.tick()
     assert f"{prefix}-late" not in fleet.commands
@@ -65,7 +69,8 @@ async def test_outside_the_window_on_the_dst_night_nothing_is_sent(
 
 
 async def test_window_end_closer_than_the_minimum_url_lifetime_sends_nothing(
-        db, broker, s3, unique, prefix):
+    db, broker, s3, unique, prefix
+):
     ids = device_ids(prefix, 2)
     await seed_devices(db, ids)
     fw = await seed_firmware(db, s3, unique)

@@ -6,8 +6,10 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
 def snap(minutes_ago: float, **values: float) -> dict:
-    return {"at": NOW - timedelta(minutes=minutes_ago),
-            "values": {k.replace("_", "/"): v for k, v in values.items()}}
+    return {
+        "at": NOW - timedelta(minutes=minutes_ago),
+        "values": {k.replace("_", "/"): v for k, v in values.items()},
+    }
 
 
 def test_no_snapshot_says_why() -> None:
@@ -24,14 +26,16 @@ def test_dropped_over_the_window() -> None:
 
 
 def test_nothing_dropped_no_alert() -> None:
-    summary = summarize(snap(1, publish_messages_dropped=5), snap(61, publish_messages_dropped=5),
-                        NOW)
+    summary = summarize(
+        snap(1, publish_messages_dropped=5), snap(61, publish_messages_dropped=5), NOW
+    )
     assert (summary.dropped_in_window, summary.alerts) == (0, [])
 
 
 def test_restart_resets_the_counter() -> None:
-    summary = summarize(snap(1, publish_messages_dropped=3), snap(61, publish_messages_dropped=50),
-                        NOW)
+    summary = summarize(
+        snap(1, publish_messages_dropped=3), snap(61, publish_messages_dropped=50), NOW
+    )
     assert summary.dropped_in_window == 3
 
 

@@ -51,7 +51,8 @@ def test_after_filter_orders_by_field_then_id():
     sort = pagination.Sort("created_at", descending=True)
     cursor = pagination.encode_cursor(5, "b")
     assert pagination.after_filter(sort, cursor) == {
-        "$or": [{"created_at": {"$lt": 5}}, {"created_at": 5, "_id": {"$lt": "b"}}]}
+        "$or": [{"created_at": {"$lt": 5}}, {"created_at": 5, "_id": {"$lt": "b"}}]
+    }
     assert pagination.sort_spec(sort) == [("created_at", -1), ("_id", -1)]
     with pytest.raises(InvalidInput):
         pagination.Sort.parse("secret", {"id": "_id"})
@@ -85,31 +86,62 @@ def test_plan_is_a_noop_when_the_hash_is_unchanged():
     assert (second.expected_version, second.version) == (1, 2)
 
 
-@pytest.mark.parametrize(("device", "reason"), [
-    ({}, SyncReason.NO_CONFIG),
-    ({"desired_config": {"version": 2}, "state": {"config": {"version": 2, "status": "applied"}}},
-     SyncReason.IN_SYNC),
-    ({"desired_config": {"version": 2},
-      "state": {"config": {"version": 2, "status": "rejected", "error": "e"}}},
-     SyncReason.REJECTED),
-    ({"desired_config": {"version": 2}, "presence": {"status": "online"},
-      "state": {"config": {"version": 1, "status": "applied"}}}, SyncReason.NOT_ACKED),
-    ({"desired_config": {"version": 2}, "presence": {"status": "offline"}}, SyncReason.OFFLINE),
-])
+@pytest.mark.parametrize(
+    ("device", "reason"),
+    [
+        ({}, SyncReason.NO_CONFIG),
+        (
+            {
+                "desired_config": {"version": 2},
+                "state": {"config": {"version": 2, "status": "applied"}},
+            },
+            SyncReason.IN_SYNC,
+        ),
+        (
+            {
+                "desired_config": {"version": 2},
+                "state": {"config": {"version": 2, "status": "rejected", "error": "e"}},
+            },
+            SyncReason.REJECTED,
+        ),
+        (
+            {
+                "desired_config": {"version": 2},
+                "presence": {"status": "online"},
+                "state": {"config": {"version": 1, "status": "applied"}},
+            },
+            SyncReason.NOT_ACKED,
+        ),
+        ({"desired_config": {"version": 2}, "presence": {"status": "offline"}}, SyncReason.OFFLINE),
+    ],
+)
 def test_sync_reason(device, reason):
     assert sync_state(device).reason is reason
 
 
 def full_spec(**extra) -> RolloutSpec:
-    return RolloutSpec.model_validate({
-        "firmware": {"id": "f1", "version": "1.0.0"},
-        "target": {"tags": ["b", "a"], "device_ids": ["dev-2", "dev-1"]},
-        "waves": {"kind": "fixed", "size": 4},
-        "success": {"min_success_percent": 90, "wait": 600, "on_miss": "abort"},
-        "in_progress_timeout": 120, "grace_period": 30,
-        "schedule": {"start_at": "2030-01-01T00:00:00Z", "windows": [
-            {"days": ["mon", "tue"], "start": "22:00", "end": "04:00",
-             "timezone": "Europe/Berlin"}]}, **extra})
+    return RolloutSpec.model_validate(
+        {
+            "firmware": {"id": "f1", "version": "1.0.0"},
+            "target": {"tags": ["b", "a"], "device_ids": ["dev-2", "dev-1"]},
+            "waves": {"kind": "fixed", "size": 4},
+            "success": {"min_success_percent": 90, "wait": 600, "on_miss": "abort"},
+            "in_progress_timeout": 120,
+            "grace_period": 30,
+            "schedule": {
+                "start_at": "2030-01-01T00:00:00Z",
+                "windows": [
+                    {
+                        "days": ["mon", "tue"],
+                        "start": "22:00",
+                        "end": "04:00",
+                        "timezone": "Europe/Berlin",
+                    }
+                ],
+            },
+            **extra,
+        }
+    )
 
 
 def test_stored_rollout_reads_back_as_the_same_spec():
@@ -124,8 +156,14 @@ def test_dry_run_uses_the_scheduler_wave_sizes():
     assert [w.device_ids for w in waves] == [ids[0:4], ids[4:8], ids[8:10]]
     assert waves[0].earliest_start == datetime(2030, 1, 1, tzinfo=UTC)
     assert waves[1].earliest_start == datetime(2030, 1, 1, 0, 1, tzinfo=UTC)
-    exp = full_spec(waves={"kind": "exponential", "base_rate_per_minute": 1,
-                           "increment_factor": 2, "notified_devices": 2})
+    exp = full_spec(
+        waves={
+            "kind": "exponential",
+            "base_rate_per_minute": 1,
+            "increment_factor": 2,
+            "notified_devices": 2,
+        }
+    )
     assert sum(len(w.device_ids) for w in dry_run_waves(exp, ids, now)) == 10
 
 
@@ -134,7 +172,10 @@ def test_dynsec_commands_grant_only_the_own_subtree():
     role, client = create
     assert {a["topic"] for a in role["acls"]} == {"devices/ap-1/#"}
     assert {a["acltype"] for a in role["acls"]} == {
-        "publishClientSend", "publishClientReceive", "subscribePattern"}
+        "publishClientSend",
+        "publishClientReceive",
+        "subscribePattern",
+    }
     assert client["username"] == client["clientid"] == "ap-1"
     assert client["roles"] == [{"rolename": role["rolename"]}]
 
@@ -144,21 +185,27 @@ class FakeChannel:
         self.errors = errors
 
     async def control(self, commands):
-        return [{"command": c["command"], **({"error": e} if e else {})}
-                for c, e in zip(commands, self.errors, strict=True)]
+        return [
+            {"command": c["command"], **({"error": e} if e else {})}
+            for c, e in zip(commands, self.errors, strict=True)
+        ]
 
 
 async def test_broker_admin_maps_errors():
     await broker_admin.BrokerAdmin(FakeChannel(["Role already exists", None])).create_device(
-        "ap-1", "pw")
+        "ap-1", "pw"
+    )
     with pytest.raises(Conflict):
-        await broker_admin.BrokerAdmin(FakeChannel([None, "Client already exists"])
-                                       ).create_device("ap-1", "pw", replace_stale=False)
+        await broker_admin.BrokerAdmin(FakeChannel([None, "Client already exists"])).create_device(
+            "ap-1", "pw", replace_stale=False
+        )
     with pytest.raises(BrokerError):
         await broker_admin.BrokerAdmin(FakeChannel(["Internal error", None])).create_device(
-            "ap-1", "pw")
-    await broker_admin.BrokerAdmin(FakeChannel(["Client not found", "Role not found"])
-                                   ).delete_device("ap-1")
+            "ap-1", "pw"
+        )
+    await broker_admin.BrokerAdmin(
+        FakeChannel(["Client not found", "Role not found"])
+    ).delete_device("ap-1")
 
 
 class ScriptedChannel:
@@ -171,13 +218,21 @@ class ScriptedChannel:
     async def control(self, commands):
         self.sent.append([c["command"] for c in commands])
         errors = self.script.pop(0)
-        return [{"command": c["command"], **({"error": e} if e else {})}
-                for c, e in zip(commands, errors, strict=True)]
+        return [
+            {"command": c["command"], **({"error": e} if e else {})}
+            for c, e in zip(commands, errors, strict=True)
+        ]
 
 
 async def test_stale_broker_account_is_replaced_once():
-    channel = ScriptedChannel(["Role already exists", "Client already exists"],
-                              [None, None], ["Role already exists", None])
+    channel = ScriptedChannel(
+        ["Role already exists", "Client already exists"],
+        [None, None],
+        ["Role already exists", None],
+    )
     await broker_admin.BrokerAdmin(channel).create_device("ap-1", "pw")
-    assert channel.sent == [["createRole", "createClient"], ["deleteClient", "deleteRole"],
-                            ["createRole", "createClient"]]
+    assert channel.sent == [
+        ["createRole", "createClient"],
+        ["deleteClient", "deleteRole"],
+        ["createRole", "createClient"],
+    ]

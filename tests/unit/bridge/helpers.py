@@ -20,18 +20,29 @@ def inbound(topic: str, payload: bytes | dict[str, Any], *, retain: bool = False
 
 
 def state(device: str, session: int, seq: int, firmware: str = "1.0.0", **extra: Any) -> Inbound:
-    body = {"v": 1, "device_id": device, "key": {"session": session, "seq": seq},
-            "firmware": firmware, "hardware_model": "ap-1", **extra}
+    body = {
+        "v": 1,
+        "device_id": device,
+        "key": {"session": session, "seq": seq},
+        "firmware": firmware,
+        "hardware_model": "ap-1",
+        **extra,
+    }
     return inbound(f"devices/{device}/state", body)
 
 
 def presence(device: str, session: int, seq: int, status: str = "online") -> Inbound:
-    body = {"v": 1, "device_id": device, "key": {"session": session, "seq": seq},
-            "status": status}
+    body = {"v": 1, "device_id": device, "key": {"session": session, "seq": seq}, "status": status}
     return inbound(f"devices/{device}/presence", body, retain=True)
 
 
 def job(device: str, job_id: str, session: int, seq: int, status: str = "downloading") -> Inbound:
-    body = {"v": 1, "device_id": device, "job_id": job_id,
-            "key": {"session": session, "seq": seq}, "status": status, "progress": 10}
+    body = {
+        "v": 1,
+        "device_id": device,
+        "job_id": job_id,
+        "key": {"session": session, "seq": seq},
+        "status": status,
+        "progress": 10,
+    }
     return inbound(f"devices/{device}/jobs/{job_id}/status", body)

@@ -14,9 +14,13 @@ def _accepted(*items):
 
 
 def test_coalesce_keeps_newest_per_device_and_channel_whatever_the_order():
-    items = _accepted(state("dev-a", 1, 5, "5"), state("dev-a", 1, 9, "9"),
-                      state("dev-a", 1, 7, "7"), presence("dev-a", 1, 1),
-                      state("dev-b", 2, 1, "b"))
+    items = _accepted(
+        state("dev-a", 1, 5, "5"),
+        state("dev-a", 1, 9, "9"),
+        state("dev-a", 1, 7, "7"),
+        presence("dev-a", 1, 1),
+        state("dev-b", 2, 1, "b"),
+    )
     kept = coalesce(items)
     by_slot = {(k.device_id, k.where.channel.value): k.message for k in kept}
     assert len(kept) == 3
@@ -31,8 +35,9 @@ def test_coalesce_orders_by_session_before_seq():
 
 
 def test_jobs_are_coalesced_per_job():
-    kept = coalesce(_accepted(job("dev-a", "j1", 1, 1), job("dev-a", "j2", 1, 2),
-                              job("dev-a", "j1", 1, 3)))
+    kept = coalesce(
+        _accepted(job("dev-a", "j1", 1, 1), job("dev-a", "j2", 1, 2), job("dev-a", "j1", 1, 3))
+    )
     assert sorted((k.where.job_id, k.message.key.seq) for k in kept) == [("j1", 3), ("j2", 2)]
 
 
@@ -41,17 +46,24 @@ def test_plan_rejects_bad_input_with_reasons_and_keeps_the_good():
         inbound("devices/dev-a/state", b"{not json"),
         inbound("devices/dev-a/state", {"v": 1, "device_id": "dev-a"}),
         inbound("devices/dev-a/state", b"x" * 40_000),
-        inbound("devices/dev-a/presence", {"v": 1, "device_id": "dev-b", "status": "online",
-                                           "key": {"session": 1, "seq": 1}}),
+        inbound(
+            "devices/dev-a/presence",
+            {"v": 1, "device_id": "dev-b", "status": "online", "key": {"session": 1, "seq": 1}},
+        ),
         inbound("devices/dev-a/config", {"v": 1}),
         inbound("other/topic", {"v": 1}),
         state("dev-a", 1, 1),
     ]
     decoded = plan(batch)
     reasons = [r.reason for r in decoded.rejections]
-    assert reasons == [RejectReason.JSON, RejectReason.SCHEMA, RejectReason.TOO_LARGE,
-                       RejectReason.ID_MISMATCH, RejectReason.NOT_FROM_DEVICE,
-                       RejectReason.TOPIC]
+    assert reasons == [
+        RejectReason.JSON,
+        RejectReason.SCHEMA,
+        RejectReason.TOO_LARGE,
+        RejectReason.ID_MISMATCH,
+        RejectReason.NOT_FROM_DEVICE,
+        RejectReason.TOPIC,
+    ]
     assert decoded.device_ids == frozenset({"dev-a"})
     assert len(decoded.writes) == 1
 

@@ -120,8 +120,13 @@ class _StuckWriter(_Writer):
 async def test_stop_abandons_a_stuck_batch_at_the_deadline_without_acking_it() -> None:
     source = _Source()
     writer = _StuckWriter(source)
-    bridge = Bridge(source, writer, batch_max=1000, flush_s=0.0,  # type: ignore[arg-type]
-                    stop_timeout_s=0.2)
+    bridge = Bridge(
+        source,
+        writer,
+        batch_max=1000,
+        flush_s=0.0,  # type: ignore[arg-type]
+        stop_timeout_s=0.2,
+    )
     for m in _messages(5):
         source.messages.put_nowait(m)
     task = asyncio.create_task(bridge.run())
@@ -139,8 +144,13 @@ async def test_stop_still_flushes_a_batch_that_finishes_within_the_deadline() ->
     source = _Source()
     gate = asyncio.Event()
     writer = _Writer(source, gate)
-    bridge = Bridge(source, writer, batch_max=1000, flush_s=0.0,  # type: ignore[arg-type]
-                    stop_timeout_s=5)
+    bridge = Bridge(
+        source,
+        writer,
+        batch_max=1000,
+        flush_s=0.0,  # type: ignore[arg-type]
+        stop_timeout_s=5,
+    )
     sent = _messages(4)
     for m in sent:
         source.messages.put_nowait(m)

@@ -41,8 +41,9 @@ async def test_retry_retries_transient_errors_only():
         return "ok"
 
     policy = RetryPolicy(first_wait=0.001)
-    result = await retry(flaky, policy, on_retry=lambda n, e, d: retried.append(n),
-                         on_success=lambda: None)
+    result = await retry(
+        flaky, policy, on_retry=lambda n, e, d: retried.append(n), on_success=lambda: None
+    )
     assert result == "ok"
     assert retried == [1, 2]
 

@@ -17,8 +17,10 @@ def test_presence_update_is_conditional_on_an_older_key():
     collection, op = _op(presence("dev-a", 3, 4, "offline"))
     assert collection == "devices"
     k = "00000000000003.00000000000004"
-    assert op._filter == {"_id": "dev-a", "$or": [{"presence.k": {"$exists": False}},
-                                                  {"presence.k": {"$lt": k}}]}
+    assert op._filter == {
+        "_id": "dev-a",
+        "$or": [{"presence.k": {"$exists": False}}, {"presence.k": {"$lt": k}}],
+    }
     assert op._doc["$set"]["presence"]["status"] == "offline"
     assert op._doc["$set"]["presence"]["k"] == k
     assert op._upsert is None or op._upsert is False
@@ -48,8 +50,9 @@ def test_job_status_goes_to_its_execution():
 
 def test_dead_letters_are_a_ring_per_reason():
     sink = MongoSink(None, chunk=64, dead_letter_cap=3)  # type: ignore[arg-type]
-    bad = [Rejection(inbound("devices/dev-a/state", b"{"), RejectReason.JSON, "x")
-           for _ in range(10)]
+    bad = [
+        Rejection(inbound("devices/dev-a/state", b"{"), RejectReason.JSON, "x") for _ in range(10)
+    ]
     ops = sink.dead_letter_ops(bad)
     ids = {op._filter["_id"] for op in ops}
     assert len(ops) == 3

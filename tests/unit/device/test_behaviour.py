@@ -24,8 +24,9 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 # ------------------------------------------------------------------------------- backoff
 
 
-@pytest.mark.parametrize(("attempt", "window"), [(0, 1.0), (1, 2.0), (3, 8.0), (6, 60.0),
-                                                 (500, 60.0)])
+@pytest.mark.parametrize(
+    ("attempt", "window"), [(0, 1.0), (1, 2.0), (3, 8.0), (6, 60.0), (500, 60.0)]
+)
 def test_backoff_full_jitter_spans_the_whole_window(attempt: int, window: float):
     assert b.backoff_delay(attempt, base=1.0, cap=60.0, rand=lambda: 0.0) == 0.0
     top = b.backoff_delay(attempt, base=1.0, cap=60.0, rand=lambda: 0.999999)
@@ -126,10 +127,15 @@ def test_parse_config_gives_a_reason_instead_of_raising():
 # ---------------------------------------------------------------------------------- jobs
 
 
-def command(job_id: str = "job-1", version: str = "2.0.0", execution: int = 1,
-            expires: datetime = NOW + timedelta(minutes=10)) -> JobCommand:
-    fw = FirmwareRef(version=version, size=10, sha256="a" * 64, url="http://s3/fw.bin",
-                     url_expires_at=expires)
+def command(
+    job_id: str = "job-1",
+    version: str = "2.0.0",
+    execution: int = 1,
+    expires: datetime = NOW + timedelta(minutes=10),
+) -> JobCommand:
+    fw = FirmwareRef(
+        version=version, size=10, sha256="a" * 64, url="http://s3/fw.bin", url_expires_at=expires
+    )
     return JobCommand(job_id=job_id, execution=execution, firmware=fw, issued_at=NOW)
 
 
@@ -137,12 +143,16 @@ def test_new_job_starts():
     decision = b.decide_job(command(), None, "1.0.0", NOW)
     assert decision.action is b.JobAction.START
     assert (decision.record.status, decision.record.previous, decision.record.target) == (
-        JobState.QUEUED, "1.0.0", "2.0.0")
+        JobState.QUEUED,
+        "1.0.0",
+        "2.0.0",
+    )
 
 
 def test_redelivered_command_re_reports_current_status():
     current = b.decide_job(command(), None, "1.0.0", NOW).record.moved(
-        JobState.DOWNLOADING, progress=40.0)
+        JobState.DOWNLOADING, progress=40.0
+    )
     decision = b.decide_job(command(), current, "1.0.0", NOW)
     assert decision == b.JobDecision(b.JobAction.REPORT, current)
 
@@ -157,8 +167,7 @@ def test_other_job_while_busy_is_rejected_and_current_kept():
 
 def test_expired_url_is_rejected():
     decision = b.decide_job(command(expires=NOW - timedelta(seconds=1)), None, "1.0.0", NOW)
-    assert (decision.action, decision.record.reason) == (b.JobAction.REJECT,
-                                                         "download URL expired")
+    assert (decision.action, decision.record.reason) == (b.JobAction.REJECT, "download URL expired")
 
 
 def test_already_running_target_succeeds_without_download():
@@ -169,23 +178,27 @@ def test_already_running_target_succeeds_without_download():
 
 def test_new_execution_restarts_a_finished_job_and_old_ones_are_ignored():
     failed = b.decide_job(command(execution=2), None, "1.0.0", NOW).record.moved(
-        JobState.FAILED, reason="sha256 mismatch")
+        JobState.FAILED, reason="sha256 mismatch"
+    )
     assert b.decide_job(command(execution=3), failed, "1.0.0", NOW).action is b.JobAction.START
     assert b.decide_job(command(execution=1), failed, "1.0.0", NOW).action is b.JobAction.IGNORE
 
 
-@pytest.mark.parametrize(("status", "running", "expected", "reason"), [
-    (JobState.DOWNLOADING, "1.0.0", JobState.DOWNLOADING, None),
-    (JobState.QUEUED, "1.0.0", JobState.QUEUED, None),
-    (JobState.INSTALLING, "1.0.0", JobState.FAILED, "interrupted during install"),
-    (JobState.REBOOTING, "2.0.0", JobState.SUCCEEDED, None),
-    (JobState.REBOOTING, "1.0.0", JobState.FAILED, "booted 1.0.0, expected 2.0.0"),
-    (JobState.FAILED, "1.0.0", JobState.FAILED, "earlier"),
-])
-def test_resume_after_boot(status: JobState, running: str, expected: JobState,
-                           reason: str | None):
+@pytest.mark.parametrize(
+    ("status", "running", "expected", "reason"),
+    [
+        (JobState.DOWNLOADING, "1.0.0", JobState.DOWNLOADING, None),
+        (JobState.QUEUED, "1.0.0", JobState.QUEUED, None),
+        (JobState.INSTALLING, "1.0.0", JobState.FAILED, "interrupted during install"),
+        (JobState.REBOOTING, "2.0.0", JobState.SUCCEEDED, None),
+        (JobState.REBOOTING, "1.0.0", JobState.FAILED, "booted 1.0.0, expected 2.0.0"),
+        (JobState.FAILED, "1.0.0", JobState.FAILED, "earlier"),
+    ],
+)
+def test_resume_after_boot(status: JobState, running: str, expected: JobState, reason: str | None):
     record = b.decide_job(command(), None, "1.0.0", NOW).record.moved(
-        status, reason="earlier" if status is JobState.FAILED else None)
+        status, reason="earlier" if status is JobState.FAILED else None
+    )
     resumed = b.resume_job(record, running, NOW)
     assert (resumed.status, resumed.reason) == (expected, reason)
 
@@ -204,7 +217,7 @@ def test_image_check_accepts_the_right_image_in_chunks():
     image = bytes(range(256)) * 40
     check = b.ImageCheck(len(image), hashlib.sha256(image).hexdigest())
     for start in range(0, len(image), 1000):
-        check.update(image[start:start + 1000])
+        check.update(image[start : start + 1000])
     assert check.failure() is None
     assert check.progress == 100.0
 

@@ -9,20 +9,32 @@ from schemas.rollouts import ExecutionStatus, RolloutSpec
 
 S = ExecutionStatus
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-SPEC = RolloutSpec.model_validate({
-    "firmware": {"id": "fw", "version": "2.0"}, "target": {"group": "g"},
-    "waves": {"kind": "fixed", "size": 10},
-    "in_progress_timeout": "PT10M", "grace_period": "PT5M",
-    "retries": [{"failure_type": "timed_out", "max_retries": 2},
-                {"failure_type": "failed", "max_retries": 1}],
-})
+SPEC = RolloutSpec.model_validate(
+    {
+        "firmware": {"id": "fw", "version": "2.0"},
+        "target": {"group": "g"},
+        "waves": {"kind": "fixed", "size": 10},
+        "in_progress_timeout": "PT10M",
+        "grace_period": "PT5M",
+        "retries": [
+            {"failure_type": "timed_out", "max_retries": 2},
+            {"failure_type": "failed", "max_retries": 1},
+        ],
+    }
+)
 ONLINE_NEW = DeviceView(online=True, firmware="2.0")
 ONLINE_OLD = DeviceView(online=True, firmware="1.0")
 
 
 def ex(status=S.QUEUED, attempt=1, sent=T0, report=None, stale_k=""):
-    doc = {"_id": "j:d", "status": status.value, "attempt": attempt, "sent_at": sent,
-           "created_at": T0, "stale_k": stale_k}
+    doc = {
+        "_id": "j:d",
+        "status": status.value,
+        "attempt": attempt,
+        "sent_at": sent,
+        "created_at": T0,
+        "stale_k": stale_k,
+    }
     if report:
         doc["report"] = {"k": "0001", "updated_at": T0 + timedelta(minutes=1), **report}
     return ExecutionView.from_doc(doc)
@@ -34,8 +46,10 @@ def test_unsent_and_terminal_executions_do_not_move():
 
 
 def test_progress_reports_leave_the_stored_status_alone():
-    assert decide(SPEC, ex(report={"status": "downloading"}), ONLINE_OLD,
-                  T0 + timedelta(minutes=2)) is None
+    assert (
+        decide(SPEC, ex(report={"status": "downloading"}), ONLINE_OLD, T0 + timedelta(minutes=2))
+        is None
+    )
 
 
 def test_reported_success_moves_to_in_progress_while_the_grace_check_runs():
@@ -69,8 +83,12 @@ def test_succeeded_but_not_back_within_grace_fails_and_is_retried_once():
 
 
 def test_rejected_has_no_retries_here():
-    t = decide(SPEC, ex(S.IN_PROGRESS, report={"status": "rejected", "reason": "model"}),
-               ONLINE_OLD, T0 + timedelta(minutes=2))
+    t = decide(
+        SPEC,
+        ex(S.IN_PROGRESS, report={"status": "rejected", "reason": "model"}),
+        ONLINE_OLD,
+        T0 + timedelta(minutes=2),
+    )
     assert t is not None
     assert t.status is S.REJECTED
     assert t.final
@@ -88,8 +106,9 @@ def test_no_answer_times_out_and_timeouts_retry_twice():
 
 
 def test_report_of_a_previous_attempt_is_ignored():
-    stale = ex(attempt=2, sent=T0 + timedelta(minutes=30), report={"status": "failed"},
-               stale_k="0001")
+    stale = ex(
+        attempt=2, sent=T0 + timedelta(minutes=30), report={"status": "failed"}, stale_k="0001"
+    )
     assert decide(SPEC, stale, ONLINE_OLD, T0 + timedelta(minutes=31)) is None
 
 

@@ -11,15 +11,16 @@ from scheduler.reconcile import ReconcilePolicy, decide
 from scheduler.service import firing_slot
 
 T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
-POLICY = ReconcilePolicy(lag=timedelta(minutes=5), retry_after=timedelta(minutes=1),
-                         max_attempts=3)
+POLICY = ReconcilePolicy(lag=timedelta(minutes=5), retry_after=timedelta(minutes=1), max_attempts=3)
 
 
 def device(applied=1, desired=2, online=True, since=T0 - timedelta(hours=1)):
-    return {"_id": "d1",
-            "desired_config": {"version": desired, "updated_at": T0},
-            "state": {"config": {"version": applied, "status": "applied"}},
-            "presence": {"status": "online" if online else "offline", "since": since}}
+    return {
+        "_id": "d1",
+        "desired_config": {"version": desired, "updated_at": T0},
+        "state": {"config": {"version": applied, "status": "applied"}},
+        "presence": {"status": "online" if online else "offline", "since": since},
+    }
 
 
 def test_in_sync_or_rejected_or_no_desired_config_is_left_alone():
@@ -49,8 +50,15 @@ def test_a_reconnect_after_the_last_attempt_republishes_at_once():
     rec = {"version": 2, "attempts": 1, "last_at": T0 + timedelta(minutes=5)}
     back = device(since=T0 + timedelta(minutes=5, seconds=10))
     assert decide(back, rec, POLICY, T0 + timedelta(minutes=5, seconds=20)) == "reconnected"
-    assert decide(device(online=False, since=back["presence"]["since"]), rec, POLICY,
-                  T0 + timedelta(minutes=5, seconds=20)) is None
+    assert (
+        decide(
+            device(online=False, since=back["presence"]["since"]),
+            rec,
+            POLICY,
+            T0 + timedelta(minutes=5, seconds=20),
+        )
+        is None
+    )
 
 
 def test_sys_values_become_gauges_including_the_topic_with_a_space():

@@ -16,8 +16,11 @@ from schemas.rollouts import (
     Target,
 )
 
-BASE = {"firmware": {"id": "fw", "version": "2"}, "target": {"group": "g"},
-        "waves": {"kind": "fixed", "size": 5}}
+BASE = {
+    "firmware": {"id": "fw", "version": "2"},
+    "target": {"group": "g"},
+    "waves": {"kind": "fixed", "size": 5},
+}
 
 
 def test_a_target_must_narrow_something():
@@ -40,16 +43,23 @@ def test_end_must_follow_start():
 
 
 def test_durations_read_back_from_seconds_as_the_api_stores_them():
-    spec = RolloutSpec.model_validate({**BASE, "in_progress_timeout": 90.0,
-                                       "success": {"wait": 600}})
+    spec = RolloutSpec.model_validate(
+        {**BASE, "in_progress_timeout": 90.0, "success": {"wait": 600}}
+    )
     assert spec.in_progress_timeout.total_seconds() == 90
     assert spec.success.wait.total_seconds() == 600
 
 
 def test_retries_for_takes_the_most_generous_matching_policy():
-    spec = RolloutSpec.model_validate({**BASE, "retries": [
-        {"failure_type": "all", "max_retries": 1},
-        {"failure_type": "timed_out", "max_retries": 3}]})
+    spec = RolloutSpec.model_validate(
+        {
+            **BASE,
+            "retries": [
+                {"failure_type": "all", "max_retries": 1},
+                {"failure_type": "timed_out", "max_retries": 3},
+            ],
+        }
+    )
     assert spec.retries_for(ExecutionStatus.TIMED_OUT) == 3
     assert spec.retries_for(ExecutionStatus.REJECTED) == 1
     assert spec.retries_for(ExecutionStatus.SUCCEEDED) == 0

@@ -31,8 +31,9 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def spec(waves: dict, **kw) -> RolloutSpec:
-    return RolloutSpec.model_validate({"firmware": {"id": "fw", "version": "2"},
-                                       "target": {"group": "g"}, "waves": waves, **kw})
+    return RolloutSpec.model_validate(
+        {"firmware": {"id": "fw", "version": "2"}, "target": {"group": "g"}, "waves": waves, **kw}
+    )
 
 
 def test_fixed_and_percentage_sizes():
@@ -65,8 +66,9 @@ def test_exponential_needs_exactly_one_criterion():
     with pytest.raises(ValidationError, match="exactly one"):
         ExponentialRate(base_rate_per_minute=1, increment_factor=2)
     with pytest.raises(ValidationError, match="exactly one"):
-        ExponentialRate(base_rate_per_minute=1, increment_factor=2, notified_devices=1,
-                        succeeded_devices=1)
+        ExponentialRate(
+            base_rate_per_minute=1, increment_factor=2, notified_devices=1, succeeded_devices=1
+        )
 
 
 def test_minute_budget_never_exceeds_max_per_minute():
@@ -88,8 +90,7 @@ def test_wave_outcome_early_met_wait_and_missed():
 
 
 def test_abort_needs_min_finished_and_share_above_threshold():
-    crit = (AbortCriterion(failure_type=FailureType.FAILED, threshold_percent=20,
-                           min_finished=10),)
+    crit = (AbortCriterion(failure_type=FailureType.FAILED, threshold_percent=20, min_finished=10),)
     assert abort_reason(crit, {S.FAILED: 5, S.SUCCEEDED: 4}) is None  # only 9 finished
     assert abort_reason(crit, {S.FAILED: 2, S.SUCCEEDED: 8}) is None  # 20% is not > 20%
     reason = abort_reason(crit, {S.FAILED: 3, S.SUCCEEDED: 7, S.QUEUED: 100})
@@ -99,9 +100,11 @@ def test_abort_needs_min_finished_and_share_above_threshold():
 
 def test_abort_by_type_counts_only_that_type_and_all_counts_every_failure():
     counts = {S.REJECTED: 3, S.TIMED_OUT: 3, S.SUCCEEDED: 4, S.CANCELED: 50}
-    only_failed = (AbortCriterion(failure_type=FailureType.FAILED, threshold_percent=10,
-                                  min_finished=1),)
-    everything = (AbortCriterion(failure_type=FailureType.ALL, threshold_percent=50,
-                                 min_finished=1),)
+    only_failed = (
+        AbortCriterion(failure_type=FailureType.FAILED, threshold_percent=10, min_finished=1),
+    )
+    everything = (
+        AbortCriterion(failure_type=FailureType.ALL, threshold_percent=50, min_finished=1),
+    )
     assert abort_reason(only_failed, counts) is None
     assert abort_reason(everything, counts) is not None  # 60% of 10 (canceled not counted)

@@ -13,8 +13,12 @@ BERLIN = "Europe/Berlin"
 
 
 def window(start: str, end: str, days=None, tz: str = BERLIN) -> MaintenanceWindow:
-    return MaintenanceWindow(days=frozenset(days or Weekday), start=time.fromisoformat(start),
-                             end=time.fromisoformat(end), timezone=tz)
+    return MaintenanceWindow(
+        days=frozenset(days or Weekday),
+        start=time.fromisoformat(start),
+        end=time.fromisoformat(end),
+        timezone=tz,
+    )
 
 
 def utc(*args: int) -> datetime:
@@ -50,8 +54,8 @@ def test_window_in_summer_uses_utc_plus_two():
 def test_spring_forward_start_inside_the_gap_moves_forward_by_the_gap():
     # 2026-03-29: Berlin clocks jump from 02:00 to 03:00 (01:00 UTC).
     schedule = RolloutSchedule(windows=(window("02:30", "05:00"),))
-    assert not allowed(schedule, utc(2026, 3, 29, 1, 0))   # 03:00 CEST, before 03:30
-    assert allowed(schedule, utc(2026, 3, 29, 1, 30))      # 03:30 CEST
+    assert not allowed(schedule, utc(2026, 3, 29, 1, 0))  # 03:00 CEST, before 03:30
+    assert allowed(schedule, utc(2026, 3, 29, 1, 30))  # 03:30 CEST
     assert open_until(schedule, utc(2026, 3, 29, 2, 0)) == utc(2026, 3, 29, 3, 0)
 
 
@@ -72,8 +76,9 @@ def test_window_crossing_midnight_belongs_to_its_start_day():
 
 
 def test_end_time_caps_the_window_end():
-    schedule = RolloutSchedule(end_at=utc(2026, 1, 5, 2, 0),
-                               windows=(window("00:00", "04:00", tz="UTC"),))
+    schedule = RolloutSchedule(
+        end_at=utc(2026, 1, 5, 2, 0), windows=(window("00:00", "04:00", tz="UTC"),)
+    )
     assert open_until(schedule, utc(2026, 1, 5, 1, 0)) == utc(2026, 1, 5, 2, 0)
     assert next_open(schedule, utc(2026, 1, 5, 3, 0)) is None
 

@@ -34,15 +34,23 @@ def reverse_keys(value: Any) -> Any:
 
 
 def test_canonical_form() -> None:
-    config = validate_config({"country": "US", "radios": {"5GHz": {}},
-                              "ssids": [{"name": "Café ☕", "security": {"mode": "open"},
-                                         "bands": ["5GHz"]}]})
+    config = validate_config(
+        {
+            "country": "US",
+            "radios": {"5GHz": {}},
+            "ssids": [{"name": "Café ☕", "security": {"mode": "open"}, "bands": ["5GHz"]}],
+        }
+    )
     raw = canonical_json(config)
-    assert raw == (
-        '{"country":"US","management_vlan":null,"ntp_servers":[],'
-        '"radios":{"5GHz":{"channel":"auto","tx_power_dbm":"auto","width":20}},'
-        '"ssids":[{"bands":["5GHz"],"hidden":false,"name":"Café ☕",'
-        '"security":{"mode":"open"},"vlan":null}],"syslog":null}').encode()
+    assert (
+        raw
+        == (
+            '{"country":"US","management_vlan":null,"ntp_servers":[],'
+            '"radios":{"5GHz":{"channel":"auto","tx_power_dbm":"auto","width":20}},'
+            '"ssids":[{"bands":["5GHz"],"hidden":false,"name":"Café ☕",'
+            '"security":{"mode":"open"},"vlan":null}],"syslog":null}'
+        ).encode()
+    )
     assert config_hash(config) == hashlib.sha256(raw).hexdigest()
     assert WifiConfig.model_validate_json(raw) == config
 
@@ -56,9 +64,14 @@ def test_key_order_does_not_change_the_hash() -> None:
 
 def test_defaults_spelled_out_or_omitted_give_the_same_hash() -> None:
     short = {"country": "US", "radios": {"5GHz": {}}}
-    long = {"country": "US", "radios": {"5GHz": {"channel": "auto", "width": 20,
-                                                 "tx_power_dbm": "auto"}},
-            "ssids": [], "management_vlan": None, "ntp_servers": [], "syslog": None}
+    long = {
+        "country": "US",
+        "radios": {"5GHz": {"channel": "auto", "width": 20, "tx_power_dbm": "auto"}},
+        "ssids": [],
+        "management_vlan": None,
+        "ntp_servers": [],
+        "syslog": None,
+    }
     assert config_hash(validate_config(short)) == config_hash(validate_config(long))
 
 
@@ -72,9 +85,12 @@ def test_band_order_in_an_ssid_carries_no_meaning() -> None:
 def test_hash_is_stable_across_runs() -> None:
     """Pinned: a change here means every device gets its config again. Be sure."""
     assert config_hash(validate_config({"country": "US", "radios": {"5GHz": {}}})) == (
-        hashlib.sha256(b'{"country":"US","management_vlan":null,"ntp_servers":[],"radios":'
-                       b'{"5GHz":{"channel":"auto","tx_power_dbm":"auto","width":20}},'
-                       b'"ssids":[],"syslog":null}').hexdigest())
+        hashlib.sha256(
+            b'{"country":"US","management_vlan":null,"ntp_servers":[],"radios":'
+            b'{"5GHz":{"channel":"auto","tx_power_dbm":"auto","width":20}},'
+            b'"ssids":[],"syslog":null}'
+        ).hexdigest()
+    )
 
 
 CHANGES: list[tuple[str, Any]] = [
@@ -168,7 +184,7 @@ def test_effective_config_validates_the_merged_result() -> None:
     with pytest.raises(InvalidConfig) as info:
         effective_config(template, {"radios": {"5GHz": {"channel": 140}}})
     assert [str(i) for i in info.value.issues] == [
-        "radios.5GHz.width: channel 140 cannot use 80 MHz in DE (80 MHz channels: "
-        "36-64, 100-128)"]
+        "radios.5GHz.width: channel 140 cannot use 80 MHz in DE (80 MHz channels: 36-64, 100-128)"
+    ]
     with pytest.raises(InvalidConfig, match=r"radios\.6GHz: 6GHz is not permitted in CN"):
         effective_config(template, {"country": "CN"})

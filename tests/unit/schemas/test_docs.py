@@ -69,8 +69,10 @@ def test_document_covers_every_channel_with_its_topic_and_limits() -> None:
         assert parse(concrete).channel is channel
         message = document["components"]["messages"][channel.value]
         assert message["x-max-payload-bytes"] == MAX_PAYLOAD_BYTES[channel]
-    actions = {op["channel"]["$ref"].rsplit("/", 1)[1]: op["action"]
-               for op in document["operations"].values()}
+    actions = {
+        op["channel"]["$ref"].rsplit("/", 1)[1]: op["action"]
+        for op in document["operations"].values()
+    }
     assert actions == {c.value: "send" if c.from_device else "receive" for c in Channel}
 
 
@@ -78,8 +80,7 @@ def test_document_examples_are_valid_payloads() -> None:
     document = build_document()
     for channel in Channel:
         address = document["channels"][channel.value]["address"]
-        topic = address.replace("{deviceId}", "ap-lobby-0042").replace(
-            "{jobId}", "rollout-7f3a-1")
+        topic = address.replace("{deviceId}", "ap-lobby-0042").replace("{jobId}", "rollout-7f3a-1")
         for example in document["components"]["messages"][channel.value]["examples"]:
             check_example(topic, example["payload"])
 
@@ -110,6 +111,8 @@ def test_protocol_page_example_is_valid(topic: str, body: str) -> None:
 def test_protocol_page_size_limits_match_the_code() -> None:
     text = PROTOCOL_MD.read_text(encoding="utf-8")
     rows = re.findall(r"^\| `(devices/[^`]+)` \| [^|]+ \| [^|]+ \| (\d+) \|", text, flags=re.M)
-    limits = {parse(t.replace("{id}", "ap-0001").replace("{job_id}", "j1")).channel: int(n)
-              for t, n in rows}
+    limits = {
+        parse(t.replace("{id}", "ap-0001").replace("{job_id}", "j1")).channel: int(n)
+        for t, n in rows
+    }
     assert limits == MAX_PAYLOAD_BYTES

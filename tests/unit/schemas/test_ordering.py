@@ -75,8 +75,13 @@ def test_will_after_online_of_the_same_session_wins() -> None:
 
 
 def test_any_arrival_order_converges() -> None:
-    history = [("online", key(1, 1)), ("offline", OrderKey.will(1)), ("online", key(2, 1)),
-               ("offline", OrderKey.will(2)), ("online", key(3, 1))]
+    history = [
+        ("online", key(1, 1)),
+        ("offline", OrderKey.will(1)),
+        ("online", key(2, 1)),
+        ("offline", OrderKey.will(2)),
+        ("online", key(3, 1)),
+    ]
     rng = random.Random(1234)
     for _ in range(200):
         shuffled = history[:]
@@ -85,10 +90,16 @@ def test_any_arrival_order_converges() -> None:
         assert apply_in_order(shuffled + shuffled) == "online"
 
 
-@pytest.mark.parametrize(("a", "b"), [
-    ((0, 0), (0, 1)), ((1, 255), (1, 256)), ((1, WILL_SEQ), (2, 1)),
-    ((2**40, 9), (2**40 + 1, 0)), ((0, WILL_SEQ - 1), (0, WILL_SEQ)),
-])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ((0, 0), (0, 1)),
+        ((1, 255), (1, 256)),
+        ((1, WILL_SEQ), (2, 1)),
+        ((2**40, 9), (2**40 + 1, 0)),
+        ((0, WILL_SEQ - 1), (0, WILL_SEQ)),
+    ],
+)
 def test_stored_key_string_orders_like_the_key(a: tuple[int, int], b: tuple[int, int]) -> None:
     older, newer = key(*a), key(*b)
     assert newer.newer_than(older)

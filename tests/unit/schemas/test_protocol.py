@@ -53,10 +53,16 @@ def as_bytes(data: Any) -> bytes:
 def test_example_is_accepted_and_round_trips(channel: Channel) -> None:
     where, payload = sample(channel)
     message = parse_any(channel, where, as_bytes(payload))
-    assert type(message).__name__ == {
-        Channel.PRESENCE: "PresenceMessage", Channel.STATE: "StateMessage",
-        Channel.CONFIG: "ConfigMessage", Channel.JOB: "JobCommand",
-        Channel.JOB_STATUS: "JobStatusMessage"}[channel]
+    assert (
+        type(message).__name__
+        == {
+            Channel.PRESENCE: "PresenceMessage",
+            Channel.STATE: "StateMessage",
+            Channel.CONFIG: "ConfigMessage",
+            Channel.JOB: "JobCommand",
+            Channel.JOB_STATUS: "JobStatusMessage",
+        }[channel]
+    )
     assert parse_any(channel, where, encode(message)) == message
 
 
@@ -79,8 +85,9 @@ REQUIRED = {
 }
 
 
-@pytest.mark.parametrize(("channel", "field"),
-                         [(c, f) for c, fields in REQUIRED.items() for f in fields])
+@pytest.mark.parametrize(
+    ("channel", "field"), [(c, f) for c, fields in REQUIRED.items() for f in fields]
+)
 def test_missing_required_field_is_rejected_with_its_path(channel: Channel, field: str) -> None:
     where, payload = sample(channel)
     del payload[field]
@@ -89,29 +96,37 @@ def test_missing_required_field_is_rejected_with_its_path(channel: Channel, fiel
     assert f"{field}: Field required" in error.detail
 
 
-@pytest.mark.parametrize(("channel", "path", "value", "expected"), [
-    (Channel.PRESENCE, ["status"], "sleeping", "status: Input should be 'online' or 'offline'"),
-    (Channel.PRESENCE, ["key", "seq"], "x", "key.seq: Input should be a valid integer"),
-    (Channel.PRESENCE, ["key", "session"], -1, "key.session: Input should be greater than"),
-    (Channel.PRESENCE, ["key", "seq"], 2**53, "key.seq: Input should be less than or equal"),
-    (Channel.PRESENCE, ["v"], 0, "v: Input should be greater than or equal to 1"),
-    (Channel.PRESENCE, ["ts"], "2026-11-26T09:00:00", "ts: Input should have timezone info"),
-    (Channel.STATE, ["uptime_s"], -5, "uptime_s: Input should be greater than or equal to 0"),
-    (Channel.STATE, ["config", "status"], "maybe", "config.status: Input should be"),
-    (Channel.STATE, ["config", "hash"], "ABC", "config.hash: String should match pattern"),
-    (Channel.STATE, ["counters", "clients"], "many", "counters.clients.int:"),
-    (Channel.STATE, ["firmware"], "", "firmware: String should have at least 1 character"),
-    (Channel.JOB_STATUS, ["progress"], 101, "progress: Input should be less than or equal"),
-    (Channel.JOB_STATUS, ["status"], "done", "status: Input should be 'queued'"),
-    (Channel.JOB, ["firmware", "size"], 0, "firmware.size: Input should be greater than 0"),
-    (Channel.JOB, ["firmware", "url"], "ftp://x", "firmware.url: String should match pattern"),
-    (Channel.JOB, ["firmware", "sha256"], "0" * 63, "firmware.sha256: String should match"),
-    (Channel.CONFIG, ["version"], 0, "version: Input should be greater than or equal to 1"),
-    (Channel.CONFIG, ["config", "radios", "5GHz", "channel"], 14,
-     "config.radios.5GHz.channel: channel 14 is not allowed on 5GHz in DE"),
-])
+@pytest.mark.parametrize(
+    ("channel", "path", "value", "expected"),
+    [
+        (Channel.PRESENCE, ["status"], "sleeping", "status: Input should be 'online' or 'offline'"),
+        (Channel.PRESENCE, ["key", "seq"], "x", "key.seq: Input should be a valid integer"),
+        (Channel.PRESENCE, ["key", "session"], -1, "key.session: Input should be greater than"),
+        (Channel.PRESENCE, ["key", "seq"], 2**53, "key.seq: Input should be less than or equal"),
+        (Channel.PRESENCE, ["v"], 0, "v: Input should be greater than or equal to 1"),
+        (Channel.PRESENCE, ["ts"], "2026-11-26T09:00:00", "ts: Input should have timezone info"),
+        (Channel.STATE, ["uptime_s"], -5, "uptime_s: Input should be greater than or equal to 0"),
+        (Channel.STATE, ["config", "status"], "maybe", "config.status: Input should be"),
+        (Channel.STATE, ["config", "hash"], "ABC", "config.hash: String should match pattern"),
+        (Channel.STATE, ["counters", "clients"], "many", "counters.clients.int:"),
+        (Channel.STATE, ["firmware"], "", "firmware: String should have at least 1 character"),
+        (Channel.JOB_STATUS, ["progress"], 101, "progress: Input should be less than or equal"),
+        (Channel.JOB_STATUS, ["status"], "done", "status: Input should be 'queued'"),
+        (Channel.JOB, ["firmware", "size"], 0, "firmware.size: Input should be greater than 0"),
+        (Channel.JOB, ["firmware", "url"], "ftp://x", "firmware.url: String should match pattern"),
+        (Channel.JOB, ["firmware", "sha256"], "0" * 63, "firmware.sha256: String should match"),
+        (Channel.CONFIG, ["version"], 0, "version: Input should be greater than or equal to 1"),
+        (
+            Channel.CONFIG,
+            ["config", "radios", "5GHz", "channel"],
+            14,
+            "config.radios.5GHz.channel: channel 14 is not allowed on 5GHz in DE",
+        ),
+    ],
+)
 def test_ill_typed_field_is_rejected_with_its_path(
-        channel: Channel, path: list[str], value: Any, expected: str) -> None:
+    channel: Channel, path: list[str], value: Any, expected: str
+) -> None:
     where, payload = sample(channel)
     target = payload
     for part in path[:-1]:
@@ -141,15 +156,18 @@ def test_payload_at_the_limit_is_accepted() -> None:
     parse_device_message(where, as_bytes(payload))
 
 
-@pytest.mark.parametrize(("raw", "reason"), [
-    (b"", RejectReason.JSON),
-    (b"{not json", RejectReason.JSON),
-    (b"\xff\xfe{}", RejectReason.JSON),
-    (b"[" * 1020 + b"]" * 1020, RejectReason.JSON),
-    (b"[]", RejectReason.SCHEMA),
-    (b"null", RejectReason.SCHEMA),
-    (b'"online"', RejectReason.SCHEMA),
-])
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", RejectReason.JSON),
+        (b"{not json", RejectReason.JSON),
+        (b"\xff\xfe{}", RejectReason.JSON),
+        (b"[" * 1020 + b"]" * 1020, RejectReason.JSON),
+        (b"[]", RejectReason.SCHEMA),
+        (b"null", RejectReason.SCHEMA),
+        (b'"online"', RejectReason.SCHEMA),
+    ],
+)
 def test_not_a_json_object_is_rejected(raw: bytes, reason: RejectReason) -> None:
     error = reject(Channel.PRESENCE, topic(Channel.PRESENCE, DEVICE_ID), raw)
     assert error.reason is reason
@@ -256,15 +274,27 @@ def test_the_largest_valid_config_fits_the_config_payload_limit() -> None:
     """Every limit of WifiConfig at its maximum, with worst-case JSON escaping."""
     host = ".".join(["h" * 63] * 3) + "." + "d" * 61  # 253 characters
     radius = [{"host": host, "port": 65535, "secret": '"' * 128}] * 4
-    ssids = [{"name": f'{i:02d}' + '"' * 30, "bands": ["2.4GHz", "5GHz"], "vlan": 4094,
-              "hidden": True, "security": {"mode": "wpa2-enterprise", "radius": radius}}
-             for i in range(32)]
-    wifi = {"country": "US", "radios": {b: {"channel": "auto", "width": 20,
-                                            "tx_power_dbm": 30}
-                                        for b in ("2.4GHz", "5GHz", "6GHz")},
-            "ssids": ssids, "management_vlan": 4094,
-            "ntp_servers": [f"{i}{host[1:]}" for i in range(4)],
-            "syslog": {"host": host, "port": 65535, "protocol": "tls"}}
+    ssids = [
+        {
+            "name": f"{i:02d}" + '"' * 30,
+            "bands": ["2.4GHz", "5GHz"],
+            "vlan": 4094,
+            "hidden": True,
+            "security": {"mode": "wpa2-enterprise", "radius": radius},
+        }
+        for i in range(32)
+    ]
+    wifi = {
+        "country": "US",
+        "radios": {
+            b: {"channel": "auto", "width": 20, "tx_power_dbm": 30}
+            for b in ("2.4GHz", "5GHz", "6GHz")
+        },
+        "ssids": ssids,
+        "management_vlan": 4094,
+        "ntp_servers": [f"{i}{host[1:]}" for i in range(4)],
+        "syslog": {"host": host, "port": 65535, "protocol": "tls"},
+    }
     message = ConfigMessage.for_config(validate_config(wifi), version=2**53 - 1)
     size = len(encode(message))
     assert 60_000 < size <= MAX_PAYLOAD_BYTES[Channel.CONFIG]

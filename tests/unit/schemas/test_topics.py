@@ -24,28 +24,48 @@ def test_build_and_parse_round_trip(channel: Channel, job_id: str | None, expect
     assert str(parsed) == built
 
 
-@pytest.mark.parametrize("bad", [
-    "", "devices", "devices/ap-0001", "devices/ap-0001/", "devices/ap-0001/unknown",
-    "things/ap-0001/state", "devices/AP-0001/state", "devices/ab/state",
-    "devices/-ap-0001/state", "devices/+/state", "devices/#", "devices/ap-0001/state/x",
-    "devices/ap-0001/jobs", "devices/ap-0001/jobs/", "devices/ap-0001/jobs/j1/",
-    "devices/ap-0001/jobs/j1/progress", "devices/ap-0001/jobs/j+1/status",
-    "devices/ap-0001/jobs/j1/status/x", "$share/g/devices/ap-0001/state",
-    "/devices/ap-0001/state", "devices/" + "a" * 65 + "/state",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "devices",
+        "devices/ap-0001",
+        "devices/ap-0001/",
+        "devices/ap-0001/unknown",
+        "things/ap-0001/state",
+        "devices/AP-0001/state",
+        "devices/ab/state",
+        "devices/-ap-0001/state",
+        "devices/+/state",
+        "devices/#",
+        "devices/ap-0001/state/x",
+        "devices/ap-0001/jobs",
+        "devices/ap-0001/jobs/",
+        "devices/ap-0001/jobs/j1/",
+        "devices/ap-0001/jobs/j1/progress",
+        "devices/ap-0001/jobs/j+1/status",
+        "devices/ap-0001/jobs/j1/status/x",
+        "$share/g/devices/ap-0001/state",
+        "/devices/ap-0001/state",
+        "devices/" + "a" * 65 + "/state",
+    ],
+)
 def test_parse_rejects(bad: str) -> None:
     with pytest.raises(TopicError):
         parse(bad)
 
 
-@pytest.mark.parametrize(("channel", "device_id", "job_id"), [
-    (Channel.STATE, "AP", None),
-    (Channel.STATE, "ap-0001/x", None),
-    (Channel.STATE, "ap-0001", "j1"),
-    (Channel.JOB, "ap-0001", None),
-    (Channel.JOB_STATUS, "ap-0001", "bad/job"),
-    (Channel.JOB, "ap-0001", "#"),
-])
+@pytest.mark.parametrize(
+    ("channel", "device_id", "job_id"),
+    [
+        (Channel.STATE, "AP", None),
+        (Channel.STATE, "ap-0001/x", None),
+        (Channel.STATE, "ap-0001", "j1"),
+        (Channel.JOB, "ap-0001", None),
+        (Channel.JOB_STATUS, "ap-0001", "bad/job"),
+        (Channel.JOB, "ap-0001", "#"),
+    ],
+)
 def test_build_rejects(channel: Channel, device_id: str, job_id: str | None) -> None:
     with pytest.raises(TopicError):
         topic(channel, device_id, job_id)
@@ -63,4 +83,7 @@ def test_subscriptions_and_acl_filter() -> None:
 
 def test_direction() -> None:
     assert {c for c in Channel if c.from_device} == {
-        Channel.PRESENCE, Channel.STATE, Channel.JOB_STATUS}
+        Channel.PRESENCE,
+        Channel.STATE,
+        Channel.JOB_STATUS,
+    }
