@@ -23,7 +23,7 @@ from api.routes import audit, devices, firmware, groups, health, ops, rollouts, 
 from api.settings import ApiSettings
 from api.state import AppState
 from api.store.indexes import ensure_indexes
-from outpost import mongo
+from outpost import store
 from outpost.settings import MongoSettings, MqttSettings, S3Settings
 
 ERRORS = openapi_responses(400, 401, 403, 404, 409, 412, 413, 422, 428, 503)
@@ -40,20 +40,20 @@ class Settings:
 def _lifespan(settings: Settings, metrics: ApiMetrics, logger: logging.Logger) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
-        client = mongo.client(settings.mongo, serverSelectionTimeoutMS=5000)
+        client = store.client(settings.mongo, serverSelectionTimeoutMS=5000)
         link = BrokerLink(settings.mqtt, logger, timeout=settings.api.broker_timeout_s)
         s3 = s3_client(settings.s3)
-        store = FirmwareStore(
+        images = FirmwareStore(
             s3,
             settings.s3.bucket,
             part_bytes=settings.api.upload_part_bytes,
             max_bytes=settings.api.max_firmware_bytes,
         )
-        db = client[settings.mongo.database]
+        db = store.Store(client[settings.mongo.database])
         link_task = asyncio.create_task(link.run(), name="api-broker-link")
         try:
             await ensure_indexes(db)
-            state = AppState(db, link, BrokerAdmin(link), store, metrics, settings.api, logger)
+            state = AppState(db, link, BrokerAdmin(link), images, metrics, settings.api, logger)
             yield {"app": state}
         finally:
             link_task.cancel()

@@ -18,7 +18,7 @@ from api import auth
 from api.app import Settings, create_app
 from api.settings import ApiSettings
 from api.store import tenants
-from outpost import logs, mongo
+from outpost import logs, store
 from outpost.settings import (
     HttpSettings,
     MongoSettings,
@@ -60,9 +60,9 @@ def serve(log_level: str = typer.Option("INFO", envvar="OUTPOST_LOG_LEVEL")) -> 
 
 
 async def _create_tenant(tenant_id: str, name: str) -> None:
-    client = mongo.client(load(MongoSettings))
+    client = store.client(load(MongoSettings))
     try:
-        db = client[load(MongoSettings).database]
+        db = store.Store(client[load(MongoSettings).database])
         await tenants.create_tenant(db, tenant_id, name)
     finally:
         await client.close()
@@ -70,9 +70,9 @@ async def _create_tenant(tenant_id: str, name: str) -> None:
 
 async def _create_token(tenant_id: str, role: auth.Role, name: str) -> str | None:
     settings = load(MongoSettings)
-    client = mongo.client(settings)
+    client = store.client(settings)
     try:
-        db = client[settings.database]
+        db = store.Store(client[settings.database])
         if await tenants.get_tenant(db, tenant_id) is None:
             return None
         token = auth.new_token()

@@ -1,89 +1,95 @@
 """Desired config: render, version, store, publish. Decisions are in :func:`plan`.
 
-Order of effects: history entry, then the conditional pointer move, then the retained
+Order of effects, per device, inside one revision of its ``devices`` document
+(:mod:`api.store.revisions`): the history entry, then the pointer move, then the retained
 publish. A publish that fails leaves the pointer ahead of the broker; the scheduler's
 config reconcile republishes it (and the response says ``published: false``).
+
+A request that loses a race (another request revised the device after it was read) reads
+the device again and plans again; a precondition it was given (If-Match) is checked on
+every read, so a config moved meanwhile answers 412.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from api.auth import Principal
 from api.config_render import Rendered, render
-from api.errors import BrokerError, PreconditionFailed
+from api.errors import BrokerError, NotFound, PreconditionFailed
 from api.state import AppState
 from api.store import devices as device_store
 from api.store import groups as group_store
 from api.store.base import Doc
+from api.store.revisions import ATTEMPTS, retrying
+from schemas.documents import DeviceDoc
 from schemas.protocol import ConfigMessage, encode, utc_now
 from schemas.topics import Channel, topic
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    device_id: str
-    expected_version: int | None
+    device: DeviceDoc
     version: int
     rendered: Rendered
 
+    @property
+    def device_id(self) -> str:
+        return self.device.id
+
+
+def current_version(device: DeviceDoc) -> int:
+    return device.desired_config.version if device.desired_config else 0
+
 
 def plan(
-    device: Doc,
+    device: DeviceDoc,
     template: dict[str, Any],
     overrides: dict[str, Any] | None = None,
     rendered: Rendered | None = None,
 ) -> Change | None:
     """The change ``device`` needs for this template/overrides; None if it is a no-op."""
     if rendered is None:
-        own = device.get("overrides") or {} if overrides is None else overrides
-        rendered = render(template, own, what=f"effective config of {device['_id']}")
+        own = device.overrides if overrides is None else overrides
+        rendered = render(template, own, what=f"effective config of {device.id}")
         if rendered is None:
             return None
-    pointer = device.get("desired_config") or {}
-    if pointer.get("hash") == rendered.hash:
+    if device.desired_config is not None and device.desired_config.hash == rendered.hash:
         return None
-    current = pointer.get("version")
-    return Change(device["_id"], current, (current or 0) + 1, rendered)
+    return Change(device, current_version(device) + 1, rendered)
 
 
 async def template_of(state: AppState, tenant_id: str, group: str | None) -> dict[str, Any]:
     if group is None:
         return {}
     doc = await group_store.get(state.db, tenant_id, group)
-    return dict(doc["template"]) if doc else {}
+    return dict(doc.template) if doc else {}
 
 
 async def apply(
     state: AppState,
     who: Principal,
-    changes: list[Change],
+    changes: Sequence[Change],
     cause: str,
     extra: dict[str, Doc] | None = None,
 ) -> tuple[set[str], int]:
     """Store and publish ``changes``; returns (device ids changed, publishes that worked)."""
     extra = extra or {}
-    configs = [
-        device_store.config_doc(
-            who.tenant_id,
-            c.device_id,
+    writes = [
+        device_store.ConfigWrite(
+            c.device,
             c.version,
             c.rendered.hash,
             c.rendered.config,
             who.token_id,
             cause,
+            extra.get(c.device_id),
         )
         for c in changes
     ]
-    updates = [
-        device_store.desired_update(
-            c.device_id, c.expected_version, c.version, c.rendered.hash, extra.get(c.device_id)
-        )
-        for c in changes
-    ]
-    expected = {c.device_id: c.expected_version for c in changes}
-    moved = await device_store.apply_configs(state.db, configs, updates, expected)
+    moved = await device_store.apply_configs(state.db, writes)
     published = 0
     for change in changes:
         if change.device_id in moved:
@@ -116,34 +122,69 @@ async def publish(state: AppState, change: Change) -> int:
     return 1
 
 
-def check_if_match(device: Doc, if_match: int | None) -> None:
-    current = (device.get("desired_config") or {}).get("version")
-    if if_match is not None and if_match != (current or 0):
-        raise PreconditionFailed(f"config version is {current or 0}, If-Match said {if_match}")
+def check_if_match(device: DeviceDoc, if_match: int | None) -> None:
+    current = current_version(device)
+    if if_match is not None and if_match != current:
+        raise PreconditionFailed(f"config version is {current}, If-Match said {if_match}")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    device: DeviceDoc  # as read by the attempt that succeeded
+    change: Change | None
+    published: bool
 
 
 async def change_device(
     state: AppState,
     who: Principal,
-    device: Doc,
+    device_id: str,
     *,
     cause: str,
     overrides: dict[str, Any] | None = None,
     rendered: Rendered | None = None,
     extra: Doc | None = None,
-) -> tuple[Change | None, bool]:
-    """Re-render one device; (the change or None, published?). 412 if it moved meanwhile."""
-    fields = extra or {}
-    group = fields["group"] if "group" in fields else device.get("group")
-    template = await template_of(state, who.tenant_id, group)
-    change = plan(device, template, overrides, rendered)
-    if change is None:
-        if extra:
-            await device_store.update_fields(state.db, who.tenant_id, device["_id"], extra)
-        return None, False
-    moved, published = await apply(
-        state, who, [change], cause, {device["_id"]: extra} if extra else None
-    )
-    if device["_id"] not in moved:
-        raise PreconditionFailed("the device's config changed meanwhile; read it and retry")
-    return change, published == 1
+    if_match: int | None = None,
+) -> Outcome:
+    """Re-render one device (and write registry ``extra`` with it) as one revision."""
+
+    async def attempt() -> Outcome | None:
+        device = await device_store.get(state.db, who.tenant_id, device_id)
+        if device is None:
+            raise NotFound(f"no device {device_id!r}")
+        check_if_match(device, if_match)
+        fields = dict(extra or {})
+        if overrides is not None:
+            fields["overrides"] = overrides
+        group = fields.get("group", device.group)
+        template = await template_of(state, who.tenant_id, group)
+        change = plan(device, template, overrides, rendered)
+        if change is None:
+            if fields and not await device_store.update_fields(state.db, device, fields):
+                return None
+            return Outcome(device, None, False)
+        moved, published = await apply(state, who, [change], cause, {device_id: fields})
+        return Outcome(device, change, published == 1) if device_id in moved else None
+
+    return await retrying(attempt, f"device {device_id!r}")
+
+
+async def change_members(
+    state: AppState, who: Principal, group: str, template: dict[str, Any], cause: str
+) -> tuple[set[str], int]:
+    """Re-render every member of ``group`` with ``template``; members another request
+    revised meanwhile are read and planned again. Returns (changed ids, published)."""
+    members = await device_store.in_group(state.db, who.tenant_id, group)
+    changed: set[str] = set()
+    published = 0
+    for _ in range(ATTEMPTS):
+        changes = [c for c in (plan(d, template) for d in members) if c is not None]
+        moved, sent = await apply(state, who, changes, cause)
+        changed |= moved
+        published += sent
+        lost = {c.device_id for c in changes} - moved
+        if not lost:
+            break
+        fresh = await device_store.in_group(state.db, who.tenant_id, group)
+        members = [d for d in fresh if d.id in lost]
+    return changed, published

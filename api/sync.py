@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+
+from schemas.documents import DeviceDoc, DeviceStatusDoc
 
 
 class SyncReason(StrEnum):
@@ -27,16 +28,18 @@ class SyncState:
         return self.reason in (SyncReason.IN_SYNC, SyncReason.NO_CONFIG)
 
 
-def sync_state(device: dict[str, Any]) -> SyncState:
-    desired = (device.get("desired_config") or {}).get("version")
-    report = ((device.get("state") or {}).get("config")) or {}
-    reported = report.get("version")
-    applied = reported if report.get("status") == "applied" else None
+def sync_state(device: DeviceDoc, status: DeviceStatusDoc | None) -> SyncState:
+    """Compare the desired pointer (api) with the config the device reported (bridge)."""
+    desired = device.desired_config.version if device.desired_config else None
+    state = status.state if status else None
+    report = state.config if state else None
+    reported = report.version if report else None
+    applied = reported if report and report.status == "applied" else None
     if desired is None:
         return SyncState(SyncReason.NO_CONFIG, None, applied)
-    if reported == desired and report.get("status") == "applied":
+    if report is not None and reported == desired and report.status == "applied":
         return SyncState(SyncReason.IN_SYNC, desired, applied)
-    if reported == desired and report.get("status") == "rejected":
-        return SyncState(SyncReason.REJECTED, desired, applied, report.get("error"))
-    online = (device.get("presence") or {}).get("status") == "online"
+    if report is not None and reported == desired and report.status == "rejected":
+        return SyncState(SyncReason.REJECTED, desired, applied, report.error)
+    online = status is not None and status.online
     return SyncState(SyncReason.NOT_ACKED if online else SyncReason.OFFLINE, desired, applied)

@@ -9,19 +9,16 @@ import secrets
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-
-from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from datetime import timedelta
 
 from bridge.config import BridgeSettings
 from bridge.http import health_routes, serve
 from bridge.metrics import BridgeMetrics
-from bridge.mongo_sink import KnownDevices, MongoSink
+from bridge.mongo_sink import KnownIds, MongoSink
 from bridge.mqtt_source import MqttSource
 from bridge.resync import collect_retained, write_resync
 from bridge.service import Bridge, Writer
-from outpost import mongo
-from outpost.mongo import Document
+from outpost import store
 from outpost.settings import HttpSettings, MongoSettings, MqttSettings
 from schemas.topics import Channel, subscription
 
@@ -42,32 +39,19 @@ class Settings:
 async def open_writer(
     settings: Settings, metrics: BridgeMetrics, logger: logging.Logger
 ) -> AsyncIterator[tuple[Writer, MongoSink]]:
-    client = mongo.client(settings.mongo, serverSelectionTimeoutMS=2000)
+    client = store.client(settings.mongo, serverSelectionTimeoutMS=2000)
     try:
-        db: AsyncDatabase[Document] = client[settings.mongo.database]
-        ferret = await _is_ferretdb(db, logger)
-        chunk = settings.bridge.ferretdb_chunk if ferret else mongo.MONGODB_CHUNK
-        # FerretDB does not isolate concurrent updates of one document: read back and
-        # resend lost writes. MongoDB's single-document updates are atomic.
+        b = settings.bridge
         sink = MongoSink(
-            db,
-            chunk=chunk,
-            dead_letter_cap=settings.bridge.dead_letter_cap,
-            verify_rounds=settings.bridge.verify_rounds if ferret else 0,
+            store.Store(client[settings.mongo.database]),
+            dead_letter_cap=b.dead_letter_cap,
+            state_refresh=timedelta(seconds=b.state_refresh_s),
         )
-        known = KnownDevices(sink.existing, unknown_ttl=settings.bridge.unknown_ttl_s)
-        yield Writer(sink, known, metrics, logger), sink
+        devices = KnownIds(sink.devices, unknown_ttl=b.unknown_ttl_s)
+        executions = KnownIds(sink.executions, unknown_ttl=b.unknown_ttl_s)
+        yield Writer(sink, devices, executions, metrics, logger), sink
     finally:
         await client.close()
-
-
-async def _is_ferretdb(db: AsyncDatabase[Document], logger: logging.Logger) -> bool:
-    """Ask the server once; while it is unreachable assume FerretDB (the careful choice)."""
-    try:
-        return await mongo.is_ferretdb(db)
-    except PyMongoError as exc:
-        logger.warning("mongodb not reachable at start", extra={"error": str(exc)[:200]})
-        return True
 
 
 @dataclass(frozen=True)
@@ -141,7 +125,6 @@ async def run_resync(
     *,
     idle_s: float = 2.0,
     max_s: float = 600.0,
-    create_missing: bool = False,
     metrics: BridgeMetrics | None = None,
 ) -> dict[str, int]:
     """Rebuild presence from the broker's retained ``devices/+/presence`` messages.
@@ -165,4 +148,4 @@ async def run_resync(
         ) as source,
     ):
         batch = await collect_retained(source, idle_s=idle_s, max_s=max_s)
-        return await write_resync(batch, source, writer, sink, create_missing=create_missing)
+        return await write_resync(batch, source, writer)

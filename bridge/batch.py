@@ -1,10 +1,15 @@
-"""Pure decisions over one batch: which messages still need a write.
+"""Pure decisions over one batch: which messages still need a write, and which write.
 
 Within a batch only the newest message per device and channel (per job for job
 status) is written: an older one could never win against it in MongoDB anyway, since
 every update is conditional on the stored ordering key. Equal keys (a redelivered
 duplicate) keep the first copy. Every message of the batch is still acknowledged once
 the batch is written, the coalesced ones included.
+
+Where each message goes (see :mod:`schemas.documents`): presence and state to the
+device's ``device_status`` document, job status to the execution's ``job_reports``
+document; both are the bridge's own. A message whose document does not exist yet
+becomes an insert; otherwise a conditional update ("stored key missing or older").
 """
 
 from __future__ import annotations
@@ -13,23 +18,38 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from bridge.decode import Accepted, Rejection, decode, slot
 from bridge.inbound import Inbound
-from schemas.documents import order_key_str
-from schemas.protocol import PresenceMessage, RejectReason, StateMessage
+from outpost.store import Document, Insert, Update
+from schemas.documents import DEVICE_STATUS, JOB_REPORTS, execution_id, order_key_str
+from schemas.protocol import (
+    JobStatusMessage,
+    PresenceMessage,
+    RejectReason,
+    StateMessage,
+)
 
 __all__ = [
+    "Known",
     "Plan",
+    "Target",
     "coalesce",
     "content_hash",
+    "insert_op",
     "needed",
     "plan",
     "split_unknown",
     "stored_field",
+    "target",
+    "update_op",
     "with_known",
 ]
+
+Known = Mapping[str, str | None]  # id -> tenant id, for ids that have a document
+Target = tuple[str, str]  # (collection, _id)
 
 
 @dataclass(frozen=True)
@@ -40,6 +60,8 @@ class Plan:
     rejections: tuple[Rejection, ...] = ()
     accepted: int = 0  # accepted messages before coalescing
     device_ids: frozenset[str] = field(default_factory=frozenset)
+    execution_ids: frozenset[str] = field(default_factory=frozenset)
+    tenants: Mapping[str, str | None] = field(default_factory=dict)  # device id -> tenant
 
 
 def coalesce(accepted: Iterable[Accepted]) -> list[Accepted]:
@@ -53,26 +75,34 @@ def coalesce(accepted: Iterable[Accepted]) -> list[Accepted]:
     return list(newest.values())
 
 
+def _execution(item: Accepted) -> str | None:
+    message = item.message
+    if isinstance(message, JobStatusMessage):
+        return execution_id(message.job_id, message.device_id)
+    return None
+
+
 def split_unknown(
-    accepted: Sequence[Accepted], known: set[str] | frozenset[str]
+    accepted: Sequence[Accepted], devices: Known, executions: Known
 ) -> tuple[list[Accepted], list[Rejection]]:
-    """Messages of devices without a devices document become ``unknown_device``."""
+    """Messages of unregistered devices, or on jobs never sent to them, are rejected."""
     keep: list[Accepted] = []
     unknown: list[Rejection] = []
     for item in accepted:
-        if item.device_id in known:
-            keep.append(item)
+        run = _execution(item)
+        if item.device_id not in devices:
+            reason, detail = RejectReason.UNKNOWN_DEVICE, f"no device {item.device_id!r}"
+        elif run is not None and run not in executions:
+            reason, detail = RejectReason.UNKNOWN_JOB, f"no execution {run!r}"
         else:
-            unknown.append(
-                Rejection(
-                    item.inbound, RejectReason.UNKNOWN_DEVICE, f"no device {item.device_id!r}"
-                )
-            )
+            keep.append(item)
+            continue
+        unknown.append(Rejection(item.inbound, reason, detail))
     return keep, unknown
 
 
 def plan(batch: Sequence[Inbound]) -> Plan:
-    """Decode a batch; unknown devices are decided later (they need the registry)."""
+    """Decode a batch; unknown devices and jobs are decided later (they need the database)."""
     accepted: list[Accepted] = []
     rejections: list[Rejection] = []
     for inbound in batch:
@@ -86,17 +116,21 @@ def plan(batch: Sequence[Inbound]) -> Plan:
         rejections=tuple(rejections),
         accepted=len(accepted),
         device_ids=frozenset(a.device_id for a in accepted),
+        execution_ids=frozenset(e for a in accepted if (e := _execution(a))),
     )
 
 
-def with_known(decoded: Plan, known: set[str] | frozenset[str]) -> Plan:
-    """Reject unknown devices, then coalesce what is left."""
-    keep, unknown = split_unknown(decoded.writes, known)
+def with_known(decoded: Plan, devices: Known, executions: Known) -> Plan:
+    """Reject unknown devices and executions, then coalesce what is left."""
+    keep, unknown = split_unknown(decoded.writes, devices, executions)
+    ids = frozenset(a.device_id for a in keep)
     return Plan(
         writes=tuple(coalesce(keep)),
         rejections=decoded.rejections + tuple(unknown),
         accepted=len(keep),
-        device_ids=frozenset(a.device_id for a in keep),
+        device_ids=ids,
+        execution_ids=frozenset(e for a in keep if (e := _execution(a))),
+        tenants={i: devices.get(i) for i in ids},
     )
 
 
@@ -107,25 +141,108 @@ def content_hash(message: StateMessage) -> str:
 
 
 def stored_field(item: Accepted) -> str:
-    """The sub-document a message updates: presence, state or (job execution) report."""
+    """The sub-document of ``device_status`` a message updates ("" for a job report)."""
     if isinstance(item.message, PresenceMessage):
         return "presence"
     if isinstance(item.message, StateMessage):
         return "state"
-    return "report"
+    return ""
 
 
-def needed(item: Accepted, stored: Mapping[str, Any] | None) -> bool:
-    """Would the conditional update change ``stored``? (A pre-read skips it if not.)
+def target(item: Accepted) -> Target:
+    """The collection and ``_id`` a message writes."""
+    run = _execution(item)
+    return (JOB_REPORTS, run) if run is not None else (DEVICE_STATUS, item.device_id)
 
-    Only an optimisation: the update itself carries the same condition, so a document
-    changed by another instance between the read and the write is still safe.
+
+def _stored(stored: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
+    return (stored.get(prefix) or {}) if prefix else stored
+
+
+def needed(item: Accepted, stored: Mapping[str, Any] | None, refresh_before: datetime) -> bool:
+    """Would this message change ``stored`` (None: no document yet, so yes)?
+
+    Only an optimisation before sending: the update itself carries the same condition, so
+    a document another instance changed between the read and the write is still safe.
+    A state identical to the stored one is written again only once its ``updated_at`` is
+    older than ``refresh_before``, so ``last_seen`` and uptime stay fresh at a bounded cost.
     """
     if stored is None:
-        return False  # no document: nothing to update (we never create one)
-    current = stored.get(stored_field(item)) or {}
+        return True
+    current = _stored(stored, stored_field(item))
     k = current.get("k")
     if k is not None and k >= order_key_str(item.message.key):
         return False
     message = item.message
-    return not (isinstance(message, StateMessage) and current.get("h") == content_hash(message))
+    if not isinstance(message, StateMessage) or current.get("h") != content_hash(message):
+        return True
+    updated = current.get("updated_at")
+    return not isinstance(updated, datetime) or updated < refresh_before
+
+
+def _value(item: Accepted) -> Document:
+    """What the message stores: the presence or state sub-document, or the job report."""
+    message, at = item.message, item.inbound.received_at
+    k = order_key_str(message.key)
+    if isinstance(message, PresenceMessage):
+        return {"status": message.status.value, "reason": message.reason, "since": at, "k": k}
+    if isinstance(message, StateMessage):
+        config = message.config.model_dump(mode="json") if message.config else None
+        return {
+            "firmware": message.firmware,
+            "hardware_model": message.hardware_model,
+            "uptime_s": message.uptime_s,
+            "counters": dict(message.counters),
+            "config": config,
+            "h": content_hash(message),
+            "k": k,
+            "updated_at": at,
+        }
+    assert isinstance(message, JobStatusMessage)
+    return {
+        "status": message.status.value,
+        "progress": message.progress,
+        "reason": message.reason,
+        "firmware": message.firmware,
+        "k": k,
+        "updated_at": at,
+    }
+
+
+def _fields(item: Accepted) -> Document:
+    name = stored_field(item)
+    if not name:
+        return _value(item)
+    return {name: _value(item), "last_seen": item.inbound.received_at}
+
+
+def insert_op(item: Accepted, tenant_id: str | None) -> Insert:
+    """The first document of a device's status or of a job report."""
+    _, _id = target(item)
+    extra: Document = {}
+    message = item.message
+    if isinstance(message, JobStatusMessage):
+        extra = {"job_id": message.job_id, "device_id": message.device_id}
+    return Insert({"_id": _id, "tenant_id": tenant_id, **extra, **_fields(item)})
+
+
+def _older(field_path: str, k: str) -> list[Document]:
+    return [{field_path: {"$exists": False}}, {field_path: {"$lt": k}}]
+
+
+def update_op(item: Accepted, refresh_before: datetime) -> Update:
+    """The conditional update: only if the stored key is missing or older (and, for an
+    identical state, only once per refresh interval)."""
+    _, _id = target(item)
+    name = stored_field(item)
+    k = order_key_str(item.message.key)
+    prefix = f"{name}." if name else ""
+    condition: Document = {"$or": _older(f"{prefix}k", k)}
+    message = item.message
+    if isinstance(message, StateMessage):
+        changed = [
+            {"state.h": {"$ne": content_hash(message)}},
+            {"state.updated_at": {"$lt": refresh_before}},
+        ]
+        condition = {"$and": [condition, {"$or": changed}]}
+    return Update({"_id": _id, **condition}, {"$set": _fields(item)})

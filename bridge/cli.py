@@ -60,14 +60,11 @@ def run() -> None:
 @app.command()
 def resync(
     idle: float = typer.Option(2.0, help="Stop after this many seconds without a message"),
-    create_missing: bool = typer.Option(
-        False, help="Create a bare devices document for a retained presence without one"
-    ),
 ) -> None:
     """Rebuild every device's presence from the broker's retained presence messages."""
     settings = _settings()
     try:
-        result = asyncio.run(run_resync(settings, _LOG, idle_s=idle, create_missing=create_missing))
+        result = asyncio.run(run_resync(settings, _LOG, idle_s=idle))
     except BridgeError as exc:
         _LOG.error("resync failed", extra={"error": str(exc)})
         raise typer.Exit(1) from None

@@ -54,20 +54,13 @@ class BridgeSettings(BaseSettings):
     dead_letter_cap: int = Field(
         default=100, ge=1, le=100_000, description="Samples kept per reject reason"
     )
-    ferretdb_chunk: int = Field(
-        default=24,
+    state_refresh_s: float = Field(
+        default=300.0,
         ge=1,
-        le=64,
-        description="Updates per command on FerretDB. FerretDB v1 deadlocks once more than "
-        "~100 update statements run at the same time across all its clients "
-        "(see outpost/mongo.py), so N writers must keep N x chunk below 100.",
-    )
-    verify_rounds: int = Field(
-        default=5,
-        ge=0,
-        le=100,
-        description="On FerretDB: times a batch's writes are read back and lost ones sent "
-        "again (FerretDB does not isolate concurrent updates of one document)",
+        le=86_400,
+        description="A device repeating an identical state is written again at most once "
+        "per this many seconds, so last_seen and uptime stay fresh; a silent device costs "
+        "nothing",
     )
     unknown_ttl_s: float = Field(
         default=5.0,

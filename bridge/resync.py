@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bridge.batch import plan
 from bridge.inbound import Inbound
-from bridge.mongo_sink import MongoSink
 from bridge.mqtt_source import MqttSource
 from bridge.service import Writer
 
@@ -32,19 +30,9 @@ async def collect_retained(source: MqttSource, *, idle_s: float, max_s: float) -
 
 
 async def write_resync(
-    batch: list[Inbound],
-    source: MqttSource,
-    writer: Writer,
-    sink: MongoSink,
-    *,
-    create_missing: bool,
-    chunk: int = 2000,
+    batch: list[Inbound], source: MqttSource, writer: Writer, *, chunk: int = 2000
 ) -> dict[str, int]:
-    """Write in chunks (optionally creating missing devices documents first), then ack."""
-    created = 0
-    if create_missing:
-        ids = sorted(plan(batch).device_ids)
-        created = await sink.ensure_devices(ids)
+    """Write in chunks, then ack. Presence of devices not registered is rejected."""
     modified = 0
     for start in range(0, len(batch), chunk):
         part = batch[start : start + chunk]
@@ -52,4 +40,4 @@ async def write_resync(
         modified += counts.modified
         for inbound in part:
             source.ack(inbound)
-    return {"retained": len(batch), "created": created, "modified": modified}
+    return {"retained": len(batch), "modified": modified}

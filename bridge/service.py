@@ -1,8 +1,9 @@
 """The bridge loop: collect a batch, decide, write, then acknowledge.
 
     paho thread ──call_soon_threadsafe──► queue ──► collect (≤ batch_max or flush_ms)
-        ──► decode + reject (pure) ──► known-device check ──► coalesce (pure)
-        ──► conditional bulk writes + dead letters (retried while MongoDB is away)
+        ──► decode + reject (pure) ──► known device / execution check ──► coalesce (pure)
+        ──► inserts and conditional updates of the bridge's own documents, dead letters
+            (retried while MongoDB is away)
         ──► ack every message of the batch, in the order received
 
 Nothing is acknowledged before the write that contains it succeeded, so a crash at any
@@ -24,7 +25,7 @@ from typing import Literal, TypeVar
 from bridge.batch import Plan, plan, with_known
 from bridge.inbound import Inbound
 from bridge.metrics import BridgeMetrics
-from bridge.mongo_sink import KnownDevices, MongoSink, WriteCounts
+from bridge.mongo_sink import KnownIds, MongoSink, WriteCounts
 from bridge.mqtt_source import MqttSource
 from bridge.retry import RetryPolicy, retry
 from schemas.protocol import JobStatusMessage, StateMessage
@@ -39,7 +40,8 @@ class Writer:
     """Decode, check, coalesce and write one batch (shared by the bridge and resync)."""
 
     sink: MongoSink
-    known: KnownDevices
+    devices: KnownIds
+    executions: KnownIds
     metrics: BridgeMetrics
     logger: logging.Logger
     policy: RetryPolicy = field(default_factory=RetryPolicy)
@@ -48,10 +50,12 @@ class Writer:
     async def write(self, batch: Sequence[Inbound]) -> WriteCounts:
         began = time.monotonic()
         decoded = plan(batch)
-        known = await self._retry(lambda: self.known.known(decoded.device_ids))
-        planned = with_known(decoded, known)
+        devices = await self._retry(lambda: self.devices.known(decoded.device_ids))
+        runs = await self._retry(lambda: self.executions.known(decoded.execution_ids))
+        planned = with_known(decoded, devices, runs)
         started = time.monotonic()
-        counts = await self._retry(lambda: self.sink.write(planned))
+        now = datetime.now(UTC)
+        counts = await self._retry(lambda: self.sink.write(planned, now))
         ended = time.monotonic()
         self.metrics.write_seconds.observe(ended - started)
         self._count(planned, counts)
@@ -62,8 +66,8 @@ class Writer:
                 "updates": counts.ops,
                 "skipped": counts.skipped,
                 "modified": counts.modified,
-                "rewritten": counts.rewritten,
-                "rejected": len(planned.rejections),
+                "raced": counts.raced,
+                "rejected": len(planned.rejections) + len(counts.refused),
                 "prepare_s": round(started - began, 4),
                 "read_s": round(counts.read_s, 4),
                 "update_s": round(counts.update_s, 4),
@@ -95,7 +99,7 @@ class Writer:
             message = item.message
             if isinstance(message, StateMessage | JobStatusMessage) and message.ts:
                 self.metrics.lag_seconds.observe(max(0.0, (now - message.ts).total_seconds()))
-        for rejection in planned.rejections:
+        for rejection in [*planned.rejections, *counts.refused]:
             self.metrics.rejected.labels(reason=rejection.reason.value).inc()
             self.logger.debug(
                 "message rejected",
@@ -105,16 +109,15 @@ class Writer:
                     "topic": rejection.inbound.topic[:200],
                 },
             )
-        if planned.rejections:
+        rejected = [*planned.rejections, *counts.refused]
+        if rejected:
             self.logger.info(
                 "messages rejected",
                 extra={
-                    "count": len(planned.rejections),
-                    "reasons": sorted({r.reason.value for r in planned.rejections}),
+                    "count": len(rejected),
+                    "reasons": sorted({r.reason.value for r in rejected}),
                 },
             )
-        if counts.rewritten:
-            self.logger.info("lost writes sent again", extra={"count": counts.rewritten})
         if counts.dead_letters_lost:
             self.logger.warning(
                 "dead-letter samples not stored (slot race)",

@@ -1,7 +1,7 @@
 """Exactly-once work across scheduler instances, stored in MongoDB (``scheduler_claims``).
 
 Both tools rest on one primitive only: **inserting a document with a unique ``_id``**.
-Measured on FerretDB v1.24.2/SQLite (2026-11-26): conditional updates and
+Measured on FerretDB v1.24.2 (2026-11-26): conditional updates and
 ``findAndModify`` are *not* atomic under concurrency (two clients running
 ``update_one({_id, owner: null}, {$set: {owner: me}})`` at once both matched in 125 of
 200 tries; concurrent ``$set`` of different fields of one document lost one of them in
@@ -31,10 +31,9 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from outpost.mongo import Document
+from outpost.store import Document, Store
 from scheduler.clock import Clock, aware
 from scheduler.errors import LeaseLost, StoreError
 from schemas.documents import SCHEDULER_CLAIMS
@@ -60,9 +59,7 @@ class LeaseState:
 class Claims:
     """Claims and leases for one scheduler instance (``holder``)."""
 
-    def __init__(
-        self, db: AsyncDatabase[Document], holder: str, clock: Clock, logger: logging.Logger
-    ) -> None:
+    def __init__(self, db: Store, holder: str, clock: Clock, logger: logging.Logger) -> None:
         self._coll = db[SCHEDULER_CLAIMS]
         self.holder = holder
         self._clock = clock

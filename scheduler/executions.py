@@ -8,10 +8,8 @@
       └── retry (attempt + 1, fresh URL) while the failure type has retries left
 
 While the device reports progress (downloading, installing, rebooting) the stored status
-stays ``queued`` and ``report.status`` tells the progress: the scheduler writes an
-execution only once the device has stopped reporting on the attempt, because FerretDB v1
-loses one of two concurrent updates of a document (see :mod:`schemas.documents`) and a
-scheduler write racing the bridge's could erase a report.
+stays ``queued``; the device's progress is the bridge's ``job_reports`` document of the
+same id, joined here (:meth:`ExecutionView.of`).
 
 The in-progress timeout runs from ``sent_at``: a device that got the command and never
 answered times out too. A report belongs to the current attempt only if its ordering key
@@ -23,9 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from scheduler.clock import aware
+from schemas.documents import JobExecutionDoc, JobReportDoc
 from schemas.protocol import JobState
 from schemas.rollouts import ExecutionStatus, RolloutSpec
 
@@ -55,22 +53,20 @@ class ExecutionView:
     stale_k: str = ""
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> ExecutionView:
-        raw = doc.get("report") or None
-        report = None
-        if raw and raw.get("status") in JobState.__members__.values():
-            when = raw.get("updated_at") or doc.get("sent_at") or doc["created_at"]
-            report = Report(
-                JobState(raw["status"]), str(raw.get("k", "")), aware(when), raw.get("reason")
+    def of(cls, execution: JobExecutionDoc, report: JobReportDoc | None) -> ExecutionView:
+        seen = None
+        if report is not None and report.status in JobState.__members__.values():
+            seen = Report(
+                JobState(report.status), report.k, aware(report.updated_at), report.reason
             )
-        sent = doc.get("sent_at")
+        sent = execution.sent_at
         return cls(
-            doc["_id"],
-            ExecutionStatus(doc["status"]),
-            int(doc.get("attempt", 1)),
+            execution.id,
+            execution.status,
+            execution.attempt,
             aware(sent) if sent else None,
-            report,
-            str(doc.get("stale_k", "")),
+            seen,
+            execution.stale_k,
         )
 
     @property

@@ -47,18 +47,15 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from pydantic import ValidationError
-from pymongo.operations import UpdateOne
-
-from outpost.mongo import Document
+from outpost.store import Document, Update
 from scheduler.abort import abort_reason
 from scheduler.claims import Claims, LeaseState
 from scheduler.clock import Clock
 from scheduler.errors import LeaseLost, PublishError, RolloutDataError, SchedulerError
-from scheduler.executions import DeviceView, ExecutionView, Transition, backoff, decide
+from scheduler.executions import ExecutionView, Transition, backoff, decide
 from scheduler.metrics import SchedulerMetrics
 from scheduler.publisher import CommandSink, Outgoing, Presigner
 from scheduler.store import RolloutStore
@@ -73,7 +70,13 @@ from scheduler.waves import (
     wave_size,
 )
 from scheduler.windows import open_until
-from schemas.documents import execution_id
+from schemas.documents import (
+    FirmwareDoc,
+    JobExecutionDoc,
+    RolloutDoc,
+    RolloutProgressDoc,
+    execution_id,
+)
 from schemas.protocol import FirmwareRef, JobCommand, encode
 from schemas.rollouts import (
     ExecutionStatus,
@@ -82,6 +85,7 @@ from schemas.rollouts import (
     RolloutProgress,
     RolloutSpec,
     RolloutStatus,
+    rollout_status,
 )
 from schemas.topics import Channel, topic
 
@@ -105,36 +109,42 @@ class ExecutorConfig:
 class _Run:
     """One rollout during one tick."""
 
-    doc: Document
-    spec: RolloutSpec
+    rollout: RolloutDoc
     lease: LeaseState
     now: datetime
     progress: RolloutProgress
-    firmware: Document = field(default_factory=dict)
+    status: RolloutStatus  # as both the api and we read it (schemas.rollouts.rollout_status)
+    firmware: FirmwareDoc | None = None
     wave_met: bool = False
 
     @property
     def job(self) -> str:
-        return str(self.doc["_id"])
+        return self.rollout.id
 
     @property
-    def status(self) -> RolloutStatus:
-        return RolloutStatus(self.doc["status"])
+    def spec(self) -> RolloutSpec:
+        return self.rollout.spec
+
+    @property
+    def tenant(self) -> str:
+        return self.rollout.tenant_id
 
 
-def parse_spec(doc: Document) -> RolloutSpec:
-    fields = {k: v for k, v in doc.items() if k in RolloutSpec.model_fields}
-    try:
-        return RolloutSpec.model_validate(fields)
-    except ValidationError as exc:
-        raise RolloutDataError(f"invalid rollout definition: {exc.errors()[:3]}") from None
+def _status(rollout: RolloutDoc, stored: RolloutProgressDoc | None, now: datetime) -> RolloutStatus:
+    return rollout_status(
+        rollout.spec,
+        rollout.control,
+        stored.status if stored else None,
+        stored.control_rev if stored else None,
+        now,
+    )
 
 
 def fenced(token: int) -> Document:
     return {"fence": {_NOT_GT: {"$gt": token}}}
 
 
-def transition_op(ev: ExecutionView, t: Transition, token: int, now: datetime) -> UpdateOne:
+def transition_op(ev: ExecutionView, t: Transition, token: int, now: datetime) -> Update:
     query = {"_id": ev.id, "attempt": ev.attempt, "status": ev.status.value, **fenced(token)}
     if t.retry:
         stale = ev.report.k if ev.report else ev.stale_k
@@ -151,35 +161,23 @@ def transition_op(ev: ExecutionView, t: Transition, token: int, now: datetime) -
         update = {"status": t.status.value, "reason": t.reason, "fence": token}
         if t.final:
             update["finished_at"] = now
-    return UpdateOne(query, {"$set": update})
+    return Update(query, {"$set": update})
 
 
-def new_execution(run: _Run, device_id: str, wave: int) -> Document:
-    return {
-        "_id": execution_id(run.job, device_id),
-        "tenant_id": run.doc.get("tenant_id"),
-        "rollout_id": run.job,
-        "job_id": run.job,
-        "device_id": device_id,
-        "wave": wave,
-        "attempt": 1,
-        "status": S.QUEUED.value,
-        "created_at": run.now,
-        "sent_at": None,
-        "next_try_at": run.now,
-        "tries": 0,
-        "fence": run.lease.token,
-    }
-
-
-def is_online(device: Document | None) -> bool:
-    return bool(device and (device.get("presence") or {}).get("status") == "online")
-
-
-def device_view(device: Document | None) -> DeviceView | None:
-    if device is None:
-        return None
-    return DeviceView(is_online(device), (device.get("state") or {}).get("firmware"))
+def new_execution(run: _Run, device_id: str, wave: int) -> JobExecutionDoc:
+    return JobExecutionDoc(
+        id=execution_id(run.job, device_id),
+        tenant_id=run.tenant,
+        rollout_id=run.job,
+        job_id=run.job,
+        device_id=device_id,
+        wave=wave,
+        attempt=1,
+        status=S.QUEUED,
+        created_at=run.now,
+        next_try_at=run.now,
+        fence=run.lease.token,
+    )
 
 
 class RolloutExecutor:
@@ -209,14 +207,14 @@ class RolloutExecutor:
     async def tick(self) -> None:
         """Move every active rollout this instance can lease by one step."""
         rollouts = await self.store.active_rollouts()
+        now = self.clock()
+        seen = [_status(r, p, now) for r, p in rollouts]
         for status in RolloutStatus:
-            self.metrics.rollouts.labels(status.value).set(
-                sum(1 for r in rollouts if r.get("status") == status.value)
-            )
-        for doc in rollouts:
-            lease = await self._hold(str(doc["_id"]))
+            self.metrics.rollouts.labels(status.value).set(seen.count(status))
+        for rollout, progress in rollouts:
+            lease = await self._hold(rollout.id)
             if lease is not None:
-                await self._guarded(doc, lease)
+                await self._guarded(rollout, progress, lease)
 
     async def release_all(self) -> None:
         """Graceful stop: hand every lease over at once."""
@@ -234,34 +232,47 @@ class RolloutExecutor:
             self._leases[name] = lease
         return lease
 
-    async def _guarded(self, doc: Document, lease: LeaseState) -> None:
+    async def _guarded(
+        self, rollout: RolloutDoc, progress: RolloutProgressDoc | None, lease: LeaseState
+    ) -> None:
         try:
-            await self._run(doc, lease)
+            await self._run(rollout, progress, lease)
         except LeaseLost as exc:
             self._leases.pop(lease.name, None)
-            self.log.warning("lease lost mid-tick", extra={"job_id": doc["_id"], "error": str(exc)})
+            self.log.warning("lease lost mid-tick", extra={"job_id": rollout.id, "error": str(exc)})
         except RolloutDataError as exc:
             self.metrics.rejected.labels("rollout").inc()
-            self.log.error("rollout cannot run", extra={"job_id": doc["_id"], "error": str(exc)})
-            progress = RolloutProgress(reason=str(exc)[:500])
-            await self.store.save(str(doc["_id"]), lease.token, progress, RolloutStatus.ABORTED)
+            self.log.error("rollout cannot run", extra={"job_id": rollout.id, "error": str(exc)})
+            stopped = RolloutProgress(reason=str(exc)[:500])
+            await self.store.save(
+                rollout,
+                lease.token,
+                stopped,
+                RolloutStatus.ABORTED,
+                rollout.control.rev,
+                self.clock(),
+            )
         except SchedulerError as exc:  # this rollout only; the others still run
             self.metrics.errors.labels(type(exc).__name__).inc()
-            self.log.error("rollout step failed", extra={"job_id": doc["_id"], "error": str(exc)})
+            self.log.error("rollout step failed", extra={"job_id": rollout.id, "error": str(exc)})
 
-    async def _run(self, doc: Document, lease: LeaseState) -> None:
-        spec = parse_spec(doc)
-        progress = RolloutProgress.model_validate(doc.get("progress") or {})
-        run = _Run(doc, spec, lease, self.clock(), progress)
+    async def _run(
+        self, rollout: RolloutDoc, stored: RolloutProgressDoc | None, lease: LeaseState
+    ) -> None:
+        now = self.clock()
+        progress = stored.progress if stored else RolloutProgress()
+        run = _Run(rollout, lease, now, progress, _status(rollout, stored, now))
         if run.status is RolloutStatus.CANCELING:
             await self._stop(run, RolloutStatus.CANCELED, "canceled")
             return
-        if run.status in (RolloutStatus.ABORTED, RolloutStatus.CANCELED):
+        if run.status.final:
             await self._follow(run)
             return
         in_flight = await self._track(run)
         if run.status is RolloutStatus.PAUSED:
+            await self._save(run, RolloutStatus.PAUSED)
             return
+        spec = run.spec
         counts = await self.store.counts(run.job)
         reason = abort_reason(spec.abort, counts)
         if reason is not None:
@@ -277,22 +288,26 @@ class RolloutExecutor:
             await self._send(run, until)
             await self._save(run, RolloutStatus.RUNNING)
 
-    # -- stopping ------------------------------------------------------------------------
+        # -- stopping ------------------------------------------------------------------------
 
     async def _save(self, run: _Run, status: RolloutStatus | None = None) -> None:
-        if (
-            status is not None
-            and status is not run.status
-            and await self.store.save(
-                run.job, run.lease.token, run.progress, status, expect=run.status.value
-            )
-        ):
+        """Write our progress and status (``status``, else the current one) for this run.
+
+        The control revision recorded is the admin request this status answers: a pause
+        we decide holds until the admin sends a newer request.
+        """
+        new = status or run.status
+        if new is RolloutStatus.CANCELING:
+            new = RolloutStatus.RUNNING  # not ours to write; the next tick cancels
+        saved = await self.store.save(
+            run.rollout, run.lease.token, run.progress, new, run.rollout.control.rev, run.now
+        )
+        if saved and new is not run.status:
             self.log.info(
                 "rollout status",
-                extra={"job_id": run.job, "status": status.value, "reason": run.progress.reason},
+                extra={"job_id": run.job, "status": new.value, "reason": run.progress.reason},
             )
-            return
-        await self.store.save(run.job, run.lease.token, run.progress)
+        run.status = new
 
     async def _close_sent(self, run: _Run) -> tuple[int, int]:
         """Apply the reports of sent executions, then cancel every unsent one (the
@@ -342,12 +357,12 @@ class RolloutExecutor:
 
     async def _track(self, run: _Run) -> int:
         """Apply status changes to sent executions; return how many stay open."""
-        docs = await self.store.tracked(run.job)
-        devices = await self.store.device_views([d["device_id"] for d in docs])
+        tracked = await self.store.tracked(run.job)
+        devices = await self.store.device_views([t.execution.device_id for t in tracked])
         ops, still_open = [], 0
-        for doc in docs:
-            ev = ExecutionView.from_doc(doc)
-            t = decide(run.spec, ev, device_view(devices.get(doc["device_id"])), run.now)
+        for item in tracked:
+            ev = ExecutionView.of(item.execution, item.report)
+            t = decide(run.spec, ev, devices.get(item.execution.device_id), run.now)
             still_open += t is None or not t.final
             if t is not None:
                 ops.append(transition_op(ev, t, run.lease.token, run.now))
@@ -365,9 +380,7 @@ class RolloutExecutor:
                 return await self._verdict(run, verdict)
             if not run.wave_met:
                 return True
-            size = wave_size(
-                run.spec, await self.store.target_count(run.doc.get("tenant_id"), run.spec.target)
-            )
+            size = wave_size(run.spec, await self.store.target_count(run.tenant, run.spec.target))
         else:
             size = await self._exponential_room(run, counts)
         created = await self._start_wave(run, size) if size > 0 else None
@@ -440,7 +453,7 @@ class RolloutExecutor:
         return max(0, left - backlog)
 
     async def _start_wave(self, run: _Run, size: int) -> int:
-        ids = await self.store.eligible(run.job, run.doc.get("tenant_id"), run.spec.target, size)
+        ids = await self.store.eligible(run.job, run.tenant, run.spec.target, size)
         if not ids:
             return 0
         wave = run.progress.wave + 1
@@ -486,23 +499,25 @@ class RolloutExecutor:
             update={"minute_started_at": start, "sent_this_minute": sent}
         )
 
-    async def _firmware(self, run: _Run) -> Document:
-        if not run.firmware:
+    async def _firmware(self, run: _Run) -> FirmwareDoc:
+        if run.firmware is None:
             doc = await self.store.firmware(run.spec.firmware.id)
-            if doc is None or str(doc.get("version")) != run.spec.firmware.version:
+            if doc is None or doc.version != run.spec.firmware.version:
                 raise RolloutDataError(
                     f"firmware {run.spec.firmware.id} {run.spec.firmware.version} not found"
                 )
+            if doc.size is None or doc.sha256 is None:
+                raise RolloutDataError(f"firmware {run.spec.firmware.id} has no image")
             run.firmware = doc
         return run.firmware
 
-    def _send_doc(self, run: _Run, ex: Document, send_id: str, stamp: str) -> Document:
+    def _send_doc(self, run: _Run, ex: JobExecutionDoc, send_id: str, stamp: str) -> Document:
         return {
             "_id": send_id,
             "job_id": run.job,
-            "execution_id": ex["_id"],
-            "device_id": ex["device_id"],
-            "attempt": ex["attempt"],
+            "execution_id": ex.id,
+            "device_id": ex.device_id,
+            "attempt": ex.attempt,
             "token": run.lease.token,
             "holder": self.claims.holder,
             "stamp": stamp,
@@ -510,26 +525,26 @@ class RolloutExecutor:
             "published_at": None,
         }
 
-    async def _batch(self, run: _Run, due: list[Document], lifetime: int) -> int:
+    async def _batch(self, run: _Run, due: list[JobExecutionDoc], lifetime: int) -> int:
         """Claim (insert), mark, publish, confirm one batch; returns how many went out."""
-        devices = await self.store.device_views([d["device_id"] for d in due])
-        online = [d for d in due if is_online(devices.get(d["device_id"]))]
+        devices = await self.store.device_views([d.device_id for d in due])
+        online = [d for d in due if (v := devices.get(d.device_id)) is not None and v.online]
         await self._postpone([d for d in due if d not in online], run)
         stamp = f"{self.claims.holder}:{run.lease.token}:{secrets.token_hex(6)}"
         await self.store.insert_sends([self._send_doc(run, d, send_id(d), stamp) for d in online])
         mine = {s["execution_id"] for s in await self.store.stamped(stamp)}
-        await self._remark([d for d in online if d["_id"] not in mine])
-        held = [d for d in online if d["_id"] in mine]
+        await self._remark([d for d in online if d.id not in mine])
+        held = [d for d in online if d.id in mine]
         if not held:
             return 0
         return await self._publish(run, held, [send_id(d) for d in held], lifetime)
 
     async def _publish(
-        self, run: _Run, held: list[Document], send_ids: list[str], lifetime: int
+        self, run: _Run, held: list[JobExecutionDoc], send_ids: list[str], lifetime: int
     ) -> int:
         """Mark sent (before: no report can race yet), publish, then confirm."""
         expires = run.now + timedelta(seconds=lifetime)
-        await self.store.mark_sent([d["_id"] for d in held], run.now, expires)
+        await self.store.mark_sent([d.id for d in held], run.now, expires)
         self.claims.check(run.lease, self.config.lease_margin)
         messages = await self._commands(run, held, lifetime)
         try:
@@ -544,7 +559,7 @@ class RolloutExecutor:
         self.metrics.commands.inc(len(held))
         return len(held)
 
-    async def _remark(self, lost: list[Document]) -> None:
+    async def _remark(self, lost: list[JobExecutionDoc]) -> None:
         """Due executions whose send claim exists: re-mark those that were published."""
         if not lost:
             return
@@ -558,21 +573,23 @@ class RolloutExecutor:
         stuck = await self.store.unpublished(run.job, run.now - self.config.settle, limit)
         if not stuck:
             return 0
-        execs = await self.store.execution_docs([s["execution_id"] for s in stuck])
+        ids = [s["execution_id"] for s in stuck]
+        execs = await self.store.execution_docs(ids)
+        reports = await self.store.reports_of(ids)
         resend = []
         for send in stuck:
             ex = execs.get(send["execution_id"])
-            if ex is None or ex["attempt"] != send["attempt"] or ex["status"] != "queued":
+            if ex is None or ex.attempt != send["attempt"] or ex.status is not S.QUEUED:
                 await self.store.mark_published([send["_id"]], run.now, "obsolete")
-            elif ExecutionView.from_doc(ex).current_report is not None:
+            elif ExecutionView.of(ex, reports.get(ex.id)).current_report is not None:
                 await self.store.mark_published([send["_id"]], run.now, "device reported")
-                await self.store.mark_sent([ex["_id"]], ex.get("sent_at") or run.now, None)
+                await self.store.mark_sent([ex.id], ex.sent_at or run.now, None)
             else:
                 resend.append((send, ex))
         return await self._resend(run, resend, lifetime)
 
     async def _resend(
-        self, run: _Run, pairs: list[tuple[Document, Document]], lifetime: int
+        self, run: _Run, pairs: list[tuple[Document, JobExecutionDoc]], lifetime: int
     ) -> int:
         """Publish again, same attempt: once per fencing token (``#r<token>`` claim)."""
         if not pairs:
@@ -585,7 +602,7 @@ class RolloutExecutor:
             ]
         )
         mine = {s["execution_id"] for s in await self.store.stamped(stamp)}
-        held = [(s, ex) for s, ex in pairs if ex["_id"] in mine]
+        held = [(s, ex) for s, ex in pairs if ex.id in mine]
         if not held:
             return 0
         ids = [s["_id"] for s, _ in held] + [f"{s['_id']}#r{run.lease.token}" for s, _ in held]
@@ -596,12 +613,12 @@ class RolloutExecutor:
         )
         return published
 
-    async def _postpone(self, offline: list[Document], run: _Run) -> None:
+    async def _postpone(self, offline: list[JobExecutionDoc], run: _Run) -> None:
         ops = [
-            UpdateOne(
-                {"_id": d["_id"], "attempt": d["attempt"], "sent_at": None},
+            Update(
+                {"_id": d.id, "attempt": d.attempt, "sent_at": None},
                 {
-                    "$set": {"next_try_at": run.now + backoff(int(d.get("tries", 0)))},
+                    "$set": {"next_try_at": run.now + backoff(d.tries)},
                     "$inc": {"tries": 1},
                 },
             )
@@ -609,27 +626,31 @@ class RolloutExecutor:
         ]
         await self.store.apply(ops)
 
-    async def _commands(self, run: _Run, held: list[Document], lifetime: int) -> list[Outgoing]:
+    async def _commands(
+        self, run: _Run, held: list[JobExecutionDoc], lifetime: int
+    ) -> list[Outgoing]:
         fw = await self._firmware(run)
+        assert fw.size is not None  # checked by _firmware
+        assert fw.sha256 is not None
         expires = run.now + timedelta(seconds=lifetime)
         out = []
         for doc in held:
-            url = self.presigner.get_url(str(fw["s3_key"]), lifetime)
+            url = self.presigner.get_url(fw.s3_key, lifetime)
             ref = FirmwareRef(
                 version=run.spec.firmware.version,
-                size=int(fw["size"]),
-                sha256=str(fw["sha256"]),
+                size=fw.size,
+                sha256=fw.sha256,
                 url=url,
                 url_expires_at=expires,
             )
             command = JobCommand(
-                job_id=run.job, execution=int(doc["attempt"]), firmware=ref, issued_at=run.now
+                job_id=run.job, execution=doc.attempt, firmware=ref, issued_at=run.now
             )
             out.append(
-                Outgoing(topic(Channel.JOB, doc["device_id"], run.job), encode(command), lifetime)
+                Outgoing(topic(Channel.JOB, doc.device_id, run.job), encode(command), lifetime)
             )
         return out
 
 
-def send_id(execution: Document) -> str:
-    return f"{execution['_id']}#{execution['attempt']}"
+def send_id(execution: JobExecutionDoc) -> str:
+    return f"{execution.id}#{execution.attempt}"

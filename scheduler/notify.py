@@ -29,11 +29,11 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from outpost.mongo import Document
 from outpost.settings import DEV_ENV_FILE
+from outpost.store import Document
 from scheduler.clock import aware
 from scheduler.errors import SchedulerError, StoreError
-from schemas.documents import DEVICES, ROLLOUTS, SCHEDULER_NOTICES
+from schemas.documents import DEVICE_STATUS, DEVICES, ROLLOUT_PROGRESS, SCHEDULER_NOTICES
 
 __all__ = [
     "NOTICES",
@@ -210,14 +210,21 @@ class Notifier:
         return True
 
     async def _offline(self, now: datetime) -> list[Mail]:
-        devices = (
-            await self.db[DEVICES]
-            .find(
-                {"presence.status": "offline", "decommissioned_at": None},
-                {"presence": 1, "tenant_id": 1},
-            )
+        offline = (
+            await self.db[DEVICE_STATUS]
+            .find({"presence.status": "offline"}, {"presence": 1, "tenant_id": 1})
             .to_list(None)
         )
+        gone = {
+            d["_id"]
+            for d in await self.db[DEVICES]
+            .find(
+                {"_id": {"$in": [d["_id"] for d in offline]}, "decommissioned_at": {"$ne": None}},
+                {"_id": 1},
+            )
+            .to_list(None)
+        }
+        devices = [d for d in offline if d["_id"] not in gone]
         incidents = offline_incidents(
             devices, now, timedelta(minutes=self.settings.offline_minutes)
         )
@@ -244,7 +251,7 @@ class Notifier:
             return []
         online = {
             d["_id"]: d
-            for d in await self.db[DEVICES]
+            for d in await self.db[DEVICE_STATUS]
             .find(
                 {"_id": {"$in": [n["device_id"] for n in open_]}, "presence.status": "online"},
                 {"presence": 1},
@@ -263,7 +270,7 @@ class Notifier:
 
     async def _rollouts(self, now: datetime) -> list[Mail]:
         ended = (
-            await self.db[ROLLOUTS]
+            await self.db[ROLLOUT_PROGRESS]
             .find(
                 {"status": {"$in": ["completed", "aborted"]}},
                 {"status": 1, "tenant_id": 1, "progress.reason": 1},

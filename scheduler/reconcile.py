@@ -14,14 +14,13 @@ After the broker lost its retained messages (restarted without them, detected fr
 re-publishes every desired config, in sync or not: the retained copy is what a device
 reads on its next connect.
 
-Attempts are recorded in ``scheduler_reconcile`` (``_id`` = device id), a collection only
-the scheduler writes, not on ``devices``: FerretDB v1 loses one of two concurrent
-updates of one document, and the bridge writes ``devices`` all the time.
+Inputs are joined in code: the desired pointer from the api's ``devices``, the reported
+config and presence from the bridge's ``device_status``. Attempts are recorded in
+``scheduler_reconcile`` (``_id`` = device id), a collection only the scheduler writes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,13 +28,19 @@ from typing import Any
 
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
-from pymongo.operations import ReplaceOne
 
-from outpost.mongo import Document, bulk_write, chunk_size
+from outpost.store import Document, Replace, Store
 from scheduler.clock import aware
 from scheduler.errors import StoreError
 from scheduler.publisher import CommandSink, Outgoing
-from schemas.documents import DEVICE_CONFIGS, DEVICES, SCHEDULER_RECONCILE
+from schemas.documents import (
+    DEVICE_CONFIGS,
+    DEVICE_STATUS,
+    DEVICES,
+    SCHEDULER_RECONCILE,
+    DeviceConfigDoc,
+    device_config_id,
+)
 from schemas.protocol import ConfigMessage, encode
 from schemas.topics import Channel, topic
 
@@ -87,7 +92,7 @@ def decide(
 class Reconciler:
     def __init__(
         self,
-        db: Any,
+        db: Store,
         sink: CommandSink,
         logger: logging.Logger,
         policy: ReconcilePolicy | None = None,
@@ -105,7 +110,7 @@ class Reconciler:
             if messages:
                 await self.sink.publish_all(messages)
             if records:
-                await bulk_write(self.db[RECONCILE], records, chunk=await chunk_size(self.db))
+                await self.db.apply(RECONCILE, records)
         except PyMongoError as exc:
             raise StoreError(f"reconcile: {exc}") from exc
         if messages:
@@ -117,54 +122,60 @@ class Reconciler:
             await self.db[DEVICES]
             .find(
                 {"desired_config.version": {"$gt": 0}, "decommissioned_at": None},
-                {"desired_config": 1, "state.config": 1, "presence": 1},
+                {"desired_config": 1},
             )
             .to_list(None)
         )
-        records = {
-            r["_id"]: r
-            async for r in self.db[RECONCILE].find({"_id": {"$in": [d["_id"] for d in devices]}})
+        ids = [d["_id"] for d in devices]
+        reported = {
+            s["_id"]: s
+            async for s in self.db[DEVICE_STATUS].find(
+                {"_id": {"$in": ids}}, {"state.config": 1, "presence": 1}
+            )
         }
+        records = {r["_id"]: r async for r in self.db[RECONCILE].find({"_id": {"$in": ids}})}
         picked = []
         for device in devices:
+            view = {**reported.get(device["_id"], {}), **device}  # the two halves, joined
             reason = (
                 "broker resync"
                 if resync
-                else decide(device, records.get(device["_id"]), self.policy, now)
+                else decide(view, records.get(device["_id"]), self.policy, now)
             )
             if reason:
-                picked.append((device, reason))
+                picked.append((view, reason))
         return picked[: self.policy.per_run] if not resync else picked
 
     async def _build(
         self, picked: list[tuple[Document, str]], now: datetime, resync: bool
-    ) -> tuple[list[Outgoing], list[ReplaceOne[Document]]]:
+    ) -> tuple[list[Outgoing], list[Replace]]:
         messages: list[Outgoing] = []
-        records: list[ReplaceOne[Document]] = []
+        records: list[Replace] = []
         old = {
             r["_id"]: r
             async for r in self.db[RECONCILE].find({"_id": {"$in": [d["_id"] for d, _ in picked]}})
         }
         for device, reason in picked:
             desired = device["desired_config"]
-            doc = await self.db[DEVICE_CONFIGS].find_one(
-                {"device_id": device["_id"], "version": desired["version"]}
+            raw = await self.db[DEVICE_CONFIGS].find_one(
+                {"_id": device_config_id(device["_id"], desired["version"])}
             )
-            if doc is None:
+            if raw is None:
                 self.log.warning(
                     "desired config missing from history", extra={"device_id": device["_id"]}
                 )
                 continue
             try:
+                entry = DeviceConfigDoc.model_validate(raw)
                 message = ConfigMessage.model_validate(
                     {
-                        "version": doc["version"],
-                        "hash": doc["hash"],
-                        "issued_at": aware(doc.get("created_at") or now),
-                        "config": json.loads(doc["config"]),
+                        "version": entry.version,
+                        "hash": entry.hash,
+                        "issued_at": aware(entry.created_at),
+                        "config": entry.config,
                     }
                 )
-            except (ValidationError, ValueError, KeyError, TypeError) as exc:
+            except (ValidationError, ValueError) as exc:
                 self.log.error(
                     "stored config cannot be published",
                     extra={"device_id": device["_id"], "error": str(exc)[:300]},
@@ -177,7 +188,7 @@ class Reconciler:
             same = prev.get("version") == desired["version"]
             attempts = (int(prev.get("attempts", 0)) if same else 0) + (0 if resync else 1)
             records.append(
-                ReplaceOne(
+                Replace(
                     {"_id": device["_id"]},
                     {
                         "_id": device["_id"],

@@ -43,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from outpost import mongo
+from outpost import store
 from outpost.settings import HttpSettings, MongoSettings, MqttSettings, S3Settings
 from scheduler.broker_metrics import UPTIME, BrokerMetrics, broker_started
 from scheduler.claims import Claims
@@ -102,9 +102,9 @@ class SchedulerService:
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.settings.scheduler
         async with AsyncExitStack() as stack:
-            client = mongo.client(self.settings.mongo)
+            client = store.client(self.settings.mongo)
             stack.push_async_callback(client.close)
-            self.db = client[self.settings.mongo.database]
+            self.db = store.Store(client[self.settings.mongo.database])
             self.claims = Claims(self.db, cfg.instance, self.clock, self.log)
             self.executor = RolloutExecutor(
                 RolloutStore(self.db),
@@ -330,7 +330,7 @@ class SchedulerService:
 
     async def _ping(self) -> bool:
         try:
-            await asyncio.wait_for(self.db.command("ping"), 2)
+            await asyncio.wait_for(self.db.db.command("ping"), 2)
         except (PyMongoError, TimeoutError):
             return False
         return True

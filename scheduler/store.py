@@ -1,40 +1,50 @@
-"""MongoDB storage adapter of the rollout executor (``rollouts``, ``job_executions``,
-``devices``, ``firmware``). Every write that changes an execution is conditional on what
-the caller read (status, attempt, and the fencing token), so a former lease holder
-cannot overwrite a newer one. pymongo errors become :class:`StoreError`.
+"""MongoDB storage adapter of the rollout executor.
+
+The scheduler writes ``job_executions``, ``rollout_progress`` and ``scheduler_sends``
+only; it reads the api's ``rollouts``, ``devices`` and ``firmware`` and the bridge's
+``device_status`` and ``job_reports`` (:mod:`schemas.documents`). Every write that changes
+an execution is conditional on what the caller read (status, attempt, and the fencing
+token), so a former lease holder cannot overwrite a newer one. pymongo errors become
+:class:`StoreError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 from bson import ObjectId
-from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, PyMongoError
-from pymongo.operations import InsertOne, UpdateOne
+from pymongo.errors import PyMongoError
 
-from outpost.mongo import Document, bulk_write, chunk_size
+from outpost.store import Document, Insert, Store, Update
 from scheduler.errors import StoreError
+from scheduler.executions import DeviceView
 from schemas.documents import (
+    DEVICE_STATUS,
     DEVICES,
     FIRMWARE,
     JOB_EXECUTIONS,
+    JOB_REPORTS,
+    ROLLOUT_PROGRESS,
     ROLLOUTS,
     SCHEDULER_SENDS,
+    FirmwareDoc,
+    JobExecutionDoc,
+    JobReportDoc,
+    RolloutDoc,
+    RolloutProgressDoc,
     target_filter,
 )
 from schemas.rollouts import ExecutionStatus, RolloutProgress, RolloutStatus, Target
 
-__all__ = ["RolloutStore"]
+__all__ = ["RolloutStore", "Tracked"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 OPEN = [ExecutionStatus.QUEUED.value, ExecutionStatus.IN_PROGRESS.value]
-ACTIVE = [s.value for s in RolloutStatus if s.active]
-FOLLOWED = [RolloutStatus.ABORTED.value, RolloutStatus.CANCELED.value]
 
 
 def _mapped(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -48,60 +58,85 @@ def _mapped(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    """A sent execution with the device's report on it (if any)."""
+
+    execution: JobExecutionDoc
+    report: JobReportDoc | None
+
+
 class RolloutStore:
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
-        self.db = db
-        self.rollouts = db[ROLLOUTS]
-        self.executions = db[JOB_EXECUTIONS]
-        self.devices = db[DEVICES]
-        self.sends = db[SCHEDULER_SENDS]
-        self._chunk: int | None = None
-
-    async def chunk(self) -> int:
-        if self._chunk is None:
-            self._chunk = await chunk_size(self.db)
-        return self._chunk
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.db = store.db
+        self.rollouts = store[ROLLOUTS]
+        self.progress = store[ROLLOUT_PROGRESS]
+        self.executions = store[JOB_EXECUTIONS]
+        self.reports = store[JOB_REPORTS]
+        self.devices = store[DEVICES]
+        self.status = store[DEVICE_STATUS]
+        self.sends = store[SCHEDULER_SENDS]
 
     @_mapped
-    async def active_rollouts(self) -> list[Document]:
-        """Rollouts to move on, and stopped ones whose sent executions are still open."""
-        return await self.rollouts.find(
-            {
-                "$or": [
-                    {"status": {"$in": ACTIVE}},
-                    {"status": {"$in": FOLLOWED}, "progress.open_executions": {"$gt": 0}},
-                ]
-            }
-        ).to_list(None)
+    async def active_rollouts(self) -> list[tuple[RolloutDoc, RolloutProgressDoc | None]]:
+        """Rollouts not settled: to move on, or stopped with sent executions still open.
+
+        Reads every rollout id and the settled ones' ids (both id-only): a rollout the
+        scheduler has never seen has no progress document yet.
+        """
+        settled = await self.progress.find({"settled": True}, {"_id": 1}).to_list()
+        query = {"_id": {"$nin": [d["_id"] for d in settled]}}
+        docs = [RolloutDoc.model_validate(d) for d in await self.rollouts.find(query).to_list()]
+        progress = await self.progress.find({"_id": {"$in": [d.id for d in docs]}}).to_list()
+        known = {p["_id"]: RolloutProgressDoc.model_validate(p) for p in progress}
+        return [(d, known.get(d.id)) for d in docs]
 
     @_mapped
-    async def firmware(self, firmware_id: str) -> Document | None:
+    async def firmware(self, firmware_id: str) -> FirmwareDoc | None:
         ids: list[Any] = [firmware_id]
         if ObjectId.is_valid(firmware_id):
             ids.append(ObjectId(firmware_id))
-        return await self.db[FIRMWARE].find_one({"_id": {"$in": ids}})
+        raw = await self.db[FIRMWARE].find_one({"_id": {"$in": ids}})
+        if raw is None:
+            return None
+        return FirmwareDoc.model_validate({**raw, "_id": str(raw["_id"])})
 
     @_mapped
     async def save(
         self,
-        rollout_id: str,
+        rollout: RolloutDoc,
         token: int,
         progress: RolloutProgress,
-        status: RolloutStatus | None = None,
-        expect: str | None = None,
+        status: RolloutStatus,
+        control_rev: str | None,
+        now: datetime,
     ) -> bool:
-        """Write progress (and status) unless a newer lease holder wrote first, or the
-        status changed under us (``expect``: the status we read, e.g. an api pause)."""
-        query: Document = {"_id": rollout_id, "progress.fence": {"$not": {"$gt": token}}}
-        if expect is not None:
-            query["status"] = expect
-        update: Document = {
-            "progress": progress.model_copy(update={"fence": token}).model_dump(mode="python")
-        }
-        if status is not None:
-            update["status"] = status.value
-        result = await self.rollouts.update_one(query, {"$set": update})
-        return result.matched_count == 1
+        """Write our view of the rollout unless a newer lease holder wrote first."""
+        settled = status.final and progress.open_executions == 0
+        doc = RolloutProgressDoc(
+            id=rollout.id,
+            tenant_id=rollout.tenant_id,
+            status=status,
+            progress=progress.model_copy(update={"fence": token}),
+            control_rev=control_rev,
+            settled=settled,
+            updated_at=now,
+        ).to_mongo()
+        fields = {k: v for k, v in doc.items() if k != "_id"}
+        applied = await self.store.apply(
+            ROLLOUT_PROGRESS,
+            [
+                Update(
+                    {"_id": rollout.id, "progress.fence": {"$not": {"$gt": token}}},
+                    {"$set": fields},
+                    upsert=True,
+                )
+            ],
+        )
+        if applied.errors:
+            raise StoreError(f"save progress: {applied.errors}")
+        return not applied.duplicates  # a duplicate: a newer holder's document is there
 
     @_mapped
     async def counts(self, job_id: str, wave: int | None = None) -> dict[ExecutionStatus, int]:
@@ -118,25 +153,44 @@ class RolloutStore:
         return await self.executions.count_documents({"job_id": job_id, "sent_at": {"$ne": None}})
 
     @_mapped
-    async def tracked(self, job_id: str) -> list[Document]:
-        """Open executions that were sent: their status may change."""
-        return await self.executions.find(
+    async def tracked(self, job_id: str) -> list[Tracked]:
+        """Open executions that were sent (their status may change), with their reports."""
+        raw = await self.executions.find(
             {"job_id": job_id, "status": {"$in": OPEN}, "sent_at": {"$ne": None}}
-        ).to_list(None)
+        ).to_list()
+        docs = [JobExecutionDoc.model_validate(d) for d in raw]
+        reports = await self.reports_of([d.id for d in docs])
+        return [Tracked(d, reports.get(d.id)) for d in docs]
 
     @_mapped
-    async def device_views(self, ids: Sequence[str]) -> dict[str, Document]:
-        cursor = self.devices.find(
+    async def reports_of(self, ids: Sequence[str]) -> dict[str, JobReportDoc]:
+        found: dict[str, JobReportDoc] = {}
+        for start in range(0, len(ids), 1000):
+            cursor = self.reports.find({"_id": {"$in": list(ids[start : start + 1000])}})
+            for raw in await cursor.to_list():
+                found[raw["_id"]] = JobReportDoc.model_validate(raw)
+        return found
+
+    @_mapped
+    async def device_views(self, ids: Sequence[str]) -> dict[str, DeviceView]:
+        """Presence and reported firmware of ``ids`` (devices that never reported: none)."""
+        cursor = self.status.find(
             {"_id": {"$in": list(ids)}}, {"presence.status": 1, "state.firmware": 1}
         )
-        return {d["_id"]: d async for d in cursor}
+        return {
+            d["_id"]: DeviceView(
+                (d.get("presence") or {}).get("status") == "online",
+                (d.get("state") or {}).get("firmware"),
+            )
+            for d in await cursor.to_list()
+        }
 
     @_mapped
-    async def target_count(self, tenant_id: Any, target: Target) -> int:
+    async def target_count(self, tenant_id: str, target: Target) -> int:
         return await self.devices.count_documents(target_filter(tenant_id, target))
 
     @_mapped
-    async def eligible(self, job_id: str, tenant_id: Any, target: Target, limit: int) -> list[str]:
+    async def eligible(self, job_id: str, tenant_id: str, target: Target, limit: int) -> list[str]:
         """Target devices without an execution of this job nor an open one of another."""
         if limit <= 0:
             return []
@@ -162,22 +216,16 @@ class RolloutStore:
                 break
         return picked
 
-    async def create(self, docs: Sequence[Document]) -> int:
+    @_mapped
+    async def create(self, docs: Sequence[JobExecutionDoc]) -> int:
         """Insert executions; ones that already exist (same ``_id``) are left alone."""
-        try:
-            counts = await bulk_write(
-                self.executions, [InsertOne(d) for d in docs], chunk=await self.chunk()
-            )
-        except BulkWriteError as exc:
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                raise StoreError(f"create executions: {exc}") from exc
-            return int(exc.details.get("nInserted", 0))
-        except PyMongoError as exc:
-            raise StoreError(f"create executions: {exc}") from exc
-        return counts.inserted
+        applied = await self.store.apply(JOB_EXECUTIONS, [Insert(d.to_mongo()) for d in docs])
+        if applied.errors:
+            raise StoreError(f"create executions: {list(applied.errors.values())[:3]}")
+        return applied.inserted
 
     @_mapped
-    async def due(self, job_id: str, now: datetime, limit: int) -> list[Document]:
+    async def due(self, job_id: str, now: datetime, limit: int) -> list[JobExecutionDoc]:
         """Queued executions not marked sent whose next try is due, oldest wave first."""
         query = {
             "job_id": job_id,
@@ -185,48 +233,42 @@ class RolloutStore:
             "sent_at": None,
             "next_try_at": {"$lte": now},
         }
-        return await (
-            self.executions.find(query).sort([("wave", 1), ("_id", 1)]).limit(limit).to_list(None)
+        raw = (
+            await self.executions.find(query).sort([("wave", 1), ("_id", 1)]).limit(limit).to_list()
         )
+        return [JobExecutionDoc.model_validate(d) for d in raw]
 
-    async def apply(self, ops: Sequence[UpdateOne]) -> int:
-        if not ops:
-            return 0
-        try:
-            counts = await bulk_write(self.executions, ops, chunk=await self.chunk())
-        except PyMongoError as exc:
-            raise StoreError(f"update executions: {exc}") from exc
-        return counts.modified
+    @_mapped
+    async def apply(self, ops: Sequence[Update]) -> int:
+        applied = await self.store.apply(JOB_EXECUTIONS, ops)
+        if applied.errors:
+            raise StoreError(f"update executions: {list(applied.errors.values())[:3]}")
+        return applied.modified
 
+    @_mapped
     async def insert_sends(self, docs: Sequence[Document]) -> None:
         """Insert send claims; the ones whose ``_id`` exists already are refused."""
-        if not docs:
-            return
-        try:
-            await bulk_write(self.sends, [InsertOne(d) for d in docs], chunk=await self.chunk())
-        except BulkWriteError as exc:
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                raise StoreError(f"insert sends: {exc}") from exc
-        except PyMongoError as exc:
-            raise StoreError(f"insert sends: {exc}") from exc
+        applied = await self.store.apply(SCHEDULER_SENDS, [Insert(d) for d in docs])
+        if applied.errors:
+            raise StoreError(f"insert sends: {list(applied.errors.values())[:3]}")
 
     @_mapped
     async def stamped(self, stamp: str) -> list[Document]:
-        return await self.sends.find({"stamp": stamp}).to_list(None)
+        return await self.sends.find({"stamp": stamp}).to_list()
 
     @_mapped
     async def send_docs(self, ids: Sequence[str]) -> list[Document]:
-        return await self.sends.find({"_id": {"$in": list(ids)}}).to_list(None)
+        return await self.sends.find({"_id": {"$in": list(ids)}}).to_list()
 
     @_mapped
     async def unpublished(self, job_id: str, before: datetime, limit: int) -> list[Document]:
         query = {"job_id": job_id, "published_at": None, "intent_at": {"$lt": before}}
-        return await self.sends.find(query).limit(limit).to_list(None)
+        return await self.sends.find(query).limit(limit).to_list()
 
     @_mapped
-    async def execution_docs(self, ids: Sequence[str]) -> dict[str, Document]:
+    async def execution_docs(self, ids: Sequence[str]) -> dict[str, JobExecutionDoc]:
         cursor = self.executions.find({"_id": {"$in": list(ids)}})
-        return {d["_id"]: d async for d in cursor}
+        return {d["_id"]: JobExecutionDoc.model_validate(d) for d in await cursor.to_list()}
 
     @_mapped
     async def mark_published(
@@ -266,7 +308,7 @@ class RolloutStore:
         return result.modified_count
 
 
-async def _batches(cursor: Any, size: int) -> Any:
+async def _batches(cursor: Any, size: int) -> AsyncIterator[list[str]]:
     batch: list[str] = []
     async for doc in cursor:
         batch.append(doc["_id"])

@@ -1,103 +1,436 @@
-"""MongoDB collections and the fields each service owns. The one place they are named.
+"""MongoDB collections, who writes each one, and the typed shape of their documents.
 
-``devices`` (``_id`` = device id)
-    api:        tenant_id, hardware_model, group, tags, created_at, decommissioned_at,
-                credentials {password_hash, rotated_at}, overrides (config patch, as
-                JSON text: FerretDB refuses '.' in keys, as in the band key ``2.4GHz``),
-                desired_config {version, hash, updated_at}, api_rev (new random value
-                on every write of api fields: how a FerretDB read-back tells an undone
-                write from a newer one, see api.store.devices.update_fields)
-    bridge:     presence {status: online|offline, reason, since, k}
-                state {firmware, hardware_model, uptime_s, counters,
-                       config {version, hash, status: applied|rejected, error},
-                       k, updated_at}
-                last_seen (time of the last accepted change)
-    scheduler:  nothing (its reconcile records live in ``scheduler_reconcile``)
-    ``k`` is :func:`order_key_str` of the message's ordering key: a fixed-width string, so
-    "newer" is a plain ``$lt``/``$gt`` in a filter on both MongoDB and FerretDB.
+The one place collections are named. Three rules keep the code correct on MongoDB and on
+FerretDB v1 (which applies concurrent updates of one document without isolation, so two
+writers of one document lose each other's changes):
 
-``job_executions`` (``_id`` = :func:`execution_id`)
-    scheduler:  tenant_id, rollout_id, job_id, device_id, wave, attempt, status
-                (queued|in_progress|succeeded|failed|rejected|timed_out|canceled),
-                created_at, sent_at, finished_at. ``status`` stays ``queued`` while the
-                device reports progress (see ``report.status``): it moves to
-                ``in_progress`` when the device reported succeeded and the grace check
-                runs, or straight to a final status.
-    bridge:     report {status (device JobState), progress, reason, firmware, k, updated_at}
+1. **One writer per document.** Every collection below is written by exactly one service.
+   What admins decide is the api's; what devices report is the bridge's, in documents of
+   its own (``device_status``, ``job_reports``); what the scheduler decides is the
+   scheduler's (``job_executions``, ``rollout_progress``, claims). Readers join in code.
+2. **Exclusivity and compare-and-set through unique keys.** Claims, leases, send claims,
+   and every api revision (``revisions``: ``<collection>:<id>:<rev>``) are inserts of a
+   unique ``_id``; the insert that wins is the only writer of that revision.
+3. **Conditional, idempotent writes** from the bridge, keyed by id and ordering key.
 
-    scheduler (also): next_try_at (an offline device's queued execution waits until
-                then), url_expires_at, fence (lease token of the sender)
+Who writes what
+---------------
+============================  ==========  ===============================================
+collection                    writer      ``_id`` and content
+============================  ==========  ===============================================
+``devices``                   api         device id: :class:`DeviceDoc` (registry, desired
+                                          config pointer, overrides, ``rev``)
+``revisions``                 api         ``<collection>:<id>:<rev>``: the lock that makes
+                                          one api request the writer of a revision
+``device_configs``            api         ``<device>:<version>``: :class:`DeviceConfigDoc`
+``groups``                    api         ``<tenant>:<name>``: :class:`GroupDoc`
+``firmware``                  api         :class:`FirmwareDoc`
+``rollouts``                  api         :class:`RolloutDoc` (spec and admin control)
+``tenants``, ``api_tokens``,  api         :class:`TenantDoc`, :class:`ApiTokenDoc`,
+``audit_log``                             :class:`AuditDoc`
+``device_status``             bridge      device id: :class:`DeviceStatusDoc` (presence,
+                                          reported state, config ack, last seen)
+``job_reports``               bridge      execution id: :class:`JobReportDoc`
+``dead_letters``              bridge      ``<reason>:<slot>``: :class:`DeadLetterDoc`
+``job_executions``            scheduler   execution id: :class:`JobExecutionDoc`
+``rollout_progress``          scheduler   rollout id: :class:`RolloutProgressDoc`
+``scheduler_claims``,         scheduler   claims, leases, send claims, reconcile records,
+``scheduler_sends``,                      mailed notices, ``$SYS`` snapshots
+``scheduler_reconcile``,
+``scheduler_notices``,
+``broker_metrics``
+============================  ==========  ===============================================
 
-``rollouts`` (``_id`` = the job id): see :mod:`schemas.rollouts`
-    api:        tenant_id, the :class:`schemas.rollouts.RolloutSpec` fields, created_at,
-                status (requests: paused, running, canceling)
-    scheduler:  status (running, completed, aborted, canceled), progress
-                (:class:`schemas.rollouts.RolloutProgress`)
-
-``firmware`` (api): tenant_id, version, size, sha256, s3_key (object key in the firmware
-    bucket), hardware_models, release_notes, status (pending until the image is
-    uploaded, then ready), created_at, uploaded_at. The scheduler reads size, sha256 and
-    s3_key.
-
-api only: ``tenants`` (``_id`` = tenant id: name, created_at); ``api_tokens`` (``_id`` =
-    sha256 of the token: token_id, tenant_id, role, name, created_at, created_by,
-    revoked_at); ``groups`` (``_id`` = ``tenant:name``: tenant_id, name, template (JSON
-    text), version, updated_at); ``device_configs`` (``_id`` =
-    ``device:version:hash-prefix``: tenant_id, device_id, version, hash, config (JSON
-    text), created_at, actor, cause; the newest N per device are kept); ``audit_log``
-    (tenant_id, actor (token id), role, action, target, at, before/after (JSON text)).
-
-``scheduler_claims`` (scheduler): ``_id`` = ``job@scheduled-time`` claims and
-    ``lease:<name>:<token>`` leases {lease, token (fencing), holder, expires_at}.
-
-``scheduler_reconcile`` (scheduler, ``_id`` = device id): version, attempts, last_at,
-    reason of the last config re-publish. ``scheduler_notices`` (scheduler): one per
-    mailed incident (``offline:<device>@<since>`` with recovered, ``rollout:<id>:<status>``).
-
-``scheduler_sends`` (scheduler, insert-only exclusion of command sends):
-    ``_id`` = ``<execution id>#<attempt>`` (first send) or ``...#r<token>`` (re-send after
-    a takeover) {job_id, execution_id, attempt, token, holder, stamp, intent_at,
-    published_at}.
-
-FerretDB v1.24.2 (SQLite) applies concurrent updates of one document without isolation
-(measured: lost ``$set``s, conditional updates both matching); only unique ``_id``
-inserts are exclusive. Writers of the same document therefore lose updates there. The
-bridge and the api read their ``devices`` writes back after
-:func:`outpost.mongo.settle_delay` and resend the undone ones. The scheduler writes an
-execution's status only at points where the device no longer reports on that attempt
-(a final report, or a timeout), and never trusts a conditional update for exclusion;
-see :mod:`scheduler.claims` and :mod:`scheduler.executor`.
-
-``dead_letters``: rejected device messages, bounded (bridge).
+Ordering keys are stored as :func:`order_key_str`: a fixed-width string, so "newer" is a
+plain ``$lt``/``$gt`` in a filter on both servers.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
 from schemas.protocol import OrderKey
-from schemas.rollouts import Target
+from schemas.rollouts import (
+    ExecutionStatus,
+    RolloutControl,
+    RolloutProgress,
+    RolloutSpec,
+    RolloutStatus,
+    Target,
+)
+
+__all__ = [
+    "API_TOKENS",
+    "AUDIT_LOG",
+    "BROKER_METRICS",
+    "DEAD_LETTERS",
+    "DEVICES",
+    "DEVICE_CONFIGS",
+    "DEVICE_STATUS",
+    "FIRMWARE",
+    "GROUPS",
+    "JOB_EXECUTIONS",
+    "JOB_REPORTS",
+    "OWNERS",
+    "REVISIONS",
+    "ROLLOUTS",
+    "ROLLOUT_PROGRESS",
+    "SCHEDULER_CLAIMS",
+    "SCHEDULER_NOTICES",
+    "SCHEDULER_RECONCILE",
+    "SCHEDULER_SENDS",
+    "TENANTS",
+    "ApiTokenDoc",
+    "AppliedConfig",
+    "AuditDoc",
+    "ConfigPointer",
+    "Credentials",
+    "DeadLetterDoc",
+    "DeviceConfigDoc",
+    "DeviceDoc",
+    "DeviceStatusDoc",
+    "FirmwareDoc",
+    "GroupDoc",
+    "JobExecutionDoc",
+    "JobReportDoc",
+    "PresenceDoc",
+    "ReportedState",
+    "RolloutDoc",
+    "RolloutProgressDoc",
+    "TenantDoc",
+    "device_config_id",
+    "execution_id",
+    "order_key_str",
+    "target_filter",
+    "to_json_text",
+]
 
 DEVICES = "devices"
-JOB_EXECUTIONS = "job_executions"
-DEAD_LETTERS = "dead_letters"
-TENANTS = "tenants"
-API_TOKENS = "api_tokens"
-GROUPS = "groups"
+REVISIONS = "revisions"
 DEVICE_CONFIGS = "device_configs"
+GROUPS = "groups"
 FIRMWARE = "firmware"
 ROLLOUTS = "rollouts"
+TENANTS = "tenants"
+API_TOKENS = "api_tokens"
 AUDIT_LOG = "audit_log"
+DEVICE_STATUS = "device_status"
+JOB_REPORTS = "job_reports"
+DEAD_LETTERS = "dead_letters"
+JOB_EXECUTIONS = "job_executions"
+ROLLOUT_PROGRESS = "rollout_progress"
 SCHEDULER_CLAIMS = "scheduler_claims"
 SCHEDULER_SENDS = "scheduler_sends"
 SCHEDULER_RECONCILE = "scheduler_reconcile"
 SCHEDULER_NOTICES = "scheduler_notices"
 BROKER_METRICS = "broker_metrics"
 
+Owner = Literal["api", "bridge", "scheduler"]
+OWNERS: dict[str, Owner] = {
+    DEVICES: "api",
+    REVISIONS: "api",
+    DEVICE_CONFIGS: "api",
+    GROUPS: "api",
+    FIRMWARE: "api",
+    ROLLOUTS: "api",
+    TENANTS: "api",
+    API_TOKENS: "api",
+    AUDIT_LOG: "api",
+    DEVICE_STATUS: "bridge",
+    JOB_REPORTS: "bridge",
+    DEAD_LETTERS: "bridge",
+    JOB_EXECUTIONS: "scheduler",
+    ROLLOUT_PROGRESS: "scheduler",
+    SCHEDULER_CLAIMS: "scheduler",
+    SCHEDULER_SENDS: "scheduler",
+    SCHEDULER_RECONCILE: "scheduler",
+    SCHEDULER_NOTICES: "scheduler",
+    BROKER_METRICS: "scheduler",
+}
+
+
+def _from_json_text(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def to_json_text(value: dict[str, Any]) -> str:
+    """How config objects are stored (see :data:`JsonText`)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+# Config objects are stored as JSON text: FerretDB refuses '.' in keys (the WiFi band keys
+# are ``2.4GHz``) and no server takes admin-chosen keys starting with '$'.
+JsonText = Annotated[
+    dict[str, Any], BeforeValidator(_from_json_text), PlainSerializer(to_json_text)
+]
+
+
+class _Doc(BaseModel):
+    """A stored document: ``id`` is ``_id``; unknown fields (older layouts) are ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    id: str = Field(alias="_id")
+
+    def to_mongo(self) -> dict[str, Any]:
+        """The document as stored (``_id``, JSON text fields serialized)."""
+        return self.model_dump(by_alias=True, mode="python")
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+# -- api ---------------------------------------------------------------------------------
+
+
+class ConfigPointer(_Part):
+    """Which version of the config history is the device's desired config."""
+
+    version: int
+    hash: str
+    updated_at: datetime
+
+
+class Credentials(_Part):
+    password_hash: str
+    rotated_at: datetime
+
+
+class DeviceDoc(_Doc):
+    """``devices``: the registry entry of one device (api).
+
+    ``rev`` grows by one on every api write (see :mod:`api.store.revisions`).
+    """
+
+    tenant_id: str
+    hardware_model: str
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    overrides: JsonText = Field(default_factory=dict)
+    created_at: datetime
+    decommissioned_at: datetime | None = None
+    credentials: Credentials | None = None
+    desired_config: ConfigPointer | None = None
+    rev: int = 0
+
+
+class DeviceConfigDoc(_Doc):
+    """``device_configs``: one version of a device's rendered config (api).
+
+    ``_id`` is ``<device>:<version>``, so two writers of the same version cannot both
+    store it: the insert is the compare-and-set behind If-Match.
+    """
+
+    tenant_id: str
+    device_id: str
+    version: int
+    hash: str
+    config: JsonText
+    created_at: datetime
+    actor: str
+    cause: str
+
+
+class GroupDoc(_Doc):
+    tenant_id: str
+    name: str
+    template: JsonText = Field(default_factory=dict)
+    version: int = 1
+    updated_at: datetime
+    rev: int = 0
+
+
+class FirmwareDoc(_Doc):
+    tenant_id: str
+    version: str
+    hardware_models: list[str]
+    release_notes: str = ""
+    status: Literal["pending", "ready"] = "pending"
+    s3_key: str
+    size: int | None = None
+    sha256: str | None = None
+    created_at: datetime
+    uploaded_at: datetime | None = None
+
+
+class RolloutDoc(_Doc):
+    """``rollouts``: what an admin decided (api). Progress lives in ``rollout_progress``."""
+
+    tenant_id: str
+    spec: RolloutSpec
+    created_at: datetime
+    created_by: str | None = None
+    control: RolloutControl = Field(default_factory=RolloutControl)
+    rev: int = 0
+
+    def to_mongo(self) -> dict[str, Any]:
+        doc = self.model_dump(by_alias=True, mode="python", exclude={"spec"})
+        doc["spec"] = self.spec.to_document()
+        return doc
+
+
+class TenantDoc(_Doc):
+    name: str
+    created_at: datetime
+
+
+class ApiTokenDoc(_Doc):
+    """``api_tokens`` (``_id`` = sha256 of the token)."""
+
+    token_id: str
+    tenant_id: str
+    role: str
+    name: str
+    created_at: datetime
+    created_by: str | None = None
+    revoked_at: datetime | None = None
+
+
+class AuditDoc(_Doc):
+    tenant_id: str
+    actor: str
+    role: str
+    action: str
+    target: str
+    at: datetime
+    before: str | None = None
+    after: str | None = None
+
+
+# -- bridge ------------------------------------------------------------------------------
+
+
+class PresenceDoc(_Part):
+    status: Literal["online", "offline"]
+    reason: str | None = None
+    since: datetime
+    k: str
+
+
+class AppliedConfig(_Part):
+    """The device's report on the last desired config it received."""
+
+    version: int
+    hash: str | None = None
+    status: Literal["applied", "rejected"]
+    error: str | None = None
+
+
+class ReportedState(_Part):
+    firmware: str
+    hardware_model: str
+    uptime_s: int = 0
+    counters: dict[str, int | float] = Field(default_factory=dict)
+    config: AppliedConfig | None = None
+    h: str = Field(description="Hash of the state's content (what it says, not when)")
+    k: str
+    updated_at: datetime
+
+
+class DeviceStatusDoc(_Doc):
+    """``device_status``: what a device reported, as the bridge stored it (bridge)."""
+
+    tenant_id: str | None = None
+    presence: PresenceDoc | None = None
+    state: ReportedState | None = None
+    last_seen: datetime | None = Field(
+        default=None, description="Receive time of the last message the bridge applied"
+    )
+
+    @property
+    def online(self) -> bool:
+        return self.presence is not None and self.presence.status == "online"
+
+
+class JobReportDoc(_Doc):
+    """``job_reports`` (``_id`` = execution id): a device's latest status on a job (bridge)."""
+
+    tenant_id: str | None = None
+    job_id: str
+    device_id: str
+    status: str
+    progress: float | None = None
+    reason: str | None = None
+    firmware: str | None = None
+    k: str
+    updated_at: datetime
+
+
+class DeadLetterDoc(_Doc):
+    reason: str
+    detail: str
+    topic: str
+    size: int
+    sample: str
+    received_at: datetime
+
+
+# -- scheduler ---------------------------------------------------------------------------
+
+
+class LastFailure(_Part):
+    status: ExecutionStatus
+    reason: str
+
+
+class JobExecutionDoc(_Doc):
+    """``job_executions``: one device's execution of a rollout's job (scheduler).
+
+    The device's own reports are in ``job_reports`` under the same ``_id``.
+    """
+
+    tenant_id: str | None = None
+    rollout_id: str
+    job_id: str
+    device_id: str
+    wave: int
+    attempt: int = 1
+    status: ExecutionStatus = ExecutionStatus.QUEUED
+    reason: str | None = None
+    created_at: datetime
+    sent_at: datetime | None = None
+    url_expires_at: datetime | None = None
+    next_try_at: datetime | None = None
+    tries: int = 0
+    finished_at: datetime | None = None
+    stale_k: str = Field(
+        default="", description="Key of the last report of an earlier attempt (see executions)"
+    )
+    last_failure: LastFailure | None = None
+    fence: int = 0
+
+
+class RolloutProgressDoc(_Doc):
+    """``rollout_progress`` (``_id`` = rollout id): the scheduler's view of a rollout."""
+
+    tenant_id: str | None = None
+    status: RolloutStatus
+    progress: RolloutProgress = Field(default_factory=RolloutProgress)
+    control_rev: str | None = Field(
+        default=None, description="The admin control request this status answers"
+    )
+    settled: bool = Field(
+        default=False, description="Final and nothing left to follow: no longer ticked"
+    )
+    updated_at: datetime
+
+
+# -- helpers -----------------------------------------------------------------------------
+
 
 def order_key_str(key: OrderKey) -> str:
     """Fixed-width hex of (session, seq): string order equals key order."""
     return f"{key.session:014x}.{key.seq:014x}"
+
+
+def device_config_id(device_id: str, version: int) -> str:
+    """``device_configs`` ``_id``: one entry per device and version."""
+    return f"{device_id}:{version:010d}"
 
 
 def execution_id(job_id: str, device_id: str) -> str:

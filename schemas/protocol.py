@@ -283,6 +283,8 @@ class RejectReason(StrEnum):
     SCHEMA = "schema"
     ID_MISMATCH = "id_mismatch"
     UNKNOWN_DEVICE = "unknown_device"
+    UNKNOWN_JOB = "unknown_job"  # a job status for an execution the scheduler never made
+    STORE_REFUSED = "store_refused"  # the database refused this one write for good
 
 
 class Rejected(SchemaError):

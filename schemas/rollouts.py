@@ -4,12 +4,11 @@ A rollout upgrades a target set of devices to one firmware image, wave after wav
 inside its maintenance windows. The api splits these into Create/Update/Public bodies;
 this module holds only what both sides must agree on. All models are frozen.
 
-Mongo layout (collection ``rollouts``, ``_id`` = the job id, matching
-:data:`schemas.topics.JOB_ID_PATTERN`): the fields of :class:`RolloutSpec` plus
-``tenant_id``, ``status`` (:class:`RolloutStatus`) and the scheduler-owned ``progress``
-(:class:`RolloutProgress`). The api writes ``status`` only to request pause
-(``paused``), resume (``running``) or cancel (``canceling``); the scheduler acts on it at
-its next tick.
+Storage (:mod:`schemas.documents`): the api writes ``rollouts`` (``_id`` = the job id,
+matching :data:`schemas.topics.JOB_ID_PATTERN`): the :class:`RolloutSpec` and the admin's
+:class:`RolloutControl` (pause, resume, cancel requests). The scheduler writes
+``rollout_progress``: the status it acted on and its :class:`RolloutProgress`. Neither
+writes the other's document; :func:`rollout_status` is what both read as the status.
 
 Waves (``waves``), one of:
 
@@ -30,7 +29,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, time, timedelta
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -57,6 +56,7 @@ __all__ = [
     "MissAction",
     "PercentWaves",
     "RetryPolicy",
+    "RolloutControl",
     "RolloutProgress",
     "RolloutSchedule",
     "RolloutSpec",
@@ -65,6 +65,7 @@ __all__ = [
     "Target",
     "WavePlan",
     "Weekday",
+    "rollout_status",
 ]
 
 _Frozen = ConfigDict(frozen=True, extra="forbid")
@@ -341,6 +342,27 @@ class RolloutSpec(BaseModel):
     max_per_minute: int = Field(default=1000, ge=1, le=100_000)
     schedule: RolloutSchedule = RolloutSchedule()
 
+    def to_document(self) -> dict[str, Any]:
+        """The spec as BSON-friendly fields: sets as sorted lists, durations in seconds,
+        local times as ``HH:MM:SS``; datetimes stay dates. :meth:`model_validate` reads
+        them back."""
+        doc = self.model_dump(mode="python")
+        doc["target"]["tags"] = sorted(self.target.tags)
+        doc["target"]["device_ids"] = sorted(self.target.device_ids)
+        doc["schedule"]["windows"] = [
+            {
+                **w,
+                "days": sorted(w["days"]),
+                "start": w["start"].isoformat(),
+                "end": w["end"].isoformat(),
+            }
+            for w in doc["schedule"]["windows"]
+        ]
+        for key in ("in_progress_timeout", "grace_period"):
+            doc[key] = doc[key].total_seconds()
+        doc["success"]["wait"] = doc["success"]["wait"].total_seconds()
+        return doc
+
     def retries_for(self, status: ExecutionStatus) -> int:
         """How many retries a failure of ``status`` gets (the most generous policy)."""
         return max(
@@ -349,7 +371,7 @@ class RolloutSpec(BaseModel):
 
 
 class RolloutProgress(BaseModel):
-    """Scheduler-owned progress of a rollout (``rollouts.progress``)."""
+    """Scheduler-owned progress of a rollout (``rollout_progress.progress``)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -369,3 +391,45 @@ class RolloutProgress(BaseModel):
         "canceled rollout is still followed until this is 0, so the devices "
         "that were upgrading when it stopped end succeeded, failed or timed out",
     )
+
+
+class RolloutControl(BaseModel):
+    """What an admin last asked of a rollout (api-owned, ``rollouts.control``).
+
+    ``rev`` is new on every request, so the scheduler can tell a resume that came after
+    its own pause (a wave that missed its success condition) from the request it already
+    answered (``rollout_progress.control_rev``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    status: Literal["running", "paused", "canceled"] = "running"
+    rev: str = ""
+    at: datetime | None = None
+
+
+def rollout_status(
+    spec: RolloutSpec,
+    control: RolloutControl,
+    progress_status: RolloutStatus | None,
+    control_rev: str | None,
+    now: datetime,
+) -> RolloutStatus:
+    """The one status of a rollout, from the admin's control and the scheduler's progress.
+
+    A final status the scheduler wrote wins; then the admin's cancel (``canceling`` until
+    the scheduler has canceled) and pause; a pause the scheduler decided itself holds
+    until the admin sends a newer request; otherwise what the scheduler last wrote, or,
+    before its first tick, ``scheduled``/``running`` by the start time.
+    """
+    if progress_status is not None and progress_status.final:
+        return progress_status
+    if control.status == "canceled":
+        return RolloutStatus.CANCELING
+    if control.status == "paused":
+        return RolloutStatus.PAUSED
+    if progress_status is RolloutStatus.PAUSED and control_rev == control.rev:
+        return RolloutStatus.PAUSED
+    if spec.schedule.start_at is not None and spec.schedule.start_at > now:
+        return RolloutStatus.SCHEDULED
+    return RolloutStatus.RUNNING

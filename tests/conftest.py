@@ -7,6 +7,7 @@ needs to run beforehand: the servers are started by the same code as ``outpost d
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import tempfile
@@ -17,7 +18,7 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from deploy.local import MongoServer, Mosquitto, S3Server, free_port
+from deploy.local import ExternalMongo, MongoServer, Mosquitto, S3Server, database_server, free_port
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +42,14 @@ def broker(servers_root: Path) -> Iterator[Mosquitto]:
 
 
 @pytest.fixture(scope="session")
-def mongo(servers_root: Path) -> Iterator[MongoServer]:
-    server = MongoServer(servers_root / "mongodb", free_port())
+def mongo(servers_root: Path) -> Iterator[MongoServer | ExternalMongo]:
+    """FerretDB on a private PostgreSQL cluster, or the MongoDB ``OUTPOST_MONGO_URL`` names."""
+    server = database_server(
+        servers_root / "mongodb",
+        free_port(),
+        durable=False,
+        external_url=os.environ.get("OUTPOST_MONGO_URL"),
+    )
     server.start()
     yield server
     server.stop()

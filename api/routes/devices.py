@@ -15,6 +15,7 @@ from api.deps import DEFAULT, Cursor, Db, Limit, Operator, State, Viewer
 from api.errors import Conflict, InvalidInput, NotFound, PreconditionRequired
 from api.models import (
     ConfigChange,
+    ConfigPointer,
     DeviceConfigPublic,
     DeviceCreate,
     DeviceCredentials,
@@ -31,7 +32,10 @@ from api.state import AppState
 from api.store import audit, groups
 from api.store import devices as store
 from api.store.base import Doc
+from api.store.devices import DeviceView
+from api.store.revisions import retrying
 from api.sync import sync_state
+from schemas.documents import Credentials, DeviceConfigDoc, DeviceDoc
 from schemas.topics import DEVICE_ID_PATTERN, Channel, topic
 
 router = APIRouter(tags=["devices"])
@@ -39,19 +43,22 @@ DevicePath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
 IfMatch = Annotated[str | None, Header(description="Current config version (ETag)")]
 
 
-def public(doc: Doc) -> DevicePublic:
-    sync = sync_state(doc)
+def public(view: DeviceView) -> DevicePublic:
+    device, status = view.device, view.status
+    sync = sync_state(device, status)
     return DevicePublic(
-        id=doc["_id"],
-        hardware_model=doc["hardware_model"],
-        group=doc.get("group"),
-        tags=doc.get("tags", []),
-        created_at=doc["created_at"],
-        decommissioned_at=doc.get("decommissioned_at"),
-        presence=doc.get("presence"),
-        state=doc.get("state"),
-        last_seen=doc.get("last_seen"),
-        desired_config=doc.get("desired_config"),
+        id=device.id,
+        hardware_model=device.hardware_model,
+        group=device.group,
+        tags=device.tags,
+        created_at=device.created_at,
+        decommissioned_at=device.decommissioned_at,
+        presence=status.presence.model_dump() if status and status.presence else None,
+        state=status.state.model_dump() if status and status.state else None,
+        last_seen=status.last_seen if status else None,
+        desired_config=ConfigPointer.model_validate(device.desired_config.model_dump())
+        if device.desired_config
+        else None,
         sync=SyncPublic(
             in_sync=sync.in_sync,
             reason=sync.reason,
@@ -73,11 +80,25 @@ def parse_if_match(value: str | None, required: bool = False) -> int | None:
     return int(text)
 
 
-async def _device(state: AppState, tenant_id: str, device_id: str) -> Doc:
+async def _device(state: AppState, tenant_id: str, device_id: str) -> DeviceDoc:
     doc = await store.get(state.db, tenant_id, device_id)
     if doc is None:
         raise NotFound(f"no device {device_id!r}")
     return doc
+
+
+async def _view(state: AppState, tenant_id: str, device_id: str) -> DevicePublic:
+    return public(await store.view(state.db, await _device(state, tenant_id, device_id)))
+
+
+async def _registry_write(state: AppState, tenant_id: str, device_id: str, fields: Doc) -> None:
+    """Write registry fields as the next revision, reading again if another request won."""
+
+    async def attempt() -> bool | None:
+        device = await _device(state, tenant_id, device_id)
+        return True if await store.update_fields(state.db, device, fields) else None
+
+    await retrying(attempt, f"device {device_id!r}")
 
 
 async def _check_group(state: AppState, tenant_id: str, group: str | None) -> None:
@@ -90,21 +111,17 @@ async def register(body: DeviceCreate, state: State, who: Operator) -> DeviceReg
     await _check_group(state, who.tenant_id, body.group)
     check_patch(body.overrides, "overrides")
     password = auth.new_device_password()
-    doc = {
-        "_id": body.id,
-        "tenant_id": who.tenant_id,
-        "hardware_model": body.hardware_model,
-        "group": body.group,
-        "tags": sorted(set(body.tags)),
-        "overrides": body.overrides,
-        "created_at": datetime.now(UTC),
-        "decommissioned_at": None,
-        "desired_config": None,
-        "credentials": {
-            "password_hash": auth.password_hash(password),
-            "rotated_at": datetime.now(UTC),
-        },
-    }
+    now = datetime.now(UTC)
+    doc = DeviceDoc(
+        id=body.id,
+        tenant_id=who.tenant_id,
+        hardware_model=body.hardware_model,
+        group=body.group,
+        tags=sorted(set(body.tags)),
+        overrides=body.overrides,
+        created_at=now,
+        credentials=Credentials(password_hash=auth.password_hash(password), rotated_at=now),
+    )
     config_service.plan(
         doc, await config_service.template_of(state, who.tenant_id, body.group)
     )  # validates before anything is written
@@ -118,17 +135,16 @@ async def register(body: DeviceCreate, state: State, who: Operator) -> DeviceReg
         await store.delete(state.db, body.id)
         raise
     if body.group or body.overrides:
-        await config_service.change_device(state, who, doc, cause="register")
+        await config_service.change_device(state, who, body.id, cause="register")
     await audit.record(
         state.db,
         who,
         "device.register",
         f"device:{body.id}",
-        after={"group": body.group, "tags": doc["tags"], "hardware_model": body.hardware_model},
+        after={"group": body.group, "tags": doc.tags, "hardware_model": body.hardware_model},
     )
-    fresh = await _device(state, who.tenant_id, body.id)
     return DeviceRegistered(
-        device=public(fresh),
+        device=await _view(state, who.tenant_id, body.id),
         credentials=DeviceCredentials(
             device_id=body.id, username=body.id, client_id=body.id, password=password
         ),
@@ -162,11 +178,13 @@ async def list_devices(
         last_seen_after,
         include_decommissioned,
     )
-    keep = None if in_sync is None else (lambda d: sync_state(d).in_sync == in_sync)
-    page = await store.find(
+    keep = (
+        None if in_sync is None else (lambda v: sync_state(v.device, v.status).in_sync == in_sync)
+    )
+    items, next_cursor = await store.find(
         db, who.tenant_id, flt, Sort.parse(sort, store.SORTS), limit, cursor, keep
     )
-    return PageOf[DevicePublic](items=[public(d) for d in page.items], next_cursor=page.next_cursor)
+    return PageOf[DevicePublic](items=[public(v) for v in items], next_cursor=next_cursor)
 
 
 @router.get("/devices/{device_id}")
@@ -174,7 +192,7 @@ async def get_device(device_id: DevicePath, db: Db, who: Viewer) -> DevicePublic
     doc = await store.get(db, who.tenant_id, device_id, live_only=False)
     if doc is None:
         raise NotFound(f"no device {device_id!r}")
-    return public(doc)
+    return public(await store.view(db, doc))
 
 
 @router.patch("/devices/{device_id}")
@@ -189,18 +207,14 @@ async def update_device(
         await _check_group(state, who.tenant_id, body.group)
         fields["group"] = None if body.clear_group else body.group
     if "group" in fields:
-        await config_service.change_device(state, who, doc, cause="group", extra=fields)
+        await config_service.change_device(state, who, device_id, cause="group", extra=fields)
     elif fields:
-        await store.update_fields(state.db, who.tenant_id, device_id, fields)
+        await _registry_write(state, who.tenant_id, device_id, fields)
+    before = doc.model_dump(include=set(fields))
     await audit.record(
-        state.db,
-        who,
-        "device.update",
-        f"device:{device_id}",
-        before={k: doc.get(k) for k in fields},
-        after=fields,
+        state.db, who, "device.update", f"device:{device_id}", before=before, after=fields
     )
-    return public(await _device(state, who.tenant_id, device_id))
+    return await _view(state, who.tenant_id, device_id)
 
 
 @router.post("/devices/{device_id}/credentials")
@@ -210,16 +224,11 @@ async def rotate_credentials(
     await _device(state, who.tenant_id, device_id)
     password = auth.new_device_password()
     await state.broker_admin.set_password(device_id, password)
-    await store.update_fields(
-        state.db,
-        who.tenant_id,
-        device_id,
-        {
-            "credentials": {
-                "password_hash": auth.password_hash(password),
-                "rotated_at": datetime.now(UTC),
-            }
-        },
+    credentials = Credentials(
+        password_hash=auth.password_hash(password), rotated_at=datetime.now(UTC)
+    )
+    await _registry_write(
+        state, who.tenant_id, device_id, {"credentials": credentials.model_dump()}
     )
     await audit.record(state.db, who, "device.rotate_credentials", f"device:{device_id}")
     return DeviceCredentials(
@@ -235,13 +244,23 @@ async def decommission(device_id: DevicePath, state: State, who: Operator) -> No
     await state.broker_admin.delete_device(device_id)
     for channel in (Channel.PRESENCE, Channel.CONFIG):
         await state.link.publish(topic(channel, device_id), b"", qos=1, retain=True)
-    await store.update_fields(
-        state.db, who.tenant_id, device_id, {"decommissioned_at": datetime.now(UTC)}
-    )
+    await _registry_write(state, who.tenant_id, device_id, {"decommissioned_at": datetime.now(UTC)})
     await audit.record(state.db, who, "device.decommission", f"device:{device_id}")
 
 
 # -- desired config ----------------------------------------------------------------------
+
+
+def config_public(entry: DeviceConfigDoc) -> DeviceConfigPublic:
+    return DeviceConfigPublic(
+        device_id=entry.device_id,
+        version=entry.version,
+        hash=entry.hash,
+        config=entry.config,
+        created_at=entry.created_at,
+        actor=entry.actor,
+        cause=entry.cause,
+    )
 
 
 @router.get("/devices/{device_id}/config")
@@ -249,14 +268,14 @@ async def get_config(
     device_id: DevicePath, db: Db, who: Viewer, response: Response
 ) -> DeviceConfigPublic:
     doc = await store.get(db, who.tenant_id, device_id)
-    pointer = (doc or {}).get("desired_config")
-    if doc is None or not pointer:
+    pointer = doc.desired_config if doc else None
+    if pointer is None:
         raise NotFound(f"no desired config for device {device_id!r}")
-    entry = await store.get_config(db, who.tenant_id, device_id, pointer["version"])
+    entry = await store.get_config(db, who.tenant_id, device_id, pointer.version)
     if entry is None:
-        raise NotFound(f"config version {pointer['version']} not in history")
-    response.headers["ETag"] = f'"{pointer["version"]}"'
-    return DeviceConfigPublic.model_validate(entry)
+        raise NotFound(f"config version {pointer.version} not in history")
+    response.headers["ETag"] = f'"{pointer.version}"'
+    return config_public(entry)
 
 
 @router.put("/devices/{device_id}/config/overrides")
@@ -267,29 +286,28 @@ async def set_overrides(
     who: Operator,
     if_match: IfMatch = None,
 ) -> ConfigChange:
-    doc = await _device(state, who.tenant_id, device_id)
-    config_service.check_if_match(doc, parse_if_match(if_match, required=True))
+    expected = parse_if_match(if_match, required=True)
     check_patch(body.overrides, "overrides")
-    change, published = await config_service.change_device(
-        state,
-        who,
-        doc,
-        cause="overrides",
-        overrides=body.overrides,
-        extra={"overrides": body.overrides},
+    outcome = await config_service.change_device(
+        state, who, device_id, cause="overrides", overrides=body.overrides, if_match=expected
     )
     await audit.record(
         state.db,
         who,
         "device.config.overrides",
         f"device:{device_id}",
-        before=doc.get("overrides"),
+        before=outcome.device.overrides,
         after=body.overrides,
     )
+    return _change(outcome)
+
+
+def _change(outcome: config_service.Outcome) -> ConfigChange:
+    change = outcome.change
     return ConfigChange(
         changed=change is not None,
-        version=change.version if change else _version(doc),
-        published=published,
+        version=change.version if change else _version(outcome.device),
+        published=outcome.published,
     )
 
 
@@ -298,32 +316,34 @@ async def rollback(
     device_id: DevicePath, body: Rollback, state: State, who: Operator, if_match: IfMatch = None
 ) -> ConfigChange:
     """Make an earlier version's content desired again (as a new version)."""
+    expected = parse_if_match(if_match)
     doc = await _device(state, who.tenant_id, device_id)
-    config_service.check_if_match(doc, parse_if_match(if_match))
+    config_service.check_if_match(doc, expected)
     entry = await store.get_config(state.db, who.tenant_id, device_id, body.version)
     if entry is None:
         raise NotFound(f"config version {body.version} is not in the kept history")
-    rendered = validated(entry["config"], f"config version {body.version}")
-    change, published = await config_service.change_device(
-        state, who, doc, cause=f"rollback:{body.version}", rendered=rendered
+    rendered = validated(entry.config, f"config version {body.version}")
+    outcome = await config_service.change_device(
+        state,
+        who,
+        device_id,
+        cause=f"rollback:{body.version}",
+        rendered=rendered,
+        if_match=expected,
     )
     await audit.record(
         state.db,
         who,
         "device.config.rollback",
         f"device:{device_id}",
-        before=_version(doc),
+        before=_version(outcome.device),
         after={"content_of": body.version},
     )
-    return ConfigChange(
-        changed=change is not None,
-        version=change.version if change else _version(doc),
-        published=published,
-    )
+    return _change(outcome)
 
 
-def _version(doc: Doc) -> int | None:
-    return (doc.get("desired_config") or {}).get("version")
+def _version(doc: DeviceDoc) -> int | None:
+    return doc.desired_config.version if doc.desired_config else None
 
 
 @router.get("/devices/{device_id}/config/history")
@@ -332,8 +352,7 @@ async def config_history(
 ) -> PageOf[DeviceConfigPublic]:
     if await store.get(db, who.tenant_id, device_id, live_only=False) is None:
         raise NotFound(f"no device {device_id!r}")
-    page = await store.config_history(db, who.tenant_id, device_id, limit, cursor)
+    items, next_cursor = await store.config_history(db, who.tenant_id, device_id, limit, cursor)
     return PageOf[DeviceConfigPublic](
-        items=[DeviceConfigPublic.model_validate(d) for d in page.items],
-        next_cursor=page.next_cursor,
+        items=[config_public(d) for d in items], next_cursor=next_cursor
     )

@@ -11,14 +11,14 @@ from api.errors import Conflict, NotFound
 from api.models import FirmwareCreate, FirmwarePublic, PageOf
 from api.store import audit
 from api.store import firmware as store
-from api.store.base import Doc
+from schemas.documents import FirmwareDoc
 
 router = APIRouter(tags=["firmware"])
 FirmwareId = Annotated[str, Path(pattern=r"^[0-9a-f]{24}$")]
 
 
-def public(doc: Doc) -> FirmwarePublic:
-    return FirmwarePublic(id=doc["_id"], **{k: v for k, v in doc.items() if k != "_id"})
+def public(doc: FirmwareDoc) -> FirmwarePublic:
+    return FirmwarePublic.model_validate(doc.model_dump(exclude={"tenant_id", "s3_key"}))
 
 
 @router.post("/firmware", status_code=status.HTTP_201_CREATED)
@@ -32,7 +32,7 @@ async def create_firmware(body: FirmwareCreate, db: Db, who: Operator) -> Firmwa
         db,
         who,
         "firmware.create",
-        f"firmware:{doc['_id']}",
+        f"firmware:{doc.id}",
         after={"version": body.version, "hardware_models": models},
     )
     return public(doc)
@@ -56,9 +56,9 @@ async def upload_image(
     doc = await store.get(state.db, who.tenant_id, firmware_id)
     if doc is None:
         raise NotFound(f"no firmware {firmware_id!r}")
-    if doc["status"] != "pending":
+    if doc.status != "pending":
         raise Conflict("the image was already uploaded; create a new firmware version")
-    stored = await state.firmware.upload(doc["s3_key"], request.stream())
+    stored = await state.firmware.upload(doc.s3_key, request.stream())
     updated = await store.mark_uploaded(state.db, firmware_id, stored.size, stored.sha256)
     assert updated is not None
     await audit.record(
@@ -79,10 +79,8 @@ async def list_firmware(
     cursor: Cursor = None,
     hardware_model: str | None = None,
 ) -> PageOf[FirmwarePublic]:
-    page = await store.find(db, who.tenant_id, limit, cursor, hardware_model)
-    return PageOf[FirmwarePublic](
-        items=[public(d) for d in page.items], next_cursor=page.next_cursor
-    )
+    items, next_cursor = await store.find(db, who.tenant_id, limit, cursor, hardware_model)
+    return PageOf[FirmwarePublic](items=[public(d) for d in items], next_cursor=next_cursor)
 
 
 @router.get("/firmware/{firmware_id}")
@@ -100,12 +98,12 @@ async def delete_firmware(firmware_id: FirmwareId, state: State, who: Operator) 
         raise NotFound(f"no firmware {firmware_id!r}")
     if await store.in_use(state.db, who.tenant_id, firmware_id):
         raise Conflict("an active rollout uses this firmware")
-    await state.firmware.delete(doc["s3_key"])
+    await state.firmware.delete(doc.s3_key)
     await store.delete(state.db, who.tenant_id, firmware_id)
     await audit.record(
         state.db,
         who,
         "firmware.delete",
         f"firmware:{firmware_id}",
-        before={"version": doc["version"]},
+        before={"version": doc.version},
     )

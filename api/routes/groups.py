@@ -17,14 +17,16 @@ from api.routes.devices import parse_if_match
 from api.store import audit
 from api.store import devices as device_store
 from api.store import groups as store
-from api.store.base import Doc
+from schemas.documents import DeviceDoc, GroupDoc
 
 router = APIRouter(tags=["groups"])
 GroupPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
-def public(doc: Doc) -> GroupPublic:
-    return GroupPublic.model_validate(doc)
+def public(doc: GroupDoc) -> GroupPublic:
+    return GroupPublic(
+        name=doc.name, template=doc.template, version=doc.version, updated_at=doc.updated_at
+    )
 
 
 @router.post("/groups", status_code=status.HTTP_201_CREATED)
@@ -42,8 +44,8 @@ async def create_group(body: GroupCreate, db: Db, who: Operator) -> GroupPublic:
 async def list_groups(
     db: Db, who: Viewer, limit: Limit = DEFAULT, cursor: Cursor = None
 ) -> PageOf[GroupPublic]:
-    page = await store.find(db, who.tenant_id, limit, cursor)
-    return PageOf[GroupPublic](items=[public(d) for d in page.items], next_cursor=page.next_cursor)
+    items, next_cursor = await store.find(db, who.tenant_id, limit, cursor)
+    return PageOf[GroupPublic](items=[public(d) for d in items], next_cursor=next_cursor)
 
 
 @router.get("/groups/{name}")
@@ -51,7 +53,7 @@ async def get_group(name: GroupPath, db: Db, who: Viewer, response: Response) ->
     doc = await store.get(db, who.tenant_id, name)
     if doc is None:
         raise NotFound(f"no group {name!r}")
-    response.headers["ETag"] = f'"{doc["version"]}"'
+    response.headers["ETag"] = f'"{doc.version}"'
     return public(doc)
 
 
@@ -68,31 +70,31 @@ async def set_template(
     if doc is None:
         raise NotFound(f"no group {name!r}")
     expected = parse_if_match(if_match, required=True)
-    if expected != doc["version"]:
-        raise PreconditionFailed(f"group version is {doc['version']}, If-Match said {expected}")
+    if expected != doc.version:
+        raise PreconditionFailed(f"group version is {doc.version}, If-Match said {expected}")
     check_patch(body.template, "template")
     members = await device_store.in_group(state.db, who.tenant_id, name)
-    changes = plan_members(members, body.template)  # all valid, or nothing is written
-    updated = await store.replace_template(
-        state.db, who.tenant_id, name, body.template, doc["version"]
-    )
-    if updated is None:
+    plan_members(members, body.template)  # all valid, or nothing is written
+    if not await store.replace_template(state.db, doc, body.template):
         raise PreconditionFailed("the group changed meanwhile; read it and retry")
-    moved, published = await config_service.apply(state, who, changes, f"group:{name}")
+    moved, published = await config_service.change_members(
+        state, who, name, body.template, f"group:{name}"
+    )
     await audit.record(
         state.db,
         who,
         "group.template",
         f"group:{name}",
-        before=doc["template"],
+        before=doc.template,
         after=body.template,
     )
+    updated = await store.get(state.db, who.tenant_id, name)
     return GroupChange(
-        group=public(updated), devices_changed=len(moved), devices_published=published
+        group=public(updated or doc), devices_changed=len(moved), devices_published=published
     )
 
 
-def plan_members(members: list[Doc], template: dict[str, Any]) -> list[Change]:
+def plan_members(members: list[DeviceDoc], template: dict[str, Any]) -> list[Change]:
     """Every member's change; 422 naming the devices whose effective config is invalid."""
     changes, invalid = [], []
     for device in members:

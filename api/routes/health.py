@@ -26,7 +26,7 @@ async def readyz(state: State) -> JSONResponse:
 
 async def _mongo_ok(state: State) -> bool:
     try:
-        await state.db.command("ping")
+        await state.db.db.command("ping")
     except PyMongoError:
         return False
     return True

@@ -13,13 +13,13 @@ from api.errors import Conflict, InvalidInput, NotFound
 from api.store import audit
 from api.store import firmware as firmware_store
 from api.store import rollouts as store
-from api.store.base import Doc
+from api.store.revisions import retrying
+from api.store.rollouts import RolloutView
 from scheduler.waves import gated, plan_waves
 from schemas.rollouts import RolloutSpec, RolloutStatus
 
 router = APIRouter(tags=["rollouts"])
 RolloutId = Annotated[str, Path(pattern=r"^[0-9a-f]{24}$")]
-ACTIVE = store.ACTIVE
 
 
 class RolloutPublic(BaseModel):
@@ -58,37 +58,34 @@ class DryRun(BaseModel):
     waves: list[DryRunWave]
 
 
-SPEC_KEYS = set(RolloutSpec.model_fields)
-
-
-def public(doc: Doc) -> RolloutPublic:
-    spec = {k: v for k, v in doc.items() if k in SPEC_KEYS}
+def public(view: RolloutView) -> RolloutPublic:
+    progress = view.progress.progress.model_dump(mode="json") if view.progress else {}
     return RolloutPublic(
-        id=doc["_id"],
-        status=RolloutStatus(doc["status"]),
-        spec=spec,
-        progress=doc.get("progress") or {},
+        id=view.rollout.id,
+        status=view.status(datetime.now(UTC)),
+        spec=view.rollout.spec.model_dump(mode="json"),
+        progress=progress,
     )
 
 
 async def _check_firmware(db: Db, tenant_id: str, spec: RolloutSpec) -> None:
     fw = await firmware_store.get(db, tenant_id, spec.firmware.id)
-    if fw is None or fw["status"] != "ready":
+    if fw is None or fw.status != "ready":
         raise InvalidInput(f"firmware.id: no uploaded firmware {spec.firmware.id!r}")
-    if fw["version"] != spec.firmware.version:
-        raise InvalidInput(f"firmware.version: image {spec.firmware.id} is {fw['version']}")
+    if fw.version != spec.firmware.version:
+        raise InvalidInput(f"firmware.version: image {spec.firmware.id} is {fw.version}")
 
 
 async def _check_overlap(db: Db, tenant_id: str, ids: list[str]) -> None:
     wanted = set(ids)
     for other in await store.active(db, tenant_id):
-        spec = RolloutSpec.model_validate({k: v for k, v in other.items() if k in SPEC_KEYS})
-        overlap = wanted & set(await store.target_ids(db, tenant_id, spec.target))
+        target = other.rollout.spec.target
+        overlap = wanted & set(await store.target_ids(db, tenant_id, target))
         if overlap:
             sample = sorted(overlap)[:5]
             raise Conflict(
                 f"{len(overlap)} devices (e.g. {sample}) are already targeted by "
-                f"active rollout {other['_id']}"
+                f"active rollout {other.rollout.id}"
             )
 
 
@@ -104,10 +101,10 @@ async def create_rollout(spec: RolloutSpec, db: Db, who: Operator) -> RolloutPub
         db,
         who,
         "rollout.create",
-        f"rollout:{doc['_id']}",
+        f"rollout:{doc.id}",
         after={"firmware": spec.firmware.id, "devices": len(ids)},
     )
-    return public(doc)
+    return public(RolloutView(doc, None))
 
 
 def dry_run_waves(spec: RolloutSpec, ids: list[str], now: datetime) -> list[DryRunWave]:
@@ -142,55 +139,62 @@ async def dry_run(spec: RolloutSpec, db: Db, who: Viewer) -> DryRun:
 async def list_rollouts(
     db: Db, who: Viewer, limit: Limit = DEFAULT, cursor: Cursor = None
 ) -> RolloutPage:
-    page = await store.find(db, who.tenant_id, limit, cursor)
-    return RolloutPage(items=[public(d) for d in page.items], next_cursor=page.next_cursor)
+    items, next_cursor = await store.find(db, who.tenant_id, limit, cursor)
+    return RolloutPage(items=[public(v) for v in items], next_cursor=next_cursor)
 
 
 @router.get("/rollouts/{rollout_id}")
 async def get_rollout(rollout_id: RolloutId, db: Db, who: Viewer) -> RolloutPublic:
-    doc = await store.get(db, who.tenant_id, rollout_id)
-    if doc is None:
+    view = await store.get(db, who.tenant_id, rollout_id)
+    if view is None:
         raise NotFound(f"no rollout {rollout_id!r}")
-    return public(doc)
+    return public(view)
 
 
 @router.get("/rollouts/{rollout_id}/progress")
 async def progress(rollout_id: RolloutId, db: Db, who: Viewer) -> Progress:
-    doc = await store.get(db, who.tenant_id, rollout_id)
-    if doc is None:
+    view = await store.get(db, who.tenant_id, rollout_id)
+    if view is None:
         raise NotFound(f"no rollout {rollout_id!r}")
     counts = await store.execution_counts(db, who.tenant_id, rollout_id)
     waves = {k.removeprefix("wave:"): dict(v) for k, v in counts.items() if k != "all"}
     return Progress(
-        status=RolloutStatus(doc["status"]),
+        status=view.status(datetime.now(UTC)),
         executions=dict(counts["all"]),
         waves=waves,
-        scheduler=doc.get("progress") or {},
+        scheduler=public(view).progress,
     )
 
 
-_TRANSITIONS = {
-    "pause": ([RolloutStatus.RUNNING, RolloutStatus.SCHEDULED], RolloutStatus.PAUSED),
-    "resume": ([RolloutStatus.PAUSED], RolloutStatus.RUNNING),
+_TRANSITIONS: dict[str, tuple[list[RolloutStatus], str]] = {
+    "pause": ([RolloutStatus.RUNNING, RolloutStatus.SCHEDULED], "paused"),
+    "resume": ([RolloutStatus.PAUSED], "running"),
     "cancel": (
         [RolloutStatus.RUNNING, RolloutStatus.SCHEDULED, RolloutStatus.PAUSED],
-        RolloutStatus.CANCELING,
+        "canceled",
     ),
 }
 
 
 async def _transition(db: Db, who: Any, rollout_id: str, action: str) -> RolloutPublic:
-    allowed, new = _TRANSITIONS[action]
-    doc = await store.set_status(db, who.tenant_id, rollout_id, [s.value for s in allowed], new)
-    if doc is None:
-        current = await store.get(db, who.tenant_id, rollout_id)
-        if current is None:
+    allowed, requested = _TRANSITIONS[action]
+
+    async def attempt() -> bool | None:
+        view = await store.get(db, who.tenant_id, rollout_id)
+        if view is None:
             raise NotFound(f"no rollout {rollout_id!r}")
-        raise Conflict(f"cannot {action} a rollout that is {current['status']}")
+        current = view.status(datetime.now(UTC))
+        if current not in allowed:
+            raise Conflict(f"cannot {action} a rollout that is {current.value}")
+        return True if await store.set_control(db, view.rollout, requested) else None
+
+    await retrying(attempt, f"rollout {rollout_id}")
     await audit.record(
-        db, who, f"rollout.{action}", f"rollout:{rollout_id}", after={"status": new.value}
+        db, who, f"rollout.{action}", f"rollout:{rollout_id}", after={"requested": requested}
     )
-    return public(doc)
+    view = await store.get(db, who.tenant_id, rollout_id)
+    assert view is not None
+    return public(view)
 
 
 @router.post("/rollouts/{rollout_id}/pause")

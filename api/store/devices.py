@@ -1,23 +1,32 @@
-"""devices (api-owned fields only) and device_configs (bounded history)."""
+"""devices (the api's registry), device_configs (bounded history), and device_status read.
+
+The api writes ``devices`` and ``device_configs`` only; what a device reports
+(``device_status``) is the bridge's and is joined here in code (:class:`DeviceView`).
+Every write of a ``devices`` document is a revision (:mod:`api.store.revisions`).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import secrets
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ReplaceOne, ReturnDocument, UpdateOne
-
-from api.errors import Unavailable
 from api.pagination import Sort, after_filter, encode_cursor, sort_spec
-from api.store.base import Db, Doc, Page, from_json_text, page, to_json_text
-from outpost.mongo import bulk_write, chunk_size, is_ferretdb, settle_delay
-from schemas.documents import DEVICE_CONFIGS, DEVICES
+from api.store.base import Db, Doc, Page, page
+from api.store.revisions import Revision, revise
+from outpost.store import Replace
+from schemas.documents import (
+    DEVICE_CONFIGS,
+    DEVICE_STATUS,
+    DEVICES,
+    ConfigPointer,
+    DeviceConfigDoc,
+    DeviceDoc,
+    DeviceStatusDoc,
+    device_config_id,
+    to_json_text,
+)
 
 SORTS = {
     "id": "_id",
@@ -26,14 +35,28 @@ SORTS = {
     "group": "group",
 }
 SCAN_MAX = 2000
-API_REV = "api_rev"  # changes with every api write of a device (see update_fields)
-SETTLE_ROUNDS = 8
-JSON = ("overrides",)
-CONFIG_JSON = ("config",)
+JOIN_CHUNK = 200
 
 
-def _load(doc: Doc | None) -> Doc | None:
-    return from_json_text(doc, JSON)  # documents one filtered page may examine
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """A device as admins see it: the registry joined with what it reported."""
+
+    device: DeviceDoc
+    status: DeviceStatusDoc | None
+
+    @property
+    def online(self) -> bool:
+        return self.status is not None and self.status.online
+
+    @property
+    def firmware(self) -> str | None:
+        state = self.status.state if self.status else None
+        return state.firmware if state else None
+
+    @property
+    def last_seen(self) -> datetime | None:
+        return self.status.last_seen if self.status else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,82 +71,71 @@ class DeviceFilter:
     include_decommissioned: bool = False
 
     def query(self, tenant_id: str) -> Doc:
+        """The part the registry answers."""
         q: Doc = {"tenant_id": tenant_id}
         if not self.include_decommissioned:
             q["decommissioned_at"] = None
-        if self.online is not None:
-            q["presence.status"] = "online" if self.online else {"$ne": "online"}
         for field, value in (
             ("group", self.group),
             ("tags", self.tag),
-            ("state.firmware", self.firmware),
             ("hardware_model", self.hardware_model),
         ):
             if value is not None:
                 q[field] = value
-        seen: Doc = {}
-        if self.last_seen_before:
-            seen["$lt"] = self.last_seen_before
-        if self.last_seen_after:
-            seen["$gt"] = self.last_seen_after
-        if seen:
-            q["last_seen"] = seen
         return q
 
+    @property
+    def on_status(self) -> bool:
+        """Whether a part of the filter needs the reported status (joined in code)."""
+        return any(
+            v is not None
+            for v in (self.online, self.firmware, self.last_seen_before, self.last_seen_after)
+        )
 
-async def insert(db: Db, doc: Doc) -> None:
-    await db[DEVICES].insert_one(to_json_text(doc, JSON))
+    def keeps(self, view: DeviceView) -> bool:
+        """The part the joined status answers."""
+        seen = view.last_seen
+        return (
+            (self.online is None or view.online == self.online)
+            and (self.firmware is None or view.firmware == self.firmware)
+            and (
+                self.last_seen_before is None or (seen is not None and seen < self.last_seen_before)
+            )
+            and (self.last_seen_after is None or (seen is not None and seen > self.last_seen_after))
+        )
+
+
+async def insert(db: Db, doc: DeviceDoc) -> None:
+    await db[DEVICES].insert_one(doc.to_mongo())
 
 
 async def delete(db: Db, device_id: str) -> None:
     await db[DEVICES].delete_one({"_id": device_id})
 
 
-async def get(db: Db, tenant_id: str, device_id: str, *, live_only: bool = True) -> Doc | None:
+async def get(
+    db: Db, tenant_id: str, device_id: str, *, live_only: bool = True
+) -> DeviceDoc | None:
     q: Doc = {"_id": device_id, "tenant_id": tenant_id}
     if live_only:
         q["decommissioned_at"] = None
-    return _load(await db[DEVICES].find_one(q))
+    raw = await db[DEVICES].find_one(q)
+    return DeviceDoc.model_validate(raw) if raw else None
 
 
-async def update_fields(db: Db, tenant_id: str, device_id: str, fields: Doc) -> bool:
-    """Set api-owned fields of a live device; False if there is none.
-
-    Every write stamps a fresh ``api_rev``. On FerretDB, where a concurrent bridge
-    update of the same document can undo ours (outpost.mongo), the write is read back
-    after :func:`settle_delay` and sent again while the stored ``api_rev`` is still the
-    one it replaced; a different one means a newer api write, which wins.
-    """
-    rev = secrets.token_hex(8)
-    values = {**to_json_text(fields, JSON), API_REV: rev}
-    live = {"_id": device_id, "tenant_id": tenant_id, "decommissioned_at": None}
-    started = time.monotonic()
-    before = await db[DEVICES].find_one_and_update(
-        live, {"$set": values}, return_document=ReturnDocument.BEFORE
-    )
-    if before is None:
-        return False
-    if await is_ferretdb(db):
-        unchanged = {**live, API_REV: before.get(API_REV)}
-        await _settled(db, device_id, unchanged, values, rev, time.monotonic() - started)
-    return True
+async def statuses(db: Db, ids: Sequence[str]) -> dict[str, DeviceStatusDoc]:
+    """The bridge's status documents of ``ids`` (devices that never reported have none)."""
+    found: dict[str, DeviceStatusDoc] = {}
+    for start in range(0, len(ids), JOIN_CHUNK):
+        cursor = db[DEVICE_STATUS].find({"_id": {"$in": list(ids[start : start + JOIN_CHUNK])}})
+        for raw in await cursor.to_list():
+            doc = DeviceStatusDoc.model_validate(raw)
+            found[doc.id] = doc
+    return found
 
 
-async def _settled(
-    db: Db, device_id: str, unchanged: Doc, values: Doc, rev: str, took: float
-) -> None:
-    for _ in range(SETTLE_ROUNDS):
-        await asyncio.sleep(settle_delay(took))
-        now = await db[DEVICES].find_one({"_id": device_id}, {API_REV: 1})
-        if now is None or now.get(API_REV) != unchanged[API_REV]:
-            return  # ours is stored, a newer write replaced it, or the device is gone
-        started = time.monotonic()
-        await db[DEVICES].update_one(unchanged, {"$set": values})
-        took = time.monotonic() - started
-    raise Unavailable(
-        f"device {device_id!r} is being written too often to store the "
-        f"change (FerretDB lost it {SETTLE_ROUNDS} times); retry"
-    )
+async def view(db: Db, device: DeviceDoc) -> DeviceView:
+    return DeviceView(device, (await statuses(db, [device.id])).get(device.id))
 
 
 async def find(
@@ -133,46 +145,42 @@ async def find(
     sort: Sort,
     limit: int,
     cursor: str | None,
-    keep: Callable[[Doc], bool] | None = None,
-) -> Page:
-    """A page of devices; ``keep`` filters in Python (for what the server cannot query).
+    keep: Callable[[DeviceView], bool] | None = None,
+) -> tuple[list[DeviceView], str | None]:
+    """A page of devices with their status; ``keep`` filters in code.
 
-    With ``keep``, a page may hold fewer than ``limit`` items (at most SCAN_MAX documents
-    are examined); follow ``next_cursor`` until it is null.
+    Filters on the reported status (and ``keep``) are applied to the joined view, so a
+    page may hold fewer than ``limit`` items (at most SCAN_MAX devices are examined per
+    page); follow the cursor until it is null.
     """
     query = flt.query(tenant_id)
     after = after_filter(sort, cursor)
     full = {"$and": [query, after]} if after else query
-    scan = limit + 1 if keep is None else SCAN_MAX
-    items: list[Doc] = []
-    last: Doc | None = None
-    scanned = 0
-    async for raw in db[DEVICES].find(full).sort(sort_spec(sort)).limit(scan):
-        doc = from_json_text(raw, JSON) or raw
-        scanned += 1
-        if keep is None or keep(doc):
-            if len(items) == limit:
-                return Page(items, _cursor(items[-1], sort))
-            items.append(doc)
-        last = doc
-    more = scanned == scan and keep is not None and last is not None
-    return Page(items, _cursor(last, sort) if more and last else None)
+    in_code = flt.on_status or keep is not None
+    scan = SCAN_MAX if in_code else limit + 1
+    raw = await db[DEVICES].find(full).sort(sort_spec(sort)).limit(scan).to_list()
+    devices = [DeviceDoc.model_validate(d) for d in raw]
+    joined = await statuses(db, [d.id for d in devices])
+    items: list[DeviceView] = []
+    for device in devices:
+        v = DeviceView(device, joined.get(device.id))
+        if not flt.keeps(v) or (keep is not None and not keep(v)):
+            continue
+        if len(items) == limit:
+            return items, _cursor(items[-1].device, sort)
+        items.append(v)
+    more = in_code and len(devices) == scan
+    return items, (_cursor(devices[-1], sort) if more else None)
 
 
-def _cursor(doc: Doc, sort: Sort) -> str:
-    value: Any = doc
-    for part in sort.field.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return encode_cursor(value, doc["_id"])
+def _cursor(doc: DeviceDoc, sort: Sort) -> str:
+    raw = doc.to_mongo()
+    return encode_cursor(raw.get(sort.field) if sort.field != "_id" else None, doc.id)
 
 
-async def in_group(db: Db, tenant_id: str, group: str) -> list[Doc]:
-    projection = {"_id": 1, "overrides": 1, "desired_config": 1}
+async def in_group(db: Db, tenant_id: str, group: str) -> list[DeviceDoc]:
     query = {"tenant_id": tenant_id, "group": group, "decommissioned_at": None}
-    return [
-        from_json_text(d, JSON) or d
-        for d in await db[DEVICES].find(query, projection).to_list(None)
-    ]
+    return [DeviceDoc.model_validate(d) for d in await db[DEVICES].find(query).to_list()]
 
 
 async def count_in_group(db: Db, tenant_id: str, group: str) -> int:
@@ -180,87 +188,71 @@ async def count_in_group(db: Db, tenant_id: str, group: str) -> int:
     return await db[DEVICES].count_documents(query)
 
 
-# -- desired config ----------------------------------------------------------------------
-# History ids carry the hash: two racing writers of the same version never overwrite each
-# other's entry; the one whose pointer update lost deletes its own.
+def fields_update(fields: Doc) -> Doc:
+    """A ``$set`` of registry fields, stored as :class:`DeviceDoc` stores them."""
+    return {"$set": {k: to_json_text(v) if k == "overrides" else v for k, v in fields.items()}}
 
 
-def config_id(device_id: str, version: int, hash_: str) -> str:
-    return f"{device_id}:{version:010d}:{hash_[:16]}"
-
-
-def config_doc(
-    tenant_id: str, device_id: str, version: int, hash_: str, config: Doc, actor: str, cause: str
-) -> Doc:
-    return {
-        "_id": config_id(device_id, version, hash_),
-        "tenant_id": tenant_id,
-        "device_id": device_id,
-        "version": version,
-        "hash": hash_,
-        "config": json.dumps(config, separators=(",", ":")),
-        "created_at": datetime.now(UTC),
-        "actor": actor,
-        "cause": cause,
-    }
-
-
-def desired_update(
-    device_id: str, expected_version: int | None, version: int, hash_: str, extra: Doc | None = None
-) -> UpdateOne:
-    """Move the desired-config pointer only if nobody moved it since we read it."""
-    now = datetime.now(UTC)
-    fields = {
-        "desired_config": {"version": version, "hash": hash_, "updated_at": now},
-        **to_json_text(extra or {}, JSON),
-    }
-    return UpdateOne(
-        {"_id": device_id, "desired_config.version": expected_version}, {"$set": fields}
+async def update_fields(db: Db, device: DeviceDoc, fields: Doc) -> bool:
+    """Write registry fields as the next revision of ``device``; False if it moved."""
+    return device.id in await revise(
+        db, DEVICES, [Revision(device.id, device.rev, fields_update(fields))]
     )
 
 
-async def apply_configs(
-    db: Db, configs: list[Doc], updates: list[UpdateOne], expected: dict[str, int | None]
-) -> set[str]:
-    """Store history entries, then move the pointers; returns the device ids moved.
+# -- desired config ----------------------------------------------------------------------
 
-    ``updates`` are :func:`desired_update` operations in the order of ``configs``, ``expected``
-    the pointer version each one requires. On FerretDB a pointer move a concurrent bridge
-    update undid (outpost.mongo) is found by reading back after :func:`settle_delay` and
-    sent again while the pointer is still at the expected version.
-    """
-    if not configs:
-        return set()
-    chunk = await chunk_size(db)
-    history = [ReplaceOne({"_id": c["_id"]}, c, upsert=True) for c in configs]
-    await bulk_write(db[DEVICE_CONFIGS], history, chunk=chunk)
-    pending = {c["device_id"]: op for c, op in zip(configs, updates, strict=True)}
-    wanted = {c["device_id"]: c["hash"] for c in configs}
-    moved = set[str]()
-    ferretdb = await is_ferretdb(db)
-    for _ in range(SETTLE_ROUNDS if ferretdb else 1):
-        started = time.monotonic()
-        await bulk_write(db[DEVICES], list(pending.values()), chunk=chunk)
-        if ferretdb:
-            await asyncio.sleep(settle_delay((time.monotonic() - started) / len(pending)))
-        now = (
-            await db[DEVICES]
-            .find({"_id": {"$in": list(pending)}}, {"desired_config": 1})
-            .to_list(None)
+
+@dataclass(frozen=True, slots=True)
+class ConfigWrite:
+    """Make ``version`` (``hash``, ``config``) desired on ``device``, plus registry ``extra``."""
+
+    device: DeviceDoc
+    version: int
+    hash: str
+    config: dict[str, Any]
+    actor: str
+    cause: str
+    extra: Doc | None = None
+
+    def history(self, now: datetime) -> DeviceConfigDoc:
+        return DeviceConfigDoc(
+            id=device_config_id(self.device.id, self.version),
+            tenant_id=self.device.tenant_id,
+            device_id=self.device.id,
+            version=self.version,
+            hash=self.hash,
+            config=self.config,
+            created_at=now,
+            actor=self.actor,
+            cause=self.cause,
         )
-        pointers = {d["_id"]: d.get("desired_config") or {} for d in now}
-        moved |= {i for i, p in pointers.items() if p.get("hash") == wanted[i]}
-        pending = {
-            i: op
-            for i, op in pending.items()
-            if i not in moved and i in pointers and pointers[i].get("version") == expected.get(i)
-        }  # undone: again
-        if not pending:
-            break
-    lost = [c["_id"] for c in configs if c["device_id"] not in moved]
-    if lost:
-        await db[DEVICE_CONFIGS].delete_many({"_id": {"$in": lost}})
-    return moved
+
+    def revision(self, now: datetime) -> Revision:
+        pointer = ConfigPointer(version=self.version, hash=self.hash, updated_at=now)
+        update = fields_update(self.extra or {})
+        update["$set"]["desired_config"] = pointer.model_dump()
+        return Revision(self.device.id, self.device.rev, update)
+
+
+async def apply_configs(db: Db, writes: Sequence[ConfigWrite]) -> set[str]:
+    """Store each history entry, then move the pointer, as one device revision each.
+
+    Returns the device ids moved; the others lost a race (another request revised the
+    device after it was read) and must be read and planned again.
+    """
+    now = datetime.now(UTC)
+    by_id = {w.device.id: w for w in writes}
+
+    async def history(held: list[Revision]) -> None:
+        # Written by the revision holder only: an entry left by a holder that died before
+        # moving the pointer is replaced, never duplicated.
+        entries = [by_id[r.doc_id].history(now).to_mongo() for r in held]
+        await db.apply(
+            DEVICE_CONFIGS, [Replace({"_id": e["_id"]}, e, upsert=True) for e in entries]
+        )
+
+    return await revise(db, DEVICES, [w.revision(now) for w in writes], before_write=history)
 
 
 async def trim_history(db: Db, device_id: str, newest: int, keep: int) -> None:
@@ -271,18 +263,18 @@ async def trim_history(db: Db, device_id: str, newest: int, keep: int) -> None:
         )
 
 
-async def get_config(db: Db, tenant_id: str, device_id: str, version: int) -> Doc | None:
-    return from_json_text(
-        await db[DEVICE_CONFIGS].find_one(
-            {"tenant_id": tenant_id, "device_id": device_id, "version": version}
-        ),
-        CONFIG_JSON,
+async def get_config(
+    db: Db, tenant_id: str, device_id: str, version: int
+) -> DeviceConfigDoc | None:
+    raw = await db[DEVICE_CONFIGS].find_one(
+        {"_id": device_config_id(device_id, version), "tenant_id": tenant_id}
     )
+    return DeviceConfigDoc.model_validate(raw) if raw else None
 
 
 async def config_history(
     db: Db, tenant_id: str, device_id: str, limit: int, cursor: str | None
-) -> Page:
+) -> tuple[list[DeviceConfigDoc], str | None]:
     query = {"tenant_id": tenant_id, "device_id": device_id}
-    found = await page(db[DEVICE_CONFIGS], query, Sort("_id", descending=True), limit, cursor)
-    return Page([from_json_text(d, CONFIG_JSON) or d for d in found.items], found.next_cursor)
+    found: Page = await page(db[DEVICE_CONFIGS], query, Sort("_id", descending=True), limit, cursor)
+    return [DeviceConfigDoc.model_validate(d) for d in found.items], found.next_cursor

@@ -5,11 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from api.pagination import Sort
-from api.store.base import Db, Doc, Page, new_id, page
-from schemas.documents import FIRMWARE, ROLLOUTS
-from schemas.rollouts import RolloutStatus
-
-ACTIVE = [s.value for s in RolloutStatus if s.active]
+from api.store import rollouts
+from api.store.base import Db, Doc, new_id, page
+from schemas.documents import FIRMWARE, FirmwareDoc
 
 
 async def duplicate_of(db: Db, tenant_id: str, version: str, models: list[str]) -> Doc | None:
@@ -18,31 +16,31 @@ async def duplicate_of(db: Db, tenant_id: str, version: str, models: list[str]) 
     )
 
 
-async def create(db: Db, tenant_id: str, version: str, models: list[str], notes: str) -> Doc:
+async def create(
+    db: Db, tenant_id: str, version: str, models: list[str], notes: str
+) -> FirmwareDoc:
     fw_id = new_id()
-    doc = {
-        "_id": fw_id,
-        "tenant_id": tenant_id,
-        "version": version,
-        "hardware_models": models,
-        "release_notes": notes,
-        "status": "pending",
-        "s3_key": f"firmware/{tenant_id}/{fw_id}",
-        "size": None,
-        "sha256": None,
-        "created_at": datetime.now(UTC),
-        "uploaded_at": None,
-    }
-    await db[FIRMWARE].insert_one(doc)
+    doc = FirmwareDoc(
+        id=fw_id,
+        tenant_id=tenant_id,
+        version=version,
+        hardware_models=models,
+        release_notes=notes,
+        status="pending",
+        s3_key=f"firmware/{tenant_id}/{fw_id}",
+        created_at=datetime.now(UTC),
+    )
+    await db[FIRMWARE].insert_one(doc.to_mongo())
     return doc
 
 
-async def get(db: Db, tenant_id: str, fw_id: str) -> Doc | None:
-    return await db[FIRMWARE].find_one({"_id": fw_id, "tenant_id": tenant_id})
+async def get(db: Db, tenant_id: str, fw_id: str) -> FirmwareDoc | None:
+    raw = await db[FIRMWARE].find_one({"_id": fw_id, "tenant_id": tenant_id})
+    return FirmwareDoc.model_validate(raw) if raw else None
 
 
-async def mark_uploaded(db: Db, fw_id: str, size: int, sha256: str) -> Doc | None:
-    return await db[FIRMWARE].find_one_and_update(
+async def mark_uploaded(db: Db, fw_id: str, size: int, sha256: str) -> FirmwareDoc | None:
+    raw = await db[FIRMWARE].find_one_and_update(
         {"_id": fw_id},
         {
             "$set": {
@@ -54,11 +52,12 @@ async def mark_uploaded(db: Db, fw_id: str, size: int, sha256: str) -> Doc | Non
         },
         return_document=True,
     )
+    return FirmwareDoc.model_validate(raw) if raw else None
 
 
 async def in_use(db: Db, tenant_id: str, fw_id: str) -> bool:
-    query = {"tenant_id": tenant_id, "firmware.id": fw_id, "status": {"$in": ACTIVE}}
-    return await db[ROLLOUTS].find_one(query, {"_id": 1}) is not None
+    """Whether a rollout the scheduler has not finished installs this image."""
+    return any(v.rollout.spec.firmware.id == fw_id for v in await rollouts.active(db, tenant_id))
 
 
 async def delete(db: Db, tenant_id: str, fw_id: str) -> None:
@@ -67,8 +66,9 @@ async def delete(db: Db, tenant_id: str, fw_id: str) -> None:
 
 async def find(
     db: Db, tenant_id: str, limit: int, cursor: str | None, hardware_model: str | None = None
-) -> Page:
+) -> tuple[list[FirmwareDoc], str | None]:
     query: Doc = {"tenant_id": tenant_id}
     if hardware_model:
         query["hardware_models"] = hardware_model
-    return await page(db[FIRMWARE], query, Sort("_id", descending=True), limit, cursor)
+    found = await page(db[FIRMWARE], query, Sort("_id", descending=True), limit, cursor)
+    return [FirmwareDoc.model_validate(d) for d in found.items], found.next_cursor

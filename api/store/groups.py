@@ -3,49 +3,46 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from api.pagination import Sort
-from api.store.base import Db, Doc, Page, from_json_text, page, to_json_text
-from schemas.documents import GROUPS
-
-JSON = ("template",)
+from api.store.base import Db, page
+from api.store.revisions import Revision, revise
+from schemas.documents import GROUPS, GroupDoc, to_json_text
 
 
 def group_id(tenant_id: str, name: str) -> str:
     return f"{tenant_id}:{name}"
 
 
-async def get(db: Db, tenant_id: str, name: str) -> Doc | None:
-    doc = await db[GROUPS].find_one({"_id": group_id(tenant_id, name), "tenant_id": tenant_id})
-    return from_json_text(doc, JSON)
+async def get(db: Db, tenant_id: str, name: str) -> GroupDoc | None:
+    raw = await db[GROUPS].find_one({"_id": group_id(tenant_id, name), "tenant_id": tenant_id})
+    return GroupDoc.model_validate(raw) if raw else None
 
 
-async def create(db: Db, tenant_id: str, name: str, template: Doc) -> Doc:
-    doc = {
-        "_id": group_id(tenant_id, name),
-        "tenant_id": tenant_id,
-        "name": name,
-        "template": template,
-        "version": 1,
-        "updated_at": datetime.now(UTC),
-    }
-    await db[GROUPS].insert_one(to_json_text(doc, JSON))
+async def create(db: Db, tenant_id: str, name: str, template: dict[str, Any]) -> GroupDoc:
+    doc = GroupDoc(
+        id=group_id(tenant_id, name),
+        tenant_id=tenant_id,
+        name=name,
+        template=template,
+        version=1,
+        updated_at=datetime.now(UTC),
+    )
+    await db[GROUPS].insert_one(doc.to_mongo())
     return doc
 
 
-async def replace_template(
-    db: Db, tenant_id: str, name: str, template: Doc, expected_version: int
-) -> Doc | None:
-    """Conditional on the version read (If-Match); None if it moved meanwhile."""
-    fields = to_json_text({"template": template, "updated_at": datetime.now(UTC)}, JSON)
-    return from_json_text(
-        await db[GROUPS].find_one_and_update(
-            {"_id": group_id(tenant_id, name), "version": expected_version},
-            {"$set": fields, "$inc": {"version": 1}},
-            return_document=True,
-        ),
-        JSON,
-    )
+async def replace_template(db: Db, group: GroupDoc, template: dict[str, Any]) -> bool:
+    """The next template version, as the next revision of ``group``; False if it moved."""
+    update = {
+        "$set": {
+            "template": to_json_text(template),
+            "version": group.version + 1,
+            "updated_at": datetime.now(UTC),
+        }
+    }
+    return group.id in await revise(db, GROUPS, [Revision(group.id, group.rev, update)])
 
 
 async def delete(db: Db, tenant_id: str, name: str) -> bool:
@@ -53,6 +50,8 @@ async def delete(db: Db, tenant_id: str, name: str) -> bool:
     return result.deleted_count == 1
 
 
-async def find(db: Db, tenant_id: str, limit: int, cursor: str | None) -> Page:
+async def find(
+    db: Db, tenant_id: str, limit: int, cursor: str | None
+) -> tuple[list[GroupDoc], str | None]:
     found = await page(db[GROUPS], {"tenant_id": tenant_id}, Sort("_id"), limit, cursor)
-    return Page([from_json_text(d, JSON) or d for d in found.items], found.next_cursor)
+    return [GroupDoc.model_validate(d) for d in found.items], found.next_cursor

@@ -1,19 +1,46 @@
-"""rollouts (definition + requested status; the scheduler owns progress) and their
-executions (read only here)."""
+"""rollouts (definition and admin control; api), joined with the scheduler's
+rollout_progress and job_executions (read only here)."""
 
 from __future__ import annotations
 
+import secrets
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from api.pagination import Sort
-from api.store.base import Db, Doc, Page, new_id, page
-from schemas.documents import DEVICES, JOB_EXECUTIONS, ROLLOUTS, target_filter
-from schemas.rollouts import RolloutSpec, RolloutStatus, Target
+from api.store.base import Db, new_id, page
+from api.store.revisions import Revision, revise
+from schemas.documents import (
+    DEVICES,
+    JOB_EXECUTIONS,
+    ROLLOUT_PROGRESS,
+    ROLLOUTS,
+    RolloutDoc,
+    RolloutProgressDoc,
+    target_filter,
+)
+from schemas.rollouts import RolloutControl, RolloutSpec, RolloutStatus, Target, rollout_status
 
-ACTIVE = [s.value for s in RolloutStatus if s.active]
+FINAL = [s.value for s in RolloutStatus if s.final]
 MAX_TARGET = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutView:
+    rollout: RolloutDoc
+    progress: RolloutProgressDoc | None
+
+    def status(self, now: datetime) -> RolloutStatus:
+        p = self.progress
+        return rollout_status(
+            self.rollout.spec,
+            self.rollout.control,
+            p.status if p else None,
+            p.control_rev if p else None,
+            now,
+        )
 
 
 async def target_ids(db: Db, tenant_id: str, target: Target) -> list[str]:
@@ -21,72 +48,71 @@ async def target_ids(db: Db, tenant_id: str, target: Target) -> list[str]:
     return [d["_id"] for d in await found.to_list(MAX_TARGET)]
 
 
-async def active(db: Db, tenant_id: str) -> list[Doc]:
-    query = {"tenant_id": tenant_id, "status": {"$in": ACTIVE}}
-    return await db[ROLLOUTS].find(query).to_list(1000)
+async def progress_of(db: Db, ids: Sequence[str]) -> dict[str, RolloutProgressDoc]:
+    cursor = db[ROLLOUT_PROGRESS].find({"_id": {"$in": list(ids)}})
+    return {d["_id"]: RolloutProgressDoc.model_validate(d) for d in await cursor.to_list()}
 
 
-def spec_fields(spec: RolloutSpec) -> Doc:
-    """The spec as BSON-friendly fields: sets as sorted lists, durations in seconds,
-    local times as ``HH:MM:SS``; datetimes stay dates. ``RolloutSpec.model_validate``
-    reads them back (the scheduler does exactly that)."""
-    doc = spec.model_dump(mode="python")
-    doc["target"]["tags"] = sorted(spec.target.tags)
-    doc["target"]["device_ids"] = sorted(spec.target.device_ids)
-    doc["schedule"]["windows"] = [_window(w) for w in doc["schedule"]["windows"]]
-    for key in ("in_progress_timeout", "grace_period"):
-        doc[key] = doc[key].total_seconds()
-    doc["success"]["wait"] = doc["success"]["wait"].total_seconds()
-    return doc
+async def views(db: Db, docs: Sequence[RolloutDoc]) -> list[RolloutView]:
+    progress = await progress_of(db, [d.id for d in docs])
+    return [RolloutView(d, progress.get(d.id)) for d in docs]
 
 
-async def create(db: Db, tenant_id: str, spec: RolloutSpec, actor: str) -> Doc:
-    now = datetime.now(UTC)
-    scheduled = spec.schedule.start_at is not None and spec.schedule.start_at > now
-    doc = {
-        "_id": new_id(),
-        "tenant_id": tenant_id,
-        **spec_fields(spec),
-        "status": (RolloutStatus.SCHEDULED if scheduled else RolloutStatus.RUNNING).value,
-        "progress": {},
-        "created_at": now,
-        "created_by": actor,
-    }
-    await db[ROLLOUTS].insert_one(doc)
-    return doc
-
-
-def _window(window: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **window,
-        "days": sorted(window["days"]),
-        "start": window["start"].isoformat(),
-        "end": window["end"].isoformat(),
-    }
-
-
-async def get(db: Db, tenant_id: str, rollout_id: str) -> Doc | None:
-    return await db[ROLLOUTS].find_one({"_id": rollout_id, "tenant_id": tenant_id})
-
-
-async def set_status(
-    db: Db, tenant_id: str, rollout_id: str, allowed_from: list[str], new: RolloutStatus
-) -> Doc | None:
-    return await db[ROLLOUTS].find_one_and_update(
-        {"_id": rollout_id, "tenant_id": tenant_id, "status": {"$in": allowed_from}},
-        {"$set": {"status": new.value, "status_requested_at": datetime.now(UTC)}},
-        return_document=True,
+async def active(db: Db, tenant_id: str) -> list[RolloutView]:
+    """The tenant's rollouts the scheduler has not finished."""
+    final = (
+        await db[ROLLOUT_PROGRESS]
+        .find({"tenant_id": tenant_id, "status": {"$in": FINAL}}, {"_id": 1})
+        .to_list()
     )
+    query = {"tenant_id": tenant_id, "_id": {"$nin": [d["_id"] for d in final]}}
+    docs = [RolloutDoc.model_validate(d) for d in await db[ROLLOUTS].find(query).to_list()]
+    now = datetime.now(UTC)
+    return [v for v in await views(db, docs) if v.status(now).active]
 
 
-async def find(db: Db, tenant_id: str, limit: int, cursor: str | None) -> Page:
-    return await page(
+async def create(db: Db, tenant_id: str, spec: RolloutSpec, actor: str) -> RolloutDoc:
+    now = datetime.now(UTC)
+    doc = RolloutDoc(
+        id=new_id(),
+        tenant_id=tenant_id,
+        spec=spec,
+        created_at=now,
+        created_by=actor,
+        control=RolloutControl(status="running", rev=secrets.token_hex(6), at=now),
+    )
+    await db[ROLLOUTS].insert_one(doc.to_mongo())
+    return doc
+
+
+async def get(db: Db, tenant_id: str, rollout_id: str) -> RolloutView | None:
+    raw = await db[ROLLOUTS].find_one({"_id": rollout_id, "tenant_id": tenant_id})
+    if raw is None:
+        return None
+    return (await views(db, [RolloutDoc.model_validate(raw)]))[0]
+
+
+async def set_control(db: Db, doc: RolloutDoc, status: str) -> bool:
+    """Record an admin request (pause, resume, cancel) as the next revision."""
+    control = RolloutControl.model_validate(
+        {"status": status, "rev": secrets.token_hex(6), "at": datetime.now(UTC)}
+    )
+    update = {"$set": {"control": control.model_dump()}}
+    return doc.id in await revise(db, ROLLOUTS, [Revision(doc.id, doc.rev, update)])
+
+
+async def find(
+    db: Db, tenant_id: str, limit: int, cursor: str | None
+) -> tuple[list[RolloutView], str | None]:
+    found = await page(
         db[ROLLOUTS], {"tenant_id": tenant_id}, Sort("_id", descending=True), limit, cursor
     )
+    docs = [RolloutDoc.model_validate(d) for d in found.items]
+    return await views(db, docs), found.next_cursor
 
 
 async def execution_counts(db: Db, tenant_id: str, rollout_id: str) -> dict[str, Counter[str]]:
-    """{"status": Counter, "wave:<n>": Counter} over the rollout's executions."""
+    """{"all": Counter, "wave:<n>": Counter} of execution statuses."""
     query = {"tenant_id": tenant_id, "rollout_id": rollout_id}
     counts: dict[str, Counter[str]] = {"all": Counter()}
     async for doc in db[JOB_EXECUTIONS].find(query, {"status": 1, "wave": 1}):

@@ -34,12 +34,15 @@ def _step(what: str, action: Callable[[], T]) -> T:
 
 @app.command()
 def install() -> None:
-    """Install the server binaries (Mosquitto from apt, FerretDB and versitygw from Go)."""
+    """Install the server binaries: Mosquitto and PostgreSQL from apt, FerretDB and
+    versitygw from Go (PostgreSQL and FerretDB are skipped with OUTPOST_MONGO_URL)."""
     mosquitto = _step("Installing Mosquitto (apt)", tools.mosquitto)
     console.print(f"mosquitto  {mosquitto}")
-    if tools.mongod():
-        console.print(f"mongod     {tools.mongod()}")
+    if os.environ.get("OUTPOST_MONGO_URL"):
+        console.print("mongodb    OUTPOST_MONGO_URL is set: no FerretDB needed")
     else:
+        postgres = _step("Installing PostgreSQL (apt)", tools.postgres_bindir)
+        console.print(f"postgres   {postgres}")
         ferretdb = _step(
             f"Building FerretDB {tools.FERRETDB_VERSION} (first time: minutes)", tools.ferretdb
         )

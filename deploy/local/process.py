@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -70,13 +71,13 @@ class PidFile:
             return None
         return pid
 
-    def stop(self, timeout: float = 10.0) -> bool:
-        """SIGTERM, then SIGKILL after ``timeout``. True if a process was stopped."""
+    def stop(self, how: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> bool:
+        """``how`` (SIGTERM), then SIGKILL after ``timeout``. True if a process was stopped."""
         pid = self.live_pid()
         if pid is None:
             self.path.unlink(missing_ok=True)
             return False
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, how)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.live_pid() is not None:
             time.sleep(0.05)
@@ -95,10 +96,18 @@ def spawn(
     pid_file: PidFile,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    user: pwd.struct_passwd | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` detached from our terminal, output appended to ``log_path``."""
+    """Start ``argv`` detached from our terminal, output appended to ``log_path``.
+
+    ``user``: run as that account (we are root), e.g. PostgreSQL, which refuses root.
+    """
+    as_user: dict[str, object] = {}
+    if user is not None:
+        as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        env = {**(env or {}), "HOME": user.pw_dir, "USER": user.pw_name}
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(
+        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -106,6 +115,7 @@ def spawn(
             env={**os.environ, **(env or {})},
             cwd=cwd,
             start_new_session=True,
+            **as_user,
         )
     pid_file.write(proc.pid, argv[0])
     return proc

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from deploy.local.servers import MongoServer, Mosquitto, PythonService, S3Server, Server
+from deploy.local.servers import Mosquitto, PythonService, S3Server, Server, database_server
 
 __all__ = ["DevSettings", "Stack", "Status"]
 
@@ -36,6 +36,11 @@ class DevSettings(BaseSettings):
     bridge_port: int = Field(default=18081, ge=1024, le=65535)
     scheduler_port: int = Field(default=18082, ge=1024, le=65535)
     demo_devices: int = Field(default=20, ge=0, le=5000)
+    external_mongo_url: str | None = Field(
+        default=None,
+        validation_alias="OUTPOST_MONGO_URL",
+        description="Bring your own MongoDB: use it and start no FerretDB/PostgreSQL",
+    )
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,9 @@ class Stack:
             settings.mqtt_port,
             backend_password=creds["mqtt_backend_password"],
         )
-        self.mongo = MongoServer(self.root / "mongodb", settings.mongo_port)
+        self.mongo = database_server(
+            self.root / "mongodb", settings.mongo_port, external_url=settings.external_mongo_url
+        )
         self.s3 = S3Server(self.root / "s3", settings.s3_port, secret_key=creds["s3_secret_key"])
         env = self.env_file
         self.bridge = PythonService(

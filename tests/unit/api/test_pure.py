@@ -12,8 +12,8 @@ from api.config_render import check_patch, render
 from api.config_service import plan
 from api.errors import BrokerError, Conflict, InvalidInput
 from api.routes.rollouts import dry_run_waves
-from api.store.rollouts import spec_fields
 from api.sync import SyncReason, sync_state
+from schemas.documents import DeviceDoc, DeviceStatusDoc
 from schemas.rollouts import RolloutSpec
 
 US6 = {"country": "US", "radios": {"2.4GHz": {"channel": 6}}}
@@ -75,48 +75,65 @@ def test_render_refuses_invalid_with_reason():
         check_patch({"x": "y" * 70_000}, "template")
 
 
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _device(pointer: dict | None = None) -> DeviceDoc:
+    return DeviceDoc(
+        id="d1", tenant_id="t", hardware_model="ap", created_at=T0, desired_config=pointer
+    )
+
+
 def test_plan_is_a_noop_when_the_hash_is_unchanged():
-    first = plan({"_id": "d1", "desired_config": None}, US6)
+    first = plan(_device(), US6)
     assert first is not None
-    assert (first.expected_version, first.version) == (None, 1)
-    current = {"_id": "d1", "desired_config": {"version": 1, "hash": first.rendered.hash}}
+    assert first.version == 1
+    current = _device({"version": 1, "hash": first.rendered.hash, "updated_at": T0})
     assert plan(current, US6) is None
     second = plan(current, {**US6, "radios": {"2.4GHz": {"channel": 1}}})
     assert second is not None
-    assert (second.expected_version, second.version) == (1, 2)
+    assert second.version == 2
+
+
+def _status(presence: str | None = None, config: dict | None = None) -> DeviceStatusDoc:
+    state = None
+    if config is not None:
+        state = {
+            "firmware": "1",
+            "hardware_model": "ap",
+            "config": config,
+            "h": "h",
+            "k": "k",
+            "updated_at": T0,
+        }
+    present = {"status": presence, "since": T0, "k": "k"} if presence else None
+    return DeviceStatusDoc(id="d1", presence=present, state=state)
+
+
+DESIRED_2 = {"version": 2, "hash": "x", "updated_at": T0}
 
 
 @pytest.mark.parametrize(
-    ("device", "reason"),
+    ("pointer", "status", "reason"),
     [
-        ({}, SyncReason.NO_CONFIG),
+        (None, None, SyncReason.NO_CONFIG),
+        (DESIRED_2, _status(config={"version": 2, "status": "applied"}), SyncReason.IN_SYNC),
         (
-            {
-                "desired_config": {"version": 2},
-                "state": {"config": {"version": 2, "status": "applied"}},
-            },
-            SyncReason.IN_SYNC,
-        ),
-        (
-            {
-                "desired_config": {"version": 2},
-                "state": {"config": {"version": 2, "status": "rejected", "error": "e"}},
-            },
+            DESIRED_2,
+            _status(config={"version": 2, "status": "rejected", "error": "e"}),
             SyncReason.REJECTED,
         ),
         (
-            {
-                "desired_config": {"version": 2},
-                "presence": {"status": "online"},
-                "state": {"config": {"version": 1, "status": "applied"}},
-            },
+            DESIRED_2,
+            _status("online", {"version": 1, "status": "applied"}),
             SyncReason.NOT_ACKED,
         ),
-        ({"desired_config": {"version": 2}, "presence": {"status": "offline"}}, SyncReason.OFFLINE),
+        (DESIRED_2, _status("offline"), SyncReason.OFFLINE),
+        (DESIRED_2, None, SyncReason.OFFLINE),
     ],
 )
-def test_sync_reason(device, reason):
-    assert sync_state(device).reason is reason
+def test_sync_reason(pointer, status, reason):
+    assert sync_state(_device(pointer), status).reason is reason
 
 
 def full_spec(**extra) -> RolloutSpec:
@@ -146,7 +163,7 @@ def full_spec(**extra) -> RolloutSpec:
 
 def test_stored_rollout_reads_back_as_the_same_spec():
     spec = full_spec()
-    assert RolloutSpec.model_validate(spec_fields(spec)) == spec
+    assert RolloutSpec.model_validate(spec.to_document()) == spec
 
 
 def test_dry_run_uses_the_scheduler_wave_sizes():

@@ -1,6 +1,16 @@
 from __future__ import annotations
 
-from bridge.batch import coalesce, plan, with_known
+from datetime import UTC, datetime, timedelta
+
+from bridge.batch import (
+    coalesce,
+    content_hash,
+    insert_op,
+    needed,
+    plan,
+    target,
+    with_known,
+)
 from bridge.decode import Accepted, Rejection, decode
 from schemas.protocol import RejectReason, StateMessage
 
@@ -68,28 +78,55 @@ def test_plan_rejects_bad_input_with_reasons_and_keeps_the_good():
     assert len(decoded.writes) == 1
 
 
-def test_unknown_devices_are_rejected_and_the_rest_coalesced():
-    decoded = plan([state("dev-a", 1, 1), state("dev-a", 1, 2), state("ghost-1", 1, 1)])
-    planned = with_known(decoded, {"dev-a"})
-    assert [w.message.key.seq for w in planned.writes] == [2]
-    assert len(planned.rejections) == 1
-    rejection = planned.rejections[0]
-    assert isinstance(rejection, Rejection)
-    assert rejection.reason is RejectReason.UNKNOWN_DEVICE
+def test_unknown_devices_and_jobs_are_rejected_and_the_rest_coalesced():
+    decoded = plan(
+        [
+            state("dev-a", 1, 1),
+            state("dev-a", 1, 2),
+            state("ghost-1", 1, 1),
+            job("dev-a", "j1", 1, 3),
+            job("dev-a", "j2", 1, 4),
+        ]
+    )
+    assert decoded.execution_ids == frozenset({"j1:dev-a", "j2:dev-a"})
+    planned = with_known(decoded, {"dev-a": "t1"}, {"j1:dev-a": "t1"})
+    assert sorted(w.message.key.seq for w in planned.writes) == [2, 3]
+    assert sorted(r.reason for r in planned.rejections) == [
+        RejectReason.UNKNOWN_DEVICE,
+        RejectReason.UNKNOWN_JOB,
+    ]
+    assert all(isinstance(r, Rejection) for r in planned.rejections)
+    assert planned.tenants == {"dev-a": "t1"}
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_needed_skips_what_the_stored_document_already_has():
-    from bridge.batch import content_hash, needed
-
     newer = decode(state("dev-a", 1, 5, n=1))
     assert isinstance(newer, Accepted)
     h = content_hash(newer.message)  # type: ignore[arg-type]
-    assert needed(newer, {"_id": "dev-a"})
-    assert not needed(newer, None)  # no document: never created
-    assert needed(newer, {"state": {"k": "00000000000001.00000000000004", "h": "other"}})
-    assert not needed(newer, {"state": {"k": "00000000000001.00000000000005", "h": "x"}})
-    assert not needed(newer, {"state": {"k": "00000000000001.00000000000004", "h": h}})
-    online = decode(presence("dev-a", 2, 1))
-    assert isinstance(online, Accepted)
-    assert needed(online, {"state": {"k": "00000000000009.00000000000001"}})
-    assert not needed(online, {"presence": {"k": "00000000000002.00000000000001"}})
+    fresh = T0 - timedelta(minutes=1)
+    assert needed(newer, None, T0)  # no document yet: inserted
+    assert needed(newer, {"_id": "dev-a"}, T0)
+    assert needed(newer, {"state": {"k": "00000000000001.00000000000004", "h": "x"}}, T0)
+    assert not needed(newer, {"state": {"k": "00000000000001.00000000000005", "h": "x"}}, T0)
+    same = {"state": {"k": "00000000000001.00000000000004", "h": h, "updated_at": T0}}
+    assert not needed(newer, same, fresh)  # identical, refreshed recently
+    assert needed(newer, same, T0 + timedelta(seconds=1))  # identical, but stale: refresh
+
+
+def test_a_message_without_a_document_is_an_insert_with_the_tenant():
+    item = decode(presence("dev-a", 3, 4, "offline"))
+    assert isinstance(item, Accepted)
+    op = insert_op(item, "t1")
+    assert op.document["_id"] == "dev-a"
+    assert op.document["tenant_id"] == "t1"
+    assert op.document["presence"]["status"] == "offline"
+    assert op.document["last_seen"] == item.inbound.received_at
+    report = decode(job("dev-a", "job-7", 1, 3, "installing"))
+    assert isinstance(report, Accepted)
+    assert target(report) == ("job_reports", "job-7:dev-a")
+    doc = insert_op(report, "t1").document
+    assert (doc["job_id"], doc["device_id"], doc["status"]) == ("job-7", "dev-a", "installing")
+    assert "last_seen" not in doc

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from scheduler.executions import DeviceView, ExecutionView, backoff, decide
+from schemas.documents import JobExecutionDoc, JobReportDoc
 from schemas.rollouts import ExecutionStatus, RolloutSpec
 
 S = ExecutionStatus
@@ -27,17 +28,29 @@ ONLINE_OLD = DeviceView(online=True, firmware="1.0")
 
 
 def ex(status=S.QUEUED, attempt=1, sent=T0, report=None, stale_k=""):
-    doc = {
-        "_id": "j:d",
-        "status": status.value,
-        "attempt": attempt,
-        "sent_at": sent,
-        "created_at": T0,
-        "stale_k": stale_k,
-    }
+    execution = JobExecutionDoc(
+        id="j:d",
+        rollout_id="j",
+        job_id="j",
+        device_id="d",
+        wave=1,
+        status=status,
+        attempt=attempt,
+        sent_at=sent,
+        created_at=T0,
+        stale_k=stale_k,
+    )
+    seen = None
     if report:
-        doc["report"] = {"k": "0001", "updated_at": T0 + timedelta(minutes=1), **report}
-    return ExecutionView.from_doc(doc)
+        seen = JobReportDoc(
+            id="j:d",
+            job_id="j",
+            device_id="d",
+            k="0001",
+            updated_at=T0 + timedelta(minutes=1),
+            **report,
+        )
+    return ExecutionView.of(execution, seen)
 
 
 def test_unsent_and_terminal_executions_do_not_move():

@@ -1,0 +1,334 @@
+"""The one module that knows MongoDB from FerretDB: the client, and "apply these N writes".
+
+Every service talks to MongoDB in production and to FerretDB v1.24.2 (on PostgreSQL)
+locally. They differ in one way that matters to our code, measured here (bench/RESULTS.md):
+how a batch of writes is best sent.
+
+- **MongoDB**: one unordered ``bulk_write`` (chunks of :data:`MONGODB_CHUNK`) is the
+  fast way.
+- **FerretDB v1**: its bulks are slower than single statements (an unordered bulk of 16
+  updates ran at 94/s where 16 concurrent ``update_one`` ran at 859/s) and a bulk of more
+  than ~50 updates never returns, leaving the server unable to answer. So writes go out
+  as single statements, :data:`FERRETDB_CONCURRENCY` at a time.
+
+:class:`Store` decides which once per connection: it asks the server (``buildInfo``) the
+first time a batch is applied, and again after the client lost the server (a topology
+event, or a connection error seen here), so a MongoDB that was unreachable at start is
+never mistaken for FerretDB. Services never ask which server it is.
+
+What both servers do the same and our code relies on (see :mod:`schemas.documents`):
+single-document writes, unique ``_id`` inserts as the only exclusive step. What FerretDB
+does *not* do, and we therefore never rely on: isolation between two concurrent updates
+of one document (one writer per document), change streams, ``$lookup``, TTL indexes,
+transactions, ``$expr``.
+
+Write errors come back per operation in :class:`Applied` (duplicate keys apart from the
+rest), so a caller can tell "someone else inserted it first" and "this one write can never
+succeed" from a server that is away: transient errors (``ConnectionFailure`` and its
+subclasses, timeouts) are raised as pymongo raises them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WriteError,
+    WTimeoutError,
+)
+from pymongo.monitoring import ServerDescriptionChangedEvent, ServerListener
+from pymongo.operations import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateOne
+from pymongo.server_type import SERVER_TYPE
+
+from outpost.settings import MongoSettings
+
+__all__ = [
+    "DUPLICATE_KEY",
+    "FERRETDB_CONCURRENCY",
+    "MONGODB_CHUNK",
+    "TRANSIENT",
+    "Applied",
+    "Delete",
+    "Document",
+    "Insert",
+    "Replace",
+    "Server",
+    "Store",
+    "Update",
+    "Write",
+    "client",
+]
+
+Document = dict[str, Any]
+DUPLICATE_KEY = 11000
+MONGODB_CHUNK = 10_000
+FERRETDB_CONCURRENCY = 8
+# Errors after which the same write may succeed later. AutoReconnect, NetworkTimeout and
+# ServerSelectionTimeoutError are ConnectionFailures.
+TRANSIENT: tuple[type[PyMongoError], ...] = (ConnectionFailure, ExecutionTimeout, WTimeoutError)
+
+
+class Server(StrEnum):
+    MONGODB = "mongodb"
+    FERRETDB = "ferretdb"
+
+
+# -- writes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    document: Document
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    filter: Document
+    update: Document
+    upsert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Replace:
+    filter: Document
+    document: Document
+    upsert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    filter: Document
+    many: bool = False
+
+
+Write = Insert | Update | Replace | Delete
+
+
+@dataclass
+class Applied:
+    """What a batch did. Indexes refer to the batch as given to :meth:`Store.apply`."""
+
+    inserted: int = 0
+    matched: int = 0
+    modified: int = 0
+    upserted: int = 0
+    deleted: int = 0
+    duplicates: list[int] = field(default_factory=list)  # refused: the unique key exists
+    errors: dict[int, str] = field(default_factory=dict)  # refused for any other reason
+
+    def add(self, other: Applied, offset: int) -> None:
+        self.inserted += other.inserted
+        self.matched += other.matched
+        self.modified += other.modified
+        self.upserted += other.upserted
+        self.deleted += other.deleted
+        self.duplicates += [offset + i for i in other.duplicates]
+        self.errors.update({offset + i: e for i, e in other.errors.items()})
+
+
+def _pymongo_op(
+    write: Write,
+) -> InsertOne[Document] | UpdateOne | ReplaceOne[Document] | DeleteOne | DeleteMany:
+    if isinstance(write, Insert):
+        return InsertOne(write.document)
+    if isinstance(write, Update):
+        return UpdateOne(write.filter, write.update, upsert=write.upsert)
+    if isinstance(write, Replace):
+        return ReplaceOne(write.filter, write.document, upsert=write.upsert)
+    return DeleteMany(write.filter) if write.many else DeleteOne(write.filter)
+
+
+async def _one(collection: AsyncCollection[Document], write: Write) -> Applied:
+    """One write as a single statement; its write error (if any) in the result."""
+    try:
+        if isinstance(write, Insert):
+            await collection.insert_one(write.document)
+            return Applied(inserted=1)
+        if isinstance(write, Update):
+            u = await collection.update_one(write.filter, write.update, upsert=write.upsert)
+            return Applied(
+                matched=u.matched_count,
+                modified=u.modified_count,
+                upserted=int(u.upserted_id is not None),
+            )
+        if isinstance(write, Replace):
+            r = await collection.replace_one(write.filter, write.document, upsert=write.upsert)
+            return Applied(
+                matched=r.matched_count,
+                modified=r.modified_count,
+                upserted=int(r.upserted_id is not None),
+            )
+        if write.many:
+            return Applied(deleted=(await collection.delete_many(write.filter)).deleted_count)
+        return Applied(deleted=(await collection.delete_one(write.filter)).deleted_count)
+    except DuplicateKeyError:
+        return Applied(duplicates=[0])
+    except TRANSIENT:
+        raise
+    except (WriteError, OperationFailure) as exc:
+        if exc.has_error_label("RetryableWriteError"):
+            raise
+        return Applied(errors={0: _describe(exc)})
+
+
+def _describe(exc: PyMongoError) -> str:
+    code = getattr(exc, "code", None)
+    return f"{code}: {exc}"[:500] if code is not None else str(exc)[:500]
+
+
+def _from_bulk_error(exc: BulkWriteError) -> Applied:
+    details = exc.details
+    if details.get("writeConcernErrors"):
+        raise exc  # the writes may have happened or not: the caller retries the batch
+    result = Applied(
+        inserted=int(details.get("nInserted", 0)),
+        matched=int(details.get("nMatched", 0)),
+        modified=int(details.get("nModified", 0)),
+        upserted=int(details.get("nUpserted", 0)),
+        deleted=int(details.get("nRemoved", 0)),
+    )
+    for error in details.get("writeErrors", []):
+        if error.get("code") == DUPLICATE_KEY:
+            result.duplicates.append(int(error["index"]))
+        else:
+            result.errors[int(error["index"])] = f"{error.get('code')}: {error.get('errmsg')}"[:500]
+    return result
+
+
+# -- the server's kind, asked again after a reconnect ------------------------------------
+
+
+class _Kind(ServerListener):
+    """Remembers the server kind until the client loses the server."""
+
+    def __init__(self) -> None:
+        self.known: Server | None = None
+
+    def opened(self, event: Any) -> None:
+        pass
+
+    def closed(self, event: Any) -> None:
+        self.known = None
+
+    def description_changed(self, event: ServerDescriptionChangedEvent) -> None:
+        if event.new_description.server_type == SERVER_TYPE.Unknown:
+            self.known = None  # disconnected: whoever answers next is asked again
+
+
+def client(settings: MongoSettings, **kwargs: Any) -> AsyncMongoClient[Document]:
+    """A tz-aware client whose :class:`Store` re-asks the server kind after a reconnect."""
+    kind = _Kind()
+    made: AsyncMongoClient[Document] = AsyncMongoClient(
+        settings.url, tz_aware=True, event_listeners=[kind], **kwargs
+    )
+    _KINDS[made] = kind
+    return made
+
+
+_KINDS: weakref.WeakKeyDictionary[AsyncMongoClient[Document], _Kind] = weakref.WeakKeyDictionary()
+
+
+class Store:
+    """A database plus the write strategy its server needs. Owns no client."""
+
+    def __init__(self, db: AsyncDatabase[Document], *, concurrency: int = FERRETDB_CONCURRENCY):
+        self.db = db
+        self._kind = _KINDS.get(db.client) or _Kind()
+        self._concurrency = concurrency
+
+    def __getitem__(self, name: str) -> AsyncCollection[Document]:
+        return self.db[name]
+
+    async def server(self) -> Server:
+        """Which server answers; asked once per connection."""
+        if self._kind.known is None:
+            try:
+                info = await self.db.client.admin.command("buildInfo")
+            except TRANSIENT:
+                self._kind.known = None
+                raise
+            self._kind.known = Server.FERRETDB if "ferretdbVersion" in info else Server.MONGODB
+        return self._kind.known
+
+    async def apply(self, collection: str, writes: Sequence[Write]) -> Applied:
+        """Apply ``writes`` to ``collection`` in no particular order, each at most once.
+
+        Per-write refusals are in the result; a transient error is raised (some writes
+        may have been applied: every write we send is idempotent or conditional).
+        """
+        if not writes:
+            return Applied()
+        try:
+            if await self.server() is Server.MONGODB:
+                return await self._bulk(self.db[collection], writes)
+            return await self._concurrent(self.db[collection], writes)
+        except TRANSIENT:
+            self._kind.known = None
+            raise
+
+    async def each(self, collection: str, writes: Sequence[Write]) -> list[Applied]:
+        """Apply ``writes`` as single statements (bounded concurrency, either server) and
+        return each one's result: for the few callers that need per-write outcomes (which
+        conditional update matched), which a bulk does not report."""
+        coll = self.db[collection]
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(write: Write) -> Applied:
+            async with gate:
+                return await _one(coll, write)
+
+        try:
+            return list(await asyncio.gather(*(one(w) for w in writes)))
+        except TRANSIENT:
+            self._kind.known = None
+            raise
+
+    async def _bulk(self, coll: AsyncCollection[Document], writes: Sequence[Write]) -> Applied:
+        total = Applied()
+        for start in range(0, len(writes), MONGODB_CHUNK):
+            ops = [_pymongo_op(w) for w in writes[start : start + MONGODB_CHUNK]]
+            try:
+                r = await coll.bulk_write(ops, ordered=False)
+            except BulkWriteError as exc:
+                total.add(_from_bulk_error(exc), start)
+                continue
+            part = Applied(
+                inserted=r.inserted_count,
+                matched=r.matched_count,
+                modified=r.modified_count,
+                upserted=r.upserted_count,
+                deleted=r.deleted_count,
+            )
+            total.add(part, start)
+        return total
+
+    async def _concurrent(
+        self, coll: AsyncCollection[Document], writes: Sequence[Write]
+    ) -> Applied:
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(write: Write) -> Applied:
+            async with gate:
+                return await _one(coll, write)
+
+        results = await asyncio.gather(*(one(w) for w in writes), return_exceptions=True)
+        total = Applied()
+        for index, result in enumerate(results):
+            if isinstance(result, BaseException):
+                raise result
+            total.add(result, index)
+        return total
