@@ -15,11 +15,11 @@ import paho.mqtt.client as paho
 import pytest
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
-from pymongo import ASCENDING, UpdateOne
+from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
 from deploy.local import MongoServer, Mosquitto, S3Server, free_port, mqtt_connack
-from outpost import mongo as outpost_mongo
+from outpost.store import Insert, Server, Store, Update, Write
 
 pytestmark = pytest.mark.integration
 
@@ -121,16 +121,21 @@ async def test_find_one_and_update_upsert_creates_then_updates(mongo_db) -> None
     assert await devices.count_documents({}) == 1
 
 
-async def test_unordered_bulk_write_of_10000_upserts(mongo_db) -> None:
-    devices = mongo_db["devices"]
-    await devices.insert_many([{"_id": f"ap-{i}", "seq": 0} for i in range(2_000)])
-    ops = [UpdateOne({"_id": f"ap-{i}"}, {"$set": {"seq": 1}}, upsert=True) for i in range(10_000)]
-    result = await outpost_mongo.bulk_write(
-        devices, ops, chunk=await outpost_mongo.chunk_size(mongo_db)
-    )
-    assert result.upserted == 8_000
-    assert result.modified == 2_000
-    assert await devices.count_documents({"seq": 1}) == 10_000
+async def test_store_applies_a_batch_with_per_write_outcomes(mongo_db) -> None:
+    """Whichever server answers, the store's batch gives the same counts and refusals."""
+    store = Store(mongo_db)
+    devices = "devices"
+    await mongo_db[devices].insert_many([{"_id": f"ap-{i}", "seq": 0} for i in range(500)])
+    writes: list[Write] = [
+        Update({"_id": f"ap-{i}"}, {"$set": {"seq": 1}}, upsert=True) for i in range(2_000)
+    ]
+    writes += [Insert({"_id": "ap-1"}), Insert({"_id": "new-1"})]
+    result = await store.apply(devices, writes)
+    assert (result.upserted, result.modified, result.inserted) == (1_500, 500, 1)
+    assert result.duplicates == [2_000]
+    assert result.errors == {}
+    assert await mongo_db[devices].count_documents({"seq": 1}) == 2_000
+    assert await store.server() in (Server.FERRETDB, Server.MONGODB)
 
 
 def _put(s3: S3Server, key: str, body: bytes) -> None:
@@ -211,7 +216,8 @@ LOOPBACK_OR_NONE = {
 
 
 def test_servers_talk_to_loopback_only(broker: Mosquitto, mongo: MongoServer, s3: S3Server) -> None:
-    for server in (broker, mongo, s3):
+    embedded = [mongo.backend] if isinstance(mongo, MongoServer) else []
+    for server in (broker, mongo, s3, *embedded):
         assert server.healthy()
         pid = server.running_pid()
         assert pid is not None

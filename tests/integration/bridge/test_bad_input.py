@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from schemas.documents import DEAD_LETTERS, DEVICES
+from schemas.documents import DEAD_LETTERS, DEVICE_STATUS, DEVICES
 
 from .helpers import Publisher, eventually, http_get, running_bridge, settings, state_payload
 
@@ -66,13 +66,13 @@ async def test_malformed_messages_are_rejected_counted_sampled_and_valid_traffic
             await eventually(lambda: _acked(metrics, 1100), within=30, what="all acked")
 
             for i, dev in enumerate(ids):
-                doc = await mongo_db[DEVICES].find_one({"_id": dev})
+                doc = await mongo_db[DEVICE_STATUS].find_one({"_id": dev})
                 last = max(n for n in range(0, 1000, 10) if (n // 10) % DEVICES_N == i)
                 assert doc["state"]["counters"] == {"n": last}, dev
             letters = await mongo_db[DEAD_LETTERS].find().to_list()
             per_reason = Counter(d["reason"] for d in letters)
             assert per_reason == {r: CAP for r in expected}
-            assert await mongo_db[DEVICES].count_documents({}) == DEVICES_N
+            assert await mongo_db[DEVICE_STATUS].count_documents({}) == DEVICES_N
             status, _ = await asyncio.to_thread(http_get, running.http_port, "/readyz")
             assert status == 200
             status, body = await asyncio.to_thread(http_get, running.http_port, "/metrics")

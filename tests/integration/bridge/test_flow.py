@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from schemas.documents import DEVICES, JOB_EXECUTIONS
+from schemas.documents import DEVICE_STATUS, DEVICES, JOB_EXECUTIONS, JOB_REPORTS
 
 from .helpers import (
     Publisher,
@@ -32,7 +32,9 @@ async def test_state_presence_and_job_land_newest_wins_and_repeats_write_nothing
 ):
     dev, ghost = f"d{unique}-a", f"d{unique}-ghost"
     await _devices(mongo_db, [dev])
-    await mongo_db[JOB_EXECUTIONS].insert_one({"_id": f"j1:{dev}", "status": "in_progress"})
+    await mongo_db[JOB_EXECUTIONS].insert_one(
+        {"_id": f"j1:{dev}", "tenant_id": "t1", "status": "in_progress"}
+    )
     pub = Publisher(broker, f"p{unique}")
     try:
         async with running_bridge(settings(broker, mongo.url, mongo_db.name, unique)) as (
@@ -59,27 +61,32 @@ async def test_state_presence_and_job_land_newest_wins_and_repeats_write_nothing
             await pub.flushed(10)
 
             async def stored() -> bool:
-                doc = await mongo_db[DEVICES].find_one({"_id": dev})
-                job = await mongo_db[JOB_EXECUTIONS].find_one({"_id": f"j1:{dev}"})
+                doc = await mongo_db[DEVICE_STATUS].find_one({"_id": dev})
+                job = await mongo_db[JOB_REPORTS].find_one({"_id": f"j1:{dev}"})
                 return bool(
                     doc
                     and "state" in doc
                     and "presence" in doc
                     and job
-                    and "report" in job
                     and metrics.value("outpost_bridge_rejected_total", reason="unknown_device") == 1
                 )
 
             await eventually(stored, within=15, what="writes")
-            doc = await mongo_db[DEVICES].find_one({"_id": dev})
+            doc = await mongo_db[DEVICE_STATUS].find_one({"_id": dev})
             assert doc["state"]["counters"] == {"n": 5}
             assert doc["presence"]["status"] == "online"
-            assert doc["tenant_id"] == "t1"  # api fields untouched
+            assert doc["tenant_id"] == "t1"  # copied from the registry at creation
+            report = await mongo_db[JOB_REPORTS].find_one({"_id": f"j1:{dev}"})
+            assert (report["status"], report["progress"], report["job_id"]) == (
+                "downloading",
+                40,
+                "j1",
+            )
             job = await mongo_db[JOB_EXECUTIONS].find_one({"_id": f"j1:{dev}"})
-            assert job["report"]["status"] == "downloading"
-            assert job["report"]["progress"] == 40
-            assert job["status"] == "in_progress"
-            assert await mongo_db[DEVICES].find_one({"_id": ghost}) is None
+            assert job == {"_id": f"j1:{dev}", "tenant_id": "t1", "status": "in_progress"}
+            assert await mongo_db[DEVICE_STATUS].find_one({"_id": ghost}) is None
+            registry = await mongo_db[DEVICES].find_one({"_id": dev})
+            assert registry == {"_id": dev, "tenant_id": "t1"}  # the api's: never written
 
             # out of order across batches: an older message after a newer one
             writes = metrics.value("outpost_bridge_db_writes_total")
@@ -89,7 +96,7 @@ async def test_state_presence_and_job_land_newest_wins_and_repeats_write_nothing
             await pub.flushed(10)
             await eventually(lambda: _acked(metrics, 7), within=10, what="acks")
             assert metrics.value("outpost_bridge_db_writes_total") == writes
-            doc = await mongo_db[DEVICES].find_one({"_id": dev})
+            doc = await mongo_db[DEVICE_STATUS].find_one({"_id": dev})
             assert doc["state"]["counters"] == {"n": 5}
             assert doc["state"]["k"] == "00000000000001.00000000000005"
 
@@ -111,15 +118,19 @@ async def test_last_will_marks_offline_and_reconnect_online(broker, mongo, mongo
         await device.connect()
 
         async def status(expected: str):
-            doc = await mongo_db[DEVICES].find_one({"_id": dev})
+            doc = await mongo_db[DEVICE_STATUS].find_one({"_id": dev})
             return bool(doc and doc.get("presence", {}).get("status") == expected)
 
         await eventually(lambda: status("online"), within=10, what="online")
         device.drop()
         await eventually(lambda: status("offline"), within=10, what="offline from will")
-        doc = await mongo_db[DEVICES].find_one({"_id": dev})
+        doc = await mongo_db[DEVICE_STATUS].find_one({"_id": dev})
         assert doc["presence"]["reason"] == "connection_lost"
         again = RawDevice(broker, dev, session=2)
         await again.connect()
         await eventually(lambda: status("online"), within=10, what="online again")
         await again.close()
+    pub = Publisher(broker, f"p{unique}")
+    pub.publish(f"devices/{dev}/presence", b"", retain=True)  # other tests' bridges read it
+    await pub.flushed(10)
+    pub.close()

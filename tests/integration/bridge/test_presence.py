@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from bridge.app import run_resync
-from schemas.documents import DEVICES
+from schemas.documents import DEVICE_STATUS, DEVICES
 
 from .helpers import (
     LOG,
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 
 async def _online(db, ids, status="online") -> bool:
-    return await db[DEVICES].count_documents({"presence.status": status}) == len(ids)
+    return await db[DEVICE_STATUS].count_documents({"presence.status": status}) == len(ids)
 
 
 async def test_idle_fleet_causes_zero_database_writes(broker, mongo, mongo_db, unique):
@@ -51,7 +51,7 @@ async def _acked(metrics, n: int) -> bool:
     return metrics.value("outpost_bridge_acked_total") >= n
 
 
-async def test_resync_rebuilds_presence_after_the_collection_was_dropped(
+async def test_resync_rebuilds_presence_after_the_status_mirror_was_dropped(
     broker, mongo, mongo_db, unique
 ):
     ids = [f"d{unique}-{i:03}" for i in range(300)]
@@ -61,24 +61,31 @@ async def test_resync_rebuilds_presence_after_the_collection_was_dropped(
             status = "online" if n % 2 == 0 else "offline"
             pub.publish(f"devices/{dev}/presence", presence_payload(dev, 3, 1, status), retain=True)
         await pub.flushed(20)
-        await mongo_db[DEVICES].insert_many([{"_id": i} for i in ids])
-        await mongo_db.drop_collection(DEVICES)
+        await mongo_db[DEVICES].insert_many([{"_id": i, "tenant_id": "t1"} for i in ids])
         cfg = settings(broker, mongo.url, mongo_db.name, unique)
-        result = await run_resync(cfg, LOG, idle_s=1.0, create_missing=True)
-        assert result["created"] >= 300  # the broker also retains other tests' devices
-        docs = {d["_id"]: d for d in await mongo_db[DEVICES].find({"_id": {"$in": ids}}).to_list()}
+        await run_resync(cfg, LOG, idle_s=1.0)
+        await mongo_db.drop_collection(DEVICE_STATUS)  # the mirror is lost, the registry kept
+        result = await run_resync(cfg, LOG, idle_s=1.0)
+        assert result["modified"] >= 300  # the broker also retains other tests' devices
+        docs = {
+            d["_id"]: d
+            for d in await mongo_db[DEVICE_STATUS].find({"_id": {"$in": ids}}).to_list()
+        }
         assert len(docs) == 300
         for n, dev in enumerate(ids):
             assert docs[dev]["presence"]["status"] == ("online" if n % 2 == 0 else "offline")
+            assert docs[dev]["tenant_id"] == "t1"
 
-        # newer stored presence is never regressed by a resync
-        await mongo_db[DEVICES].update_one(
-            {"_id": ids[0]},
-            {"$set": {"presence.status": "offline", "presence.k": "00000000000004.00000000000001"}},
-        )
-        await run_resync(cfg, LOG, idle_s=1.0)
-        doc = await mongo_db[DEVICES].find_one({"_id": ids[0]})
-        assert doc["presence"]["status"] == "offline"
+        # newer presence (a later session of the device) is never regressed by a resync
+        newer = RawDevice(broker, ids[1], session=4)
+        await newer.connect()
+        try:
+            await run_resync(cfg, LOG, idle_s=1.0)
+            doc = await mongo_db[DEVICE_STATUS].find_one({"_id": ids[1]})
+            assert doc["presence"]["status"] == "online"
+            assert doc["presence"]["k"] == "00000000000004.00000000000001"
+        finally:
+            await newer.close()
     finally:
         for dev in ids:  # clear retained messages: other tests resync the same broker
             pub.publish(f"devices/{dev}/presence", b"", retain=True)
@@ -114,7 +121,7 @@ async def test_mongodb_outage_keeps_messages_unacked_then_catches_up(broker, ser
                 server.start()
 
                 async def caught_up() -> bool:
-                    return await db[DEVICES].count_documents({"state.counters.n": 2}) == 30
+                    return await db[DEVICE_STATUS].count_documents({"state.counters.n": 2}) == 30
 
                 await eventually(caught_up, within=60, what="catch-up")
                 await eventually(

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from deploy.local import free_port
-from schemas.documents import DEVICES
+from schemas.documents import DEVICE_STATUS, DEVICES
 
 from .helpers import (
     LOG,
@@ -41,12 +41,12 @@ def _last_key(seq: int) -> str:
 
 
 async def _converged(db, ids, seq: int) -> bool:
-    done = await db[DEVICES].count_documents({"state.k": _last_key(seq), "state.counters.n": seq})
+    done = await db[DEVICE_STATUS].count_documents({"state.k": _last_key(seq), "state.counters.n": seq})
     return done == len(ids)
 
 
 async def _assert_exact(db, ids, seq: int) -> None:
-    docs = await db[DEVICES].find({}, projection={"state": 1}).to_list()
+    docs = await db[DEVICE_STATUS].find({}, projection={"state": 1}).to_list()
     assert len(docs) == len(ids)
     wrong = [
         d["_id"]
@@ -92,7 +92,7 @@ async def test_kill_9_mid_flood_then_restart_loses_and_regresses_nothing(
         await pub.flushed(60)
 
         async def writing() -> bool:
-            return await mongo_db[DEVICES].count_documents({"state": {"$exists": True}}) >= 100
+            return await mongo_db[DEVICE_STATUS].count_documents({"state": {"$exists": True}}) >= 100
 
         await eventually(writing, within=60, what="bridge writing")
         proc.send_signal(signal.SIGKILL)  # mid-batch: part written, nothing acknowledged yet

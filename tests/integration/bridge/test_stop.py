@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from deploy.local import free_port
-from schemas.documents import DEVICES
+from schemas.documents import DEVICE_STATUS, DEVICES
 
 from .helpers import (
     Publisher,
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 async def _stored(db, n: int, count: int) -> bool:
-    return await db[DEVICES].count_documents({"state.counters.n": n}) == count
+    return await db[DEVICE_STATUS].count_documents({"state.counters.n": n}) == count
 
 
 async def test_sigterm_during_an_outage_leaves_at_the_deadline_then_a_restart_catches_up(
