@@ -9,7 +9,9 @@ how a batch of writes is best sent.
 - **FerretDB v1**: its bulks are slower than single statements (an unordered bulk of 16
   updates ran at 94/s where 16 concurrent ``update_one`` ran at 859/s) and a bulk of more
   than ~50 updates never returns, leaving the server unable to answer. So writes go out
-  as single statements, :data:`FERRETDB_CONCURRENCY` at a time.
+  as single statements, :data:`FERRETDB_CONCURRENCY` at a time, and two writes of the
+  same document never at the same time (FerretDB would lose one of them): writes that
+  name the same ``_id`` run one after the other, in the order given.
 
 :class:`Store` decides which once per connection: it asks the server (``buildInfo``) the
 first time a batch is applied, and again after the client lost the server (a topology
@@ -284,18 +286,32 @@ class Store:
         """Apply ``writes`` as single statements (bounded concurrency, either server) and
         return each one's result: for the few callers that need per-write outcomes (which
         conditional update matched), which a bulk does not report."""
-        coll = self.db[collection]
-        gate = asyncio.Semaphore(self._concurrency)
-
-        async def one(write: Write) -> Applied:
-            async with gate:
-                return await _one(coll, write)
-
         try:
-            return list(await asyncio.gather(*(one(w) for w in writes)))
+            return await self._singles(self.db[collection], writes)
         except TRANSIENT:
             self._kind.known = None
             raise
+
+    async def _singles(
+        self, coll: AsyncCollection[Document], writes: Sequence[Write]
+    ) -> list[Applied]:
+        """Single statements, ``concurrency`` at a time; writes of one ``_id`` in order."""
+        gate = asyncio.Semaphore(self._concurrency)
+        results: list[Applied | None] = [None] * len(writes)
+
+        async def chain(indexes: list[int]) -> None:
+            for index in indexes:
+                async with gate:
+                    results[index] = await _one(coll, writes[index])
+
+        chains: dict[object, list[int]] = {}
+        for index, write in enumerate(writes):
+            chains.setdefault(_document_key(write, index), []).append(index)
+        outcome = await asyncio.gather(*(chain(c) for c in chains.values()), return_exceptions=True)
+        for failed in outcome:
+            if isinstance(failed, BaseException):
+                raise failed
+        return [r if r is not None else Applied() for r in results]
 
     async def _bulk(self, coll: AsyncCollection[Document], writes: Sequence[Write]) -> Applied:
         total = Applied()
@@ -319,16 +335,15 @@ class Store:
     async def _concurrent(
         self, coll: AsyncCollection[Document], writes: Sequence[Write]
     ) -> Applied:
-        gate = asyncio.Semaphore(self._concurrency)
-
-        async def one(write: Write) -> Applied:
-            async with gate:
-                return await _one(coll, write)
-
-        results = await asyncio.gather(*(one(w) for w in writes), return_exceptions=True)
         total = Applied()
-        for index, result in enumerate(results):
-            if isinstance(result, BaseException):
-                raise result
+        for index, result in enumerate(await self._singles(coll, writes)):
             total.add(result, index)
         return total
+
+
+def _document_key(write: Write, index: int) -> object:
+    """The document a write targets, when its ``_id`` is plain; else its own index."""
+    _id = write.document.get("_id") if isinstance(write, Insert) else write.filter.get("_id")
+    if _id is None or isinstance(_id, dict):
+        return ("#", index)  # no single document named: nothing to serialize against
+    return _id

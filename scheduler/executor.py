@@ -208,13 +208,17 @@ class RolloutExecutor:
         """Move every active rollout this instance can lease by one step."""
         rollouts = await self.store.active_rollouts()
         now = self.clock()
-        seen = [_status(r, p, now) for r, p in rollouts]
+        seen = [_status(a.rollout, a.progress, now) for a in rollouts if a.rollout]
         for status in RolloutStatus:
             self.metrics.rollouts.labels(status.value).set(seen.count(status))
-        for rollout, progress in rollouts:
-            lease = await self._hold(rollout.id)
-            if lease is not None:
-                await self._guarded(rollout, progress, lease)
+        for active in rollouts:
+            lease = await self._hold(active.id)
+            if lease is None:
+                continue
+            if active.rollout is None:
+                await self._reject(active.id, active.tenant_id, active.error or "", lease)
+            else:
+                await self._guarded(active.rollout, active.progress, lease)
 
     async def release_all(self) -> None:
         """Graceful stop: hand every lease over at once."""
@@ -241,20 +245,19 @@ class RolloutExecutor:
             self._leases.pop(lease.name, None)
             self.log.warning("lease lost mid-tick", extra={"job_id": rollout.id, "error": str(exc)})
         except RolloutDataError as exc:
-            self.metrics.rejected.labels("rollout").inc()
-            self.log.error("rollout cannot run", extra={"job_id": rollout.id, "error": str(exc)})
-            stopped = RolloutProgress(reason=str(exc)[:500])
-            await self.store.save(
-                rollout,
-                lease.token,
-                stopped,
-                RolloutStatus.ABORTED,
-                rollout.control.rev,
-                self.clock(),
-            )
+            await self._reject(rollout.id, rollout.tenant_id, str(exc), lease)
         except SchedulerError as exc:  # this rollout only; the others still run
             self.metrics.errors.labels(type(exc).__name__).inc()
             self.log.error("rollout step failed", extra={"job_id": rollout.id, "error": str(exc)})
+
+    async def _reject(self, rollout_id: str, tenant_id: str, why: str, lease: LeaseState) -> None:
+        """A rollout that cannot run (bad definition, image gone) is aborted with the reason."""
+        self.metrics.rejected.labels("rollout").inc()
+        self.log.error("rollout cannot run", extra={"job_id": rollout_id, "error": why})
+        stopped = RolloutProgress(reason=why[:500])
+        await self.store.save(
+            rollout_id, tenant_id, lease.token, stopped, RolloutStatus.ABORTED, None, self.clock()
+        )
 
     async def _run(
         self, rollout: RolloutDoc, stored: RolloutProgressDoc | None, lease: LeaseState
@@ -300,7 +303,13 @@ class RolloutExecutor:
         if new is RolloutStatus.CANCELING:
             new = RolloutStatus.RUNNING  # not ours to write; the next tick cancels
         saved = await self.store.save(
-            run.rollout, run.lease.token, run.progress, new, run.rollout.control.rev, run.now
+            run.job,
+            run.tenant,
+            run.lease.token,
+            run.progress,
+            new,
+            run.rollout.control.rev,
+            run.now,
         )
         if saved and new is not run.status:
             self.log.info(

@@ -17,10 +17,11 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 from bson import ObjectId
+from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from outpost.store import Document, Insert, Store, Update
-from scheduler.errors import StoreError
+from scheduler.errors import RolloutDataError, StoreError
 from scheduler.executions import DeviceView
 from schemas.documents import (
     DEVICE_STATUS,
@@ -40,7 +41,7 @@ from schemas.documents import (
 )
 from schemas.rollouts import ExecutionStatus, RolloutProgress, RolloutStatus, Target
 
-__all__ = ["RolloutStore", "Tracked"]
+__all__ = ["Active", "RolloutStore", "Tracked"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,6 +57,23 @@ def _mapped(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             raise StoreError(f"{fn.__name__}: {exc}") from exc
 
     return wrapper
+
+
+@dataclass(frozen=True, slots=True)
+class Active:
+    """A rollout to tick: its definition (or why it cannot be read) and our progress."""
+
+    id: str
+    tenant_id: str
+    rollout: RolloutDoc | None
+    error: str | None
+    progress: RolloutProgressDoc | None
+
+
+def _first_errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3])[
+        :400
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +97,33 @@ class RolloutStore:
         self.sends = store[SCHEDULER_SENDS]
 
     @_mapped
-    async def active_rollouts(self) -> list[tuple[RolloutDoc, RolloutProgressDoc | None]]:
+    async def active_rollouts(self) -> list[Active]:
         """Rollouts not settled: to move on, or stopped with sent executions still open.
 
         Reads every rollout id and the settled ones' ids (both id-only): a rollout the
-        scheduler has never seen has no progress document yet.
+        scheduler has never seen has no progress document yet. A stored definition that
+        does not validate comes back with its error, so that one rollout is aborted and
+        the others still run.
         """
         settled = await self.progress.find({"settled": True}, {"_id": 1}).to_list()
         query = {"_id": {"$nin": [d["_id"] for d in settled]}}
-        docs = [RolloutDoc.model_validate(d) for d in await self.rollouts.find(query).to_list()]
-        progress = await self.progress.find({"_id": {"$in": [d.id for d in docs]}}).to_list()
-        known = {p["_id"]: RolloutProgressDoc.model_validate(p) for p in progress}
-        return [(d, known.get(d.id)) for d in docs]
+        raw = await self.rollouts.find(query).to_list()
+        progress = await self.progress.find({"_id": {"$in": [r["_id"] for r in raw]}}).to_list()
+        known: dict[str, RolloutProgressDoc | None] = {}
+        for p in progress:
+            try:
+                known[p["_id"]] = RolloutProgressDoc.model_validate(p)
+            except ValidationError:
+                known[p["_id"]] = None  # unreadable progress: start again from the spec
+        found = []
+        for r in raw:
+            rid, tenant = str(r["_id"]), str(r.get("tenant_id"))
+            try:
+                doc, error = RolloutDoc.model_validate(r), None
+            except ValidationError as exc:
+                doc, error = None, f"invalid rollout definition: {_first_errors(exc)}"
+            found.append(Active(rid, tenant, doc, error, known.get(rid)))
+        return found
 
     @_mapped
     async def firmware(self, firmware_id: str) -> FirmwareDoc | None:
@@ -100,12 +133,16 @@ class RolloutStore:
         raw = await self.db[FIRMWARE].find_one({"_id": {"$in": ids}})
         if raw is None:
             return None
-        return FirmwareDoc.model_validate({**raw, "_id": str(raw["_id"])})
+        try:
+            return FirmwareDoc.model_validate({**raw, "_id": str(raw["_id"])})
+        except ValidationError as exc:
+            raise RolloutDataError(f"firmware {firmware_id}: {_first_errors(exc)}") from None
 
     @_mapped
     async def save(
         self,
-        rollout: RolloutDoc,
+        rollout_id: str,
+        tenant_id: str,
         token: int,
         progress: RolloutProgress,
         status: RolloutStatus,
@@ -115,8 +152,8 @@ class RolloutStore:
         """Write our view of the rollout unless a newer lease holder wrote first."""
         settled = status.final and progress.open_executions == 0
         doc = RolloutProgressDoc(
-            id=rollout.id,
-            tenant_id=rollout.tenant_id,
+            id=rollout_id,
+            tenant_id=tenant_id,
             status=status,
             progress=progress.model_copy(update={"fence": token}),
             control_rev=control_rev,
@@ -128,7 +165,7 @@ class RolloutStore:
             ROLLOUT_PROGRESS,
             [
                 Update(
-                    {"_id": rollout.id, "progress.fence": {"$not": {"$gt": token}}},
+                    {"_id": rollout_id, "progress.fence": {"$not": {"$gt": token}}},
                     {"$set": fields},
                     upsert=True,
                 )

@@ -138,6 +138,18 @@ async def test_store_applies_a_batch_with_per_write_outcomes(mongo_db) -> None:
     assert await store.server() in (Server.FERRETDB, Server.MONGODB)
 
 
+async def test_store_never_runs_two_writes_of_one_document_at_once(mongo_db) -> None:
+    """FerretDB loses one of two concurrent updates of a document; the store's batches
+    therefore send writes naming the same ``_id`` one after the other."""
+    store = Store(mongo_db)
+    await mongo_db["counters"].insert_many([{"_id": "a", "n": 0}, {"_id": "b", "n": 0}])
+    writes: list[Write] = [Update({"_id": k}, {"$inc": {"n": 1}}) for k in "ab" * 100]
+    result = await store.apply("counters", writes)
+    assert result.modified == 200
+    counted = {d["_id"]: d["n"] for d in await mongo_db["counters"].find().to_list()}
+    assert counted == {"a": 100, "b": 100}
+
+
 def _put(s3: S3Server, key: str, body: bytes) -> None:
     s3.client().put_object(Bucket=s3.bucket, Key=key, Body=body)
 

@@ -11,6 +11,7 @@ import itertools
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from api.settings import ApiSettings
 from api.state import AppState
 from api.store import tenants
 from outpost.settings import MongoSettings, MqttSettings, S3Settings
+from schemas.documents import ROLLOUT_PROGRESS
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +68,19 @@ class Api:
         return token.secret
 
 
+async def scheduler_finished(api: Api, rollout_id: str, status: str) -> None:
+    """Stand in for the scheduler: it ended the rollout with ``status``."""
+    await api.state.db[ROLLOUT_PROGRESS].insert_one(
+        {
+            "_id": rollout_id,
+            "status": status,
+            "settled": True,
+            "progress": {},
+            "updated_at": datetime.now(UTC),
+        }
+    )
+
+
 async def eventually(condition: Callable[[], Any], within: float = 10.0) -> None:
     """Poll ``condition`` until true; TimeoutError after ``within`` seconds."""
     async with asyncio.timeout(within):
@@ -85,4 +100,4 @@ async def api(broker: Any, mongo: Any, s3: Any) -> AsyncIterator[Api]:
         try:
             yield handle
         finally:
-            await handle.state.db.client.drop_database(database)
+            await handle.state.db.db.client.drop_database(database)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
+from datetime import UTC, datetime
 
 import aiomqtt
 import pytest
 
 from api.auth import Role
+from schemas.documents import DEVICE_STATUS
 from tests.integration.api.conftest import Api, eventually
 
 pytestmark = pytest.mark.integration
@@ -169,22 +172,28 @@ async def test_overrides_if_match_and_rollback(api: Api, broker, unique):
         # out of sync, and why: the device never acknowledged, and is offline
         listed = (await http.get("/devices", params={"in_sync": "false"})).json()["items"]
         assert [(d["id"], d["sync"]["reason"]) for d in listed] == [(device_id, "offline")]
-        await api.state.db["devices"].update_one(
-            {"_id": device_id},
-            {
-                "$set": {
-                    "state.config": {"version": 3, "status": "rejected", "error": "bad channel"}
-                }
-            },
-        )
+        await reported(api, device_id, {"version": 3, "status": "rejected", "error": "bad channel"})
         one = (await http.get(f"/devices/{device_id}")).json()["sync"]
         assert one["reason"] == "rejected"
         assert one["error"] == "bad channel"
-        await api.state.db["devices"].update_one(
-            {"_id": device_id}, {"$set": {"state.config": {"version": 3, "status": "applied"}}}
-        )
+        await reported(api, device_id, {"version": 3, "status": "applied"})
         synced = (await http.get("/devices", params={"in_sync": "true"})).json()["items"]
         assert [d["id"] for d in synced] == [device_id]
+
+
+async def reported(api: Api, device_id: str, config: dict) -> None:
+    """Stand in for the bridge: the device's state report with this config ack."""
+    state = {
+        "firmware": "1.0.0",
+        "hardware_model": "ap-1",
+        "config": config,
+        "h": secrets.token_hex(4),
+        "k": "00000000000001.00000000000001",
+        "updated_at": datetime.now(UTC),
+    }
+    await api.state.db[DEVICE_STATUS].update_one(
+        {"_id": device_id}, {"$set": {"state": state}}, upsert=True
+    )
 
 
 async def test_history_is_bounded(broker, mongo, s3, unique):
@@ -212,7 +221,7 @@ async def test_history_is_bounded(broker, mongo, s3, unique):
                 history = (await http.get(f"/devices/{device_id}/config/history")).json()
                 assert [h["version"] for h in history["items"]] == [6, 5, 4]
         finally:
-            await api.state.db.client.drop_database(f"h_{unique}")
+            await api.state.db.db.client.drop_database(f"h_{unique}")
 
 
 async def test_invalid_effective_config_is_refused_with_the_reason(api: Api, unique):

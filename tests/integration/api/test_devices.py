@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 
 import aiomqtt
 import pytest
 
 from api.auth import Role
+from schemas.documents import DEVICE_STATUS
 from tests.integration.api.conftest import Api
 from tests.integration.api.mqtt_clients import DeviceClient, in_thread
 
@@ -143,8 +145,11 @@ async def test_list_filters_sort_and_pagination(api: Api, unique):
                 tags=["even"] if n % 2 == 0 else ["odd"],
                 hardware_model="ap-2" if n == 4 else "ap-1",
             )
-        await api.state.db["devices"].update_one(
-            {"_id": f"d1-{unique}"}, {"$set": {"presence": {"status": "online"}}}
+        await api.state.db[DEVICE_STATUS].insert_one(  # stands in for the bridge
+            {
+                "_id": f"d1-{unique}",
+                "presence": {"status": "online", "since": datetime.now(UTC), "k": "1"},
+            }
         )
         seen, cursor = [], None
         while True:

@@ -9,7 +9,7 @@ import tracemalloc
 import pytest
 
 from api.auth import Role
-from tests.integration.api.conftest import Api
+from tests.integration.api.conftest import Api, scheduler_finished
 
 pytestmark = pytest.mark.integration
 IMAGE_BYTES = 20 * 1024 * 1024
@@ -119,7 +119,7 @@ async def test_duplicate_version_and_delete_in_use(api: Api, s3, unique):
         assert (await http.post(f"/rollouts/{rid}/cancel")).status_code == 200
         # canceling is still active until the scheduler finishes it
         assert (await http.delete(f"/firmware/{fw['id']}")).status_code == 409
-        await api.state.db["rollouts"].update_one({"_id": rid}, {"$set": {"status": "canceled"}})
+        await scheduler_finished(api, rid, "canceled")
         assert (await http.delete(f"/firmware/{fw['id']}")).status_code == 204
         assert (await http.get(f"/firmware/{fw['id']}")).status_code == 404
         listed = s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=f"firmware/t-{unique}/")
@@ -153,4 +153,4 @@ async def test_image_over_the_limit_is_413_and_nothing_is_kept(broker, mongo, s3
                 ok = await http.put(f"/firmware/{fw['id']}/image", content=astream(1000))
                 assert ok.status_code == 200
         finally:
-            await api.state.db.client.drop_database(database)
+            await api.state.db.db.client.drop_database(database)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from api.auth import Role
-from tests.integration.api.conftest import Api
+from tests.integration.api.conftest import Api, scheduler_finished
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,7 @@ async def test_rollout_lifecycle(api: Api, unique):
         assert progress["waves"] == {"1": {"succeeded": 1, "in_progress": 1}}
 
         assert (await http.post(f"/rollouts/{rid}/cancel")).json()["status"] == "canceling"
-        await api.state.db["rollouts"].update_one({"_id": rid}, {"$set": {"status": "canceled"}})
+        await scheduler_finished(api, rid, "canceled")
         assert (await http.post("/rollouts", json=spec)).status_code == 201
         listed = (await http.get("/rollouts")).json()["items"]
         assert len(listed) == 2

@@ -68,8 +68,7 @@ async def test_resync_rebuilds_presence_after_the_status_mirror_was_dropped(
         result = await run_resync(cfg, LOG, idle_s=1.0)
         assert result["modified"] >= 300  # the broker also retains other tests' devices
         docs = {
-            d["_id"]: d
-            for d in await mongo_db[DEVICE_STATUS].find({"_id": {"$in": ids}}).to_list()
+            d["_id"]: d for d in await mongo_db[DEVICE_STATUS].find({"_id": {"$in": ids}}).to_list()
         }
         assert len(docs) == 300
         for n, dev in enumerate(ids):

@@ -41,7 +41,9 @@ def _last_key(seq: int) -> str:
 
 
 async def _converged(db, ids, seq: int) -> bool:
-    done = await db[DEVICE_STATUS].count_documents({"state.k": _last_key(seq), "state.counters.n": seq})
+    done = await db[DEVICE_STATUS].count_documents(
+        {"state.k": _last_key(seq), "state.counters.n": seq}
+    )
     return done == len(ids)
 
 
@@ -92,7 +94,9 @@ async def test_kill_9_mid_flood_then_restart_loses_and_regresses_nothing(
         await pub.flushed(60)
 
         async def writing() -> bool:
-            return await mongo_db[DEVICE_STATUS].count_documents({"state": {"$exists": True}}) >= 100
+            return (
+                await mongo_db[DEVICE_STATUS].count_documents({"state": {"$exists": True}}) >= 100
+            )
 
         await eventually(writing, within=60, what="bridge writing")
         proc.send_signal(signal.SIGKILL)  # mid-batch: part written, nothing acknowledged yet

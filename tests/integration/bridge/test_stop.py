@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from deploy.local import free_port
-from schemas.documents import DEVICE_STATUS, DEVICES
+from schemas.documents import DEVICE_STATUS
 
 from .helpers import (
     Publisher,

@@ -16,12 +16,22 @@ import aiomqtt
 import pytest
 from pymongo import AsyncMongoClient
 
-from outpost.mongo import bulk_write, chunk_size
+from outpost.store import Insert, Store
 from scheduler.claims import Claims
 from scheduler.executor import ExecutorConfig, RolloutExecutor
 from scheduler.metrics import SchedulerMetrics
 from scheduler.publisher import MqttSink, Presigner
 from scheduler.store import RolloutStore
+from schemas.documents import (
+    DEVICE_STATUS,
+    DEVICES,
+    ROLLOUT_PROGRESS,
+    ROLLOUTS,
+    DeviceDoc,
+    RolloutDoc,
+    RolloutProgressDoc,
+)
+from schemas.rollouts import RolloutControl, RolloutSpec, rollout_status
 
 LOG = logging.getLogger("test.scheduler")
 
@@ -39,21 +49,45 @@ async def seed_devices(
     online: bool = True,
     firmware: str = "1.0",
 ) -> None:
-    from pymongo.operations import InsertOne
-
-    docs = [
+    """Registry entries (the api's) and what the devices reported (the bridge's)."""
+    store = Store(db)
+    now = datetime.now(UTC)
+    registry = [
+        DeviceDoc(
+            id=d,
+            tenant_id=tenant,
+            group=group,
+            tags=["ap"],
+            hardware_model="hw1",
+            created_at=now,
+        ).to_mongo()
+        for d in ids
+    ]
+    await store.apply(DEVICES, [Insert(d) for d in registry])
+    status = [
         {
             "_id": d,
             "tenant_id": tenant,
-            "group": group,
-            "tags": ["ap"],
-            "hardware_model": "hw1",
-            "presence": {"status": "online" if online else "offline"},
-            "state": {"firmware": firmware},
+            "presence": {"status": "online" if online else "offline", "since": now, "k": "0"},
+            "state": {
+                "firmware": firmware,
+                "hardware_model": "hw1",
+                "h": "seed",
+                "k": "0",
+                "updated_at": now,
+            },
         }
         for d in ids
     ]
-    await bulk_write(db["devices"], [InsertOne(d) for d in docs], chunk=await chunk_size(db))
+    await store.apply(DEVICE_STATUS, [Insert(d) for d in status])
+
+
+async def set_presence(db, device_id: str, status: str) -> None:
+    """Stand in for the bridge: a device went online or offline."""
+    await db[DEVICE_STATUS].update_one(
+        {"_id": device_id},
+        {"$set": {"presence.status": status, "presence.since": datetime.now(UTC)}},
+    )
 
 
 def seed_firmware_object(s3, key: str, size: int = 4096) -> tuple[bytes, str]:
@@ -73,6 +107,8 @@ async def seed_firmware(db, s3, unique: str, version: str = "2.0") -> dict[str, 
         "sha256": digest,
         "s3_key": key,
         "hardware_models": ["hw1"],
+        "status": "ready",
+        "created_at": datetime.now(UTC),
     }
     await db["firmware"].insert_one(doc)
     return doc
@@ -86,13 +122,21 @@ def rollout_doc(job_id: str, firmware: dict[str, Any], **spec: Any) -> dict[str,
         "grace_period": "PT30S",
     }
     base.update(spec)
-    return {
-        "_id": job_id,
-        "tenant_id": "t1",
-        "status": "running",
-        "created_at": datetime.now(UTC),
-        **base,
-    }
+    return RolloutDoc(
+        id=job_id,
+        tenant_id="t1",
+        spec=RolloutSpec.model_validate(base),
+        created_at=datetime.now(UTC),
+        control=RolloutControl(status="running", rev="r0"),
+    ).to_mongo()
+
+
+async def control(db, job_id: str, status: str) -> None:
+    """Stand in for the api: an admin asked to pause, resume or cancel."""
+    rev = secrets.token_hex(4)
+    await db[ROLLOUTS].update_one(
+        {"_id": job_id}, {"$set": {"control": {"status": status, "rev": rev}}}
+    )
 
 
 def real_clock() -> datetime:
@@ -121,8 +165,8 @@ async def executor(
     async with client:
         metrics = SchedulerMetrics()
         yield RolloutExecutor(
-            RolloutStore(db),
-            Claims(db, holder, clock, LOG),
+            RolloutStore(Store(db)),
+            Claims(Store(db), holder, clock, LOG),
             MqttSink(client),
             Presigner(s3.client(), s3.bucket),
             metrics,
@@ -147,8 +191,22 @@ async def tick_until(
 
 
 async def status_of(db, job_id: str) -> str:
-    doc = await db["rollouts"].find_one({"_id": job_id})
-    return str(doc["status"])
+    """The rollout's status as the api shows it (admin control joined with progress)."""
+    rollout = RolloutDoc.model_validate(await db[ROLLOUTS].find_one({"_id": job_id}))
+    raw = await db[ROLLOUT_PROGRESS].find_one({"_id": job_id})
+    progress = RolloutProgressDoc.model_validate(raw) if raw else None
+    return rollout_status(
+        rollout.spec,
+        rollout.control,
+        progress.status if progress else None,
+        progress.control_rev if progress else None,
+        datetime.now(UTC),
+    ).value
+
+
+async def progress_of(db, job_id: str) -> dict[str, Any]:
+    raw = await db[ROLLOUT_PROGRESS].find_one({"_id": job_id})
+    return (raw or {}).get("progress") or {}
 
 
 @pytest.fixture

@@ -99,21 +99,22 @@ class FakeFleet:
         """Write what the bridge records for a job status message."""
         key = order_key_str(OrderKey(session=1, seq=next(self._seq)))
         now = datetime.now(UTC)
-        await self.db["job_executions"].update_one(
+        await self.db["job_reports"].update_one(
             {"_id": execution_id(got.job_id, device)},
             {
                 "$set": {
-                    "report": {
-                        "status": status,
-                        "k": key,
-                        "updated_at": now,
-                        "firmware": got.version if status == "succeeded" else None,
-                    }
+                    "job_id": got.job_id,
+                    "device_id": device,
+                    "status": status,
+                    "k": key,
+                    "updated_at": now,
+                    "firmware": got.version if status == "succeeded" else None,
                 }
             },
+            upsert=True,
         )
         if status == "succeeded":
-            await self.db["devices"].update_one(
+            await self.db["device_status"].update_one(
                 {"_id": device}, {"$set": {"state.firmware": got.version}}
             )
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from datetime import time
+from datetime import UTC, datetime, time
 
 import pytest
 
 from api.store import rollouts as api_rollouts
 from device.sim.fleet import Broker, Fleet, FleetOptions
+from outpost.store import Store
+from schemas.documents import DeviceDoc
 from schemas.rollouts import MaintenanceWindow, RolloutSchedule, RolloutSpec
 from tests.integration.bridge.helpers import running_bridge
 from tests.integration.bridge.helpers import settings as bridge_settings
@@ -44,14 +46,16 @@ async def test_rollout_through_bridge_and_simulated_fleet(db, broker, mongo, s3,
         reconnect_base=0.2,
         reconnect_cap=1.0,
     )
+    now = datetime.now(UTC)
     await db["devices"].insert_many(
         [
-            {
-                "_id": options.device_id(i),
-                "tenant_id": "t1",
-                "group": "g1",
-                "hardware_model": "sim-ap",
-            }
+            DeviceDoc(
+                id=options.device_id(i),
+                tenant_id="t1",
+                group="g1",
+                hardware_model="sim-ap",
+                created_at=now,
+            ).to_mongo()
             for i in range(N)
         ]
     )
@@ -76,13 +80,14 @@ async def test_rollout_through_bridge_and_simulated_fleet(db, broker, mongo, s3,
 
         await tick_until(ex, done, limit_s=120)
         stats = fleet.stats
-    assert await status_of(db, job) == "completed"
     execs = await db["job_executions"].find({"job_id": job}).to_list(None)
+    assert await status_of(db, job) == "completed"
     assert Counter(e["status"] for e in execs) == {"succeeded": N}
     assert {e["attempt"] for e in execs} == {1}
     assert stats.jobs_succeeded == N
     assert stats.jobs_failed == 0
-    devices = await db["devices"].find({"_id": {"$regex": f"^e{unique}-"}}).to_list(None)
+    devices = await db["device_status"].find({"_id": {"$regex": f"^e{unique}-"}}).to_list(None)
+    assert len(devices) == N
     assert {d["state"]["firmware"] for d in devices} == {"2.0.0"}
 
 
@@ -105,14 +110,14 @@ async def test_rollout_created_by_the_api_store_is_run_as_stored(db, broker, s3,
             ),
         }
     )
-    doc = await api_rollouts.create(db, "t1", spec, actor="test")
+    doc = await api_rollouts.create(Store(db), "t1", spec, actor="test")
     fleet = FakeFleet(db, prefix, download=False)
     async with running(fleet, broker), executor(db, broker, s3) as ex:
 
         async def done() -> bool:
-            return await status_of(db, doc["_id"]) == "completed"
+            return await status_of(db, doc.id) == "completed"
 
         await tick_until(ex, done, limit_s=60)
-    execs = await db["job_executions"].find({"job_id": doc["_id"]}).to_list(None)
+    execs = await db["job_executions"].find({"job_id": doc.id}).to_list(None)
     assert Counter(e["wave"] for e in execs) == {1: 3, 2: 3}
     assert all(len(fleet.commands[d]) == 1 for d in ids)

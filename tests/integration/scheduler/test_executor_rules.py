@@ -7,11 +7,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.integration.scheduler.conftest import (
+    control,
     device_ids,
     executor,
+    progress_of,
     rollout_doc,
     seed_devices,
     seed_firmware,
+    set_presence,
     status_of,
     tick_until,
 )
@@ -94,7 +97,7 @@ async def test_exponential_rate_grows_with_notified_devices(db, broker, s3, uniq
 async def test_offline_device_waits_and_is_sent_when_back(db, broker, s3, unique, prefix):
     ids, _ = await setup(db, s3, unique, prefix, 3, success={"min_success_percent": 0})
     away = ids[0]
-    await db["devices"].update_one({"_id": away}, {"$set": {"presence.status": "offline"}})
+    await set_presence(db, away, "offline")
     clock = FakeClock()
     fleet = FakeFleet(db, prefix, download=False, behaviour=dict.fromkeys(ids, SILENT))
     async with running(fleet, broker), executor(db, broker, s3, clock=clock) as ex:
@@ -106,7 +109,7 @@ async def test_offline_device_waits_and_is_sent_when_back(db, broker, s3, unique
         ex_doc = await db["job_executions"].find_one({"device_id": away})
         assert ex_doc["status"] == "queued"
         assert ex_doc["tries"] >= 2
-        await db["devices"].update_one({"_id": away}, {"$set": {"presence.status": "online"}})
+        await set_presence(db, away, "online")
         clock.now += timedelta(minutes=3)  # past the capped backoff
         await tick_until(ex, lambda: _count(fleet, 3))
     assert [r.execution for r in fleet.commands[away]] == [1]
@@ -121,14 +124,14 @@ async def test_pause_resume_and_cancel_take_effect_at_the_next_tick(db, broker, 
     async with running(fleet, broker), executor(db, broker, s3, clock=clock) as ex:
         await ex.tick()
         assert await sent_in_db(db, job) == 5
-        await db["rollouts"].update_one({"_id": job}, {"$set": {"status": "paused"}})
+        await control(db, job, "paused")
         clock.now += timedelta(minutes=1)
         await ex.tick()
         assert await sent_in_db(db, job) == 5
-        await db["rollouts"].update_one({"_id": job}, {"$set": {"status": "running"}})
+        await control(db, job, "running")
         await ex.tick()
         assert await sent_in_db(db, job) == 10
-        await db["rollouts"].update_one({"_id": job}, {"$set": {"status": "canceling"}})
+        await control(db, job, "canceled")
         clock.now += timedelta(minutes=1)
         await ex.tick()
         await ex.tick()
@@ -165,12 +168,11 @@ async def test_invalid_rollout_or_missing_firmware_aborts_with_a_reason(
         await ex.tick()
         await ex.tick()
         rejected = ex.metrics.rejected.labels("rollout")._value.get()
-    bad = await db["rollouts"].find_one({"_id": f"bad-{unique}"})
+    bad = await db["rollout_progress"].find_one({"_id": f"bad-{unique}"})
     assert bad["status"] == "aborted"
     assert "invalid rollout definition" in bad["progress"]["reason"]
-    good = await db["rollouts"].find_one({"_id": job})
-    assert good["status"] == "aborted"
-    assert "not found" in good["progress"]["reason"]
+    assert await status_of(db, job) == "aborted"
+    assert "not found" in (await progress_of(db, job))["reason"]
     assert rejected == 2
     assert await sent_in_db(db, job) == 0
     assert len(ids) == 2

@@ -58,7 +58,7 @@ async def test_offline_mail_once_per_incident_then_one_recovery(db, smtp, prefix
     now = datetime.now(UTC)
     long_ago, recently = now - timedelta(minutes=30), now - timedelta(minutes=2)
     a, b = device_ids(prefix, 2)
-    await db["devices"].insert_many(
+    await db["device_status"].insert_many(
         [
             {"_id": a, "tenant_id": "t1", "presence": {"status": "offline", "since": long_ago}},
             {"_id": b, "tenant_id": "t1", "presence": {"status": "offline", "since": recently}},
@@ -69,13 +69,13 @@ async def test_offline_mail_once_per_incident_then_one_recovery(db, smtp, prefix
     assert await n.run(now + timedelta(seconds=30)) == 0  # debounced: same incident
     assert sink.subjects() == [f"[outpost] device {a} offline"]
     assert sink.mails[0][0] == ["ops@example.test"]
-    await db["devices"].update_one({"_id": a}, {"$set": {"presence.status": "online"}})
+    await db["device_status"].update_one({"_id": a}, {"$set": {"presence.status": "online"}})
     assert await n.run(now + timedelta(minutes=1)) == 1
     assert await n.run(now + timedelta(minutes=2)) == 0
     assert sink.subjects()[-1] == f"[outpost] device {a} back online"
     # a new offline spell is a new incident
     again = now + timedelta(minutes=3)
-    await db["devices"].update_one(
+    await db["device_status"].update_one(
         {"_id": a}, {"$set": {"presence": {"status": "offline", "since": again}}}
     )
     assert await n.run(again + timedelta(minutes=11)) == 2  # a again, and b by now
@@ -86,7 +86,7 @@ async def test_many_devices_dropping_at_once_get_one_digest(db, smtp, prefix):
     controller, sink = smtp
     now = datetime.now(UTC)
     ids = device_ids(prefix, 30)
-    await db["devices"].insert_many(
+    await db["device_status"].insert_many(
         [
             {
                 "_id": d,
@@ -103,7 +103,7 @@ async def test_many_devices_dropping_at_once_get_one_digest(db, smtp, prefix):
 
 async def test_finished_and_aborted_rollouts_are_mailed_once(db, smtp, unique):
     controller, sink = smtp
-    await db["rollouts"].insert_many(
+    await db["rollout_progress"].insert_many(
         [
             {"_id": f"r1-{unique}", "tenant_id": "t1", "status": "completed"},
             {

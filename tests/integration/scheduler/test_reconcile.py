@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from deploy.local import Mosquitto, free_port
 from deploy.local.process import port_is_free
 from outpost.settings import HttpSettings, MongoSettings, MqttSettings, S3Settings
+from outpost.store import Store
 from scheduler.config import SchedulerSettings
 from scheduler.publisher import MqttSink
 from scheduler.reconcile import RECONCILE, ReconcilePolicy, Reconciler
@@ -40,18 +41,26 @@ async def seed(db, ids: list[str], *, applied: int, desired: int = 2) -> None:
                 "_id": d,
                 "tenant_id": "t1",
                 "desired_config": {"version": desired, "hash": "a" * 64, "updated_at": OLD},
+            }
+        )
+        await db["device_status"].insert_one(
+            {
+                "_id": d,
+                "tenant_id": "t1",
                 "state": {"config": {"version": applied, "status": "applied"}},
                 "presence": {"status": "online", "since": OLD - timedelta(hours=1)},
             }
         )
         await db["device_configs"].insert_one(
             {
-                "_id": f"{d}:{desired:010d}:aaaa",
+                "_id": f"{d}:{desired:010d}",
                 "tenant_id": "t1",
                 "device_id": d,
                 "version": desired,
                 "hash": config_hash(CONFIG),
                 "created_at": OLD,
+                "actor": "test",
+                "cause": "test",
                 "config": json.dumps(CONFIG.model_dump(mode="json")),
             }
         )
@@ -99,7 +108,7 @@ async def test_lagging_config_is_republished_then_applied_and_capped(db, broker,
     await seed(db, ids, applied=1)
     policy = ReconcilePolicy(lag=timedelta(minutes=5), retry_after=timedelta(0), max_attempts=3)
     async with mqtt(broker, f"rec-{prefix}") as client:
-        rec = Reconciler(db, MqttSink(client), LOG, policy)
+        rec = Reconciler(Store(db), MqttSink(client), LOG, policy)
         now = datetime.now(UTC)
         assert await rec.run(now) >= 3
         got = await retained_configs(broker, prefix, 3)
@@ -107,7 +116,7 @@ async def test_lagging_config_is_republished_then_applied_and_capped(db, broker,
         assert got[ids[0]]["config"] == CONFIG.model_dump(mode="json", exclude_none=True)
         # two devices apply it; the third never does
         for d in ids[:2]:
-            await db["devices"].update_one({"_id": d}, {"$set": {"state.config.version": 2}})
+            await db["device_status"].update_one({"_id": d}, {"$set": {"state.config.version": 2}})
         counts = [await rec.run(now + timedelta(seconds=i)) for i in range(1, 5)]
     mine = {r["_id"]: r for r in await db[RECONCILE].find({"_id": {"$in": ids}}).to_list(None)}
     assert mine[ids[2]]["attempts"] == 3  # capped: not hammered

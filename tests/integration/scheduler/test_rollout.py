@@ -15,6 +15,7 @@ from scheduler.executor import ExecutorConfig
 from tests.integration.scheduler.conftest import (
     device_ids,
     executor,
+    progress_of,
     rollout_doc,
     seed_devices,
     seed_firmware,
@@ -101,8 +102,7 @@ async def test_thirty_percent_failing_aborts_at_threshold_and_sends_no_more(
         for _ in range(3):  # more ticks after that change nothing
             await ex.tick()
     assert await status_of(db, job) == "aborted"
-    rollout = await db["rollouts"].find_one({"_id": job})
-    assert "failed" in rollout["progress"]["reason"]
+    assert "failed" in (await progress_of(db, job))["reason"]
     assert sent_at_abort == 20  # the first wave only: its 6 failures (30%) passed 20%
     assert sum(len(v) for v in fleet.commands.values()) == sent_at_abort
     execs = await db["job_executions"].find({"job_id": job}).to_list(None)
@@ -151,14 +151,9 @@ async def _final(db, job: str) -> bool:
 
 
 async def _settled(db, job: str) -> bool:
-    doc = await db["rollouts"].find_one({"_id": job})
-    return (
-        doc["progress"].get("open_executions") == 0
-        and await db["job_executions"].count_documents(
-            {"job_id": job, "status": {"$in": ["queued", "in_progress"]}}
-        )
-        == 0
-    )
+    return (await progress_of(db, job)).get("open_executions") == 0 and await db[
+        "job_executions"
+    ].count_documents({"job_id": job, "status": {"$in": ["queued", "in_progress"]}}) == 0
 
 
 async def _received(fleet: FakeFleet, ids: list[str]) -> bool:
@@ -174,8 +169,16 @@ async def test_takeover_resends_only_unconfirmed_commands_the_device_did_not_ans
     fw = await seed_firmware(db, s3, unique)
     job = f"job-{unique}"
     t0 = datetime.now(UTC) - timedelta(seconds=60)
-    await db["rollouts"].insert_one(
-        {**rollout_doc(job, fw), "progress": {"wave": 1, "wave_started_at": t0, "fence": 1}}
+    await db["rollouts"].insert_one(rollout_doc(job, fw))
+    await db["rollout_progress"].insert_one(
+        {
+            "_id": job,
+            "tenant_id": "t1",
+            "status": "running",
+            "progress": {"wave": 1, "wave_started_at": t0, "fence": 1},
+            "control_rev": "r0",
+            "updated_at": t0,
+        }
     )
     await db["scheduler_claims"].insert_one(
         {
@@ -219,9 +222,15 @@ async def test_takeover_resends_only_unconfirmed_commands_the_device_did_not_ans
                 "published_at": None,
             }
         )
-    await db["job_executions"].update_one(  # the bridge recorded the device's answer
-        {"_id": f"{job}:{answered}"},
-        {"$set": {"report": {"status": "downloading", "k": "1", "updated_at": t0}}},
+    await db["job_reports"].insert_one(  # the bridge recorded the device's answer
+        {
+            "_id": f"{job}:{answered}",
+            "job_id": job,
+            "device_id": answered,
+            "status": "downloading",
+            "k": "1",
+            "updated_at": t0,
+        }
     )
     fleet = FakeFleet(db, prefix, download=False, behaviour={answered: "silent", silent: "silent"})
     async with running(fleet, broker), executor(db, broker, s3) as ex:

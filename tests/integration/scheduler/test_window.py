@@ -48,14 +48,7 @@ async def test_outside_the_window_on_the_dst_night_nothing_is_sent(db, broker, s
         clock.now = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # 03:30 CEST: inside
         await tick_until(ex, lambda: _all_received(fleet, ids), limit_s=30)
         clock.now = datetime(2026, 3, 29, 2, 0, tzinfo=UTC)  # 04:00 CEST: closed again
-        await db["devices"].insert_one(
-            {
-                "_id": f"{prefix}-late",
-                "tenant_id": "t1",
-                "group": "g1",
-                "presence": {"status": "online"},
-            }
-        )
+        await seed_devices(db, [f"{prefix}-late"])
         for _ in range(3):
             await ex.tick()
     assert f"{prefix}-late" not in fleet.commands
