@@ -1,11 +1,18 @@
-"""Admin writes to a device the bridge is writing at the same time survive, and so do the
-bridge's.
+"""Admins, the bridge and the scheduler write the same devices at once; nothing is lost.
 
-On FerretDB an update undoes a concurrent update of the same document (outpost.mongo);
-measured before the read-back: 32 to 36 of 40 admin writes lost. Here the bridge's own
-writer (decode, plan, MongoSink: the code ``outpost bridge`` runs, minus MQTT) stores
-a new presence of the device continuously while an operator patches its tags and moves
-its config through the api. On MongoDB the same test checks the plain path.
+FerretDB v1 loses one of two concurrent updates of one document (outpost/store.py). The
+storage rules make that harmless without reading anything back: each service writes only
+documents of its own (the api ``devices``, the bridge ``device_status`` and
+``job_reports``, the scheduler ``job_executions`` and ``rollout_progress``), and the
+api's concurrent requests on one device take turns through revision locks
+(api/store/revisions.py). Here, on the same devices and at the same time:
+
+- four operators per device, in loops: three patch its tags, one changes its config
+  (If-Match);
+- a flood of presence, state and job status messages goes through the real bridge;
+- the scheduler runs a rollout to all of them.
+
+Every write each of them made must be in the database at the end.
 """
 
 from __future__ import annotations
@@ -13,134 +20,180 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from datetime import UTC, datetime
+from collections import Counter
 
 import pytest
 
 from api.auth import Role
-from bridge.batch import plan, with_known
-from bridge.inbound import Inbound
-from bridge.mongo_sink import MongoSink
-from outpost.mongo import is_ferretdb
-from schemas.documents import order_key_str
+from schemas.documents import (
+    DEVICE_CONFIGS,
+    DEVICE_STATUS,
+    DEVICES,
+    JOB_EXECUTIONS,
+    JOB_REPORTS,
+    order_key_str,
+)
 from schemas.protocol import OrderKey
 from tests.integration.api.conftest import Api
+from tests.integration.bridge.helpers import (
+    Publisher,
+    eventually,
+    presence_payload,
+    running_bridge,
+    settings,
+    state_payload,
+)
+from tests.integration.scheduler.conftest import executor
 
 pytestmark = pytest.mark.integration
-ADMINS = 8  # concurrent patch loops: enough that unverified bridge writes get lost
 LOG = logging.getLogger("test.concurrent")
+DEVICES_N = 8
+ROUNDS = 30  # bridge messages per device
+EDITS = 6  # tag patches (per tagger) and config changes per device
+TAGGERS = 3
+CHANNELS = (1, 6, 11)
 
 
-def _presence(device_id: str, seq: int) -> Inbound:
+def _job_status(device: str, job: str, seq: int, progress: float) -> bytes:
     body = {
         "v": 1,
-        "device_id": device_id,
+        "device_id": device,
+        "job_id": job,
         "key": {"session": 1, "seq": seq},
-        "status": "online" if seq % 2 else "offline",
+        "status": "downloading",
+        "progress": progress,
     }
-    return Inbound(
-        f"devices/{device_id}/presence",
-        json.dumps(body).encode(),
-        seq,
-        1,
-        True,
-        1,
-        datetime.now(UTC),
-        time.monotonic(),
-    )
+    return json.dumps(body).encode()
 
 
-async def test_admin_and_bridge_writes_to_one_device_both_survive(api: Api, unique):
-    db = api.state.db
-    device_id = f"busy-{unique}"
-    token = await api.token(f"t-{unique}", Role.OPERATOR)
-    # The bridge here does not read its writes back: it writes as fast as it can.
-    sink = MongoSink(db, chunk=24, dead_letter_cap=10, verify_rounds=0)
-    stop = asyncio.Event()
-    bridge_writes, last_seq = [0], [0]
+async def _tagger(http, name: str, ids: list[str], done: list[tuple[str, list[str]]]) -> None:
+    for n in range(EDITS):
+        for device in ids:
+            tags = [f"{name}-{n}"]
+            patched = await http.patch(f"/devices/{device}", json={"tags": tags})
+            assert patched.status_code == 200, patched.text
+            done.append((device, tags))
 
-    async def bridge() -> None:
-        while not stop.is_set():
-            last_seq[0] += 1
-            counts = await sink.write(
-                with_known(plan([_presence(device_id, last_seq[0])]), {device_id})
+
+async def _configurer(http, ids: list[str], versions: Counter[str]) -> None:
+    for n in range(EDITS):
+        for device in ids:
+            current = await http.get(f"/devices/{device}/config")
+            channel = CHANNELS[(n + 1) % len(CHANNELS)]
+            changed = await http.put(
+                f"/devices/{device}/config/overrides",
+                headers={"If-Match": current.headers["ETag"]},
+                json={"overrides": {"radios": {"2.4GHz": {"channel": channel}}}},
             )
-            bridge_writes[0] += counts.modified
-
-    async with api.client(token) as http:
-        await http.post(
-            "/groups", json={"name": "g", "template": {"country": "US", "radios": {"2.4GHz": {}}}}
-        )
-        created = await http.post(
-            "/devices", json={"id": device_id, "hardware_model": "ap-1", "group": "g"}
-        )
-        assert created.status_code == 201, created.text
-        writer = asyncio.create_task(bridge())
-        lost_tags, versions = [], []
-        try:
-            for i in range(12):
-                before = bridge_writes[0]
-                patched = await http.patch(f"/devices/{device_id}", json={"tags": [f"t{i}"]})
-                assert patched.status_code == 200, patched.text
-                await asyncio.sleep(0.3)  # the bridge goes on writing meanwhile
-                stored = await db["devices"].find_one({"_id": device_id})
-                if stored.get("tags") != [f"t{i}"]:
-                    lost_tags.append(i)
-                assert bridge_writes[0] > before  # the two really wrote at the same time
-            assert lost_tags == []
-            for i in range(1, 5):
-                moved = await http.put(
-                    f"/devices/{device_id}/config/overrides",
-                    headers={"If-Match": str(i)},
-                    json={"overrides": {"radios": {"2.4GHz": {"channel": i}}}},
-                )
-                assert moved.status_code == 200, moved.text
-                versions.append(moved.json()["version"])
-                await asyncio.sleep(0.3)
-                stored = await db["devices"].find_one({"_id": device_id})
-                assert stored["desired_config"]["version"] == versions[-1]
-        finally:
-            stop.set()
-            await writer
-        assert versions == [2, 3, 4, 5]
-    last = await db["devices"].find_one({"_id": device_id})
-    assert last["presence"]["k"] == order_key_str(OrderKey(session=1, seq=last_seq[0]))
+            assert changed.status_code == 200, changed.text
+            assert changed.json()["changed"]
+            versions[device] += 1
 
 
-async def test_bridge_writes_survive_an_admin_patching_the_device_continuously(api: Api, unique):
+async def test_admins_bridge_and_scheduler_on_the_same_devices_lose_no_write(
+    api: Api, broker, mongo, s3, unique
+):
     db = api.state.db
-    device_id = f"busy2-{unique}"
+    ids = [f"busy-{unique}-{i}" for i in range(DEVICES_N)]
     token = await api.token(f"t-{unique}", Role.OPERATOR)
-    ferret = await is_ferretdb(db)
-    sink = MongoSink(db, chunk=24, dead_letter_cap=10, verify_rounds=5 if ferret else 0)
-    stop = asyncio.Event()
-    patches = [0]
-
     async with api.client(token) as http:
-        created = await http.post("/devices", json={"id": device_id, "hardware_model": "ap-1"})
-        assert created.status_code == 201, created.text
+        group = {"name": "g", "template": {"country": "US", "radios": {"2.4GHz": {}}}}
+        assert (await http.post("/groups", json=group)).status_code == 201
+        for device in ids:
+            body = {"id": device, "hardware_model": "ap-1", "group": "g"}
+            assert (await http.post("/devices", json=body)).status_code == 201
+        fw = await http.post("/firmware", json={"version": "2.0.0", "hardware_models": ["ap-1"]})
+        fw_id = fw.json()["id"]
+        uploaded = await http.put(f"/firmware/{fw_id}/image", content=b"\x7fimage" * 100)
+        assert uploaded.status_code == 200, uploaded.text
+        rollout = await http.post(
+            "/rollouts",
+            json={
+                "firmware": {"id": fw_id, "version": "2.0.0"},
+                "target": {"group": "g"},
+                "waves": {"kind": "fixed", "size": DEVICES_N},
+                "in_progress_timeout": "PT1H",
+            },
+        )
+        assert rollout.status_code == 201, rollout.text
+        job = rollout.json()["id"]
 
-        async def admin() -> None:
-            while not stop.is_set():
-                patches[0] += 1
-                patched = await http.patch(
-                    f"/devices/{device_id}", json={"tags": [f"t{patches[0]}"]}
-                )
-                assert patched.status_code == 200, patched.text
-
-        writers = [asyncio.create_task(admin()) for _ in range(ADMINS)]
-        lost = []
+        pub = Publisher(broker, f"p{unique}")
+        tags_written: list[tuple[str, list[str]]] = []
+        configs_written: Counter[str] = Counter()
         try:
-            for seq in range(1, 21):
-                before = patches[0]
-                await sink.write(with_known(plan([_presence(device_id, seq)]), {device_id}))
-                await asyncio.sleep(0.3)  # the admin goes on patching meanwhile
-                stored = await db["devices"].find_one({"_id": device_id})
-                if stored["presence"]["k"] != order_key_str(OrderKey(session=1, seq=seq)):
-                    lost.append(seq)
-                assert patches[0] > before
+            async with (
+                running_bridge(settings(broker, mongo.url, db.db.name, unique)),
+                executor(db.db, broker, s3) as scheduler,
+            ):
+                for device in ids:
+                    pub.publish(
+                        f"devices/{device}/presence", presence_payload(device, 1, 1, "online")
+                    )
+
+                async def flood() -> None:
+                    for seq in range(2, ROUNDS + 2):
+                        for device in ids:
+                            payload = state_payload(device, 1, seq, n=seq)
+                            pub.publish(f"devices/{device}/state", payload)
+                        await asyncio.sleep(0.02)
+
+                async def schedule() -> None:
+                    while (
+                        await db[JOB_EXECUTIONS].count_documents(
+                            {"job_id": job, "sent_at": {"$ne": None}}
+                        )
+                        < DEVICES_N
+                    ):
+                        await scheduler.tick()
+                        await asyncio.sleep(0.1)
+
+                async with asyncio.TaskGroup() as writers:
+                    writers.create_task(flood(), name="bridge flood")
+                    writers.create_task(schedule(), name="scheduler")
+                    for t in range(TAGGERS):
+                        tagger = _tagger(http, f"a{t}", ids, tags_written)
+                        writers.create_task(tagger, name=f"tagger {t}")
+                    writers.create_task(_configurer(http, ids, configs_written), name="config")
+                last = ROUNDS + 2
+                for device in ids:  # the devices answer the job commands they received
+                    pub.publish(
+                        f"devices/{device}/jobs/{job}/status", _job_status(device, job, last, 40)
+                    )
+                await pub.flushed(30)
+
+                async def reported() -> bool:
+                    return await db[JOB_REPORTS].count_documents({"job_id": job}) == DEVICES_N
+
+                await eventually(reported, within=30, what="every job report stored")
         finally:
-            stop.set()
-            await asyncio.gather(*writers)
-        assert lost == []
+            pub.close()
+
+    # the bridge's writes: the newest state and job report of every device
+    statuses = {d["_id"]: d for d in await db[DEVICE_STATUS].find({"_id": {"$in": ids}}).to_list()}
+    assert {d: s["state"]["counters"] for d, s in statuses.items()} == {
+        d: {"n": ROUNDS + 1} for d in ids
+    }
+    newest = order_key_str(OrderKey(session=1, seq=ROUNDS + 1))
+    assert {s["state"]["k"] for s in statuses.values()} == {newest}
+    assert {s["presence"]["status"] for s in statuses.values()} == {"online"}
+    reports = await db[JOB_REPORTS].find({"job_id": job}).to_list()
+    assert {r["progress"] for r in reports} == {40}
+
+    # the api's writes: every revision landed, in order, none lost or applied twice
+    registry = {d["_id"]: d for d in await db[DEVICES].find({"_id": {"$in": ids}}).to_list()}
+    assert len(tags_written) == DEVICES_N * TAGGERS * EDITS
+    for device in ids:
+        doc = registry[device]
+        assert doc["tags"] in [tags for d, tags in tags_written if d == device]
+        assert doc["desired_config"]["version"] == 1 + configs_written[device] == 1 + EDITS
+        # registration (0), its group config (1), then one revision per admin write: a
+        # lost update (two writers of one revision) would leave it lower
+        assert doc["rev"] == 1 + TAGGERS * EDITS + EDITS
+    history = await db[DEVICE_CONFIGS].count_documents({"device_id": {"$in": ids}})
+    assert history == DEVICES_N * (1 + EDITS)
+
+    # the scheduler's writes: one sent execution per device
+    executions = await db[JOB_EXECUTIONS].find({"job_id": job}).to_list()
+    assert sorted(e["device_id"] for e in executions) == sorted(ids)
+    assert all(e["sent_at"] is not None and e["attempt"] == 1 for e in executions)

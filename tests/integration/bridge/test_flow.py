@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 
 import pytest
 
@@ -134,3 +136,36 @@ async def test_last_will_marks_offline_and_reconnect_online(broker, mongo, mongo
     pub.publish(f"devices/{dev}/presence", b"", retain=True)  # other tests' bridges read it
     await pub.flushed(10)
     pub.close()
+
+
+async def test_repeated_identical_state_refreshes_last_seen_at_most_once_per_interval(
+    broker, mongo, mongo_db, unique
+):
+    dev = f"d{unique}-same"
+    await _devices(mongo_db, [dev])
+    pub = Publisher(broker, f"p{unique}")
+    cfg = settings(broker, mongo.url, mongo_db.name, unique, state_refresh_s=1.0)
+    try:
+        async with running_bridge(cfg) as (_, metrics):
+            pub.publish(f"devices/{dev}/state", state_payload(dev, 1, 1, n=1, uptime_s=1))
+            await pub.flushed(10)
+            await eventually(lambda: _acked(metrics, 1), within=10, what="first state")
+            first = await mongo_db[DEVICE_STATUS].find_one({"_id": dev})
+            writes = metrics.value("outpost_bridge_db_writes_total")
+            began = time.monotonic()
+            # the same content every 0.1 s for 3 s: 30 messages
+            for seq in range(2, 32):
+                pub.publish(f"devices/{dev}/state", state_payload(dev, 1, seq, n=1, uptime_s=seq))
+                await asyncio.sleep(0.1)
+            await pub.flushed(10)
+            await eventually(lambda: _acked(metrics, 31), within=10, what="all acked")
+            elapsed = time.monotonic() - began
+            refreshed = metrics.value("outpost_bridge_db_writes_total") - writes
+            last = await mongo_db[DEVICE_STATUS].find_one({"_id": dev})
+    finally:
+        pub.close()
+    # at most one write per started second of repeats (not 30), and at least one
+    assert 1 <= refreshed <= math.ceil(elapsed) + 1
+    assert last["last_seen"] > first["last_seen"]
+    assert last["state"]["uptime_s"] > 20  # a refresh carries the newest uptime
+    assert last["state"]["h"] == first["state"]["h"]
