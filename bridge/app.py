@@ -38,7 +38,7 @@ class Settings:
 @contextlib.asynccontextmanager
 async def open_writer(
     settings: Settings, metrics: BridgeMetrics, logger: logging.Logger
-) -> AsyncIterator[tuple[Writer, MongoSink]]:
+) -> AsyncIterator[Writer]:
     client = store.client(settings.mongo, serverSelectionTimeoutMS=2000)
     try:
         b = settings.bridge
@@ -49,7 +49,7 @@ async def open_writer(
         )
         devices = KnownIds(sink.devices, unknown_ttl=b.unknown_ttl_s)
         executions = KnownIds(sink.executions, unknown_ttl=b.unknown_ttl_s)
-        yield Writer(sink, devices, executions, metrics, logger), sink
+        yield Writer(sink, devices, executions, metrics, logger)
     finally:
         await client.close()
 
@@ -76,7 +76,7 @@ async def run_bridge(
     subs = [subscription(c, b.share_group) for c in BRIDGE_CHANNELS]
     client_id = f"{settings.mqtt.client_id_prefix}-bridge-{b.instance}"
     async with (
-        open_writer(settings, metrics, logger) as (writer, _sink),
+        open_writer(settings, metrics, logger) as writer,
         MqttSource(
             settings.mqtt,
             client_id=client_id,
@@ -136,7 +136,7 @@ async def run_resync(
     metrics = metrics or BridgeMetrics()
     client_id = f"{settings.mqtt.client_id_prefix}-resync-{secrets.token_hex(4)}"
     async with (
-        open_writer(settings, metrics, logger) as (writer, sink),
+        open_writer(settings, metrics, logger) as writer,
         MqttSource(
             settings.mqtt,
             client_id=client_id,

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bridge.decode import Accepted, Rejection, decode, slot
-from bridge.inbound import Inbound
+from bridge.decode import Accepted, Rejection, slot
 from outpost.store import Document, Insert, Update
 from schemas.documents import DEVICE_STATUS, JOB_REPORTS, execution_id, order_key_str
 from schemas.protocol import (
@@ -45,6 +44,7 @@ __all__ = [
     "stored_field",
     "target",
     "update_op",
+    "value",
     "with_known",
 ]
 
@@ -101,19 +101,13 @@ def split_unknown(
     return keep, unknown
 
 
-def plan(batch: Sequence[Inbound]) -> Plan:
-    """Decode a batch; unknown devices and jobs are decided later (they need the database)."""
-    accepted: list[Accepted] = []
-    rejections: list[Rejection] = []
-    for inbound in batch:
-        result = decode(inbound)
-        if isinstance(result, Accepted):
-            accepted.append(result)
-        else:
-            rejections.append(result)
+def plan(decoded: Sequence[Accepted | Rejection]) -> Plan:
+    """Split a decoded batch; unknown devices and jobs are decided later (they need the
+    database)."""
+    accepted = [d for d in decoded if isinstance(d, Accepted)]
     return Plan(
         writes=tuple(accepted),
-        rejections=tuple(rejections),
+        rejections=tuple(d for d in decoded if isinstance(d, Rejection)),
         accepted=len(accepted),
         device_ids=frozenset(a.device_id for a in accepted),
         execution_ids=frozenset(e for a in accepted if (e := _execution(a))),
@@ -180,7 +174,7 @@ def needed(item: Accepted, stored: Mapping[str, Any] | None, refresh_before: dat
     return not isinstance(updated, datetime) or updated < refresh_before
 
 
-def _value(item: Accepted) -> Document:
+def value(item: Accepted) -> Document:
     """What the message stores: the presence or state sub-document, or the job report."""
     message, at = item.message, item.inbound.received_at
     k = order_key_str(message.key)
@@ -212,8 +206,8 @@ def _value(item: Accepted) -> Document:
 def _fields(item: Accepted) -> Document:
     name = stored_field(item)
     if not name:
-        return _value(item)
-    return {name: _value(item), "last_seen": item.inbound.received_at}
+        return value(item)
+    return {name: value(item), "last_seen": item.inbound.received_at}
 
 
 def insert_op(item: Accepted, tenant_id: str | None) -> Insert:

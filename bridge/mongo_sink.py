@@ -4,9 +4,11 @@ The bridge writes only its own documents (:mod:`schemas.documents`): ``device_st
 (presence, state, last seen), ``job_reports`` and ``dead_letters``. A batch is written in
 two rounds at most:
 
-1. a pre-read of the batch's documents (one query per collection) drops what is already
-   stored (replays, repeats); a message whose document does not exist yet becomes an
-   insert, every other one a conditional update (:func:`bridge.batch.update_op`);
+1. what the database holds is known from :class:`StoredKeys`: a first read of each
+   document (one query per collection and batch, for documents not seen before), then
+   this instance's own writes. Replays and repeats are dropped there; a message whose
+   document does not exist yet becomes an insert, every other one a conditional update
+   (:func:`bridge.batch.update_op`), whose condition still decides;
 2. an insert refused as a duplicate means another instance created the document
    meanwhile: that message is sent again as the conditional update, which is then
    correct whatever that instance stored.
@@ -29,7 +31,16 @@ from typing import Any, TypeVar
 
 from pymongo.errors import OperationFailure, PyMongoError
 
-from bridge.batch import Plan, Target, insert_op, needed, target, update_op
+from bridge.batch import (
+    Plan,
+    Target,
+    insert_op,
+    needed,
+    stored_field,
+    target,
+    update_op,
+    value,
+)
 from bridge.decode import Accepted, Rejection
 from bridge.errors import StoreError, StoreUnavailable
 from outpost.store import TRANSIENT, Applied, Document, Replace, Store, Write
@@ -39,6 +50,7 @@ from schemas.protocol import RejectReason
 __all__ = [
     "KnownIds",
     "MongoSink",
+    "StoredKeys",
     "WriteCounts",
     "dead_letter_id",
     "dead_letter_op",
@@ -109,6 +121,7 @@ class MongoSink:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._store = store
+        self._known = StoredKeys()
         self._cap = dead_letter_cap
         self._refresh = state_refresh
         self._clock = clock
@@ -132,15 +145,16 @@ class MongoSink:
         """Write a batch, then its dead letters. Raises our errors."""
         counts = WriteCounts()
         started = time.monotonic()
-        stored = await self._current(planned.writes)
+        await self._learn(planned.writes)
         counts.read_s = time.monotonic() - started
         refresh_before = now - self._refresh
-        pending = [i for i in planned.writes if needed(i, stored.get(target(i)), refresh_before)]
+        known = self._known
+        pending = [i for i in planned.writes if needed(i, known.view(target(i)), refresh_before)]
         counts.skipped = len(planned.writes) - len(pending)
         started = time.monotonic()
         first = [
             update_op(i, refresh_before)
-            if target(i) in stored
+            if known.exists(target(i))
             else insert_op(i, planned.tenants.get(i.device_id))
             for i in pending
         ]
@@ -149,6 +163,10 @@ class MongoSink:
             counts.raced = len(raced)
             await self._apply(raced, [update_op(i, refresh_before) for i in raced], counts)
         counts.update_s = time.monotonic() - started
+        refused = {id(r.inbound) for r in counts.refused}
+        for item in pending:
+            if id(item.inbound) not in refused:
+                known.wrote(item)
         await self._dead_letters([*planned.rejections, *counts.refused], counts)
         return counts
 
@@ -183,26 +201,24 @@ class MongoSink:
         # upsert: the slot holds a sample either way, and the rejections are counted.
         counts.dead_letters_lost = len(applied.duplicates) + len(applied.errors)
 
-    async def _current(self, items: Sequence[Accepted]) -> dict[Target, Mapping[str, Any]]:
-        """One read per collection and batch: the stored keys, hashes and refresh times.
+    async def _learn(self, items: Sequence[Accepted]) -> None:
+        """Read the stored keys of documents this instance has not seen yet.
 
-        Skipping replays and repeats this way costs one query per batch instead of one
-        conditional update per message.
+        One query per collection for the whole batch; afterwards the instance's own
+        writes keep :class:`StoredKeys` current, so a running bridge reads a document
+        once, not once per message.
         """
         wanted: dict[str, set[str]] = {}
-        for item in items:
-            collection, _id = target(item)
-            wanted.setdefault(collection, set()).add(_id)
-        found: dict[Target, Mapping[str, Any]] = {}
+        for t in self._known.unknown(target(i) for i in items):
+            wanted.setdefault(t[0], set()).add(t[1])
         for collection, ids in wanted.items():
             fields = (
                 ["presence.k", "state.k", "state.h", "state.updated_at"]
                 if collection == DEVICE_STATUS
                 else ["k"]
             )
-            for doc in await self._find(collection, sorted(ids), fields):
-                found[(collection, str(doc["_id"]))] = doc
-        return found
+            found = await self._find(collection, sorted(ids), fields)
+            self._known.read(collection, ids, found)
 
     async def _find(self, collection: str, ids: list[str], fields: list[str]) -> list[Document]:
         docs: list[Document] = []
@@ -225,6 +241,56 @@ class MongoSink:
 
     async def ping(self) -> None:
         await mapped(self._store.db.command("ping"))
+
+
+class StoredKeys:
+    """What the database holds for the bridge's documents, as far as this instance knows.
+
+    Filled by a first read of each document and by every write this instance makes
+    afterwards. Keys in the database only grow, so what is remembered is never ahead of
+    the database for a newer message: another instance may have stored something newer
+    (the conditional update then changes nothing), but nothing older than remembered. A
+    view is shaped like the stored document's projection (:func:`bridge.batch.needed`).
+    After ``capacity`` documents it forgets everything and reads again.
+    """
+
+    def __init__(self, capacity: int = 500_000) -> None:
+        self._capacity = capacity
+        self._views: dict[Target, dict[str, Any]] = {}
+        self._absent: set[Target] = set()
+
+    def unknown(self, targets: Iterable[Target]) -> set[Target]:
+        return {t for t in targets if t not in self._views and t not in self._absent}
+
+    def read(self, collection: str, ids: Iterable[str], found: Iterable[Document]) -> None:
+        missing = {(collection, i) for i in ids}
+        if len(self._views) + len(self._absent) + len(missing) > self._capacity:
+            self._views.clear()  # bounded memory: documents are read again when needed
+            self._absent.clear()
+        for doc in found:
+            t = (collection, str(doc["_id"]))
+            self._views[t] = doc
+            missing.discard(t)
+        self._absent |= missing
+
+    def exists(self, t: Target) -> bool:
+        return t in self._views
+
+    def view(self, t: Target) -> Mapping[str, Any] | None:
+        return self._views.get(t)
+
+    def wrote(self, item: Accepted) -> None:
+        """Remember what a write of ``item`` left (or found newer) in the database."""
+        t = target(item)
+        self._absent.discard(t)
+        view = self._views.setdefault(t, {"_id": t[1]})
+        written = value(item)
+        name = stored_field(item)
+        keep: dict[str, Any] = {k: written[k] for k in ("k", "h", "updated_at") if k in written}
+        if name:
+            view[name] = keep
+        else:
+            view.update(keep)
 
 
 class KnownIds:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from bridge.decode import decode
 from bridge.inbound import Inbound
 from bridge.mqtt_source import MqttSource
 from bridge.service import Writer
@@ -36,7 +37,7 @@ async def write_resync(
     modified = 0
     for start in range(0, len(batch), chunk):
         part = batch[start : start + chunk]
-        counts = await writer.write(part)
+        counts = await writer.write([decode(i) for i in part])
         modified += counts.modified
         for inbound in part:
             source.ack(inbound)

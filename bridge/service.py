@@ -1,7 +1,8 @@
-"""The bridge loop: collect a batch, decide, write, then acknowledge.
+"""The bridge loop: decode on arrival, collect a batch, decide, write, then acknowledge.
 
-    paho thread ──call_soon_threadsafe──► queue ──► collect (≤ batch_max or flush_ms)
-        ──► decode + reject (pure) ──► known device / execution check ──► coalesce (pure)
+    paho thread ──call_soon_threadsafe──► queue ──► decode + reject (pure), as messages
+        arrive, while the previous batch is being written ──► collect (≤ batch_max or
+        flush_ms) ──► known device / execution check ──► coalesce (pure)
         ──► inserts and conditional updates of the bridge's own documents, dead letters
             (retried while MongoDB is away)
         ──► ack every message of the batch, in the order received
@@ -23,7 +24,7 @@ from enum import Enum
 from typing import Literal, TypeVar
 
 from bridge.batch import Plan, plan, with_known
-from bridge.inbound import Inbound
+from bridge.decode import Accepted, Rejection, decode
 from bridge.metrics import BridgeMetrics
 from bridge.mongo_sink import KnownIds, MongoSink, WriteCounts
 from bridge.mqtt_source import MqttSource
@@ -47,7 +48,8 @@ class Writer:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     store_ok: bool = True
 
-    async def write(self, batch: Sequence[Inbound]) -> WriteCounts:
+    async def write(self, batch: Sequence[Accepted | Rejection]) -> WriteCounts:
+        """Check, coalesce and write a decoded batch (:func:`bridge.decode.decode`)."""
         began = time.monotonic()
         decoded = plan(batch)
         devices = await self._retry(lambda: self.devices.known(decoded.device_ids))
@@ -151,6 +153,7 @@ class Bridge:
         self._abandoned = False
         self._writing: asyncio.Future[WriteCounts] | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._decoded: asyncio.Queue[Accepted | Rejection | None] = asyncio.Queue()
 
     def ready(self) -> bool:
         ready = self._source.connected and self._writer.store_ok
@@ -178,22 +181,33 @@ class Bridge:
 
     async def run(self) -> None:
         done = False
+        decoder = asyncio.create_task(self._decode(), name="bridge decoder")
         try:
             while not done:
                 batch, done = await self._collect()
                 if batch and not await self._handle(batch):
                     break
         finally:
+            decoder.cancel()
             if self._deadline is not None:
                 self._deadline.cancel()
         self._log.info("bridge stopped")
 
-    async def _collect(self) -> tuple[list[Inbound], bool]:
+    async def _decode(self) -> None:
+        """Decode messages as they arrive, so a slow write overlaps the next decoding."""
+        source = self._source.messages
+        while True:
+            inbound = await source.get()
+            self._decoded.put_nowait(None if inbound is None else decode(inbound))
+            if inbound is None:
+                return
+
+    async def _collect(self) -> tuple[list[Accepted | Rejection], bool]:
         """Wait for one message, then take more until ``batch_max`` or ``flush_s``.
 
         Returns the batch and whether the end marker (stop) was seen.
         """
-        queue = self._source.messages
+        queue = self._decoded
         first = await queue.get()
         if first is None:
             return [], True
@@ -208,10 +222,11 @@ class Bridge:
             batch.append(item)
         return batch, False
 
-    async def _handle(self, batch: list[Inbound]) -> bool:
+    async def _handle(self, batch: list[Accepted | Rejection]) -> bool:
         """Write then ack one batch; False if the stop deadline abandoned it."""
         self._metrics.batch_size.observe(len(batch))
-        self._metrics.in_flight.set(len(batch) + self._source.messages.qsize())
+        waiting = self._source.messages.qsize() + self._decoded.qsize()
+        self._metrics.in_flight.set(len(batch) + waiting)
         self._writing = asyncio.ensure_future(self._writer.write(batch))
         try:
             await self._writing
@@ -227,11 +242,13 @@ class Bridge:
         finally:
             self._writing = None
         now = time.monotonic()
-        for inbound in batch:
-            if self._source.ack(inbound):
-                self._metrics.acked.inc()
+        acked = 0
+        for item in batch:
+            inbound = item.inbound
+            acked += self._source.ack(inbound)
             self._metrics.ack_delay_seconds.observe(now - inbound.received_mono)
-        self._metrics.in_flight.set(self._source.messages.qsize())
+        self._metrics.acked.inc(acked)
+        self._metrics.in_flight.set(self._source.messages.qsize() + self._decoded.qsize())
         return True
 
 
@@ -239,9 +256,12 @@ class _Empty(Enum):
     TOKEN = 0
 
 
+Decoded = Accepted | Rejection
+
+
 async def _next(
-    queue: asyncio.Queue[Inbound | None], deadline: float
-) -> Inbound | Literal[_Empty.TOKEN] | None:
+    queue: asyncio.Queue[Decoded | None], deadline: float
+) -> Decoded | Literal[_Empty.TOKEN] | None:
     """The next queue item, or ``_Empty.TOKEN`` if none came before ``deadline``."""
     try:
         return queue.get_nowait()

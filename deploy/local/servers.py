@@ -264,8 +264,8 @@ BEGIN
                  WHERE command_tag = 'CREATE TABLE' LOOP
     IF EXISTS (SELECT 1 FROM pg_attribute
                WHERE attrelid = created.objid AND attname = '_jsonb') THEN
-      EXECUTE format('CREATE INDEX ON %s USING gin ((_jsonb -> ''_id'') jsonb_path_ops)',
-                     created.object_identity);
+      EXECUTE format('CREATE INDEX ON %s USING gin ((_jsonb -> ''_id'') jsonb_path_ops) '
+                     'WITH (fastupdate = off)', created.object_identity);
     END IF;
   END LOOP;
 END $$;
@@ -346,6 +346,11 @@ class Postgres(Server):
             "fsync": "on" if self.durable else "off",
             "full_page_writes": "on" if self.durable else "off",
             "logging_collector": "off",
+            # every FerretDB update writes a new row version: vacuum often, or lookups
+            # slow down as dead versions pile up (measured: -30 % after 20,000 updates)
+            "autovacuum_naptime": "'2s'",
+            "autovacuum_vacuum_scale_factor": "0.05",
+            "autovacuum_vacuum_cost_delay": "0",
             "log_min_messages": "warning",
         }
         (self.data_dir / "outpost.conf").write_text(

@@ -64,7 +64,7 @@ def test_plan_rejects_bad_input_with_reasons_and_keeps_the_good():
         inbound("other/topic", {"v": 1}),
         state("dev-a", 1, 1),
     ]
-    decoded = plan(batch)
+    decoded = plan([decode(i) for i in batch])
     reasons = [r.reason for r in decoded.rejections]
     assert reasons == [
         RejectReason.JSON,
@@ -81,11 +81,14 @@ def test_plan_rejects_bad_input_with_reasons_and_keeps_the_good():
 def test_unknown_devices_and_jobs_are_rejected_and_the_rest_coalesced():
     decoded = plan(
         [
-            state("dev-a", 1, 1),
-            state("dev-a", 1, 2),
-            state("ghost-1", 1, 1),
-            job("dev-a", "j1", 1, 3),
-            job("dev-a", "j2", 1, 4),
+            decode(i)
+            for i in (
+                state("dev-a", 1, 1),
+                state("dev-a", 1, 2),
+                state("ghost-1", 1, 1),
+                job("dev-a", "j1", 1, 3),
+                job("dev-a", "j2", 1, 4),
+            )
         ]
     )
     assert decoded.execution_ids == frozenset({"j1:dev-a", "j2:dev-a"})

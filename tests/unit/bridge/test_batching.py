@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from bridge.decode import Accepted, Rejection
 from bridge.inbound import Inbound
 from bridge.metrics import BridgeMetrics
 from bridge.service import Bridge
@@ -43,9 +44,10 @@ class _Writer:
         self.acked_before_write: list[int] = []
         self.started = asyncio.Event()
 
-    async def write(self, batch: list[Inbound]) -> None:
-        self.acked_before_write.extend(m.mid for m in batch if m.mid in self.source.acked)
-        self.batches.append([m.mid for m in batch])
+    async def write(self, batch: list[Accepted | Rejection]) -> None:
+        mids = [m.inbound.mid for m in batch]
+        self.acked_before_write.extend(m for m in mids if m in self.source.acked)
+        self.batches.append(mids)
         self.started.set()
         if self.gate is not None and len(self.batches) == 1:
             await self.gate.wait()
@@ -111,8 +113,8 @@ async def test_a_trickle_is_written_as_it_comes() -> None:
 class _StuckWriter(_Writer):
     """MongoDB is away: the write never returns (the real one retries for ever)."""
 
-    async def write(self, batch: list[Inbound]) -> None:
-        self.batches.append([m.mid for m in batch])
+    async def write(self, batch: list[Accepted | Rejection]) -> None:
+        self.batches.append([m.inbound.mid for m in batch])
         self.started.set()
         await asyncio.Event().wait()
 

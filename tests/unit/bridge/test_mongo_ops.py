@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 from bridge.batch import content_hash, update_op
 from bridge.decode import Accepted, Rejection, decode
-from bridge.mongo_sink import KnownIds, MongoSink
+from bridge.mongo_sink import KnownIds, MongoSink, StoredKeys
 from schemas.protocol import RejectReason, StateMessage
 
 from .helpers import inbound, job, presence, state
@@ -79,3 +79,23 @@ async def test_known_ids_cache_positives_and_remember_negatives_for_a_ttl():
     now[0] = 6
     assert await known.known({"dev-a", "ghost"}) == {"dev-a": "t1"}
     assert asked == [{"dev-a", "ghost"}, {"ghost"}]
+
+
+def test_stored_keys_read_once_then_follow_own_writes():
+    known = StoredKeys(capacity=10)
+    a, b = ("device_status", "dev-a"), ("device_status", "dev-b")
+    assert known.unknown([a, b]) == {a, b}
+    known.read("device_status", ["dev-a", "dev-b"], [{"_id": "dev-a", "presence": {"k": "1"}}])
+    assert known.unknown([a, b]) == set()  # dev-b is known to be absent
+    assert known.exists(a)
+    assert not known.exists(b)
+    item = decode(state("dev-b", 1, 2, uptime_s=5))
+    assert isinstance(item, Accepted)
+    known.wrote(item)
+    assert known.exists(b)
+    view = known.view(b)
+    assert view is not None
+    assert view["state"]["k"] == "00000000000001.00000000000002"
+    assert view["state"]["h"] == update_op(item, T0).update["$set"]["state"]["h"]
+    known.read("device_status", [f"x{i}" for i in range(20)], [])  # over capacity: forget
+    assert known.unknown([a]) == {a}
