@@ -1,11 +1,10 @@
-"""MQTT transport: paho-mqtt 2.x with manual acknowledgements, handing messages to asyncio.
+"""MQTT transport: paho-mqtt 2.x with manual acknowledgements, on the asyncio event loop.
 
-paho runs its network loop in its own thread. Callbacks never touch bridge state: each
-one schedules a function on the event loop with ``loop.call_soon_threadsafe`` and the
-event loop alone owns the queue and the flags. Received messages are handed over in
-bulk: the paho thread appends them to a list under a lock and wakes the loop once per
-burst, not once per message (each wake-up costs both threads the interpreter lock; at
-thousands of messages per second that slowed the bridge's own database writes).
+paho's socket is driven by the event loop (:class:`outpost.mqtt.LoopDriver`): no network
+thread, so paho's callbacks run on the loop and own the queue and flags directly. (A
+network thread next to the loop cost the bridge half its database rate while messages
+arrived: each MongoDB response waited for the MQTT thread to release the interpreter
+lock.)
 
 Why paho and not aiomqtt: a QoS 1 message must be acknowledged only after its MongoDB
 write succeeded; paho 2.x supports that (``manual_ack=True``, ``client.ack(mid, qos)``),
@@ -14,16 +13,15 @@ aiomqtt 2.x acknowledges on receipt. paho is also faster here (bench/RESULTS.md)
 Session: MQTT v5, clean start off, a session expiry of hours, and a client receive
 maximum that bounds how many unacknowledged messages the broker sends us (that is the
 bridge's back-pressure: while MongoDB is down nothing is acked and the broker stops).
-
-paho's network loop uses ``select()``, which cannot watch descriptors above 1024: run
-the bridge in a process of its own, not next to thousands of other sockets.
+A lost connection is re-established by the driver (jittered exponential back-off); the
+broker then redelivers what was not acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -39,6 +37,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.errors import MqttError
 from bridge.inbound import Inbound
+from outpost.mqtt import LoopDriver
 from outpost.settings import MqttSettings
 
 __all__ = ["MqttSource"]
@@ -73,34 +72,22 @@ class MqttSource:
         self._connect_timeout = connect_timeout
         self.messages: asyncio.Queue[Inbound | None] = asyncio.Queue()
         self.generation = 0
-        self._rx_generation = 0  # the paho thread's count of connections
-        self._incoming: list[tuple[Any, ...]] = []
-        self._handover = threading.Lock()
-        self._wake_pending = False
         self.connected = False
         self._intake_open = True
-        self._subscribed: asyncio.Event | None = None
+        self._subscribed = asyncio.Event()
         self._failure: MqttError | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
+        self._driver: LoopDriver | None = None
+        self._running: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        self._loop = asyncio.get_running_loop()
-        self._subscribed = asyncio.Event()
-        self._client = self._build_client()
-        try:
-            self._client.connect_async(
-                self._settings.host,
-                self._settings.port,
-                keepalive=self._settings.keepalive,
-                clean_start=self._clean_start,
-                properties=self._connect_properties(),
-            )
-        except (OSError, ValueError) as exc:
-            raise MqttError(f"cannot connect to {self._settings.url}: {exc}") from exc
-        self._client.loop_start()
+        client = self._client = self._build_client()
+        self._driver = LoopDriver(client, self._connect, self._log)
+        self._running = asyncio.create_task(
+            self._driver.run(on_connect_error=self._connect_error), name="bridge mqtt"
+        )
         try:
             await self._wait_subscribed()
         except BaseException:
@@ -116,8 +103,23 @@ class MqttSource:
     ) -> None:
         await self._shutdown()
 
+    def _connect(self) -> None:
+        """The blocking part of a (re)connect; runs in a worker thread."""
+        assert self._client is not None
+        self._client.connect(
+            self._settings.host,
+            self._settings.port,
+            keepalive=self._settings.keepalive,
+            clean_start=self._clean_start,
+            properties=self._connect_properties(),
+        )
+
+    def _connect_error(self, exc: BaseException) -> None:
+        if not self._subscribed.is_set():  # the first connect: fail the start
+            self._failure = MqttError(f"cannot connect to {self._settings.url}: {exc}")
+            self._subscribed.set()
+
     async def _wait_subscribed(self) -> None:
-        assert self._subscribed is not None
         try:
             async with asyncio.timeout(self._connect_timeout):
                 await self._subscribed.wait()
@@ -129,13 +131,17 @@ class MqttSource:
             raise self._failure
 
     async def _shutdown(self) -> None:
-        client, self._client = self._client, None
-        if client is None:
+        driver, running = self._driver, self._running
+        self._driver = self._running = None
+        if driver is None or running is None:
             return
         props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._session_expiry
-        client.disconnect(properties=props)
-        await asyncio.to_thread(client.loop_stop)
+        await driver.close(props)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        self._client = None
 
     def _build_client(self) -> paho.Client:
         client = paho.Client(
@@ -148,7 +154,6 @@ class MqttSource:
             client.username_pw_set(self._settings.username, self._settings.password_value)
         if self._settings.tls:
             client.tls_set(ca_certs=self._settings.ca_file)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -161,7 +166,7 @@ class MqttSource:
         props.ReceiveMaximum = self._receive_maximum
         return props
 
-    # -- used from the event loop ----------------------------------------------------
+    # -- used by the bridge ------------------------------------------------------------
 
     def ack(self, inbound: Inbound) -> bool:
         """Acknowledge one message; False if it came on an earlier connection (see Inbound)."""
@@ -177,25 +182,23 @@ class MqttSource:
             self._intake_open = False
             self.messages.put_nowait(None)
 
-    # -- paho callbacks (network thread): only hand over to the loop --------------------
-
-    def _call(self, fn: Any, *args: Any) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(fn, *args)
+    # -- paho callbacks (on the event loop) --------------------------------------------
 
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
         if reason.is_failure:
-            self._call(self._failed, f"CONNACK {reason}")
+            self._fail(f"CONNACK {reason}")
             return
-        options = SubscribeOptions(qos=1)
-        client.subscribe([(s, options) for s in self._subscriptions])
-        self._rx_generation += 1
-        self._call(
-            self._connected,
-            bool(getattr(flags, "session_present", False)),
-            self._rx_generation,
+        self.generation += 1
+        client.subscribe([(s, SubscribeOptions(qos=1)) for s in self._subscriptions])
+        self._log.info(
+            "mqtt connected",
+            extra={
+                "client_id": self._client_id,
+                "session_present": bool(getattr(flags, "session_present", False)),
+                "generation": self.generation,
+            },
         )
 
     def _on_subscribe(
@@ -203,64 +206,36 @@ class MqttSource:
     ) -> None:
         failed = [str(r) for r in reasons if r.is_failure]
         if failed:
-            self._call(self._failed, f"SUBACK refused: {', '.join(failed)}")
-        else:
-            self._call(self._on_subscribed)
+            self._fail(f"SUBACK refused: {', '.join(failed)}")
+            return
+        self.connected = True
+        self._subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        item = (
-            message.topic,
-            message.payload,
-            message.mid,
-            message.qos,
-            bool(message.retain),
-            self._rx_generation,
-            datetime.now(UTC),
-            time.monotonic(),
-        )
-        with self._handover:
-            self._incoming.append(item)
-            wake, self._wake_pending = not self._wake_pending, True
-        if wake:
-            self._call(self._take_incoming)
+        if self._intake_open:
+            self.messages.put_nowait(
+                Inbound(
+                    message.topic,
+                    bytes(message.payload),
+                    message.mid,
+                    message.qos,
+                    bool(message.retain),
+                    self.generation,
+                    datetime.now(UTC),
+                    time.monotonic(),
+                )
+            )
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
-        self._call(self._disconnected, str(reason))
-
-    # -- event-loop side of the callbacks ---------------------------------------------
-
-    def _connected(self, session_present: bool, generation: int) -> None:
-        self.generation = generation
-        self._log.info(
-            "mqtt connected",
-            extra={
-                "client_id": self._client_id,
-                "session_present": session_present,
-                "generation": self.generation,
-            },
+        self.connected = False
+        self._log.warning(
+            "mqtt disconnected", extra={"client_id": self._client_id, "why": str(reason)}
         )
 
-    def _on_subscribed(self) -> None:
-        self.connected = True
-        assert self._subscribed is not None
-        self._subscribed.set()
-
-    def _failed(self, why: str) -> None:
+    def _fail(self, why: str) -> None:
         self._log.error("mqtt refused", extra={"client_id": self._client_id, "why": why})
-        self._failure = MqttError(why)
-        assert self._subscribed is not None
-        self._subscribed.set()
-
-    def _disconnected(self, why: str) -> None:
-        self.connected = False
-        self._log.warning("mqtt disconnected", extra={"client_id": self._client_id, "why": why})
-
-    def _take_incoming(self) -> None:
-        with self._handover:
-            items, self._incoming = self._incoming, []
-            self._wake_pending = False
-        if self._intake_open:
-            for item in items:
-                self.messages.put_nowait(Inbound(*item))
+        if not self._subscribed.is_set():
+            self._failure = MqttError(why)
+            self._subscribed.set()

@@ -33,6 +33,8 @@ from schemas.protocol import JobStatusMessage, StateMessage
 
 __all__ = ["Bridge", "Writer"]
 
+DECODE_SLICE = 32  # messages decoded between two turns of the event loop
+
 T = TypeVar("T")
 
 
@@ -194,13 +196,22 @@ class Bridge:
         self._log.info("bridge stopped")
 
     async def _decode(self) -> None:
-        """Decode messages as they arrive, so a slow write overlaps the next decoding."""
+        """Decode messages as they arrive, so a slow write overlaps the next decoding.
+
+        ``Queue.get`` does not yield while items wait, so a burst of thousands would be
+        decoded in one go, leaving the database's answers unread meanwhile (and the
+        database idle): the decoder yields to the loop every ``DECODE_SLICE`` messages.
+        """
         source = self._source.messages
+        done = 0
         while True:
             inbound = await source.get()
             self._decoded.put_nowait(None if inbound is None else decode(inbound))
             if inbound is None:
                 return
+            done += 1
+            if done % DECODE_SLICE == 0:
+                await asyncio.sleep(0)
 
     async def _collect(self) -> tuple[list[Accepted | Rejection], bool]:
         """Wait for one message, then take more until ``batch_max`` or ``flush_s``.

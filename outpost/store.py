@@ -78,7 +78,7 @@ __all__ = [
 Document = dict[str, Any]
 DUPLICATE_KEY = 11000
 MONGODB_CHUNK = 10_000
-FERRETDB_CONCURRENCY = 8
+FERRETDB_CONCURRENCY = 16
 # Errors after which the same write may succeed later. AutoReconnect, NetworkTimeout and
 # ServerSelectionTimeoutError are ConnectionFailures.
 TRANSIENT: tuple[type[PyMongoError], ...] = (ConnectionFailure, ExecutionTimeout, WTimeoutError)
