@@ -42,7 +42,9 @@ def _fail(message: str) -> typer.Exit:
 
 
 @api_app.callback(invoke_without_command=True)
-def serve(log_level: str = typer.Option("INFO", envvar="OUTPOST_LOG_LEVEL")) -> None:
+def serve(
+    log_level: str | None = typer.Option(None, help="Log level (default: OUTPOST_LOG_LEVEL, INFO)"),
+) -> None:
     """Run the api until SIGTERM."""
     logs.configure(log_level)
     try:

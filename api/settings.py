@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings
+from pydantic_settings import SettingsConfigDict
 
-from outpost.settings import _config
+from outpost.settings import OutpostSettings
 
 
-class ApiSettings(BaseSettings):
-    model_config = _config("OUTPOST_API_")
-
+class ApiSettings(OutpostSettings):
+    model_config = SettingsConfigDict(env_prefix="OUTPOST_API_")
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="Largest JSON request body"
     )
@@ -25,4 +24,6 @@ class ApiSettings(BaseSettings):
     config_history: int = Field(
         default=20, ge=2, le=1000, description="Config versions kept per device"
     )
-    broker_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    broker_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="Longest wait for the broker (publish, admin)"
+    )

@@ -38,7 +38,8 @@ def _settings() -> Settings:
 
 @app.callback(invoke_without_command=True)
 def main(
-    ctx: typer.Context, log_level: str = typer.Option("INFO", envvar="OUTPOST_LOG_LEVEL")
+    ctx: typer.Context,
+    log_level: str | None = typer.Option(None, help="Log level (default: OUTPOST_LOG_LEVEL, INFO)"),
 ) -> None:
     """Without a sub-command: run the bridge until SIGTERM."""
     logs.configure(log_level)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from outpost.settings import DEV_ENV_FILE
+from outpost.settings import OutpostSettings
 
 __all__ = ["BridgeSettings"]
 
 
-class BridgeSettings(BaseSettings):
+class BridgeSettings(OutpostSettings):
     """How one bridge instance consumes and writes.
 
     ``instance`` makes the MQTT client id (``<prefix>-bridge-<instance>``): it must be
@@ -18,12 +18,17 @@ class BridgeSettings(BaseSettings):
     not yet acknowledged) and distinct between instances.
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix="OUTPOST_BRIDGE_", env_file=(DEV_ENV_FILE, ".env"), extra="ignore"
+    model_config = SettingsConfigDict(env_prefix="OUTPOST_BRIDGE_")
+    instance: str = Field(
+        default="0",
+        pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        description="This instance's name: stable across its restarts, distinct between instances",
     )
-
-    instance: str = Field(default="0", pattern=r"^[A-Za-z0-9_-]{1,32}$")
-    share_group: str = Field(default="outpost-bridge", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    share_group: str = Field(
+        default="outpost-bridge",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Shared-subscription group the instances split the messages in",
+    )
     batch_max: int = Field(
         default=20_000,
         ge=1,
@@ -33,14 +38,18 @@ class BridgeSettings(BaseSettings):
         "bottleneck; then a device's repeated messages coalesce into one update. "
         "Keep it at receive_maximum so one batch can hold the whole backlog.",
     )
-    flush_ms: float = Field(default=5.0, ge=0, le=10_000)
+    flush_ms: float = Field(
+        default=5.0, ge=0, le=10_000, description="How long a batch waits for more messages"
+    )
     receive_maximum: int = Field(
         default=20_000,
         ge=1,
         le=65_535,
         description="Unacknowledged messages the broker may send us",
     )
-    session_expiry_s: int = Field(default=6 * 3600, ge=0)
+    session_expiry_s: int = Field(
+        default=6 * 3600, ge=0, description="How long the broker keeps our session while away"
+    )
     stop_timeout_s: float = Field(
         default=20.0,
         ge=0,

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -448,6 +449,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device-id", required=True)
     parser.add_argument("--url", required=True, help="mqtt://host:port or mqtts://host:port")
     parser.add_argument("--username", help="defaults to the device id")
+    parser.add_argument("--ca-file", help="CA bundle to verify the broker (mqtts)")
     parser.add_argument("--state-file", type=Path, required=True)
     parser.add_argument("--firmware", default="1.0.0", help="firmware of a fresh device")
     parser.add_argument("--hardware-model", default="ref-ap")
@@ -463,15 +465,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _config_from(args: argparse.Namespace) -> AgentConfig:
-    from outpost.settings import MqttSettings, load
-
-    mqtt = load(MqttSettings, url=args.url)
-    password = os.environ.get("OUTPOST_DEVICE_PASSWORD") or mqtt.password_value or ""
+    url = urlsplit(args.url)
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+        raise SystemExit(f"--url: expected mqtt://host:port or mqtts://host:port, got {args.url!r}")
+    tls = url.scheme == "mqtts"
+    password = os.environ.get("OUTPOST_DEVICE_PASSWORD") or unquote(url.password or "")
     return AgentConfig(
         device_id=args.device_id,
-        host=mqtt.host,
-        port=mqtt.port,
-        username=args.username or mqtt.username or args.device_id,
+        host=url.hostname,
+        port=url.port or (8883 if tls else 1883),
+        username=args.username or unquote(url.username or "") or args.device_id,
         password=password,
         state_file=args.state_file,
         firmware=args.firmware,
@@ -479,8 +482,8 @@ def _config_from(args: argparse.Namespace) -> AgentConfig:
         state_interval=args.state_interval,
         max_download_rate=args.max_download_rate,
         backoff_cap=args.backoff_cap,
-        tls=mqtt.tls,
-        ca_file=mqtt.ca_file,
+        tls=tls,
+        ca_file=args.ca_file,
     )
 
 

@@ -11,6 +11,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from outpost.settings import LogSettings, load
+
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 
@@ -30,8 +32,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def configure(level: str = "INFO") -> None:
-    """Route the root logger to stderr as JSON lines (idempotent)."""
+def configure(level: str | None = None) -> None:
+    """Route the root logger to stderr as JSON lines (idempotent). ``level`` defaults to
+    ``OUTPOST_LOG_LEVEL`` (:class:`outpost.settings.LogSettings`)."""
+    if level is None:
+        level = load(LogSettings).level
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

@@ -8,9 +8,9 @@ import socket
 from datetime import timedelta
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from outpost.settings import DEV_ENV_FILE
+from outpost.settings import OutpostSettings
 from scheduler.executor import ExecutorConfig
 from scheduler.reconcile import ReconcilePolicy
 
@@ -21,31 +21,43 @@ def _default_instance() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
-class SchedulerSettings(BaseSettings):
+class SchedulerSettings(OutpostSettings):
     """Timing of the scheduler. Takeover after a crash takes at most
     ``lease_seconds + tick_seconds``; a command whose sender died is re-sent after
     ``settle_seconds`` unless the device reported on it."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="OUTPOST_SCHEDULER_",
-        env_file=(DEV_ENV_FILE, ".env"),
-        env_file_encoding="utf-8",
-        extra="ignore",
+    model_config = SettingsConfigDict(env_prefix="OUTPOST_SCHEDULER_")
+    instance: str = Field(
+        default_factory=_default_instance,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="This instance's name (default: host, pid and a random suffix)",
     )
-
-    instance: str = Field(default_factory=_default_instance, pattern=r"^[A-Za-z0-9._-]{1,64}$")
-    tick_seconds: float = Field(default=5.0, gt=0, le=300)
-    lease_seconds: float = Field(default=30.0, ge=1, le=3600)
-    lease_margin_seconds: float = Field(default=5.0, ge=0)
-    settle_seconds: float = Field(default=15.0, ge=0.5, le=3600)
-    batch: int = Field(default=64, ge=1, le=10_000)
-    min_url_seconds: int = Field(default=60, ge=1)
+    tick_seconds: float = Field(default=5.0, gt=0, le=300, description="Rollout tick period")
+    lease_seconds: float = Field(
+        default=30.0, ge=1, le=3600, description="Rollout lease time (takeover after a crash)"
+    )
+    lease_margin_seconds: float = Field(
+        default=5.0, ge=0, description="A holder stops acting this long before its lease ends"
+    )
+    settle_seconds: float = Field(
+        default=15.0, ge=0.5, le=3600, description="When an unconfirmed command is re-sent"
+    )
+    batch: int = Field(default=64, ge=1, le=10_000, description="Commands claimed per batch")
+    min_url_seconds: int = Field(
+        default=60, ge=1, description="Send nothing when less window than this is left"
+    )
     snapshot_seconds: float = Field(default=60.0, ge=1, description="$SYS snapshot period")
     notify_seconds: float = Field(default=60.0, ge=0.5, description="Notification period")
     reconcile_seconds: float = Field(default=60.0, ge=0.5, description="Config reconcile period")
-    reconcile_lag_seconds: float = Field(default=300.0, ge=0)
-    reconcile_retry_seconds: float = Field(default=300.0, ge=0)
-    reconcile_max_attempts: int = Field(default=5, ge=1, le=100)
+    reconcile_lag_seconds: float = Field(
+        default=300.0, ge=0, description="A config unacknowledged this long is re-published"
+    )
+    reconcile_retry_seconds: float = Field(
+        default=300.0, ge=0, description="First wait between re-publishes (doubles)"
+    )
+    reconcile_max_attempts: int = Field(
+        default=5, ge=1, le=100, description="Re-publishes of one config version at most"
+    )
 
     def reconcile(self) -> ReconcilePolicy:
         return ReconcilePolicy(

@@ -59,16 +59,6 @@ from scheduler.executions import ExecutionView, Transition, backoff, decide
 from scheduler.metrics import SchedulerMetrics
 from scheduler.publisher import CommandSink, Outgoing, Presigner
 from scheduler.store import RolloutStore
-from scheduler.waves import (
-    MINUTE,
-    WaveCounts,
-    WaveOutcome,
-    exponential_rate,
-    gated,
-    minute_budget,
-    wave_outcome,
-    wave_size,
-)
 from scheduler.windows import open_until
 from schemas.documents import (
     FirmwareDoc,
@@ -88,6 +78,16 @@ from schemas.rollouts import (
     rollout_status,
 )
 from schemas.topics import Channel, topic
+from schemas.waves import (
+    MINUTE,
+    WaveCounts,
+    WaveOutcome,
+    exponential_rate,
+    gated,
+    minute_budget,
+    wave_outcome,
+    wave_size,
+)
 
 __all__ = ["ExecutorConfig", "RolloutExecutor"]
 

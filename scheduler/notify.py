@@ -26,10 +26,10 @@ from email.message import EmailMessage
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from outpost.settings import DEV_ENV_FILE
+from outpost.settings import OutpostSettings
 from outpost.store import Document
 from scheduler.clock import aware
 from scheduler.errors import SchedulerError, StoreError
@@ -53,27 +53,29 @@ class NotifyError(SchedulerError):
     """The SMTP server did not take a mail."""
 
 
-class SmtpSettings(BaseSettings):
+class SmtpSettings(OutpostSettings):
     """``OUTPOST_SMTP_*``. ``recipients`` maps tenant id to addresses (JSON), ``*`` for
     every tenant without its own entry. Unset ``host``: notifications are off."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="OUTPOST_SMTP_",
-        env_file=(DEV_ENV_FILE, ".env"),
-        env_file_encoding="utf-8",
-        extra="ignore",
+    model_config = SettingsConfigDict(env_prefix="OUTPOST_SMTP_")
+    host: str | None = Field(default=None, description="SMTP server; unset: no mail")
+    port: int = Field(default=587, ge=1, le=65535, description="SMTP port")
+    security: Literal["none", "starttls", "tls"] = Field(
+        default="starttls", description="none, starttls or tls"
     )
-
-    host: str | None = None
-    port: int = Field(default=587, ge=1, le=65535)
-    security: Literal["none", "starttls", "tls"] = "starttls"
-    username: str | None = None
-    password: SecretStr | None = None
-    sender: str = "outpost@localhost"
-    recipients: dict[str, list[str]] = Field(default_factory=dict)
-    offline_minutes: float = Field(default=10, gt=0)
-    digest_over: int = Field(default=10, ge=1)
-    timeout: float = Field(default=10, gt=0)
+    username: str | None = Field(default=None, description="SMTP account")
+    password: SecretStr | None = Field(default=None, description="Its password")
+    sender: str = Field(default="outpost@localhost", description="From address")
+    recipients: dict[str, list[str]] = Field(
+        default_factory=dict, description='JSON {"tenant": ["a@b"], "*": [...]}'
+    )
+    offline_minutes: float = Field(
+        default=10, gt=0, description="Mail when a device is offline this long"
+    )
+    digest_over: int = Field(
+        default=10, ge=1, description="One digest per tenant above this many incidents"
+    )
+    timeout: float = Field(default=10, gt=0, description="SMTP timeout, seconds")
 
     def recipients_for(self, tenant: str) -> list[str]:
         return self.recipients.get(tenant) or self.recipients.get("*") or []

@@ -25,6 +25,7 @@ __all__ = [
     "TopicError",
     "device_filter",
     "is_device_id",
+    "numbered_device_id",
     "parse",
     "subscription",
     "topic",
@@ -68,6 +69,11 @@ class Topic:
 
 def is_device_id(value: str) -> bool:
     return _DEVICE_ID.fullmatch(value) is not None
+
+
+def numbered_device_id(prefix: str, index: int) -> str:
+    """``<prefix>-000042``: the ids of a numbered fleet (the simulator, the demo)."""
+    return f"{prefix}-{index:06d}"
 
 
 def topic(channel: Channel, device_id: str, job_id: str | None = None) -> str:

@@ -15,8 +15,8 @@ from api.store import firmware as firmware_store
 from api.store import rollouts as store
 from api.store.revisions import retrying
 from api.store.rollouts import RolloutView
-from scheduler.waves import gated, plan_waves
 from schemas.rollouts import RolloutSpec, RolloutStatus
+from schemas.waves import gated, plan_waves
 
 router = APIRouter(tags=["rollouts"])
 RolloutId = Annotated[str, Path(pattern=r"^[0-9a-f]{24}$")]

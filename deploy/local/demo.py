@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.local.errors import StartFailed
-from device.sim.fleet import FleetOptions
+from schemas.topics import numbered_device_id
 
 TENANT = "demo"
 
@@ -46,7 +46,7 @@ class Api:
 
 def _outpost(env: dict[str, str], *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "outpost", *args],
+        [sys.executable, "-m", "cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -75,8 +75,7 @@ def admin_token(root: Path, env: dict[str, str]) -> str:
 
 def device_ids(prefix: str, count: int) -> list[str]:
     """The ids ``outpost sim --prefix`` uses."""
-    options = FleetOptions(devices=count, prefix=prefix)
-    return [options.device_id(n) for n in range(count)]
+    return [numbered_device_id(prefix, n) for n in range(count)]
 
 
 def register(api: Api, ids: list[str]) -> int:

@@ -609,7 +609,7 @@ class S3Server(Server):
 
 @dataclass
 class PythonService(Server):
-    """One of our own services (``python -m outpost <command>``) run by the local stack.
+    """One of our own services (``python -m cli <command>``) run by the local stack.
 
     It reads its settings from ``env_file`` (the stack's ``dev.env``) and serves
     ``/healthz`` on ``port``; a service without HTTP (the simulator) passes ``port=0`` and
@@ -626,7 +626,7 @@ class PythonService(Server):
         self.name = self.service
 
     def _argv(self) -> list[str]:
-        return [sys.executable, "-m", "outpost", *self.service.split(), *self.args]
+        return [sys.executable, "-m", "cli", *self.service.split(), *self.args]
 
     def _env(self) -> dict[str, str]:
         env: dict[str, str] = {}

@@ -16,26 +16,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from deploy.local.servers import Mosquitto, PythonService, S3Server, Server, database_server
+from outpost.settings import OutpostSettings
 
 __all__ = ["DevSettings", "Stack", "Status"]
 
 
-class DevSettings(BaseSettings):
+class DevSettings(OutpostSettings):
     """``OUTPOST_DEV_*``: where the local stack lives and which ports it uses."""
 
-    model_config = SettingsConfigDict(env_prefix="OUTPOST_DEV_", extra="ignore")
-
-    root: Path = Path(".outpost")
-    mqtt_port: int = Field(default=11883, ge=1024, le=65535)
-    mongo_port: int = Field(default=27117, ge=1024, le=65535)
-    s3_port: int = Field(default=17070, ge=1024, le=65535)
-    api_port: int = Field(default=18080, ge=1024, le=65535)
-    bridge_port: int = Field(default=18081, ge=1024, le=65535)
-    scheduler_port: int = Field(default=18082, ge=1024, le=65535)
-    demo_devices: int = Field(default=20, ge=0, le=5000)
+    model_config = SettingsConfigDict(env_prefix="OUTPOST_DEV_")
+    root: Path = Field(default=Path(".outpost"), description="Where the stack keeps its data")
+    mqtt_port: int = Field(default=11883, ge=1024, le=65535, description="Mosquitto")
+    mongo_port: int = Field(default=27117, ge=1024, le=65535, description="FerretDB")
+    s3_port: int = Field(default=17070, ge=1024, le=65535, description="versitygw (S3)")
+    api_port: int = Field(default=18080, ge=1024, le=65535, description="outpost api")
+    bridge_port: int = Field(default=18081, ge=1024, le=65535, description="outpost bridge")
+    scheduler_port: int = Field(default=18082, ge=1024, le=65535, description="outpost scheduler")
+    demo_devices: int = Field(
+        default=20, ge=0, le=5000, description="Simulated devices `outpost dev up` starts"
+    )
     external_mongo_url: str | None = Field(
         default=None,
         validation_alias="OUTPOST_MONGO_URL",
@@ -140,6 +142,9 @@ class Stack:
             "OUTPOST_MQTT_URL": self.broker.url,
             "OUTPOST_MQTT_USERNAME": self.broker.backend_username,
             "OUTPOST_MQTT_PASSWORD": self.broker.backend_password,
+            "OUTPOST_SIM_BROKER_URL": self.broker.url,
+            "OUTPOST_SIM_USERNAME": self.broker.backend_username,
+            "OUTPOST_SIM_PASSWORD": self.broker.backend_password,
             "OUTPOST_MONGO_URL": self.mongo.url,
             "OUTPOST_MONGO_DATABASE": "outpost",
             "OUTPOST_S3_ENDPOINT_URL": self.s3.url,

@@ -1,4 +1,4 @@
-"""``outpost sim``: run a simulated fleet against the broker in OUTPOST_MQTT_*."""
+"""``outpost sim``: run a simulated fleet against the broker in OUTPOST_SIM_*."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
+from device.settings import SimSettings
 from device.sim.fleet import Broker, Fleet, FleetOptions
 from device.sim.report import Summary, live_table, summarize
 from outpost import logs
-from outpost.settings import MqttSettings, SettingsError, load
+from outpost.settings import SettingsError, load
 from schemas.topics import is_device_id
 
 __all__ = ["raise_open_files_limit", "sim"]
@@ -101,7 +102,7 @@ def sim(
     """Run thousands of simulated devices that behave like the reference agent."""
     logs.configure("WARNING")
     try:
-        mqtt = load(MqttSettings)
+        where = load(SimSettings)
     except SettingsError as exc:
         raise typer.BadParameter(str(exc)) from None
     raise_open_files_limit(devices * 2 + 256)
@@ -119,6 +120,6 @@ def sim(
     if not is_device_id(options.device_id(0)):
         raise typer.BadParameter(f"--prefix {prefix!r} does not make valid device ids")
     console = Console(stderr=True)
-    summary = asyncio.run(_run(options, Broker.from_settings(mqtt), duration, console))
+    summary = asyncio.run(_run(options, Broker.from_settings(where), duration, console))
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary.as_dict(), indent=1))

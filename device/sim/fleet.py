@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -40,7 +41,7 @@ from pydantic import BaseModel
 
 from device import behaviour as b
 from device.errors import DownloadError
-from outpost.settings import MqttSettings
+from device.settings import SimSettings
 from schemas.protocol import (
     ConfigReport,
     JobState,
@@ -48,7 +49,14 @@ from schemas.protocol import (
     encode,
     utc_now,
 )
-from schemas.topics import Channel, TopicError, is_device_id, parse, topic
+from schemas.topics import (
+    Channel,
+    TopicError,
+    is_device_id,
+    numbered_device_id,
+    parse,
+    topic,
+)
 
 __all__ = ["Broker", "Fleet", "FleetOptions", "FleetStats", "SimDevice"]
 
@@ -65,8 +73,11 @@ class Broker:
     password: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: MqttSettings) -> Broker:
-        return cls(settings.host, settings.port, settings.username, settings.password_value)
+    def from_settings(cls, settings: SimSettings) -> Broker:
+        url = urlsplit(settings.broker_url)
+        assert url.hostname is not None  # checked by the settings
+        password = settings.password.get_secret_value() if settings.password else None
+        return cls(url.hostname, url.port or 1883, settings.username, password)
 
 
 @dataclass
@@ -89,7 +100,7 @@ class FleetOptions:
     seed: int | None = None
 
     def device_id(self, index: int) -> str:
-        return f"{self.prefix}-{index:06d}"
+        return numbered_device_id(self.prefix, index)
 
 
 @dataclass

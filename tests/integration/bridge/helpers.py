@@ -208,7 +208,7 @@ def bridge_env(
 def spawn_bridge(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "outpost", "bridge"],
+            [sys.executable, "-m", "cli", "bridge"],
             env=env,
             cwd=REPO,
             stdout=log,

@@ -40,7 +40,7 @@ class Instance:
         }
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "outpost", "scheduler"],
+                [sys.executable, "-m", "cli", "scheduler"],
                 env=full,
                 cwd=folder,
                 stdout=out,

@@ -8,15 +8,6 @@ import pytest
 from pydantic import ValidationError
 
 from scheduler.abort import abort_reason
-from scheduler.waves import (
-    WaveCounts,
-    WaveOutcome,
-    exponential_rate,
-    minute_budget,
-    plan_waves,
-    wave_outcome,
-    wave_size,
-)
 from schemas.rollouts import (
     AbortCriterion,
     ExecutionStatus,
@@ -24,6 +15,15 @@ from schemas.rollouts import (
     FailureType,
     RolloutSpec,
     SuccessCondition,
+)
+from schemas.waves import (
+    WaveCounts,
+    WaveOutcome,
+    exponential_rate,
+    minute_budget,
+    plan_waves,
+    wave_outcome,
+    wave_size,
 )
 
 S = ExecutionStatus

@@ -1,4 +1,5 @@
-"""The ``outpost`` command: one sub-command per service, plus ``dev`` for the local stack."""
+"""The ``outpost`` command: one sub-command per service, ``dev`` for the local stack,
+``settings`` for every ``OUTPOST_*`` variable."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import typer
 
 from api.cli import admin_app, api_app
 from bridge.cli import app as bridge_app
+from cli.settings import settings
 from deploy.local.cli import app as dev_app
 from device.sim.cli import sim
 from scheduler.cli import scheduler
@@ -23,6 +25,7 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(bridge_app, name="bridge")
 app.add_typer(api_app, name="api")
 app.add_typer(admin_app, name="admin")
+app.command("settings")(settings)
 
 
 def main() -> None:

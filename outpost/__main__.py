@@ -1,3 +1,0 @@
-from outpost.cli import main
-
-main()
