@@ -9,7 +9,7 @@ from pymongo import MongoClient
 from typer.testing import CliRunner
 
 from api.auth import Role, token_hash
-from outpost.cli import app
+from cli.main import app
 
 pytestmark = pytest.mark.integration
 
