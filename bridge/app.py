@@ -91,6 +91,7 @@ async def run_bridge(
             writer,
             batch_max=b.batch_max,
             flush_s=b.flush_ms / 1000,
+            gather_s=b.gather_ms / 1000,
             stop_timeout_s=b.stop_timeout_s,
         )
         server = await serve(

@@ -39,7 +39,16 @@ class BridgeSettings(OutpostSettings):
         "Keep it at receive_maximum so one batch can hold the whole backlog.",
     )
     flush_ms: float = Field(
-        default=5.0, ge=0, le=10_000, description="How long a batch waits for more messages"
+        default=5.0,
+        ge=0,
+        le=10_000,
+        description="A batch is closed once no message came for this long",
+    )
+    gather_ms: float = Field(
+        default=500.0,
+        ge=0,
+        le=60_000,
+        description="Longest a batch keeps taking messages that keep coming (a burst)",
     )
     receive_maximum: int = Field(
         default=20_000,

@@ -58,7 +58,6 @@ __all__ = [
 ]
 
 _SAMPLE_BYTES = 512
-_READ_CHUNK = 1000
 T = TypeVar("T")
 
 
@@ -221,13 +220,7 @@ class MongoSink:
             self._known.read(collection, ids, found)
 
     async def _find(self, collection: str, ids: list[str], fields: list[str]) -> list[Document]:
-        docs: list[Document] = []
-        projection = dict.fromkeys(fields, 1)
-        for start in range(0, len(ids), _READ_CHUNK):
-            query = {"_id": {"$in": ids[start : start + _READ_CHUNK]}}
-            cursor = self._store[collection].find(query, projection=projection)
-            docs += await mapped(cursor.to_list())
-        return docs
+        return await mapped(self._store.find_ids(collection, ids, dict.fromkeys(fields, 1)))
 
     async def devices(self, ids: Iterable[str]) -> dict[str, str | None]:
         """Which of ``ids`` are registered devices, with their tenant."""

@@ -142,6 +142,7 @@ class Bridge:
         *,
         batch_max: int,
         flush_s: float,
+        gather_s: float = 0.5,
         stop_timeout_s: float = 20.0,
     ) -> None:
         self._source = source
@@ -150,6 +151,7 @@ class Bridge:
         self._log = writer.logger
         self._batch_max = batch_max
         self._flush_s = flush_s
+        self._gather_s = max(gather_s, flush_s)
         self._stop_timeout = stop_timeout_s
         self._stopping = False
         self._abandoned = False
@@ -214,18 +216,21 @@ class Bridge:
                 await asyncio.sleep(0)
 
     async def _collect(self) -> tuple[list[Accepted | Rejection], bool]:
-        """Wait for one message, then take more until ``batch_max`` or ``flush_s``.
+        """Wait for one message, then take more while they keep coming: until none came
+        for ``flush_s``, ``batch_max`` is reached, or ``gather_s`` after the first.
 
-        Returns the batch and whether the end marker (stop) was seen.
+        A burst (a fleet's round of states, a will storm) thus makes one batch instead of
+        many small ones written while the rest arrives; a single message waits only
+        ``flush_s``. Returns the batch and whether the end marker (stop) was seen.
         """
         queue = self._decoded
         first = await queue.get()
         if first is None:
             return [], True
         batch = [first]
-        deadline = time.monotonic() + self._flush_s
+        cap = time.monotonic() + self._gather_s
         while len(batch) < self._batch_max:
-            item = await _next(queue, deadline)
+            item = await _next(queue, min(cap, time.monotonic() + self._flush_s))
             if item is _Empty.TOKEN:
                 break
             if item is None:

@@ -18,6 +18,11 @@ first time a batch is applied, and again after the client lost the server (a top
 event, or a connection error seen here), so a MongoDB that was unreachable at start is
 never mistaken for FerretDB. Services never ask which server it is.
 
+They also differ in how a set of documents is read by ``_id``: MongoDB answers
+``{_id: {$in: [...]}}`` from its index, FerretDB v1 does not push ``$in`` down and scans
+the collection (3.6 s for 1,000 ids among 20,000 documents, measured here), while one
+``find_one`` by ``_id`` uses the index we add (:meth:`Store.find_ids`: 1,000 in 0.97 s).
+
 What both servers do the same and our code relies on (see :mod:`schemas.documents`):
 single-document writes, unique ``_id`` inserts as the only exclusive step. What FerretDB
 does *not* do, and we therefore never rely on: isolation between two concurrent updates
@@ -78,6 +83,7 @@ __all__ = [
 Document = dict[str, Any]
 DUPLICATE_KEY = 11000
 MONGODB_CHUNK = 10_000
+IN_CHUNK = 1000  # ids per $in query on MongoDB
 FERRETDB_CONCURRENCY = 16
 # Errors after which the same write may succeed later. AutoReconnect, NetworkTimeout and
 # ServerSelectionTimeoutError are ConnectionFailures.
@@ -278,6 +284,36 @@ class Store:
             if await self.server() is Server.MONGODB:
                 return await self._bulk(self.db[collection], writes)
             return await self._concurrent(self.db[collection], writes)
+        except TRANSIENT:
+            self._kind.known = None
+            raise
+
+    async def find_ids(
+        self,
+        collection: str,
+        ids: Sequence[Any],
+        projection: Document | None = None,
+    ) -> list[Document]:
+        """The documents of ``collection`` whose ``_id`` is in ``ids`` (any order; missing
+        ones are left out): ``$in`` in chunks on MongoDB, one indexed ``find_one`` per id,
+        ``concurrency`` at a time, on FerretDB."""
+        if not ids:
+            return []
+        coll = self.db[collection]
+        try:
+            if await self.server() is Server.MONGODB:
+                found: list[Document] = []
+                for start in range(0, len(ids), IN_CHUNK):
+                    query = {"_id": {"$in": list(ids[start : start + IN_CHUNK])}}
+                    found += await coll.find(query, projection).to_list()
+                return found
+            gate = asyncio.Semaphore(self._concurrency)
+
+            async def one(_id: Any) -> Document | None:
+                async with gate:
+                    return await coll.find_one({"_id": _id}, projection)
+
+            return [d for d in await asyncio.gather(*(one(i) for i in ids)) if d is not None]
         except TRANSIENT:
             self._kind.known = None
             raise

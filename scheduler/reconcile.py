@@ -126,14 +126,12 @@ class Reconciler:
             )
             .to_list(None)
         )
-        ids = [d["_id"] for d in devices]
+        # whole-collection reads: every device with a desired config is looked at anyway
         reported = {
             s["_id"]: s
-            async for s in self.db[DEVICE_STATUS].find(
-                {"_id": {"$in": ids}}, {"state.config": 1, "presence": 1}
-            )
+            async for s in self.db[DEVICE_STATUS].find({}, {"state.config": 1, "presence": 1})
         }
-        records = {r["_id"]: r async for r in self.db[RECONCILE].find({"_id": {"$in": ids}})}
+        records = {r["_id"]: r async for r in self.db[RECONCILE].find({})}
         picked = []
         for device in devices:
             view = {**reported.get(device["_id"], {}), **device}  # the two halves, joined
@@ -152,8 +150,7 @@ class Reconciler:
         messages: list[Outgoing] = []
         records: list[Replace] = []
         old = {
-            r["_id"]: r
-            async for r in self.db[RECONCILE].find({"_id": {"$in": [d["_id"] for d, _ in picked]}})
+            r["_id"]: r for r in await self.db.find_ids(RECONCILE, [d["_id"] for d, _ in picked])
         }
         for device, reason in picked:
             desired = device["desired_config"]

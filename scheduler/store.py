@@ -201,25 +201,21 @@ class RolloutStore:
 
     @_mapped
     async def reports_of(self, ids: Sequence[str]) -> dict[str, JobReportDoc]:
-        found: dict[str, JobReportDoc] = {}
-        for start in range(0, len(ids), 1000):
-            cursor = self.reports.find({"_id": {"$in": list(ids[start : start + 1000])}})
-            for raw in await cursor.to_list():
-                found[raw["_id"]] = JobReportDoc.model_validate(raw)
-        return found
+        found = await self.store.find_ids(JOB_REPORTS, ids)
+        return {raw["_id"]: JobReportDoc.model_validate(raw) for raw in found}
 
     @_mapped
     async def device_views(self, ids: Sequence[str]) -> dict[str, DeviceView]:
         """Presence and reported firmware of ``ids`` (devices that never reported: none)."""
-        cursor = self.status.find(
-            {"_id": {"$in": list(ids)}}, {"presence.status": 1, "state.firmware": 1}
+        found = await self.store.find_ids(
+            DEVICE_STATUS, ids, {"presence.status": 1, "state.firmware": 1}
         )
         return {
             d["_id"]: DeviceView(
                 (d.get("presence") or {}).get("status") == "online",
                 (d.get("state") or {}).get("firmware"),
             )
-            for d in await cursor.to_list()
+            for d in found
         }
 
     @_mapped
@@ -295,7 +291,7 @@ class RolloutStore:
 
     @_mapped
     async def send_docs(self, ids: Sequence[str]) -> list[Document]:
-        return await self.sends.find({"_id": {"$in": list(ids)}}).to_list()
+        return await self.store.find_ids(SCHEDULER_SENDS, ids)
 
     @_mapped
     async def unpublished(self, job_id: str, before: datetime, limit: int) -> list[Document]:
@@ -304,8 +300,8 @@ class RolloutStore:
 
     @_mapped
     async def execution_docs(self, ids: Sequence[str]) -> dict[str, JobExecutionDoc]:
-        cursor = self.executions.find({"_id": {"$in": list(ids)}})
-        return {d["_id"]: JobExecutionDoc.model_validate(d) for d in await cursor.to_list()}
+        found = await self.store.find_ids(JOB_EXECUTIONS, ids)
+        return {d["_id"]: JobExecutionDoc.model_validate(d) for d in found}
 
     @_mapped
     async def mark_published(

@@ -35,7 +35,6 @@ SORTS = {
     "group": "group",
 }
 SCAN_MAX = 2000
-JOIN_CHUNK = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,13 +124,8 @@ async def get(
 
 async def statuses(db: Db, ids: Sequence[str]) -> dict[str, DeviceStatusDoc]:
     """The bridge's status documents of ``ids`` (devices that never reported have none)."""
-    found: dict[str, DeviceStatusDoc] = {}
-    for start in range(0, len(ids), JOIN_CHUNK):
-        cursor = db[DEVICE_STATUS].find({"_id": {"$in": list(ids[start : start + JOIN_CHUNK])}})
-        for raw in await cursor.to_list():
-            doc = DeviceStatusDoc.model_validate(raw)
-            found[doc.id] = doc
-    return found
+    found = [DeviceStatusDoc.model_validate(raw) for raw in await db.find_ids(DEVICE_STATUS, ids)]
+    return {doc.id: doc for doc in found}
 
 
 async def view(db: Db, device: DeviceDoc) -> DeviceView:

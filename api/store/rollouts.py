@@ -49,8 +49,8 @@ async def target_ids(db: Db, tenant_id: str, target: Target) -> list[str]:
 
 
 async def progress_of(db: Db, ids: Sequence[str]) -> dict[str, RolloutProgressDoc]:
-    cursor = db[ROLLOUT_PROGRESS].find({"_id": {"$in": list(ids)}})
-    return {d["_id"]: RolloutProgressDoc.model_validate(d) for d in await cursor.to_list()}
+    found = await db.find_ids(ROLLOUT_PROGRESS, ids)
+    return {d["_id"]: RolloutProgressDoc.model_validate(d) for d in found}
 
 
 async def views(db: Db, docs: Sequence[RolloutDoc]) -> list[RolloutView]:

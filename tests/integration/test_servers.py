@@ -136,6 +136,12 @@ async def test_store_applies_a_batch_with_per_write_outcomes(mongo_db) -> None:
     assert result.errors == {}
     assert await mongo_db[devices].count_documents({"seq": 1}) == 2_000
     assert await store.server() in (Server.FERRETDB, Server.MONGODB)
+    found = await store.find_ids(devices, ["ap-1", "ap-1999", "new-1", "absent"], {"seq": 1})
+    assert sorted((d["_id"], d.get("seq")) for d in found) == [
+        ("ap-1", 1),
+        ("ap-1999", 1),
+        ("new-1", None),
+    ]
 
 
 async def test_store_never_runs_two_writes_of_one_document_at_once(mongo_db) -> None:
