@@ -22,6 +22,7 @@ away) raises :class:`~bridge.errors.StoreUnavailable` and nothing is acknowledge
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -79,15 +80,24 @@ def dead_letter_id(reason: RejectReason, slot: int) -> str:
     return f"{reason.value}:{slot}"
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """``text`` without control characters (a rejected payload may hold any byte; the
+    database must still take its sample)."""
+    return _CONTROL.sub("\ufffd", text)
+
+
 def dead_letter_op(rejection: Rejection, slot: int) -> Replace:
     """Keep a sample in a ring of slots per reason: the collection stays bounded."""
     inbound = rejection.inbound
     doc: Document = {
         "reason": rejection.reason.value,
-        "detail": rejection.detail[:1024],
-        "topic": inbound.topic[:256],
+        "detail": printable(rejection.detail[:1024]),
+        "topic": printable(inbound.topic[:256]),
         "size": len(inbound.payload),
-        "sample": inbound.payload[:_SAMPLE_BYTES].decode("utf-8", errors="replace"),
+        "sample": printable(inbound.payload[:_SAMPLE_BYTES].decode("utf-8", errors="replace")),
         "received_at": inbound.received_at,
     }
     return Replace({"_id": dead_letter_id(rejection.reason, slot)}, doc, upsert=True)

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from bson.errors import InvalidDocument
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -85,6 +86,9 @@ DUPLICATE_KEY = 11000
 MONGODB_CHUNK = 10_000
 IN_CHUNK = 1000  # ids per $in query on MongoDB
 FERRETDB_CONCURRENCY = 16
+# Values pymongo cannot encode (an int beyond 64 bits, a non-string key...): raised
+# before anything is sent, for the whole bulk the write is in.
+UNENCODABLE: tuple[type[Exception], ...] = (InvalidDocument, OverflowError)
 # Errors after which the same write may succeed later. AutoReconnect, NetworkTimeout and
 # ServerSelectionTimeoutError are ConnectionFailures.
 TRANSIENT: tuple[type[PyMongoError], ...] = (ConnectionFailure, ExecutionTimeout, WTimeoutError)
@@ -191,6 +195,8 @@ async def _one(collection: AsyncCollection[Document], write: Write) -> Applied:
         if exc.has_error_label("RetryableWriteError"):
             raise
         return Applied(errors={0: _describe(exc)})
+    except UNENCODABLE as exc:  # refused before it was sent: no server stores this value
+        return Applied(errors={0: f"{type(exc).__name__}: {exc}"[:500]})
 
 
 def _describe(exc: PyMongoError) -> str:
@@ -352,11 +358,17 @@ class Store:
     async def _bulk(self, coll: AsyncCollection[Document], writes: Sequence[Write]) -> Applied:
         total = Applied()
         for start in range(0, len(writes), MONGODB_CHUNK):
-            ops = [_pymongo_op(w) for w in writes[start : start + MONGODB_CHUNK]]
+            chunk = writes[start : start + MONGODB_CHUNK]
             try:
-                r = await coll.bulk_write(ops, ordered=False)
+                r = await coll.bulk_write([_pymongo_op(w) for w in chunk], ordered=False)
             except BulkWriteError as exc:
                 total.add(_from_bulk_error(exc), start)
+                continue
+            except UNENCODABLE:
+                # one write holds a value BSON cannot encode, and pymongo stopped the whole
+                # bulk before sending it: send the chunk one by one to isolate that write
+                for index, result in enumerate(await self._singles(coll, chunk)):
+                    total.add(result, start + index)
                 continue
             part = Applied(
                 inserted=r.inserted_count,

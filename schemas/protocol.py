@@ -45,6 +45,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeInt,
@@ -94,15 +95,38 @@ MAX_PAYLOAD_BYTES: dict[Channel, int] = {
     Channel.JOB_STATUS: 4 * 1024,
 }
 
+# Every value a device sends must be storable as it is, in MongoDB and in FerretDB on
+# PostgreSQL: integers within BSON's signed 64 bits, finite floats (no NaN/Infinity,
+# which JSONB refuses), no control characters in text (PostgreSQL's text refuses NUL),
+# and document keys that are plain names (MongoDB refuses "$" at the start, "." means a
+# path, NUL ends a key). A payload outside these bounds is rejected at decode, with the
+# field and the reason, never sent to the database.
+INT64_MAX = 2**63 - 1
+Int64 = Annotated[int, Field(ge=-(2**63), le=INT64_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
+PLAIN_TEXT = r"^[^\x00-\x1f\x7f]*$"
+COUNTER_KEY = r"^[A-Za-z0-9_-]{1,64}$"
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
-ShortText = Annotated[str, StringConstraints(max_length=1024)]
+ShortText = Annotated[str, StringConstraints(max_length=1024, pattern=PLAIN_TEXT)]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-Version = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Version = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=PLAIN_TEXT)]
+CounterKey = Annotated[str, StringConstraints(pattern=COUNTER_KEY)]
+
+
+def _storable_number(value: Any) -> Any:
+    """An integer out of signed 64 bits is refused, not silently turned into a float."""
+    in_range = -(2**63) <= value <= INT64_MAX if isinstance(value, int) else True
+    if not in_range:
+        raise ValueError("integer outside the signed 64-bit range")
+    return value
+
+
+CounterValue = Annotated[int | float, BeforeValidator(_storable_number)]
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", strict=False)
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=False, allow_inf_nan=False)
 
     v: int = Field(default=PROTOCOL_VERSION, ge=1, description="Schema version of the payload")
 
@@ -152,7 +176,7 @@ class ConfigReport(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    version: NonNegativeInt
+    version: Count
     hash: Sha256Hex | None = None
     status: Literal["applied", "rejected"]
     error: ShortText | None = None
@@ -162,11 +186,16 @@ class StateMessage(_DeviceMessage):
     """``devices/{id}/state``: what the device runs and how it is doing."""
 
     firmware: Version
-    hardware_model: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    hardware_model: Annotated[
+        str, StringConstraints(min_length=1, max_length=64, pattern=PLAIN_TEXT)
+    ]
     config: ConfigReport | None = None
-    uptime_s: NonNegativeInt = 0
-    counters: dict[Annotated[str, StringConstraints(max_length=64)], int | float] = Field(
-        default_factory=dict, max_length=64
+    uptime_s: Count = 0
+    counters: dict[CounterKey, CounterValue] = Field(
+        default_factory=dict,
+        max_length=64,
+        description=f"Named numbers: keys match {COUNTER_KEY}, values within signed 64 bits "
+        "or finite floats",
     )
 
     def content(self) -> dict[str, Any]:
@@ -193,7 +222,7 @@ class JobStatusMessage(_DeviceMessage):
 
     job_id: JobId
     status: JobState
-    progress: float | None = Field(default=None, ge=0, le=100)
+    progress: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
     reason: ShortText | None = None
     firmware: Version | None = Field(default=None, description="Running version, when known")
 

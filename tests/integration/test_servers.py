@@ -144,6 +144,18 @@ async def test_store_applies_a_batch_with_per_write_outcomes(mongo_db) -> None:
     ]
 
 
+async def test_a_write_no_server_can_store_is_isolated_from_its_batch(mongo_db) -> None:
+    """An integer beyond 64 bits fails before it is sent (the whole bulk, on MongoDB):
+    the store reports that one write as refused and applies the others."""
+    store = Store(mongo_db)
+    writes: list[Write] = [Insert({"_id": f"d{i}", "n": i}) for i in range(5)]
+    writes.insert(2, Insert({"_id": "huge", "n": 2**70}))
+    result = await store.apply("docs", writes)
+    assert result.inserted == 5
+    assert list(result.errors) == [2]
+    assert "huge" not in {d["_id"] for d in await mongo_db["docs"].find().to_list()}
+
+
 async def test_store_never_runs_two_writes_of_one_document_at_once(mongo_db) -> None:
     """FerretDB loses one of two concurrent updates of a document; the store's batches
     therefore send writes naming the same ``_id`` one after the other."""

@@ -86,7 +86,9 @@ async def test_messages_arriving_during_a_slow_write_make_one_next_batch() -> No
     await asyncio.wait_for(writer.started.wait(), 5)
     for m in rest:  # the database is slow: these queue up meanwhile
         source.messages.put_nowait(m)
-    await asyncio.sleep(0.01)
+    async with asyncio.timeout(5):  # the decoder takes them all while the write waits
+        while source.messages.qsize():  # noqa: ASYNC110 (yield: the decoder runs)
+            await asyncio.sleep(0)
     assert source.acked == []  # the first write has not returned: nothing acked
     gate.set()
     source.close_intake()
