@@ -134,42 +134,51 @@ def servers() -> tuple[Path, Mosquitto, S3Server, MongoServer]:
 async def executor_run(broker: Mosquitto, s3: S3Server, mongo: MongoServer, n: int) -> float:
     """Seconds for the real executor (MongoDB writes included) to send n commands."""
     from pymongo import AsyncMongoClient
-    from pymongo.operations import InsertOne
 
-    from outpost.mongo import bulk_write, chunk_size
+    from outpost.store import Insert, Store
     from scheduler.claims import Claims
     from scheduler.executor import ExecutorConfig, RolloutExecutor
     from scheduler.metrics import SchedulerMetrics
     from scheduler.store import RolloutStore
+    from schemas.documents import FIRMWARE, ROLLOUTS, RolloutDoc
+    from schemas.rollouts import RolloutControl, RolloutSpec
 
     log = logging.getLogger("bench.executor")
     mc: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo.url, tz_aware=True)
-    db = mc["bench"]
-    chunk = await chunk_size(db)
+    db = Store(mc["bench"])
     devices = [
         {"_id": device(i), "tenant_id": "t", "group": "g", "presence": {"status": "online"}}
         for i in range(n)
     ]
-    await bulk_write(db["devices"], [InsertOne(d) for d in devices], chunk=chunk)
-    await db["firmware"].insert_one(
+    await db.apply("devices", [Insert(d) for d in devices])
+    await db[FIRMWARE].insert_one(
         {
             "_id": "fw",
+            "tenant_id": "t",
             "version": "2.0.0",
             "size": 8_388_608,
             "sha256": SHA,
             "s3_key": "fw/bench/image.bin",
+            "status": "ready",
+            "created_at": datetime.now(UTC),
         }
     )
-    await db["rollouts"].insert_one(
+    spec = RolloutSpec.model_validate(
         {
-            "_id": JOB,
-            "tenant_id": "t",
-            "status": "running",
             "firmware": {"id": "fw", "version": "2.0.0"},
             "target": {"group": "g"},
             "waves": {"kind": "fixed", "size": n},
             "max_per_minute": 100_000,
         }
+    )
+    await db[ROLLOUTS].insert_one(
+        RolloutDoc(
+            id=JOB,
+            tenant_id="t",
+            spec=spec,
+            created_at=datetime.now(UTC),
+            control=RolloutControl(status="running", rev="r0"),
+        ).to_mongo()
     )
     async with client(broker, "bench-executor") as pub:
         ex = RolloutExecutor(
@@ -183,9 +192,10 @@ async def executor_run(broker: Mosquitto, s3: S3Server, mongo: MongoServer, n: i
             ExecutorConfig(batch=BATCH, lease_ttl=timedelta(minutes=30)),
         )
         start = time.perf_counter()
-        while await db["job_executions"].count_documents({"sent_at": None}) or not await db[
-            "job_executions"
-        ].count_documents({}):
+        executions = db["job_executions"]
+        while await executions.count_documents({"sent_at": None}) or not (
+            await executions.count_documents({})
+        ):
             await ex.tick()
         elapsed = time.perf_counter() - start
     await mc.close()
