@@ -3,10 +3,13 @@
 Why this mechanism: it works against the real broker at run time, with no restart and
 no file the api must share with the broker. Measured on Debian's Mosquitto 2.0.11: a
 shared role with ``devices/%u/#`` denies everything (no ``%u`` substitution there), so
-each device gets **its own role** granting ``publishClientSend``,
-``publishClientReceive`` and ``subscribePattern`` on ``devices/{id}/#`` only; the
-client's username and client id are both the device id. ``deleteClient`` also
-disconnects a connected client.
+each device gets **its own role**. The role confines the device to its own channels,
+each in one direction (:func:`device_acls`): it may publish only its presence, state and
+job status, and subscribe only to its config and jobs. Everything else is denied by the
+broker's default ACL access (``broker/roles.json``); a denied QoS 1 publish gets PUBACK
+reason 135 (not authorized) and reaches nobody. The client's username and client id are
+both the device id. ``deleteClient`` and ``setClientPassword`` also disconnect a
+connected client.
 
 The command builders are pure; :class:`BrokerAdmin` sends them over a
 :class:`~api.broker_link.BrokerLink`.
@@ -17,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from api.errors import BrokerError, Conflict
-from schemas.topics import device_filter
+from schemas.topics import Channel, channel_filter
 
 
 class ControlChannel(Protocol):
@@ -28,27 +31,80 @@ def role_name(device_id: str) -> str:
     return f"device-{device_id}"
 
 
+def device_acls(device_id: str) -> list[dict[str, Any]]:
+    """One device's ACL: each of its channels in its one direction, nothing else."""
+    acls = []
+    for channel in Channel:
+        kinds = (
+            ("publishClientSend",)
+            if channel.from_device
+            else ("subscribePattern", "publishClientReceive")
+        )
+        topic = channel_filter(channel, device_id)
+        acls += [{"acltype": k, "topic": topic, "priority": 0, "allow": True} for k in kinds]
+    return acls
+
+
+LISTENER_SUFFIX = "listen"
+
+
+def listener_name(device_id: str) -> str:
+    """The second account of a device: ``{id}/listen``, username and client id both.
+
+    A device that cannot hold one session for everything (a shell script: ``mosquitto_sub``
+    to listen, ``mosquitto_pub`` to report) listens with this one, the same password and
+    the same role, so the two never take each other's session over. Mosquitto binds one
+    client id per account, and an account without that binding could take over another
+    device's session, so the second client id is a second account.
+    """
+    return f"{device_id}/{LISTENER_SUFFIX}"
+
+
+def _client(username: str, password: str, device_id: str) -> dict[str, Any]:
+    return {
+        "command": "createClient",
+        "username": username,
+        "password": password,
+        "clientid": username,
+        "roles": [{"rolename": role_name(device_id)}],
+    }
+
+
 def create_device_commands(device_id: str, password: str) -> list[dict[str, Any]]:
-    subtree = device_filter(device_id)
-    acls = [
-        {"acltype": kind, "topic": subtree, "priority": 0, "allow": True}
-        for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")
-    ]
     return [
-        {"command": "createRole", "rolename": role_name(device_id), "acls": acls},
-        {
-            "command": "createClient",
-            "username": device_id,
-            "password": password,
-            "clientid": device_id,
-            "roles": [{"rolename": role_name(device_id)}],
-        },
+        {"command": "createRole", "rolename": role_name(device_id), "acls": device_acls(device_id)},
+        _client(device_id, password, device_id),
+        _client(listener_name(device_id), password, device_id),
     ]
+
+
+def reset_device_commands(device_id: str, password: str) -> list[dict[str, Any]]:
+    """New password and the current ACL for an existing account (rotation, re-provision):
+    the role is created again so an account made under older rules gets today's.
+
+    The first :data:`RESET_REMOVALS` commands may find nothing to remove. The role is
+    taken off its clients before it is deleted: Mosquitto 2.0 crashes later when a role
+    is deleted while a client still holds it (eclipse-mosquitto/mosquitto#2660).
+    """
+    role, listener = role_name(device_id), listener_name(device_id)
+    return [
+        {"command": "removeClientRole", "username": device_id, "rolename": role},
+        {"command": "deleteClient", "username": listener},
+        {"command": "deleteRole", "rolename": role},
+        {"command": "createRole", "rolename": role, "acls": device_acls(device_id)},
+        {"command": "addClientRole", "username": device_id, "rolename": role},
+        set_password_command(device_id, password),
+        _client(listener, password, device_id),
+    ]
+
+
+RESET_REMOVALS = 3
 
 
 def delete_device_commands(device_id: str) -> list[dict[str, Any]]:
     return [
         {"command": "deleteClient", "username": device_id},
+        {"command": "deleteClient", "username": listener_name(device_id)},
         {"command": "deleteRole", "rolename": role_name(device_id)},
     ]
 
@@ -76,7 +132,7 @@ class BrokerAdmin:
     async def create_device(
         self, device_id: str, password: str, *, replace_stale: bool = True
     ) -> None:
-        """Create the device's role and client.
+        """Create the device's role and its two clients (``{id}`` and ``{id}/listen``).
 
         The caller has just inserted the device document (ids are unique there), so an
         existing broker client of that name is stale (e.g. a registration whose answer was
@@ -84,7 +140,7 @@ class BrokerAdmin:
         """
         responses = await self._channel.control(create_device_commands(device_id, password))
         role, client = errors_of(responses[:1]), errors_of(responses[1:])
-        if client and _already_exists(client[0]):
+        if any(_already_exists(e) for e in client):
             if not replace_stale:
                 raise Conflict(f"device {device_id!r} already has a broker account")
             await self.delete_device(device_id)
@@ -104,3 +160,11 @@ class BrokerAdmin:
         errors = errors_of(await self._channel.control([set_password_command(device_id, password)]))
         if errors:
             raise BrokerError("; ".join(errors))
+
+    async def reset_device(self, device_id: str, password: str) -> None:
+        """New password, today's ACL, and the device's sessions disconnected."""
+        responses = await self._channel.control(reset_device_commands(device_id, password))
+        removals = errors_of(responses[:RESET_REMOVALS])  # may not exist (older accounts)
+        real = [e for e in removals if not _not_found(e)] + errors_of(responses[RESET_REMOVALS:])
+        if real:
+            raise BrokerError("; ".join(real))

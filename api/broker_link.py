@@ -1,8 +1,9 @@
 """The api's MQTT connection: publishes and dynamic-security commands (aiomqtt, MQTT v5).
 
 One supervised connection per api process. :meth:`BrokerLink.run` keeps it up
-(reconnecting with back-off) and routes ``$CONTROL/dynamic-security/v1/response``
-messages to the waiting :meth:`BrokerLink.control` call by ``correlationData``.
+(reconnecting with :func:`outpost.mqtt.reconnect_delay`) and routes
+``$CONTROL/dynamic-security/v1/response`` messages to the waiting
+:meth:`BrokerLink.control` call by ``correlationData``.
 aiomqtt/paho errors become :class:`api.errors.BrokerError` here and nowhere else.
 """
 
@@ -15,9 +16,9 @@ import uuid
 from typing import Any
 
 import aiomqtt
-from aiomqtt import ProtocolVersion
 
 from api.errors import BrokerError
+from outpost.mqtt import aiomqtt_client, reconnect_delay
 from outpost.settings import MqttSettings
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
@@ -41,13 +42,9 @@ class BrokerLink:
 
     def _new_client(self) -> aiomqtt.Client:
         s = self._settings
-        return aiomqtt.Client(
-            s.host,
-            s.port,
-            username=s.username,
-            password=s.password_value,
-            identifier=f"{s.client_id_prefix}-api-{uuid.uuid4().hex[:8]}",
-            protocol=ProtocolVersion.V5,
+        return aiomqtt_client(
+            s.endpoint(),
+            f"{s.client_id_prefix}-api-{uuid.uuid4().hex[:8]}",
             keepalive=s.keepalive,
             timeout=self._timeout,
             logger=self._logger,
@@ -55,26 +52,29 @@ class BrokerLink:
 
     async def run(self) -> None:
         """Keep the connection up until cancelled."""
-        delay = 0.2
+        failures = 0
         while True:
             try:
                 async with self._new_client() as client:
                     await client.subscribe(RESPONSE_TOPIC, qos=1)
                     self._client = client
                     self._connected.set()
-                    delay = 0.2
+                    failures = 0
                     self._logger.info("broker connected", extra={"host": self._settings.host})
                     async for message in client.messages:
                         self._on_response(message.payload)
             except aiomqtt.MqttError as exc:
+                delay = reconnect_delay(failures, base=0.2, cap=10.0)
+                failures += 1
                 self._logger.warning(
-                    "broker connection lost", extra={"error": str(exc), "retry_s": delay}
+                    "broker connection lost", extra={"error": str(exc), "retry_s": round(delay, 2)}
                 )
+            else:
+                delay = 0.0
             finally:
                 self._connected.clear()
                 self._client = None
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
 
     async def _ready_client(self) -> aiomqtt.Client:
         try:

@@ -107,15 +107,30 @@ async def publish(state: AppState, change: Change) -> int:
         issued_at=utc_now(),
         config=change.rendered.config,
     )
+    return await _retain(state, change.device_id, change.version, encode(message))
+
+
+async def republish(state: AppState, device: DeviceDoc) -> int:
+    """Retain the device's desired config again, or clear the retained config topic when
+    it has none: whatever anyone else left there (a forged config) is replaced."""
+    version = current_version(device)
+    stored = await device_store.get_config(state.db, device.tenant_id, device.id, version)
+    if stored is None:
+        return await _retain(state, device.id, 0, b"")  # an empty retained message clears
+    message = ConfigMessage(
+        version=stored.version, hash=stored.hash, issued_at=utc_now(), config=stored.config
+    )
+    return await _retain(state, device.id, version, encode(message))
+
+
+async def _retain(state: AppState, device_id: str, version: int, payload: bytes) -> int:
     try:
-        await state.link.publish(
-            topic(Channel.CONFIG, change.device_id), encode(message), qos=1, retain=True
-        )
+        await state.link.publish(topic(Channel.CONFIG, device_id), payload, qos=1, retain=True)
     except BrokerError as exc:
         state.metrics.configs_published.labels("failed").inc()
         state.logger.warning(
             "config publish failed",
-            extra={"device_id": change.device_id, "version": change.version, "error": exc.detail},
+            extra={"device_id": device_id, "version": version, "error": exc.detail},
         )
         return 0
     state.metrics.configs_published.labels("ok").inc()

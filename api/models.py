@@ -130,6 +130,15 @@ class DeviceCredentials(_Out):
     username: str
     client_id: str
     password: str = Field(description="MQTT password; shown only in this response")
+    firmware_public_key: str | None = Field(
+        default=None,
+        description="Ed25519 public key (base64) the device verifies firmware manifests with",
+    )
+
+
+class KeysReset(_Out):
+    device_id: str
+    key_epoch: int = Field(description="The device's ordering keys count from this epoch on")
 
 
 class DeviceRegistered(_Out):
@@ -203,5 +212,10 @@ class FirmwarePublic(_Out):
     status: str = Field(description="pending until the image is uploaded, then ready")
     size: int | None
     sha256: str | None
+    signature: str | None = Field(
+        default=None,
+        description="Ed25519 signature (base64) of the manifest: version, size, sha256, "
+        "hardware models; devices verify it with firmware_public_key",
+    )
     created_at: datetime
     uploaded_at: datetime | None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from outpost.settings import OutpostSettings
+from outpost.signing import SigningKey
 
 
 class ApiSettings(OutpostSettings):
@@ -27,3 +28,19 @@ class ApiSettings(OutpostSettings):
     broker_timeout_s: float = Field(
         default=5.0, gt=0, le=60, description="Longest wait for the broker (publish, admin)"
     )
+    firmware_signing_key: SecretStr | None = Field(
+        default=None,
+        description="Ed25519 private key (base64 of its 32-byte seed) that signs firmware "
+        "manifests at upload; unset: uploads are refused",
+    )
+
+    @field_validator("firmware_signing_key")
+    @classmethod
+    def _usable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            SigningKey(value.get_secret_value())  # raises ValueError with the reason
+        return value
+
+    def signer(self) -> SigningKey | None:
+        key = self.firmware_signing_key
+        return SigningKey(key.get_secret_value()) if key is not None else None

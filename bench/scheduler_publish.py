@@ -140,17 +140,27 @@ async def executor_run(broker: Mosquitto, s3: S3Server, mongo: MongoServer, n: i
     from scheduler.executor import ExecutorConfig, RolloutExecutor
     from scheduler.metrics import SchedulerMetrics
     from scheduler.store import RolloutStore
-    from schemas.documents import FIRMWARE, ROLLOUTS, RolloutDoc
+    from schemas.documents import DEVICE_STATUS, FIRMWARE, ROLLOUT_PROGRESS, ROLLOUTS, RolloutDoc
     from schemas.rollouts import RolloutControl, RolloutSpec
 
     log = logging.getLogger("bench.executor")
     mc: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo.url, tz_aware=True)
     db = Store(mc["bench"])
+    now = datetime.now(UTC)
     devices = [
-        {"_id": device(i), "tenant_id": "t", "group": "g", "presence": {"status": "online"}}
+        {
+            "_id": device(i),
+            "tenant_id": "t",
+            "group": "g",
+            "hardware_model": "hw",
+            "created_at": now,
+        }
         for i in range(n)
     ]
     await db.apply("devices", [Insert(d) for d in devices])
+    online = {"status": "online", "since": now, "k": "0"}
+    statuses = [{"_id": d["_id"], "tenant_id": "t", "presence": online} for d in devices]
+    await db.apply(DEVICE_STATUS, [Insert(s) for s in statuses])
     await db[FIRMWARE].insert_one(
         {
             "_id": "fw",
@@ -159,6 +169,7 @@ async def executor_run(broker: Mosquitto, s3: S3Server, mongo: MongoServer, n: i
             "size": 8_388_608,
             "sha256": SHA,
             "s3_key": "fw/bench/image.bin",
+            "hardware_models": ["hw"],
             "status": "ready",
             "created_at": datetime.now(UTC),
         }
@@ -197,6 +208,9 @@ async def executor_run(broker: Mosquitto, s3: S3Server, mongo: MongoServer, n: i
             await executions.count_documents({})
         ):
             await ex.tick()
+            progress = await db[ROLLOUT_PROGRESS].find_one({"_id": JOB})
+            if progress and progress.get("status") == "aborted":
+                raise RuntimeError(f"the rollout was aborted: {progress.get('reason')}")
         elapsed = time.perf_counter() - start
     await mc.close()
     return elapsed
@@ -227,7 +241,7 @@ async def run(n: int, executor_n: int) -> dict[str, float]:
             "n": n,
             "exec_n": executor_n,
             "exec_s": exec_s,
-            "flavour": mongo.flavour,
+            "flavour": "FerretDB on PostgreSQL",
             "size": size,
             "presign_us": presign_s / n * 1e6,
             "build_s": build_s,

@@ -47,8 +47,8 @@ async def open_writer(
             dead_letter_cap=b.dead_letter_cap,
             state_refresh=timedelta(seconds=b.state_refresh_s),
         )
-        devices = KnownIds(sink.devices, unknown_ttl=b.unknown_ttl_s)
-        executions = KnownIds(sink.executions, unknown_ttl=b.unknown_ttl_s)
+        devices = KnownIds(sink.devices, unknown_ttl=b.unknown_ttl_s, known_ttl=b.known_ttl_s)
+        executions = KnownIds(sink.executions, unknown_ttl=b.unknown_ttl_s, known_ttl=b.known_ttl_s)
         yield Writer(sink, devices, executions, metrics, logger)
     finally:
         await client.close()

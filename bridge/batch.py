@@ -17,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, NamedTuple
 
 from bridge.decode import Accepted, Rejection, slot
 from outpost.store import Document, Insert, Update
@@ -34,12 +35,15 @@ from schemas.protocol import (
 __all__ = [
     "Known",
     "Plan",
+    "Registered",
+    "Skip",
     "Target",
     "coalesce",
     "content_hash",
     "insert_op",
     "needed",
     "plan",
+    "skip_reason",
     "split_unknown",
     "stored_field",
     "target",
@@ -48,8 +52,24 @@ __all__ = [
     "with_known",
 ]
 
-Known = Mapping[str, str | None]  # id -> tenant id, for ids that have a document
+
+class Registered(NamedTuple):
+    """What the bridge needs of a device (or execution) document that exists."""
+
+    tenant_id: str | None
+    key_epoch: int = 0
+
+
+Known = Mapping[str, Registered]  # id -> its document's facts, for ids that have one
 Target = tuple[str, str]  # (collection, _id)
+
+
+class Skip(StrEnum):
+    """Why a message needs no write (a metric label)."""
+
+    COALESCED = "coalesced"  # a newer message of the same batch and slot is written
+    OLDER = "older"  # the stored key is as new or newer
+    UNCHANGED = "unchanged"  # same state as stored, refreshed recently
 
 
 @dataclass(frozen=True)
@@ -115,8 +135,10 @@ def plan(decoded: Sequence[Accepted | Rejection]) -> Plan:
 
 
 def with_known(decoded: Plan, devices: Known, executions: Known) -> Plan:
-    """Reject unknown devices and executions, then coalesce what is left."""
+    """Reject unknown devices and executions, give each message its device's key epoch,
+    then coalesce what is left."""
     keep, unknown = split_unknown(decoded.writes, devices, executions)
+    keep = [replace(a, epoch=devices[a.device_id].key_epoch) for a in keep]
     ids = frozenset(a.device_id for a in keep)
     return Plan(
         writes=tuple(coalesce(keep)),
@@ -124,7 +146,7 @@ def with_known(decoded: Plan, devices: Known, executions: Known) -> Plan:
         accepted=len(keep),
         device_ids=ids,
         execution_ids=frozenset(e for a in keep if (e := _execution(a))),
-        tenants={i: devices.get(i) for i in ids},
+        tenants={i: devices[i].tenant_id for i in ids},
     )
 
 
@@ -153,8 +175,16 @@ def _stored(stored: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
     return (stored.get(prefix) or {}) if prefix else stored
 
 
-def needed(item: Accepted, stored: Mapping[str, Any] | None, refresh_before: datetime) -> bool:
-    """Would this message change ``stored`` (None: no document yet, so yes)?
+def key(item: Accepted) -> str:
+    """The stored form of the message's ordering key, in its device's key epoch."""
+    return order_key_str(item.message.key, item.epoch)
+
+
+def skip_reason(
+    item: Accepted, stored: Mapping[str, Any] | None, refresh_before: datetime
+) -> Skip | None:
+    """Why this message would not change ``stored``, or None if it would (no document
+    yet: it would).
 
     Only an optimisation before sending: the update itself carries the same condition, so
     a document another instance changed between the read and the write is still safe.
@@ -162,22 +192,28 @@ def needed(item: Accepted, stored: Mapping[str, Any] | None, refresh_before: dat
     older than ``refresh_before``, so ``last_seen`` and uptime stay fresh at a bounded cost.
     """
     if stored is None:
-        return True
+        return None
     current = _stored(stored, stored_field(item))
     k = current.get("k")
-    if k is not None and k >= order_key_str(item.message.key):
-        return False
+    if k is not None and k >= key(item):
+        return Skip.OLDER
     message = item.message
     if not isinstance(message, StateMessage) or current.get("h") != content_hash(message):
-        return True
+        return None
     updated = current.get("updated_at")
-    return not isinstance(updated, datetime) or updated < refresh_before
+    fresh = isinstance(updated, datetime) and updated >= refresh_before
+    return Skip.UNCHANGED if fresh else None
+
+
+def needed(item: Accepted, stored: Mapping[str, Any] | None, refresh_before: datetime) -> bool:
+    """Would this message change ``stored``? (:func:`skip_reason` is None)"""
+    return skip_reason(item, stored, refresh_before) is None
 
 
 def value(item: Accepted) -> Document:
     """What the message stores: the presence or state sub-document, or the job report."""
     message, at = item.message, item.inbound.received_at
-    k = order_key_str(message.key)
+    k = key(item)
     if isinstance(message, PresenceMessage):
         return {"status": message.status.value, "reason": message.reason, "since": at, "k": k}
     if isinstance(message, StateMessage):
@@ -229,7 +265,7 @@ def update_op(item: Accepted, refresh_before: datetime) -> Update:
     identical state, only once per refresh interval)."""
     _, _id = target(item)
     name = stored_field(item)
-    k = order_key_str(item.message.key)
+    k = key(item)
     prefix = f"{name}." if name else ""
     condition: Document = {"$or": _older(f"{prefix}k", k)}
     message = item.message

@@ -85,3 +85,9 @@ class BridgeSettings(OutpostSettings):
         ge=0,
         description="How long an id without a devices document is remembered as unknown",
     )
+    known_ttl_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a registered device's facts are cached: a reset of its "
+        "ordering keys takes effect within this time",
+    )

@@ -18,6 +18,7 @@ class Accepted:
     inbound: Inbound
     where: Topic
     message: DeviceMessage
+    epoch: int = 0  # the device's key epoch (registry), known once the device is looked up
 
     @property
     def device_id(self) -> str:

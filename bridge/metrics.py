@@ -19,6 +19,15 @@ class BridgeMetrics:
         self.rejected = Counter(
             "outpost_bridge_rejected", "Rejected messages by reason", ["reason"], registry=r
         )
+        self.skipped = Counter(
+            "outpost_bridge_skipped",
+            "Accepted messages not written, by reason: coalesced (a newer one of the same "
+            "batch was), older (the stored key is as new: a duplicate, a late message, or a "
+            "device whose keys went back and need a reset), unchanged (same state, recently "
+            "refreshed)",
+            ["reason"],
+            registry=r,
+        )
         self.acked = Counter(
             "outpost_bridge_acked", "Messages acknowledged to the broker", registry=r
         )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,9 +35,11 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from bridge.batch import (
     Plan,
+    Registered,
+    Skip,
     Target,
     insert_op,
-    needed,
+    skip_reason,
     stored_field,
     target,
     update_op,
@@ -110,6 +113,7 @@ class WriteCounts:
     ops: int = 0
     modified: int = 0  # documents inserted or changed
     skipped: int = 0  # not sent: the pre-read showed the stored data already as new
+    skips: Counter[Skip] = field(default_factory=Counter)  # messages not written, by reason
     raced: int = 0  # inserts another instance beat: sent again as conditional updates
     refused: list[Rejection] = field(default_factory=list)  # the database refused them
     dead_letters: int = 0
@@ -158,7 +162,14 @@ class MongoSink:
         counts.read_s = time.monotonic() - started
         refresh_before = now - self._refresh
         known = self._known
-        pending = [i for i in planned.writes if needed(i, known.view(target(i)), refresh_before)]
+        pending = []
+        for item in planned.writes:
+            reason = skip_reason(item, known.view(target(item)), refresh_before)
+            if reason is None:
+                pending.append(item)
+            else:
+                counts.skips[reason] += 1
+        counts.skips[Skip.COALESCED] += planned.accepted - len(planned.writes)
         counts.skipped = len(planned.writes) - len(pending)
         started = time.monotonic()
         first = [
@@ -232,15 +243,18 @@ class MongoSink:
     async def _find(self, collection: str, ids: list[str], fields: list[str]) -> list[Document]:
         return await mapped(self._store.find_ids(collection, ids, dict.fromkeys(fields, 1)))
 
-    async def devices(self, ids: Iterable[str]) -> dict[str, str | None]:
-        """Which of ``ids`` are registered devices, with their tenant."""
-        docs = await self._find(DEVICES, sorted(set(ids)), ["tenant_id"])
-        return {str(d["_id"]): d.get("tenant_id") for d in docs}
+    async def devices(self, ids: Iterable[str]) -> dict[str, Registered]:
+        """Which of ``ids`` are registered devices, with their tenant and key epoch."""
+        docs = await self._find(DEVICES, sorted(set(ids)), ["tenant_id", "key_epoch"])
+        return {
+            str(d["_id"]): Registered(d.get("tenant_id"), int(d.get("key_epoch") or 0))
+            for d in docs
+        }
 
-    async def executions(self, ids: Iterable[str]) -> dict[str, str | None]:
+    async def executions(self, ids: Iterable[str]) -> dict[str, Registered]:
         """Which of ``ids`` are job executions the scheduler created, with their tenant."""
         docs = await self._find(JOB_EXECUTIONS, sorted(set(ids)), ["tenant_id"])
-        return {str(d["_id"]): d.get("tenant_id") for d in docs}
+        return {str(d["_id"]): Registered(d.get("tenant_id")) for d in docs}
 
     async def ping(self) -> None:
         await mapped(self._store.db.command("ping"))
@@ -297,34 +311,44 @@ class StoredKeys:
 
 
 class KnownIds:
-    """Ids that have a document: positives cached for good, negatives for a TTL.
+    """Ids that have a document, with what the bridge needs of it; positives cached for
+    ``known_ttl`` seconds, negatives for ``unknown_ttl``.
 
     A device is registered by the api before it can connect (the broker's ACL needs its
     credentials), and an execution exists before its command is sent, so an id seen once
-    stays valid; an unknown id is asked again after ``unknown_ttl`` seconds, so a flood of
-    messages for unknown ids costs one query per id and TTL, not one per message.
+    stays valid; it is read again after ``known_ttl`` only to learn a changed key epoch
+    (an admin reset the device's ordering keys). An unknown id is asked again after
+    ``unknown_ttl``, so a flood of messages for unknown ids costs one query per id and
+    TTL, not one per message.
     """
 
     def __init__(
         self,
-        lookup: Callable[[Iterable[str]], Awaitable[Mapping[str, str | None]]],
+        lookup: Callable[[Iterable[str]], Awaitable[Mapping[str, Registered]]],
         *,
         unknown_ttl: float,
+        known_ttl: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         capacity: int = 1_000_000,
     ) -> None:
         self._lookup = lookup
         self._ttl = unknown_ttl
+        self._known_ttl = known_ttl
         self._clock = clock
         self._capacity = capacity
-        self._known: dict[str, str | None] = {}
+        self._known: dict[str, tuple[Registered, float]] = {}  # id -> (facts, valid until)
         self._unknown_until: dict[str, float] = {}
 
     def to_ask(self, ids: Iterable[str], now: float) -> set[str]:
-        """Ids neither known nor remembered as unknown (pure)."""
-        return {i for i in ids if i not in self._known and self._unknown_until.get(i, 0.0) <= now}
+        """Ids neither known (and fresh) nor remembered as unknown (pure)."""
+        return {
+            i
+            for i in ids
+            if (i not in self._known or self._known[i][1] <= now)
+            and self._unknown_until.get(i, 0.0) <= now
+        }
 
-    async def known(self, ids: Iterable[str]) -> dict[str, str | None]:
+    async def known(self, ids: Iterable[str]) -> dict[str, Registered]:
         ids = set(ids)
         now = self._clock()
         ask = self.to_ask(ids, now)
@@ -332,9 +356,11 @@ class KnownIds:
             found = await self._lookup(ask)
             if len(self._known) + len(found) > self._capacity:
                 self._known.clear()  # bounded memory; the next batches ask again
-            self._known.update(found)
+            until = now + self._known_ttl
+            self._known.update((i, (facts, until)) for i, facts in found.items())
             for i in ask - found.keys():
+                self._known.pop(i, None)  # deleted since (decommissioned for good)
                 self._unknown_until[i] = now + self._ttl
             if len(self._unknown_until) > 100_000:
                 self._unknown_until = {i: t for i, t in self._unknown_until.items() if t > now}
-        return {i: self._known[i] for i in ids if i in self._known}
+        return {i: self._known[i][0] for i in ids if i in self._known}

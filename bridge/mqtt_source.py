@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -37,7 +37,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.errors import MqttError
 from bridge.inbound import Inbound
-from outpost.mqtt import LoopDriver
+from outpost.mqtt import LoopDriver, paho_client
 from outpost.settings import MqttSettings
 
 __all__ = ["MqttSource"]
@@ -144,16 +144,7 @@ class MqttSource:
         self._client = None
 
     def _build_client(self) -> paho.Client:
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self._client_id,
-            protocol=paho.MQTTv5,
-            manual_ack=True,
-        )
-        if self._settings.username:
-            client.username_pw_set(self._settings.username, self._settings.password_value)
-        if self._settings.tls:
-            client.tls_set(ca_certs=self._settings.ca_file)
+        client = paho_client(self._settings.endpoint(), self._client_id, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message

@@ -103,6 +103,8 @@ class Writer:
             message = item.message
             if isinstance(message, StateMessage | JobStatusMessage) and message.ts:
                 self.metrics.lag_seconds.observe(max(0.0, (now - message.ts).total_seconds()))
+        for reason, n in counts.skips.items():
+            self.metrics.skipped.labels(reason=reason.value).inc(n)
         for rejection in [*planned.rejections, *counts.refused]:
             self.metrics.rejected.labels(reason=rejection.reason.value).inc()
             self.logger.debug(

@@ -32,10 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel
@@ -44,8 +42,9 @@ from device import behaviour as b
 from device.download import download, resume_partial
 from device.errors import BrokerError, DownloadError
 from device.storage import AgentState, load_state, save_state
+from outpost.mqtt import Endpoint, paho_client
 from schemas.protocol import ConfigMessage, JobState, JobStatusMessage, encode, utc_now
-from schemas.topics import Channel, TopicError, parse, topic
+from schemas.topics import Channel, TopicError, device_subscriptions, parse, topic
 
 __all__ = ["Agent", "AgentConfig", "Install", "accept_config", "main"]
 
@@ -80,6 +79,10 @@ class AgentConfig:
     tls: bool = False
     ca_file: str | None = None
     connect_timeout: float = 10.0
+    firmware_key: str | None = None  # the api's public key (registration); None: no upgrades
+
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port, self.tls, self.ca_file, self.username, self.password)
 
 
 @dataclass
@@ -117,12 +120,7 @@ class Agent:
     # ------------------------------------------------------------------ connection
 
     def _make_client(self) -> paho.Client:
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.config.device_id, protocol=paho.MQTTv5
-        )
-        client.username_pw_set(self.config.username, self.config.password)
-        if self.config.tls:
-            client.tls_set(ca_certs=self.config.ca_file)
+        client = paho_client(self.config.endpoint(), self.config.device_id)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -174,9 +172,7 @@ class Agent:
         )
         presence = b.online_presence(self.config.device_id, self._seq.next_key(), utc_now())
         self._publish(Channel.PRESENCE, presence, retain=True)
-        self._client.subscribe(
-            [(self._topic(Channel.CONFIG), 1), (f"devices/{self.config.device_id}/jobs/+", 1)]
-        )
+        self._client.subscribe([(f, 1) for f in device_subscriptions(self.config.device_id)])
         self.publish_state()
         if self._boot_pending:
             self._boot_pending = False
@@ -318,7 +314,8 @@ class Agent:
             self._count("job_invalid")
             self._report_raw(job_id, JobState.REJECTED, reason)
             return
-        decision = b.decide_job(command, self._state.job, self._state.firmware, utc_now())
+        trust = b.FirmwareTrust(self.config.firmware_key, self.config.hardware_model)
+        decision = b.decide_job(command, self._state.job, self._state.firmware, utc_now(), trust)
         self.log.info("job command", extra={"job_id": job_id, "action": decision.action.value})
         if decision.action is b.JobAction.IGNORE:
             return
@@ -450,6 +447,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--url", required=True, help="mqtt://host:port or mqtts://host:port")
     parser.add_argument("--username", help="defaults to the device id")
     parser.add_argument("--ca-file", help="CA bundle to verify the broker (mqtts)")
+    parser.add_argument(
+        "--firmware-key",
+        default=os.environ.get("OUTPOST_DEVICE_FIRMWARE_KEY"),
+        help="the api's firmware signing public key (from registration); without it the "
+        "agent installs nothing",
+    )
     parser.add_argument("--state-file", type=Path, required=True)
     parser.add_argument("--firmware", default="1.0.0", help="firmware of a fresh device")
     parser.add_argument("--hardware-model", default="ref-ap")
@@ -465,25 +468,25 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _config_from(args: argparse.Namespace) -> AgentConfig:
-    url = urlsplit(args.url)
-    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-        raise SystemExit(f"--url: expected mqtt://host:port or mqtts://host:port, got {args.url!r}")
-    tls = url.scheme == "mqtts"
-    password = os.environ.get("OUTPOST_DEVICE_PASSWORD") or unquote(url.password or "")
+    try:
+        url = Endpoint.from_url(args.url, ca_file=args.ca_file)
+    except ValueError as exc:
+        raise SystemExit(f"--url: {exc}") from None
     return AgentConfig(
         device_id=args.device_id,
-        host=url.hostname,
-        port=url.port or (8883 if tls else 1883),
-        username=args.username or unquote(url.username or "") or args.device_id,
-        password=password,
+        host=url.host,
+        port=url.port,
+        username=args.username or url.username or args.device_id,
+        password=os.environ.get("OUTPOST_DEVICE_PASSWORD") or url.password or "",
         state_file=args.state_file,
         firmware=args.firmware,
         hardware_model=args.hardware_model,
         state_interval=args.state_interval,
         max_download_rate=args.max_download_rate,
         backoff_cap=args.backoff_cap,
-        tls=tls,
+        tls=url.tls,
         ca_file=args.ca_file,
+        firmware_key=args.firmware_key,
     )
 
 

@@ -15,7 +15,6 @@ same rules run on the paho agent, on thousands of simulated devices, and in unit
 from __future__ import annotations
 
 import hashlib
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +22,9 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from outpost import signing
+from outpost.mqtt import reconnect_delay
+from schemas.firmware import is_downgrade
 from schemas.protocol import (
     WILL_SEQ,
     ConfigMessage,
@@ -40,6 +42,7 @@ __all__ = [
     "ApplyConfig",
     "ConfigDecision",
     "ConfigRejected",
+    "FirmwareTrust",
     "ImageCheck",
     "JobAction",
     "JobDecision",
@@ -62,20 +65,7 @@ __all__ = [
 # --------------------------------------------------------------------------- reconnects
 
 
-def backoff_delay(
-    attempt: int, *, base: float = 1.0, cap: float = 60.0, rand: Callable[[], float] = random.random
-) -> float:
-    """Full jitter: uniform in ``[0, min(cap, base * 2**attempt))``.
-
-    ``attempt`` counts failures since the last successful connection (0 for the first
-    retry). Spreading every retry over the whole window keeps a fleet that lost its
-    broker from coming back in the same second (AWS Architecture Blog, "Exponential
-    Backoff And Jitter").
-    """
-    if attempt < 0 or base <= 0 or cap <= 0:
-        raise ValueError("attempt must be >= 0, base and cap > 0")
-    window = min(cap, base * 2.0 ** min(attempt, 62))
-    return window * rand()
+backoff_delay = reconnect_delay  # the one reconnect policy (outpost.mqtt), full jitter
 
 
 # ----------------------------------------------------------------------------- ordering
@@ -276,14 +266,48 @@ def _record_for(command: JobCommand, running: str) -> JobRecord:
     )
 
 
+@dataclass(frozen=True)
+class FirmwareTrust:
+    """What a device checks before it downloads an image: the api's signature over the
+    manifest (with the public key it got at registration), its own hardware model in
+    the signed list, and no downgrade unless the rollout allows one."""
+
+    public_key: str | None
+    hardware_model: str
+
+    def refusal(self, command: JobCommand, running: str) -> str | None:
+        """None when the command may run, else why not."""
+        fw = command.firmware
+        if self.public_key is None:
+            return "no trusted firmware key configured"
+        if fw.signature is None:
+            return "unsigned firmware manifest"
+        try:
+            manifest = fw.manifest()
+        except ValidationError:
+            return "incomplete firmware manifest"
+        if not signing.verify(self.public_key, manifest, fw.signature):
+            return "firmware manifest signature does not verify"
+        if self.hardware_model not in manifest.hardware_models:
+            return f"image is not for hardware model {self.hardware_model}"
+        if is_downgrade(fw.version, running) and not command.allow_downgrade:
+            return f"downgrade from {running} to {fw.version} not allowed by the rollout"
+        return None
+
+
 def decide_job(
-    command: JobCommand, current: JobRecord | None, running: str, now: datetime
+    command: JobCommand,
+    current: JobRecord | None,
+    running: str,
+    now: datetime,
+    trust: FirmwareTrust | None = None,
 ) -> JobDecision:
     """What to do with an upgrade command, given the job on record and the running firmware.
 
     One job at a time: a different job while one is in progress is rejected (the
     scheduler retries later). A new execution of the same job restarts it once the
-    previous one ended. A redelivered command re-reports the current status.
+    previous one ended. A redelivered command re-reports the current status. With
+    ``trust`` a command the device cannot trust is rejected before anything is fetched.
     """
     fresh = _record_for(command, running)
     if current is not None and current.job_id == command.job_id:
@@ -300,6 +324,9 @@ def decide_job(
         return JobDecision(
             JobAction.REJECT, fresh.moved(JobState.REJECTED, reason="download URL expired")
         )
+    refusal = trust.refusal(command, running) if trust is not None else None
+    if refusal is not None:
+        return JobDecision(JobAction.REJECT, fresh.moved(JobState.REJECTED, reason=refusal))
     if command.firmware.version == running:
         return JobDecision(
             JobAction.REPORT,

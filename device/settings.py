@@ -7,6 +7,8 @@ address), so the simulator has settings of its own.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -22,5 +24,17 @@ class SimSettings(OutpostSettings):
 
     broker_url: MqttUrl = Field(description="Broker as devices reach it: mqtt:// or mqtts://")
     ca_file: str | None = Field(default=None, description="CA bundle devices trust for mqtts")
-    username: str | None = Field(default=None, description="Account the devices use")
+    accounts_file: Path | None = Field(
+        default=None,
+        description="JSON object of device id -> password: each listed device connects "
+        "with its own account",
+    )
+    username: str | None = Field(
+        default=None, description="Shared account for devices not in the accounts file"
+    )
     password: SecretStr | None = Field(default=None, description="Its password")
+    firmware_key: str | None = Field(
+        default=None,
+        description="The api's firmware signing public key: devices verify upgrade "
+        "manifests with it (unset: they trust any job)",
+    )

@@ -1,4 +1,11 @@
-"""paho-mqtt driven by the asyncio event loop: no network thread, one reconnect policy.
+"""Every MQTT client Outpost makes: one factory, TLS honoured everywhere, one reconnect
+policy, and paho driven by the asyncio event loop.
+
+:class:`Endpoint` says where and as whom (``mqtt://`` or ``mqtts://`` with a CA bundle);
+:func:`paho_client` and :func:`aiomqtt_client` build clients from it, always MQTT v5,
+always with TLS verification when the URL says ``mqtts``. The bridge and the reference
+agent use paho (manual acknowledgement, a device in its own process), the scheduler,
+the api and the simulator aiomqtt; none builds a client by hand.
 
 paho's own ``loop_start()`` runs the network in a thread of its own. In a process that
 also does asyncio work (every Outpost service), that thread and the event loop take
@@ -22,13 +29,17 @@ import contextlib
 import logging
 import random
 import select
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+import aiomqtt
 import paho.mqtt.client as paho
-from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-__all__ = ["LoopDriver", "reconnect_delay"]
+__all__ = ["Endpoint", "LoopDriver", "aiomqtt_client", "paho_client", "reconnect_delay"]
 
 READ_BURST = 64  # packets read per readable event at most, so other work still runs
 
@@ -46,9 +57,103 @@ def _more_to_read(sock: Any) -> bool:
         return False
 
 
-def reconnect_delay(attempt: int, *, first: float = 0.5, cap: float = 30.0) -> float:
-    """Seconds before reconnect attempt ``attempt`` (1-based): full jitter, doubling."""
-    return random.uniform(0, min(cap, first * 2 ** (attempt - 1)))
+@dataclass(frozen=True)
+class Endpoint:
+    """A broker and an account: what every client of ours is built from."""
+
+    host: str
+    port: int
+    tls: bool = False
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        ca_file: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> Endpoint:
+        """``mqtt://[user:pass@]host[:port]`` or ``mqtts://...``; explicit credentials win."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"expected mqtt://host:port or mqtts://host:port, got {url!r}")
+        tls = parts.scheme == "mqtts"
+        return cls(
+            parts.hostname,
+            parts.port or (8883 if tls else 1883),
+            tls,
+            ca_file,
+            username or (unquote(parts.username) if parts.username else None),
+            password or (unquote(parts.password) if parts.password else None),
+        )
+
+    def as_user(self, username: str, password: str) -> Endpoint:
+        return replace(self, username=username, password=password)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """Verifying TLS (the CA bundle, or the system's), or None for plain MQTT."""
+        if not self.tls:
+            return None
+        return ssl.create_default_context(cafile=self.ca_file)
+
+
+def paho_client(
+    endpoint: Endpoint,
+    client_id: str,
+    *,
+    manual_ack: bool = False,
+) -> paho.Client:
+    """A paho-mqtt 2.x MQTT v5 client for ``endpoint`` (not connected)."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    if endpoint.username:
+        client.username_pw_set(endpoint.username, endpoint.password)
+    context = endpoint.tls_context()
+    if context is not None:
+        client.tls_set_context(context)
+    return client
+
+
+def aiomqtt_client(endpoint: Endpoint, client_id: str, **options: Any) -> aiomqtt.Client:
+    """An aiomqtt MQTT v5 client for ``endpoint``; ``options`` go to ``aiomqtt.Client``."""
+    context = endpoint.tls_context()
+    return aiomqtt.Client(
+        endpoint.host,
+        endpoint.port,
+        username=endpoint.username,
+        password=endpoint.password,
+        identifier=client_id,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        tls_context=context,
+        **options,
+    )
+
+
+def reconnect_delay(
+    attempt: int,
+    *,
+    base: float = 0.5,
+    cap: float = 30.0,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """The one reconnect policy: full jitter, uniform in ``[0, min(cap, base * 2**attempt))``.
+
+    ``attempt`` counts failures since the last good connection (0 for the first retry).
+    Spreading every retry over the whole window keeps a fleet (or a set of services) that
+    lost its broker from coming back in the same second (AWS Architecture Blog,
+    "Exponential Backoff And Jitter").
+    """
+    if attempt < 0 or base <= 0 or cap <= 0:
+        raise ValueError("attempt must be >= 0, base and cap > 0")
+    return min(cap, base * 2.0 ** min(attempt, 62)) * rand()
 
 
 class LoopDriver:
@@ -93,7 +198,7 @@ class LoopDriver:
                 self._log.warning(
                     "mqtt connect failed", extra={"error": str(exc)[:200], "attempt": attempt}
                 )
-                await self._pause(reconnect_delay(attempt))
+                await self._pause(reconnect_delay(attempt - 1))
                 continue
             attempt = 0
             misc = asyncio.create_task(self._misc(), name="mqtt keepalive")
@@ -104,7 +209,7 @@ class LoopDriver:
                 with contextlib.suppress(asyncio.CancelledError):
                     await misc
             if not self._stop.is_set():
-                await self._pause(reconnect_delay(1))
+                await self._pause(reconnect_delay(0))
 
     async def close(self, properties: Any = None, grace: float = 5.0) -> None:
         """Send DISCONNECT, wait until the socket closed (at most ``grace`` seconds), and

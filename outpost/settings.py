@@ -24,6 +24,8 @@ from urllib.parse import unquote, urlsplit
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from outpost.mqtt import Endpoint
+
 DEV_ENV_FILE = ".outpost/dev.env"
 _ENV_FILES = (DEV_ENV_FILE, ".env")  # later files win
 
@@ -126,6 +128,12 @@ class MqttSettings(OutpostSettings):
     @property
     def password_value(self) -> str | None:
         return self.password.get_secret_value() if self.password else None
+
+    def endpoint(self) -> Endpoint:
+        """Where and as whom to connect (:func:`outpost.mqtt.paho_client` and friends)."""
+        return Endpoint(
+            self.host, self.port, self.tls, self.ca_file, self.username, self.password_value
+        )
 
 
 class MongoSettings(OutpostSettings):

@@ -651,9 +651,15 @@ class RolloutExecutor:
                 sha256=fw.sha256,
                 url=url,
                 url_expires_at=expires,
+                hardware_models=tuple(fw.hardware_models),
+                signature=fw.signature,
             )
             command = JobCommand(
-                job_id=run.job, execution=doc.attempt, firmware=ref, issued_at=run.now
+                job_id=run.job,
+                execution=doc.attempt,
+                firmware=ref,
+                allow_downgrade=run.spec.allow_downgrade,
+                issued_at=run.now,
             )
             out.append(
                 Outgoing(topic(Channel.JOB, doc.device_id, run.job), encode(command), lifetime)

@@ -44,6 +44,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from outpost import store
+from outpost.mqtt import aiomqtt_client, reconnect_delay
 from outpost.settings import HttpSettings, MongoSettings, MqttSettings, S3Settings
 from scheduler.broker_metrics import UPTIME, BrokerMetrics, broker_started
 from scheduler.claims import Claims
@@ -259,15 +260,10 @@ class SchedulerService:
         m = self.settings.mqtt
         quiet = logging.getLogger("outpost.scheduler.mqtt")
         quiet.setLevel(logging.ERROR)  # aiomqtt warns on every pending QoS 1 publish
-        return aiomqtt.Client(
-            m.host,
-            m.port,
-            username=m.username,
-            password=m.password_value,
-            identifier=f"{m.client_id_prefix}-scheduler-{self.settings.scheduler.instance}",
-            protocol=aiomqtt.ProtocolVersion.V5,
+        return aiomqtt_client(
+            m.endpoint(),
+            f"{m.client_id_prefix}-scheduler-{self.settings.scheduler.instance}",
             keepalive=m.keepalive,
-            tls_params=aiomqtt.TLSParameters(ca_certs=m.ca_file) if m.tls else None,
             logger=quiet,
         )
 
@@ -287,7 +283,7 @@ class SchedulerService:
             finally:
                 self.sink.attach(None)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), min(30, 2 ** min(failures, 5)))
+                await asyncio.wait_for(stop.wait(), reconnect_delay(max(0, failures - 1)))
 
     async def _consume(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         async def messages() -> None:

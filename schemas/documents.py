@@ -216,6 +216,7 @@ class DeviceDoc(_Doc):
     decommissioned_at: datetime | None = None
     credentials: Credentials | None = None
     desired_config: ConfigPointer | None = None
+    key_epoch: int = Field(default=0, ge=0, lt=2**24)  # raised to reset ordering keys
     rev: int = 0
 
 
@@ -254,6 +255,7 @@ class FirmwareDoc(_Doc):
     s3_key: str
     size: int | None = None
     sha256: str | None = None
+    signature: str | None = None  # Ed25519 over schemas.firmware.FirmwareManifest (api)
     created_at: datetime
     uploaded_at: datetime | None = None
 
@@ -423,9 +425,14 @@ class RolloutProgressDoc(_Doc):
 # -- helpers -----------------------------------------------------------------------------
 
 
-def order_key_str(key: OrderKey) -> str:
-    """Fixed-width hex of (session, seq): string order equals key order."""
-    return f"{key.session:014x}.{key.seq:014x}"
+def order_key_str(key: OrderKey, epoch: int = 0) -> str:
+    """Fixed-width hex of (key epoch, session, seq): string order equals key order.
+
+    The epoch is the device's ``key_epoch`` in the registry: an admin resets a device's
+    ordering (a factory reset, a device without a clock) by raising it, and every key of
+    the new epoch is newer than any stored key of an older one.
+    """
+    return f"{epoch:06x}:{key.session:014x}.{key.seq:014x}"
 
 
 def device_config_id(device_id: str, version: int) -> str:

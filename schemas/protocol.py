@@ -37,10 +37,12 @@ with :meth:`ConfigMessage.for_config`.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AwareDatetime,
@@ -51,11 +53,13 @@ from pydantic import (
     NonNegativeInt,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from schemas.errors import SchemaError
+from schemas.firmware import FirmwareManifest
 from schemas.topics import DEVICE_ID_PATTERN, JOB_ID_PATTERN, Channel, Topic, TopicError, parse
 from schemas.wifi import WifiConfig, config_hash
 
@@ -227,6 +231,17 @@ class JobStatusMessage(_DeviceMessage):
     firmware: Version | None = Field(default=None, description="Running version, when known")
 
 
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class FirmwareRef(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -235,6 +250,31 @@ class FirmwareRef(BaseModel):
     sha256: Sha256Hex
     url: Annotated[str, StringConstraints(max_length=4096, pattern=r"^https?://")]
     url_expires_at: AwareDatetime
+    hardware_models: tuple[
+        Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=PLAIN_TEXT)], ...
+    ] = Field(default=(), max_length=64, description="Models the image is for (signed)")
+    signature: Annotated[str, StringConstraints(max_length=128)] | None = Field(
+        default=None,
+        description="Ed25519 signature (base64) of the manifest: version, size, sha256 and "
+        "hardware models (schemas.firmware.FirmwareManifest)",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _https_unless_loopback(cls, url: str) -> str:
+        """Images travel over https; plain http only to this machine (the local stack)."""
+        parts = urlsplit(url)
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ValueError("firmware URLs must be https (http only for loopback hosts)")
+        return url
+
+    def manifest(self) -> FirmwareManifest:
+        return FirmwareManifest(
+            version=self.version,
+            size=self.size,
+            sha256=self.sha256,
+            hardware_models=self.hardware_models,
+        )
 
 
 class JobCommand(_Message):
@@ -247,6 +287,9 @@ class JobCommand(_Message):
     job_id: JobId
     execution: NonNegativeInt = Field(default=1, description="Attempt number of this job")
     firmware: FirmwareRef
+    allow_downgrade: bool = Field(
+        default=False, description="The rollout allows installing an older version"
+    )
     issued_at: AwareDatetime
 
 

@@ -340,6 +340,10 @@ class RolloutSpec(BaseModel):
         default=timedelta(minutes=10), ge=timedelta(0), le=timedelta(days=1)
     )
     max_per_minute: int = Field(default=1000, ge=1, le=100_000)
+    allow_downgrade: bool = Field(
+        default=False,
+        description="Devices on a newer version may install this older one (else they refuse)",
+    )
     schedule: RolloutSchedule = RolloutSchedule()
 
     def to_document(self) -> dict[str, Any]:

@@ -23,7 +23,8 @@ __all__ = [
     "Channel",
     "Topic",
     "TopicError",
-    "device_filter",
+    "channel_filter",
+    "device_subscriptions",
     "is_device_id",
     "numbered_device_id",
     "parse",
@@ -112,25 +113,30 @@ def parse(value: str) -> Topic:
     raise TopicError(f"unknown device topic: {value[:200]!r}")
 
 
+def channel_filter(channel: Channel, device_id: str = "+") -> str:
+    """The filter of ``channel`` for one device, or for all (``+``): jobs of any id."""
+    if device_id != "+" and not is_device_id(device_id):
+        raise TopicError(f"invalid device id {device_id!r}")
+    suffix = {
+        Channel.PRESENCE: "presence",
+        Channel.STATE: "state",
+        Channel.CONFIG: "config",
+        Channel.JOB: "jobs/+",
+        Channel.JOB_STATUS: "jobs/+/status",
+    }[channel]
+    return f"{ROOT}/{device_id}/{suffix}"
+
+
 def subscription(channel: Channel, share_group: str | None = None) -> str:
     """The wildcard filter for ``channel`` across all devices, optionally shared.
 
     With ``share_group`` several subscribers of one group split the messages
     (MQTT v5 shared subscription ``$share/<group>/<filter>``).
     """
-    filters = {
-        Channel.PRESENCE: f"{ROOT}/+/presence",
-        Channel.STATE: f"{ROOT}/+/state",
-        Channel.CONFIG: f"{ROOT}/+/config",
-        Channel.JOB: f"{ROOT}/+/jobs/+",
-        Channel.JOB_STATUS: f"{ROOT}/+/jobs/+/status",
-    }
-    base = filters[channel]
+    base = channel_filter(channel)
     return f"$share/{share_group}/{base}" if share_group else base
 
 
-def device_filter(device_id: str) -> str:
-    """``devices/{id}/#``: everything one device may use (its ACL)."""
-    if not is_device_id(device_id):
-        raise TopicError(f"invalid device id {device_id!r}")
-    return f"{ROOT}/{device_id}/#"
+def device_subscriptions(device_id: str) -> list[str]:
+    """What a device subscribes to, and all it may subscribe to: its backend channels."""
+    return [channel_filter(c, device_id) for c in Channel if not c.from_device]

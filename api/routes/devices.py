@@ -22,6 +22,7 @@ from api.models import (
     DevicePublic,
     DeviceRegistered,
     DeviceUpdate,
+    KeysReset,
     OverridesUpdate,
     PageOf,
     Rollback,
@@ -91,14 +92,34 @@ async def _view(state: AppState, tenant_id: str, device_id: str) -> DevicePublic
     return public(await store.view(state.db, await _device(state, tenant_id, device_id)))
 
 
-async def _registry_write(state: AppState, tenant_id: str, device_id: str, fields: Doc) -> None:
-    """Write registry fields as the next revision, reading again if another request won."""
+def _credentials(state: AppState, device_id: str, password: str) -> DeviceCredentials:
+    signer = state.settings.signer()
+    return DeviceCredentials(
+        device_id=device_id,
+        username=device_id,
+        client_id=device_id,
+        password=password,
+        firmware_public_key=signer.public_text if signer else None,
+    )
 
-    async def attempt() -> bool | None:
+
+async def _registry_write(
+    state: AppState,
+    tenant_id: str,
+    device_id: str,
+    fields: Doc,
+    *,
+    reset_keys: bool = False,
+) -> DeviceDoc:
+    """Write registry fields as the next revision, reading again if another request won;
+    with ``reset_keys`` also the next key epoch. Returns the device as it was read."""
+
+    async def attempt() -> DeviceDoc | None:
         device = await _device(state, tenant_id, device_id)
-        return True if await store.update_fields(state.db, device, fields) else None
+        more = {"key_epoch": device.key_epoch + 1} if reset_keys else {}
+        return device if await store.update_fields(state.db, device, fields | more) else None
 
-    await retrying(attempt, f"device {device_id!r}")
+    return await retrying(attempt, f"device {device_id!r}")
 
 
 async def _check_group(state: AppState, tenant_id: str, group: str | None) -> None:
@@ -145,9 +166,7 @@ async def register(body: DeviceCreate, state: State, who: Operator) -> DeviceReg
     )
     return DeviceRegistered(
         device=await _view(state, who.tenant_id, body.id),
-        credentials=DeviceCredentials(
-            device_id=body.id, username=body.id, client_id=body.id, password=password
-        ),
+        credentials=_credentials(state, body.id, password),
     )
 
 
@@ -223,17 +242,43 @@ async def rotate_credentials(
 ) -> DeviceCredentials:
     await _device(state, who.tenant_id, device_id)
     password = auth.new_device_password()
-    await state.broker_admin.set_password(device_id, password)
+    await state.broker_admin.reset_device(device_id, password)  # also disconnects it
     credentials = Credentials(
         password_hash=auth.password_hash(password), rotated_at=datetime.now(UTC)
     )
+    # new credentials: a re-provisioned device, whose ordering keys may have started over
     await _registry_write(
-        state, who.tenant_id, device_id, {"credentials": credentials.model_dump()}
+        state,
+        who.tenant_id,
+        device_id,
+        {"credentials": credentials.model_dump()},
+        reset_keys=True,
     )
+    # whatever the old credentials left retained on the config topic is replaced; a config
+    # change racing this one is republished by the scheduler's config reconcile
+    await config_service.republish(state, await _device(state, who.tenant_id, device_id))
     await audit.record(state.db, who, "device.rotate_credentials", f"device:{device_id}")
-    return DeviceCredentials(
-        device_id=device_id, username=device_id, client_id=device_id, password=password
+    return _credentials(state, device_id, password)
+
+
+@router.post("/devices/{device_id}/keys/reset")
+async def reset_keys(device_id: DevicePath, state: State, who: Operator) -> KeysReset:
+    """Accept the device's messages again after its ordering keys went back (a factory
+    reset, a device without a clock): from the next key epoch on, any message of it is
+    newer than everything stored. Takes effect within the bridge's
+    ``OUTPOST_BRIDGE_KNOWN_TTL_S``; until then its messages are counted as skipped
+    (``outpost_bridge_skipped{reason="older"}``)."""
+    before = await _registry_write(state, who.tenant_id, device_id, {}, reset_keys=True)
+    epoch = before.key_epoch + 1
+    await audit.record(
+        state.db,
+        who,
+        "device.reset_keys",
+        f"device:{device_id}",
+        before={"key_epoch": before.key_epoch},
+        after={"key_epoch": epoch},
     )
+    return KeysReset(device_id=device_id, key_epoch=epoch)
 
 
 @router.delete("/devices/{device_id}", status_code=status.HTTP_204_NO_CONTENT)

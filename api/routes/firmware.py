@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, status
 
 from api.deps import DEFAULT, Cursor, Db, Limit, Operator, State, Viewer
-from api.errors import Conflict, NotFound
+from api.errors import Conflict, NotFound, Unavailable
 from api.models import FirmwareCreate, FirmwarePublic, PageOf
 from api.store import audit
 from api.store import firmware as store
 from schemas.documents import FirmwareDoc
+from schemas.firmware import FirmwareManifest
 
 router = APIRouter(tags=["firmware"])
 FirmwareId = Annotated[str, Path(pattern=r"^[0-9a-f]{24}$")]
@@ -58,8 +59,24 @@ async def upload_image(
         raise NotFound(f"no firmware {firmware_id!r}")
     if doc.status != "pending":
         raise Conflict("the image was already uploaded; create a new firmware version")
+    signer = state.settings.signer()
+    if signer is None:
+        raise Unavailable(
+            "no firmware signing key is configured (OUTPOST_API_FIRMWARE_SIGNING_KEY): "
+            "devices install only signed images"
+        )
     stored = await state.firmware.upload(doc.s3_key, request.stream())
-    updated = await store.mark_uploaded(state.db, firmware_id, stored.size, stored.sha256)
+    signature = signer.sign(
+        FirmwareManifest(
+            version=doc.version,
+            size=stored.size,
+            sha256=stored.sha256,
+            hardware_models=tuple(doc.hardware_models),
+        )
+    )
+    updated = await store.mark_uploaded(
+        state.db, firmware_id, stored.size, stored.sha256, signature
+    )
     assert updated is not None
     await audit.record(
         state.db,

@@ -39,7 +39,9 @@ async def get(db: Db, tenant_id: str, fw_id: str) -> FirmwareDoc | None:
     return FirmwareDoc.model_validate(raw) if raw else None
 
 
-async def mark_uploaded(db: Db, fw_id: str, size: int, sha256: str) -> FirmwareDoc | None:
+async def mark_uploaded(
+    db: Db, fw_id: str, size: int, sha256: str, signature: str
+) -> FirmwareDoc | None:
     raw = await db[FIRMWARE].find_one_and_update(
         {"_id": fw_id},
         {
@@ -47,6 +49,7 @@ async def mark_uploaded(db: Db, fw_id: str, size: int, sha256: str) -> FirmwareD
                 "status": "ready",
                 "size": size,
                 "sha256": sha256,
+                "signature": signature,
                 "uploaded_at": datetime.now(UTC),
             }
         },

@@ -38,6 +38,8 @@ def install() -> None:
     versitygw from Go (PostgreSQL and FerretDB are skipped with OUTPOST_MONGO_URL)."""
     mosquitto = _step("Installing Mosquitto (apt)", tools.mosquitto)
     console.print(f"mosquitto  {mosquitto}")
+    clients = _step("Installing mosquitto-clients and jq (apt)", tools.shell_device_tools)
+    console.print(f"shell      {' '.join(clients)}")
     if os.environ.get("OUTPOST_MONGO_URL"):
         console.print("mongodb    OUTPOST_MONGO_URL is set: no FerretDB needed")
     else:
@@ -88,7 +90,9 @@ def _demo(stack: Stack) -> None:
     )
     api = demo.Api(stack.api_url, token)
     ids = demo.device_ids("demo", stack.demo_devices)
-    new = _step(f"Registering {len(ids)} demo devices", lambda: demo.register(api, ids))
+    new = _step(
+        f"Registering {len(ids)} demo devices", lambda: demo.register(api, ids, stack.sim_accounts)
+    )
     console.print(f"[green]✓[/green] {new} devices registered ({len(ids) - new} already were)")
     stack.sim.start()
     online = _step(

@@ -78,8 +78,16 @@ def device_ids(prefix: str, count: int) -> list[str]:
     return [numbered_device_id(prefix, n) for n in range(count)]
 
 
-def register(api: Api, ids: list[str]) -> int:
-    """Register the devices that are not registered yet; returns how many were new."""
+def register(api: Api, ids: list[str], accounts_file: Path) -> int:
+    """Register the devices that are not registered yet and keep every device's password
+    in ``accounts_file`` (0600) for ``outpost sim``; returns how many were new.
+
+    A device registered before whose password is not in the file (the file was deleted)
+    gets a new one through the api's credential rotation, so this is always idempotent.
+    """
+    accounts: dict[str, str] = {}
+    if accounts_file.exists():
+        accounts = json.loads(accounts_file.read_text())
     new = 0
     for device_id in ids:
         status, body = api.call(
@@ -89,8 +97,18 @@ def register(api: Api, ids: list[str]) -> int:
         )
         if status == 201:
             new += 1
+            accounts[device_id] = body["credentials"]["password"]
+        elif status == 409 and device_id not in accounts:
+            status, body = api.call("POST", f"/devices/{device_id}/credentials")
+            if status != 200:
+                raise StartFailed(f"new credentials for {device_id} failed: {status} {body}")
+            accounts[device_id] = body["password"]
         elif status != 409:
             raise StartFailed(f"registering {device_id} failed: {status} {body}")
+    accounts_file.parent.mkdir(parents=True, exist_ok=True)
+    accounts_file.touch(mode=0o600)
+    accounts_file.chmod(0o600)
+    accounts_file.write_text(json.dumps(accounts, indent=1))
     return new
 
 

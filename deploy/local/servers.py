@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import pwd
@@ -27,7 +28,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import boto3
@@ -43,9 +44,17 @@ from deploy.local.errors import StartFailed, ToolMissing
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-from deploy.local.process import PidFile, ensure_port_free, spawn, wait_until
+from deploy.local.process import PidFile, ensure_port_free, free_port, spawn, wait_until
+from deploy.local.tls import LocalCa, local_ca
 
 BROKER_DIR = Path(__file__).resolve().parents[2] / "broker"
+
+
+def _broker_roles() -> dict[str, Any]:
+    roles: dict[str, Any] = json.loads((BROKER_DIR / "roles.json").read_text())
+    return roles
+
+
 HOST = "127.0.0.1"
 
 
@@ -170,12 +179,30 @@ class Mosquitto(Server):
     backend_username: str = "outpost-backend"
     backend_password: str = ""
     autosave_interval: int = 60
+    tls_port: int = 0  # the devices' TLS listener; 0: a free port, chosen once
     name: str = field(init=False, default="mosquitto")
     port_variable: str = field(init=False, default="OUTPOST_DEV_MQTT_PORT")
+
+    def __post_init__(self) -> None:
+        if not self.tls_port:
+            self.tls_port = free_port()
 
     @property
     def url(self) -> str:
         return f"mqtt://{HOST}:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        """Where devices connect: MQTT over TLS, verified with :attr:`ca_file`."""
+        return f"mqtts://{HOST}:{self.tls_port}"
+
+    @property
+    def tls(self) -> LocalCa:
+        return local_ca(self.root / "tls")
+
+    @property
+    def ca_file(self) -> Path:
+        return self.tls.ca_file
 
     @property
     def conf_path(self) -> Path:
@@ -188,16 +215,23 @@ class Mosquitto(Server):
     def _prepare(self) -> None:
         if not self.backend_password:
             raise ValueError("Mosquitto needs a backend_password")
+        ensure_port_free(self.tls_port, "mosquitto (TLS)", "OUTPOST_DEV_MQTT_TLS_PORT")
         binary = tools.mosquitto()
         (self.root / "data").mkdir(exist_ok=True)
         self.dynsec_path.parent.mkdir(exist_ok=True)
-        if not self.dynsec_path.exists():
-            self.dynsec_path.write_text(json.dumps(self._dynsec(), indent=2))
+        self._write_dynsec()
+        self.dynsec_path.parent.chmod(0o700)
         template = (BROKER_DIR / "mosquitto.conf.template").read_text()
+        tls = self.tls
         self.conf_path.write_text(
             template.format(
                 port=self.port,
                 host=HOST,
+                tls_port=self.tls_port,
+                tls_host=HOST,
+                ca_file=tls.ca_file,
+                cert_file=tls.cert_file,
+                key_file=tls.key_file,
                 data_dir=self.root / "data",
                 autosave_interval=self.autosave_interval,
                 dynsec_plugin=tools.dynsec_plugin(),
@@ -209,20 +243,54 @@ class Mosquitto(Server):
         self._binary = binary
         self._hand_to_broker_user()
 
-    def _dynsec(self) -> dict[str, object]:
-        roles = json.loads((BROKER_DIR / "roles.json").read_text())
-        backend = {
-            "username": self.backend_username,
-            "textName": "Outpost backend services",
-            "roles": [{"rolename": "outpost-backend"}],
-            **dynsec_password(self.backend_password),
+    def account(self, role: str) -> tuple[str, str]:
+        """Username and password of a backend role (``bridge``, ``scheduler``, ``api``,
+        ``observer``, ``admin``), as in ``broker/roles.json``. The admin account is
+        ``backend_username``/``backend_password``; the others' passwords are derived from
+        it, so they stay the same across restarts."""
+        if role == "admin":
+            return self.backend_username, self.backend_password
+        accounts = _broker_roles()["accounts"]
+        rolename = f"outpost-{role}"
+        if rolename not in accounts:
+            raise ValueError(f"no backend role {role!r}")
+        derived = hmac.new(self.backend_password.encode(), rolename.encode(), "sha256")
+        return accounts[rolename], base64.urlsafe_b64encode(derived.digest()[:18]).decode()
+
+    def _write_dynsec(self) -> None:
+        """Backend roles and accounts as ``broker/roles.json`` says, at every start (the
+        broker is stopped); device roles and clients the api made are left as they are."""
+        spec = _broker_roles()
+        current: dict[str, Any] = (
+            json.loads(self.dynsec_path.read_text())
+            if self.dynsec_path.exists()
+            else {"clients": [], "groups": [], "roles": []}
+        )
+        ours = {r["rolename"] for r in spec["roles"]} | {"outpost-backend"}
+        roles = [r for r in current.get("roles", []) if r.get("rolename") not in ours]
+        usernames: dict[str, str] = {}
+        for rolename, username in spec["accounts"].items():
+            usernames[username] = rolename
+        clients = [c for c in current.get("clients", []) if c.get("username") not in usernames]
+        for username, rolename in usernames.items():
+            role = rolename.removeprefix("outpost-")
+            _, password = self.account(role)
+            clients.append(
+                {
+                    "username": username,
+                    "textName": f"Outpost {role}",
+                    "roles": [{"rolename": rolename}],
+                    **dynsec_password(password),
+                }
+            )
+        current |= {
+            "clients": clients,
+            "roles": [*roles, *spec["roles"]],
+            "defaultACLAccess": spec["defaultACLAccess"],
         }
-        return {
-            "clients": [backend],
-            "groups": [],
-            "roles": roles["roles"],
-            "defaultACLAccess": roles["defaultACLAccess"],
-        }
+        self.dynsec_path.touch(mode=0o600)  # password hashes: the broker's user only
+        self.dynsec_path.chmod(0o600)
+        self.dynsec_path.write_text(json.dumps(current, indent=2))
 
     def _hand_to_broker_user(self) -> None:
         """Started as root, Mosquitto drops to the ``mosquitto`` user: it must own its files."""
@@ -233,8 +301,11 @@ class Mosquitto(Server):
         except KeyError:
             return
         self.root.chmod(0o755)
-        for path in [self.root / "data", self.dynsec_path.parent, self.dynsec_path]:
+        tls = self.tls
+        owned = [self.root / "data", self.dynsec_path.parent, self.dynsec_path, tls.key_file]
+        for path in owned:
             shutil.chown(path, user.pw_uid, user.pw_gid)
+        tls.ca_file.parent.chmod(0o755)
         for path in (self.root / "data").iterdir():
             shutil.chown(path, user.pw_uid, user.pw_gid)
         _reachable(self.root)  # the broker user must be able to reach its folder
@@ -571,10 +642,6 @@ class S3Server(Server):
     def _argv(self) -> list[str]:
         return [
             tools.versitygw(),
-            "--access",
-            self.access_key,
-            "--secret",
-            self.secret_key,
             "--port",
             f"{HOST}:{self.port}",
             "--region",
@@ -583,6 +650,10 @@ class S3Server(Server):
             "posix",
             str(self.root / "data"),
         ]
+
+    def _env(self) -> dict[str, str]:
+        # in the environment, not on the command line: ps shows every argument to all users
+        return {"ROOT_ACCESS_KEY": self.access_key, "ROOT_SECRET_KEY": self.secret_key}
 
     def ready(self) -> bool:
         try:
@@ -619,6 +690,7 @@ class PythonService(Server):
     service: str = ""
     args: tuple[str, ...] = ()
     env_file: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)  # wins over env_file (own account)
     name: str = field(init=False, default="service")
     port_variable: str = field(init=False, default="OUTPOST_HTTP_PORT")
 
@@ -635,6 +707,7 @@ class PythonService(Server):
                 key, _, value = line.partition("=")
                 if key and not key.startswith("#"):
                     env[key.strip()] = value.strip()
+        env |= self.env
         if self.port:
             env["OUTPOST_HTTP_PORT"] = str(self.port)
         return env

@@ -19,7 +19,9 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from deploy.local.servers import Mosquitto, PythonService, S3Server, Server, database_server
+from outpost import signing
 from outpost.settings import OutpostSettings
+from outpost.signing import SigningKey
 
 __all__ = ["DevSettings", "Stack", "Status"]
 
@@ -30,6 +32,9 @@ class DevSettings(OutpostSettings):
     model_config = SettingsConfigDict(env_prefix="OUTPOST_DEV_")
     root: Path = Field(default=Path(".outpost"), description="Where the stack keeps its data")
     mqtt_port: int = Field(default=11883, ge=1024, le=65535, description="Mosquitto")
+    mqtt_tls_port: int = Field(
+        default=18883, ge=1024, le=65535, description="Mosquitto's TLS listener (devices)"
+    )
     mongo_port: int = Field(default=27117, ge=1024, le=65535, description="FerretDB")
     s3_port: int = Field(default=17070, ge=1024, le=65535, description="versitygw (S3)")
     api_port: int = Field(default=18080, ge=1024, le=65535, description="outpost api")
@@ -67,18 +72,34 @@ class Stack:
             self.root / "mosquitto",
             settings.mqtt_port,
             backend_password=creds["mqtt_backend_password"],
+            tls_port=settings.mqtt_tls_port,
         )
         self.mongo = database_server(
             self.root / "mongodb", settings.mongo_port, external_url=settings.external_mongo_url
         )
         self.s3 = S3Server(self.root / "s3", settings.s3_port, secret_key=creds["s3_secret_key"])
+        self._signing_key = creds["firmware_signing_key"]
         env = self.env_file
         self.bridge = PythonService(
-            self.root / "bridge", settings.bridge_port, service="bridge", env_file=env
+            self.root / "bridge",
+            settings.bridge_port,
+            service="bridge",
+            env_file=env,
+            env=self._account("bridge"),
         )
-        self.api = PythonService(self.root / "api", settings.api_port, service="api", env_file=env)
+        self.api = PythonService(
+            self.root / "api",
+            settings.api_port,
+            service="api",
+            env_file=env,
+            env=self._account("api"),
+        )
         self.scheduler = PythonService(
-            self.root / "scheduler", settings.scheduler_port, service="scheduler", env_file=env
+            self.root / "scheduler",
+            settings.scheduler_port,
+            service="scheduler",
+            env_file=env,
+            env=self._account("scheduler"),
         )
         self.sim = PythonService(
             self.root / "sim",
@@ -99,6 +120,16 @@ class Stack:
     @property
     def env_file(self) -> Path:
         return self.root / "dev.env"
+
+    def _account(self, role: str) -> dict[str, str]:
+        """Each service connects to the broker with its own role's account."""
+        username, password = self.broker.account(role)
+        return {"OUTPOST_MQTT_USERNAME": username, "OUTPOST_MQTT_PASSWORD": password}
+
+    @property
+    def sim_accounts(self) -> Path:
+        """Device id -> password of every demo device, written when they are registered."""
+        return self.root / "sim" / "accounts.json"
 
     @property
     def api_url(self) -> str:
@@ -122,29 +153,35 @@ class Stack:
         yield self.sim
 
     def _secrets(self) -> dict[str, str]:
-        """Random credentials made on the first ``up`` and kept for the next ones."""
+        """Random credentials made on the first ``up`` and kept for the next ones (0600);
+        a secret added by a newer version is made once and kept the same way."""
         path = self.root / "secrets.json"
-        if path.exists():
-            stored: dict[str, str] = json.loads(path.read_text())
-            return stored
-        self.root.mkdir(parents=True, exist_ok=True)
-        made = {
-            "mqtt_backend_password": secrets.token_urlsafe(18),
-            "s3_secret_key": secrets.token_urlsafe(24),
+        stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        wanted = {
+            "mqtt_backend_password": lambda: secrets.token_urlsafe(18),
+            "s3_secret_key": lambda: secrets.token_urlsafe(24),
+            "firmware_signing_key": signing.new_private_key,
         }
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(made))
-        return made
+        missing = {name: make() for name, make in wanted.items() if name not in stored}
+        if missing:
+            stored |= missing
+            self.root.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.chmod(0o600)
+            path.write_text(json.dumps(stored))
+        return stored
 
     def env(self) -> dict[str, str]:
         """The ``OUTPOST_*`` settings that point every command at this stack."""
         return {
             "OUTPOST_MQTT_URL": self.broker.url,
-            "OUTPOST_MQTT_USERNAME": self.broker.backend_username,
-            "OUTPOST_MQTT_PASSWORD": self.broker.backend_password,
-            "OUTPOST_SIM_BROKER_URL": self.broker.url,
-            "OUTPOST_SIM_USERNAME": self.broker.backend_username,
-            "OUTPOST_SIM_PASSWORD": self.broker.backend_password,
+            # commands run by hand (e.g. `outpost bridge resync`) read; services get their own
+            **self._account("observer"),
+            "OUTPOST_SIM_BROKER_URL": self.broker.tls_url,
+            "OUTPOST_SIM_CA_FILE": str(self.broker.ca_file),
+            "OUTPOST_SIM_ACCOUNTS_FILE": str(self.sim_accounts),
+            "OUTPOST_SIM_FIRMWARE_KEY": SigningKey(self._signing_key).public_text,
+            "OUTPOST_API_FIRMWARE_SIGNING_KEY": self._signing_key,
             "OUTPOST_MONGO_URL": self.mongo.url,
             "OUTPOST_MONGO_DATABASE": "outpost",
             "OUTPOST_S3_ENDPOINT_URL": self.s3.url,

@@ -73,6 +73,21 @@ def mosquitto(install: bool = True) -> str:
     return found
 
 
+def shell_device_tools(install: bool = True) -> list[str]:
+    """``mosquitto_pub``, ``mosquitto_sub`` and ``jq``: what the shell-script device uses
+    (``device/shell/``)."""
+    names = ["mosquitto_pub", "mosquitto_sub", "jq"]
+    if all(_which(n) for n in names):
+        return [str(_which(n)) for n in names]
+    if not install or os.geteuid() != 0:
+        raise ToolMissing("run: sudo apt-get install mosquitto-clients jq")
+    _apt_install(["mosquitto-clients", "jq"], "run: apt-get install mosquitto-clients jq")
+    found = [_which(n) for n in names]
+    if not all(found):
+        raise ToolMissing("mosquitto_pub, mosquitto_sub or jq still missing after apt-get")
+    return [str(f) for f in found]
+
+
 def _postgres_bindirs() -> list[Path]:
     """Debian keeps each major version's server binaries in /usr/lib/postgresql/<v>/bin."""
     found = sorted(

@@ -116,6 +116,7 @@ def sim(
         abrupt_share=abrupt_share,
         connect_concurrency=connect_concurrency,
         seed=seed,
+        firmware_key=where.firmware_key,
     )
     if not is_device_id(options.device_id(0)):
         raise typer.BadParameter(f"--prefix {prefix!r} does not make valid device ids")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import socket
@@ -27,12 +28,12 @@ import struct
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urlsplit
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -42,6 +43,7 @@ from pydantic import BaseModel
 from device import behaviour as b
 from device.errors import DownloadError
 from device.settings import SimSettings
+from outpost.mqtt import Endpoint, aiomqtt_client
 from schemas.protocol import (
     ConfigReport,
     JobState,
@@ -52,32 +54,70 @@ from schemas.protocol import (
 from schemas.topics import (
     Channel,
     TopicError,
+    device_subscriptions,
     is_device_id,
     numbered_device_id,
     parse,
     topic,
 )
 
-__all__ = ["Broker", "Fleet", "FleetOptions", "FleetStats", "SimDevice"]
+__all__ = ["Broker", "Fleet", "FleetOptions", "FleetStats", "SimDevice", "load_accounts"]
 
 _CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
 class Broker:
-    """Where the simulated devices connect, and with which account."""
+    """Where the simulated devices connect, and as whom.
+
+    A device listed in ``accounts`` (device id → the password its registration returned)
+    connects with its own account, as a real device does, and the broker's per-device ACL
+    applies to it. Any other device uses the shared ``username``/``password`` (a load
+    generator's account in benchmarks).
+    """
 
     host: str
     port: int
     username: str | None = None
     password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    accounts: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: SimSettings) -> Broker:
-        url = urlsplit(settings.broker_url)
-        assert url.hostname is not None  # checked by the settings
+        url = Endpoint.from_url(settings.broker_url, ca_file=settings.ca_file)
         password = settings.password.get_secret_value() if settings.password else None
-        return cls(url.hostname, url.port or 1883, settings.username, password)
+        accounts = load_accounts(settings.accounts_file) if settings.accounts_file else {}
+        return cls(
+            url.host,
+            url.port,
+            settings.username or url.username,
+            password or url.password,
+            url.tls,
+            settings.ca_file,
+            accounts,
+        )
+
+    def endpoint(self, device_id: str) -> Endpoint:
+        """The broker as ``device_id`` reaches it: its own account when it has one."""
+        own = self.accounts.get(device_id)
+        if own is not None:
+            return Endpoint(self.host, self.port, self.tls, self.ca_file, device_id, own)
+        return Endpoint(self.host, self.port, self.tls, self.ca_file, self.username, self.password)
+
+
+def load_accounts(path: Path) -> dict[str, str]:
+    """Device accounts from a JSON object ``{"device id": "password", ...}``."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read device accounts from {path}: {exc}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise ValueError(f"{path}: expected a JSON object of device id -> password")
+    return data
 
 
 @dataclass
@@ -86,6 +126,7 @@ class FleetOptions:
     prefix: str = "sim"
     firmware: str = "1.0.0"
     hardware_model: str = "sim-ap"
+    firmware_key: str | None = None  # verify signed manifests with it (None: trust any job)
     state_interval: float = 0.0  # seconds between periodic states; 0 = only on changes
     connect_concurrency: int = 64  # CONNECTs in flight at once (ramp)
     keepalive: int = 60
@@ -176,14 +217,9 @@ class SimDevice:
         will = b.offline_presence(self.device_id, self.seq.session, "connection_lost")
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.fleet.options.session_expiry
-        broker = self.fleet.broker
-        return aiomqtt.Client(
-            broker.host,
-            broker.port,
-            username=broker.username,
-            password=broker.password,
-            identifier=self.device_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
+        return aiomqtt_client(
+            self.fleet.broker.endpoint(self.device_id),
+            self.device_id,
             clean_start=False,
             properties=props,
             keepalive=self.fleet.options.keepalive,
@@ -233,9 +269,7 @@ class SimDevice:
     async def _online(self, client: aiomqtt.Client) -> None:
         presence = b.online_presence(self.device_id, self.seq.next_key(), utc_now())
         await self._send(Channel.PRESENCE, presence, retain=True)
-        await client.subscribe(
-            [(topic(Channel.CONFIG, self.device_id), 1), (f"devices/{self.device_id}/jobs/+", 1)]
-        )
+        await client.subscribe([(f, 1) for f in device_subscriptions(self.device_id)])
         await self.publish_state()
         if self._boot_pending:
             self._boot_pending = False
@@ -366,7 +400,9 @@ class SimDevice:
         command = b.parse_job(payload)
         if isinstance(command, str) or command.job_id != job_id:
             return
-        decision = b.decide_job(command, self.job, self.firmware, utc_now())
+        key = self.fleet.options.firmware_key
+        trust = b.FirmwareTrust(key, self.fleet.options.hardware_model) if key else None
+        decision = b.decide_job(command, self.job, self.firmware, utc_now(), trust)
         if decision.action is b.JobAction.IGNORE:
             return
         if decision.action is not b.JobAction.REJECT:

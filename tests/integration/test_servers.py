@@ -19,6 +19,8 @@ from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
 from deploy.local import MongoServer, Mosquitto, S3Server, free_port, mqtt_connack
+from deploy.local.tls import local_ca
+from outpost.mqtt import Endpoint, aiomqtt_client
 from outpost.store import Insert, Server, Store, Update, Write
 
 pytestmark = pytest.mark.integration
@@ -253,3 +255,103 @@ def test_servers_talk_to_loopback_only(broker: Mosquitto, mongo: MongoServer, s3
         assert pid is not None
         peers = _remote_peers(pid)
         assert peers <= LOOPBACK_OR_NONE, f"{server.name} talks to {peers - LOOPBACK_OR_NONE}"
+
+
+def test_secrets_are_neither_readable_by_others_nor_on_a_command_line(
+    broker: Mosquitto, s3: S3Server
+) -> None:
+    for path in (broker.dynsec_path.parent, broker.dynsec_path):
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+    for server, secret in ((broker, broker.backend_password), (s3, s3.secret_key)):
+        pid = server.running_pid()
+        assert pid is not None
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        assert secret not in argv, f"{server.name}'s secret is on its command line"
+
+
+async def test_devices_reach_the_broker_over_tls_only_with_the_right_ca(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    account = Endpoint.from_url(broker.tls_url, ca_file=str(broker.ca_file)).as_user(
+        broker.backend_username, broker.backend_password
+    )
+    async with aiomqtt_client(account, "tls-probe") as client:
+        await client.publish("tls/probe", b"x", qos=1)
+    stranger = local_ca(tmp_path / "other-ca")  # a CA the broker's certificate is not from
+    wrong = Endpoint.from_url(broker.tls_url, ca_file=str(stranger.ca_file)).as_user(
+        broker.backend_username, broker.backend_password
+    )
+    with pytest.raises(aiomqtt.MqttError, match="CERTIFICATE_VERIFY_FAILED"):
+        async with aiomqtt_client(wrong, "tls-probe-wrong-ca"):
+            pass
+    plain_to_tls = Endpoint("127.0.0.1", broker.tls_port, False, None, "x", "y")
+    with pytest.raises(aiomqtt.MqttError):
+        async with aiomqtt_client(plain_to_tls, "plain-on-tls", timeout=3):
+            pass
+
+
+NOT_AUTHORIZED = 135
+# role -> [(publish|subscribe, topic, allowed)]: each service may do its job and no more
+BACKEND_ACL = {
+    "bridge": [
+        ("subscribe", "$share/g/devices/+/presence", True),
+        ("subscribe", "$share/g/devices/+/state", True),
+        ("subscribe", "$share/g/devices/+/jobs/+/status", True),
+        ("subscribe", "devices/+/presence", True),
+        ("subscribe", "devices/#", False),
+        ("subscribe", "$SYS/#", False),
+        ("subscribe", "$CONTROL/dynamic-security/v1/response", False),
+        ("publish", "devices/acl-x/config", False),
+        ("publish", "devices/acl-x/state", False),
+        ("publish", "devices/acl-x/jobs/j1", False),
+    ],
+    "scheduler": [
+        ("publish", "devices/acl-x/jobs/j1", True),
+        ("publish", "devices/acl-x/config", True),
+        ("publish", "devices/acl-x/state", False),
+        ("publish", "devices/acl-x/presence", False),
+        ("publish", "$CONTROL/dynamic-security/v1", False),
+        ("subscribe", "$SYS/#", True),
+        ("subscribe", "devices/#", False),
+        ("subscribe", "$share/g/devices/+/state", False),
+    ],
+    "api": [
+        ("publish", "devices/acl-x/config", True),
+        ("publish", "devices/acl-x/presence", True),
+        ("publish", "devices/acl-x/jobs/j1", False),
+        ("publish", "devices/acl-x/state", False),
+        ("subscribe", "$CONTROL/dynamic-security/v1/response", True),
+        ("subscribe", "devices/#", False),
+        ("subscribe", "$SYS/#", False),
+    ],
+    "observer": [
+        ("subscribe", "devices/#", True),
+        ("subscribe", "$SYS/#", True),
+        ("subscribe", "$CONTROL/dynamic-security/#", False),
+        ("publish", "devices/acl-x/state", False),
+        ("publish", "devices/acl-x/config", False),
+        ("publish", "$CONTROL/dynamic-security/v1", False),
+    ],
+}
+
+
+@pytest.mark.parametrize("role", sorted(BACKEND_ACL))
+async def test_each_backend_role_may_do_its_job_and_no_more(broker: Mosquitto, role: str) -> None:
+    from tests.integration.api.mqtt_clients import DeviceClient, in_thread
+
+    username, password = broker.account(role)
+    client_id = f"acl-{role}-{secrets.token_hex(3)}"
+    client = DeviceClient("127.0.0.1", broker.port, username, password, client_id)
+    seen = {}
+    try:
+        assert not (await in_thread(client.connect)).is_failure
+        for action, topic, _ in BACKEND_ACL[role]:
+            if action == "publish":
+                code = (await in_thread(client.publish, topic, b"{}")).value
+                seen[(action, topic)] = "ok" if code < 128 else code
+            else:
+                code = (await in_thread(client.subscribe, topic)).value
+                seen[(action, topic)] = "ok" if code < 128 else code
+    finally:
+        client.close()
+    assert seen == {(a, t): "ok" if ok else NOT_AUTHORIZED for a, t, ok in BACKEND_ACL[role]}

@@ -23,15 +23,22 @@ from api.settings import ApiSettings
 from api.state import AppState
 from api.store import tenants
 from outpost.settings import MongoSettings, MqttSettings, S3Settings
+from outpost.signing import new_private_key
 from schemas.documents import ROLLOUT_PROGRESS
 
 pytestmark = pytest.mark.integration
 
 
+FIRMWARE_SIGNING_KEY = new_private_key()  # this test run's; the dev stack makes its own
+
+
 def api_settings(broker: Any, mongo: Any, s3: Any, database: str, **api: Any) -> Settings:
+    api.setdefault("firmware_signing_key", FIRMWARE_SIGNING_KEY)
     return Settings(
         mqtt=MqttSettings(
-            url=broker.url, username=broker.backend_username, password=broker.backend_password
+            url=broker.url,
+            username=broker.account("api")[0],
+            password=broker.account("api")[1],
         ),
         mongo=MongoSettings(url=mongo.url, database=database),
         s3=S3Settings(

@@ -13,9 +13,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 class DeviceClient:
     """A paho MQTT v5 client in its own thread; every call waits with a timeout."""
 
-    def __init__(self, host: str, port: int, device_id: str, password: str) -> None:
+    def __init__(
+        self, host: str, port: int, device_id: str, password: str, client_id: str | None = None
+    ) -> None:
         self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=device_id, protocol=paho.MQTTv5
+            CallbackAPIVersion.VERSION2, client_id=client_id or device_id, protocol=paho.MQTTv5
         )
         self.client.username_pw_set(device_id, password)
         self.host, self.port = host, port

@@ -188,7 +188,7 @@ async def reported(api: Api, device_id: str, config: dict) -> None:
         "hardware_model": "ap-1",
         "config": config,
         "h": secrets.token_hex(4),
-        "k": "00000000000001.00000000000001",
+        "k": "000000:00000000000001.00000000000001",
         "updated_at": datetime.now(UTC),
     }
     await api.state.db[DEVICE_STATUS].update_one(

@@ -30,7 +30,42 @@ def presence(device_id: str) -> bytes:
     ).encode()
 
 
-async def test_registered_device_is_confined_to_its_subtree(api: Api, broker, unique):
+NOT_AUTHORIZED = 135  # MQTT v5 reason code in PUBACK and SUBACK
+
+# (topic, allowed) with {me} and {other} filled in: a device sends only its presence,
+# state and job status, and subscribes only to its config and jobs
+PUBLISH_ACL = [
+    ("devices/{me}/presence", True),
+    ("devices/{me}/state", True),
+    ("devices/{me}/jobs/j1/status", True),
+    ("devices/{me}/config", False),
+    ("devices/{me}/jobs/j1", False),
+    ("devices/{me}/other", False),
+    ("devices/{other}/presence", False),
+    ("devices/{other}/state", False),
+    ("devices/{other}/jobs/j1/status", False),
+    ("devices/{other}/config", False),
+    ("$CONTROL/dynamic-security/v1", False),
+    ("elsewhere", False),
+]
+SUBSCRIBE_ACL = [
+    ("devices/{me}/config", True),
+    ("devices/{me}/jobs/+", True),
+    ("devices/{me}/jobs/j1", True),
+    ("devices/{me}/presence", False),
+    ("devices/{me}/state", False),
+    ("devices/{me}/jobs/+/status", False),
+    ("devices/{me}/#", False),
+    ("devices/{other}/config", False),
+    ("devices/{other}/jobs/+", False),
+    ("devices/+/config", False),
+    ("devices/#", False),
+    ("$SYS/#", False),
+    ("$CONTROL/dynamic-security/#", False),
+]
+
+
+async def test_registered_device_is_confined_to_its_own_channels(api: Api, broker, unique):
     token = await api.token(f"t-{unique}", Role.OPERATOR)
     async with api.client(token) as http:
         me = await register(http, f"dev-{unique}-a")
@@ -39,19 +74,77 @@ async def test_registered_device_is_confined_to_its_subtree(api: Api, broker, un
     assert creds["username"] == f"dev-{unique}-a"
     stored = await api.state.db["devices"].find_one({"_id": f"dev-{unique}-a"})
     assert creds["password"] not in json.dumps(stored, default=str)
+    names = {"me": creds["username"], "other": other["device"]["id"]}
 
     device = DeviceClient("127.0.0.1", broker.port, creds["username"], creds["password"])
     try:
         assert not (await in_thread(device.connect)).is_failure
-        own = f"devices/{creds['username']}/presence"
-        assert not (await in_thread(device.publish, own, presence(creds["username"]))).is_failure
-        theirs = f"devices/{other['device']['id']}/presence"
-        assert (await in_thread(device.publish, theirs, b"{}")).is_failure
-        assert (await in_thread(device.subscribe, f"devices/{other['device']['id']}/#")).is_failure
-        assert (await in_thread(device.subscribe, "devices/#")).is_failure
-        assert not (await in_thread(device.subscribe, f"devices/{creds['username']}/#")).is_failure
+        published = {}
+        for pattern, _ in PUBLISH_ACL:
+            where = pattern.format(**names)
+            published[pattern] = (
+                await in_thread(device.publish, where, presence(names["me"]))
+            ).value
+        subscribed = {}
+        for pattern, _ in SUBSCRIBE_ACL:
+            subscribed[pattern] = (await in_thread(device.subscribe, pattern.format(**names))).value
     finally:
         device.close()
+    # accepted (0, or 16 "no matching subscribers") or refused as not authorized
+    outcome = {p: "accepted" if code < 128 else code for p, code in published.items()}
+    assert outcome == {p: "accepted" if ok else NOT_AUTHORIZED for p, ok in PUBLISH_ACL}
+    # granted QoS 1 or refused as not authorized
+    assert subscribed == {p: 1 if ok else NOT_AUTHORIZED for p, ok in SUBSCRIBE_ACL}
+
+
+@pytest.mark.parametrize("has_config", [True, False])
+async def test_rotation_replaces_a_forged_retained_config(api: Api, broker, unique, has_config):
+    """A config someone retained on the device's topic (with a leaked or older, broader
+    account) is gone once the credentials are rotated: the api's own version is back, or
+    no retained config at all for a device that has none."""
+    device_id = f"dev-{unique}"
+    token = await api.token(f"t-{unique}", Role.OPERATOR)
+    async with api.client(token) as http:
+        group = None
+        if has_config:
+            group = "g"
+            template = {"country": "US", "radios": {"2.4GHz": {}}}
+            made = await http.post("/groups", json={"name": group, "template": template})
+            assert made.status_code == 201, made.text
+        await register(http, device_id, group=group)
+        forged = {"v": 1, "version": 99, "hash": "0" * 64, "issued_at": "2026-01-01T00:00:00Z"}
+        async with backend_client(broker) as backend:
+            await backend.publish(
+                f"devices/{device_id}/config", json.dumps(forged).encode(), qos=1, retain=True
+            )
+        assert (await retained_config(broker, device_id))["version"] == 99
+        rotated = await http.post(f"/devices/{device_id}/credentials")
+        assert rotated.status_code == 200
+        config = await http.get(f"/devices/{device_id}/config")
+    if has_config:
+        retained = await retained_config(broker, device_id)
+        assert (retained["version"], retained["hash"]) == (1, config.json()["hash"])
+    else:
+        await assert_no_retained(broker, f"devices/{device_id}/config")
+
+
+def backend_client(broker) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        "127.0.0.1",
+        broker.port,
+        username=broker.backend_username,
+        password=broker.backend_password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+    )
+
+
+async def retained_config(broker, device_id: str) -> dict:
+    async with backend_client(broker) as watcher:
+        await watcher.subscribe(f"devices/{device_id}/config", qos=1)
+        async with asyncio.timeout(5):
+            message = await anext(aiter(watcher.messages))
+    assert message.retain
+    return json.loads(message.payload)
 
 
 async def test_wrong_password_and_other_client_id_are_refused(api: Api, broker, unique):

@@ -9,6 +9,8 @@ import tracemalloc
 import pytest
 
 from api.auth import Role
+from outpost import signing
+from schemas.firmware import FirmwareManifest
 from tests.integration.api.conftest import Api, scheduler_finished
 
 pytestmark = pytest.mark.integration
@@ -152,5 +154,53 @@ async def test_image_over_the_limit_is_413_and_nothing_is_kept(broker, mongo, s3
                 assert uploads.get("Uploads", []) == []
                 ok = await http.put(f"/firmware/{fw['id']}/image", content=astream(1000))
                 assert ok.status_code == 200
+        finally:
+            await api.state.db.db.client.drop_database(database)
+
+
+async def test_upload_signs_the_manifest_devices_verify(api: Api, unique):
+    token = await api.token(f"t-{unique}", Role.OPERATOR)
+    async with api.client(token) as http:
+        registered = await http.post("/devices", json={"id": f"s-{unique}", "hardware_model": "m2"})
+        public_key = registered.json()["credentials"]["firmware_public_key"]
+        fw = (
+            await http.post("/firmware", json={"version": "3.1.0", "hardware_models": ["m2", "m1"]})
+        ).json()
+        image = b"\x7fsigned image" * 100
+        body = (await http.put(f"/firmware/{fw['id']}/image", content=image)).json()
+    manifest = FirmwareManifest(
+        version="3.1.0",
+        size=len(image),
+        sha256=hashlib.sha256(image).hexdigest(),
+        hardware_models=("m1", "m2"),
+    )
+    assert signing.verify(public_key, manifest, body["signature"])
+    tampered = manifest.model_copy(update={"size": len(image) + 1})
+    assert not signing.verify(public_key, tampered, body["signature"])
+    other_key = signing.SigningKey(signing.new_private_key()).public_text
+    assert not signing.verify(other_key, manifest, body["signature"])
+
+
+async def test_without_a_signing_key_uploads_are_refused(broker, mongo, s3, unique):
+    from api.app import create_app
+    from tests.integration.api.conftest import api_settings
+
+    database = f"fk_{unique}"
+    app = create_app(api_settings(broker, mongo, s3, database, firmware_signing_key=None))
+    async with app.router.lifespan_context(app) as state:
+        api = Api(app, state["app"])
+        try:
+            token = await api.token(f"t-{unique}", Role.OPERATOR)
+            async with api.client(token) as http:
+                fw = (
+                    await http.post(
+                        "/firmware", json={"version": "1.0.0", "hardware_models": ["m"]}
+                    )
+                ).json()
+                refused = await http.put(f"/firmware/{fw['id']}/image", content=b"image")
+                assert refused.status_code == 503
+                assert refused.headers["content-type"] == "application/problem+json"
+                assert "OUTPOST_API_FIRMWARE_SIGNING_KEY" in refused.json()["detail"]
+                assert (await http.get(f"/firmware/{fw['id']}")).json()["status"] == "pending"
         finally:
             await api.state.db.db.client.drop_database(database)

@@ -33,8 +33,8 @@ def api_env(broker, mongo, s3, database: str, port: int) -> dict[str, str]:
     return {
         **os.environ,
         "OUTPOST_MQTT_URL": broker.url,
-        "OUTPOST_MQTT_USERNAME": broker.backend_username,
-        "OUTPOST_MQTT_PASSWORD": broker.backend_password,
+        "OUTPOST_MQTT_USERNAME": broker.account("api")[0],
+        "OUTPOST_MQTT_PASSWORD": broker.account("api")[1],
         "OUTPOST_MONGO_URL": mongo.url,
         "OUTPOST_MONGO_DATABASE": database,
         "OUTPOST_S3_ENDPOINT_URL": s3.url,

@@ -119,8 +119,8 @@ def settings(
     return Settings(
         mqtt=MqttSettings(
             url=broker.url,
-            username=broker.backend_username,
-            password=broker.backend_password,
+            username=broker.account("bridge")[0],
+            password=broker.account("bridge")[1],
             client_id_prefix=f"t{unique}",
         ),
         mongo=MongoSettings(url=mongo_url, database=database),
@@ -191,8 +191,8 @@ def bridge_env(
     return {
         **os.environ,
         "OUTPOST_MQTT_URL": broker.url,
-        "OUTPOST_MQTT_USERNAME": broker.backend_username,
-        "OUTPOST_MQTT_PASSWORD": broker.backend_password,
+        "OUTPOST_MQTT_USERNAME": broker.account("bridge")[0],
+        "OUTPOST_MQTT_PASSWORD": broker.account("bridge")[1],
         "OUTPOST_MQTT_CLIENT_ID_PREFIX": f"t{unique}",
         "OUTPOST_MONGO_URL": mongo.url,
         "OUTPOST_MONGO_DATABASE": database,

@@ -62,7 +62,13 @@ async def test_malformed_messages_are_rejected_counted_sampled_and_valid_traffic
                     for r, n in expected.items()
                 )
 
-            await eventually(all_counted, within=60, what="every rejection counted")
+            try:
+                await eventually(all_counted, within=60, what="every rejection counted")
+            except AssertionError:
+                seen = {
+                    r: metrics.value("outpost_bridge_rejected_total", reason=r) for r in expected
+                }
+                raise AssertionError(f"rejections {seen}, expected {dict(expected)}") from None
             await eventually(lambda: _acked(metrics, 1100), within=30, what="all acked")
 
             for i, dev in enumerate(ids):

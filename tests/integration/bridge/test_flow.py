@@ -100,7 +100,7 @@ async def test_state_presence_and_job_land_newest_wins_and_repeats_write_nothing
             assert metrics.value("outpost_bridge_db_writes_total") == writes
             doc = await mongo_db[DEVICE_STATUS].find_one({"_id": dev})
             assert doc["state"]["counters"] == {"n": 5}
-            assert doc["state"]["k"] == "00000000000001.00000000000005"
+            assert doc["state"]["k"] == "000000:00000000000001.00000000000005"
 
             status, _ = await asyncio.to_thread(http_get, running.http_port, "/readyz")
             assert status == 200

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymongo import AsyncMongoClient
 
-from bridge.batch import plan, with_known
+from bridge.batch import Registered, plan, with_known
 from bridge.decode import Accepted, decode
 from bridge.inbound import Inbound
 from bridge.mongo_sink import MongoSink
@@ -181,7 +181,7 @@ async def _write(url: str, item: Accepted):
     try:
         await db[DEVICE_STATUS].delete_many({})
         sink = MongoSink(Store(db), dead_letter_cap=5, state_refresh=timedelta(minutes=5))
-        planned = with_known(plan([item]), {"gen-device": "t1"}, {})
+        planned = with_known(plan([item]), {"gen-device": Registered("t1")}, {})
         return await sink.write(planned, datetime.now(UTC))
     finally:
         await client.close()

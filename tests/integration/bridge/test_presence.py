@@ -82,7 +82,7 @@ async def test_resync_rebuilds_presence_after_the_status_mirror_was_dropped(
             await run_resync(cfg, LOG, idle_s=1.0)
             doc = await mongo_db[DEVICE_STATUS].find_one({"_id": ids[1]})
             assert doc["presence"]["status"] == "online"
-            assert doc["presence"]["k"] == "00000000000004.00000000000001"
+            assert doc["presence"]["k"] == "000000:00000000000004.00000000000001"
         finally:
             await newer.close()
     finally:

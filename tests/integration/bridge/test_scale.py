@@ -11,7 +11,8 @@ import time
 import pytest
 
 from deploy.local import free_port
-from schemas.documents import DEVICE_STATUS, DEVICES
+from schemas.documents import DEVICE_STATUS, DEVICES, order_key_str
+from schemas.protocol import OrderKey
 
 from .helpers import (
     LOG,
@@ -37,7 +38,7 @@ SHARED_FLEET = 300
 
 
 def _last_key(seq: int) -> str:
-    return f"{7:014x}.{seq:014x}"
+    return order_key_str(OrderKey(session=7, seq=seq))
 
 
 async def _converged(db, ids, seq: int) -> bool:

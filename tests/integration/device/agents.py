@@ -13,18 +13,28 @@ from typing import Any
 
 from deploy.local import Mosquitto
 from device.agent import Agent, AgentConfig
+from outpost.signing import SigningKey, new_private_key
 
 REPO = Path(__file__).resolve().parents[3]
+# stands in for the api's key: test agents trust it, test job commands are signed with it
+FIRMWARE_SIGNER = SigningKey(new_private_key())
 
 
 def agent_config(
     broker: Mosquitto, device_id: str, state_file: Path, **overrides: Any
 ) -> AgentConfig:
-    base: dict[str, Any] = {"state_interval": 60.0, "backoff_base": 0.2, "backoff_cap": 1.0}
+    base: dict[str, Any] = {
+        "state_interval": 60.0,
+        "backoff_base": 0.2,
+        "backoff_cap": 1.0,
+        "firmware_key": FIRMWARE_SIGNER.public_text,
+    }
     return AgentConfig(
         device_id=device_id,
         host="127.0.0.1",
-        port=broker.port,
+        port=broker.tls_port,
+        tls=True,
+        ca_file=str(broker.ca_file),
         username=broker.backend_username,
         password=broker.backend_password,
         state_file=state_file,
@@ -62,13 +72,17 @@ def start_process_agent(
         "--device-id",
         device_id,
         "--url",
-        broker.url,
+        broker.tls_url,
+        "--ca-file",
+        str(broker.ca_file),
         "--username",
         broker.backend_username,
         "--state-file",
         str(state_file),
         "--backoff-cap",
         "1",
+        "--firmware-key",
+        FIRMWARE_SIGNER.public_text,
         *extra,
     ]
     env = {

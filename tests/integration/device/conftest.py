@@ -61,7 +61,15 @@ class Watcher:
 
 @pytest.fixture
 def broker_address(broker: Mosquitto) -> Broker:
-    return Broker("127.0.0.1", broker.port, broker.backend_username, broker.backend_password)
+    """Devices connect over TLS, verifying the broker with the local CA."""
+    return Broker(
+        "127.0.0.1",
+        broker.tls_port,
+        broker.backend_username,
+        broker.backend_password,
+        tls=True,
+        ca_file=str(broker.ca_file),
+    )
 
 
 def backend_client(broker: Mosquitto, **kwargs: Any) -> aiomqtt.Client:

@@ -17,6 +17,7 @@ import pytest
 
 from deploy.local import Mosquitto, S3Server
 from device.behaviour import ConfigRejected
+from outpost.signing import SigningKey, new_private_key
 from schemas.examples import example_wifi_config
 from schemas.protocol import (
     WILL_SEQ,
@@ -27,6 +28,7 @@ from schemas.protocol import (
 )
 
 from .agents import (
+    FIRMWARE_SIGNER,
     agent_config,
     start_process_agent,
     start_thread_agent,
@@ -209,8 +211,16 @@ def upload(s3: S3Server, key: str, body: bytes) -> str:
 
 
 def job_command(
-    job_id: str, url: str, body: bytes, *, sha256: str | None = None, version: str = "2.0.0"
+    job_id: str,
+    url: str,
+    body: bytes,
+    *,
+    sha256: str | None = None,
+    version: str = "2.0.0",
+    signer: SigningKey | None = FIRMWARE_SIGNER,
+    allow_downgrade: bool = False,
 ) -> JobCommand:
+    """An upgrade command as the scheduler sends it: manifest signed by ``signer``."""
     now = datetime.now(UTC)
     firmware = FirmwareRef(
         version=version,
@@ -218,8 +228,13 @@ def job_command(
         sha256=sha256 or hashlib.sha256(body).hexdigest(),
         url=url,
         url_expires_at=now + timedelta(minutes=10),
+        hardware_models=("ref-ap",),
     )
-    return JobCommand(job_id=job_id, firmware=firmware, issued_at=now)
+    if signer is not None:
+        firmware = firmware.model_copy(update={"signature": signer.sign(firmware.manifest())})
+    return JobCommand(
+        job_id=job_id, firmware=firmware, issued_at=now, allow_downgrade=allow_downgrade
+    )
 
 
 def job_statuses(watcher, job_id: str) -> list[dict]:
@@ -296,6 +311,53 @@ async def test_corrupted_image_fails_with_reason(broker, s3, watch, device_id, s
     )
     failed = (await watcher.wait_for(job_reached(job_id, "failed"), within=30))[0]
     assert failed.payload["reason"].startswith("HTTP 403")
+
+
+async def test_untrusted_jobs_are_refused_before_any_download(
+    broker, s3, watch, device_id, state_file, cleanup
+):
+    """Whoever can publish on the job topic (here: the backend account) still cannot make
+    the agent fetch an image the api did not sign, nor go back a version unasked."""
+    watcher = await watch(f"devices/{device_id}/#")
+    genuine = secrets.token_bytes(64 * 1024)
+    evil = secrets.token_bytes(64 * 1024)
+    good_url = upload(s3, f"fw/{device_id}/genuine.bin", genuine)
+    evil_url = upload(s3, f"fw/{device_id}/evil.bin", evil)
+    agent = start_thread_agent(agent_config(broker, device_id, state_file))
+    cleanup.append(agent)
+    await watcher.wait_for(is_presence("online"))
+
+    signed = job_command("x", good_url, genuine)
+    swapped = signed.firmware.model_copy(
+        update={"url": evil_url, "sha256": hashlib.sha256(evil).hexdigest()}
+    )
+    cases = {
+        "unsigned": (job_command("x", evil_url, evil, signer=None), "unsigned firmware manifest"),
+        "wrong-key": (
+            job_command("x", evil_url, evil, signer=SigningKey(new_private_key())),
+            "signature does not verify",
+        ),
+        "swapped-image": (signed.model_copy(update={"firmware": swapped}), "does not verify"),
+        "replayed-older": (
+            job_command("x", good_url, genuine, version="0.9.0"),
+            "downgrade from 1.0.0 to 0.9.0 not allowed",
+        ),
+    }
+    for name, (command, reason) in cases.items():
+        job_id = f"{name}-{device_id}"[:64]
+        command = command.model_copy(update={"job_id": job_id})
+        await publish(broker, f"devices/{device_id}/jobs/{job_id}", encode(command))
+        rejected = (await watcher.wait_for(job_reached(job_id, "rejected"), within=15))[0]
+        assert reason in rejected.payload["reason"], name
+        assert [p["status"] for p in job_statuses(watcher, job_id)] == ["rejected"], name
+    assert json.loads(state_file.read_text())["firmware"] == "1.0.0"
+
+    # the same older image, when the rollout allows a downgrade, installs
+    job_id = f"allowed-{device_id}"
+    command = job_command(job_id, good_url, genuine, version="0.9.0", allow_downgrade=True)
+    await publish(broker, f"devices/{device_id}/jobs/{job_id}", encode(command))
+    done = (await watcher.wait_for(job_reached(job_id, "succeeded"), within=30))[0]
+    assert done.payload["firmware"] == "0.9.0"
 
 
 async def test_reboot_mid_download_resumes_and_succeeds(

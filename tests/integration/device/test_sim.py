@@ -91,6 +91,7 @@ async def test_fleet_config_and_upgrade_jobs_with_real_downloads(
     from schemas.examples import example_wifi_config
     from schemas.protocol import ConfigMessage, FirmwareRef, JobCommand, encode
 
+    from .agents import FIRMWARE_SIGNER
     from .conftest import Seen
 
     prefix = f"j{unique}"
@@ -110,7 +111,9 @@ async def test_fleet_config_and_upgrade_jobs_with_real_downloads(
             sha256=sha256,
             url=url,
             url_expires_at=now + timedelta(minutes=10),
+            hardware_models=(options.hardware_model,),
         )
+        fw = fw.model_copy(update={"signature": FIRMWARE_SIGNER.sign(fw.manifest())})
         return encode(JobCommand(job_id=job_id, firmware=fw, issued_at=now))
 
     def reached(job_id: str, status: str):
@@ -118,7 +121,13 @@ async def test_fleet_config_and_upgrade_jobs_with_real_downloads(
             m.topic.endswith(f"/jobs/{job_id}/status") and m.payload.get("status") == status
         )
 
-    options = FleetOptions(devices=6, prefix=prefix, seed=3, download_rate=400 * 1024)
+    options = FleetOptions(
+        devices=6,
+        prefix=prefix,
+        seed=3,
+        download_rate=400 * 1024,
+        firmware_key=FIRMWARE_SIGNER.public_text,
+    )
     async with Fleet(options, broker_address, logging.getLogger("test.sim")) as fleet:
         async with asyncio.timeout(20):
             await fleet.wait_ready()
@@ -188,13 +197,7 @@ async def test_churn_drops_both_ways_and_devices_come_back(
 def backend_session(broker: Broker):
     import secrets
 
-    import aiomqtt
+    from outpost.mqtt import aiomqtt_client
 
-    return aiomqtt.Client(
-        broker.host,
-        broker.port,
-        username=broker.username,
-        password=broker.password,
-        identifier=f"test-{secrets.token_hex(4)}",
-        protocol=aiomqtt.ProtocolVersion.V5,
-    )
+    client_id = f"test-{secrets.token_hex(4)}"
+    return aiomqtt_client(broker.endpoint(client_id), client_id)

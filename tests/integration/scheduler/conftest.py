@@ -156,8 +156,8 @@ async def executor(
     client = aiomqtt.Client(
         "127.0.0.1",
         broker.port,
-        username=broker.backend_username,
-        password=broker.backend_password,
+        username=broker.account("scheduler")[0],
+        password=broker.account("scheduler")[1],
         identifier=f"sched-{holder}-{secrets.token_hex(3)}",
         protocol=aiomqtt.ProtocolVersion.V5,
         logger=quiet_mqtt_logger(),

@@ -141,8 +141,8 @@ async def test_broker_sigkill_loses_retained_configs_and_resync_restores_them(
     settings = Settings(
         MqttSettings(
             url=broker.url,
-            username=broker.backend_username,
-            password=SecretStr(broker.backend_password),
+            username=broker.account("scheduler")[0],
+            password=SecretStr(broker.account("scheduler")[1]),
         ),
         MongoSettings(url=mongo.url, database=db.name),
         S3Settings(

@@ -67,8 +67,8 @@ class Instance:
 def service_env(db, broker, mongo, s3, **extra: str) -> dict[str, str]:
     return {
         "OUTPOST_MQTT_URL": broker.url,
-        "OUTPOST_MQTT_USERNAME": broker.backend_username,
-        "OUTPOST_MQTT_PASSWORD": broker.backend_password,
+        "OUTPOST_MQTT_USERNAME": broker.account("scheduler")[0],
+        "OUTPOST_MQTT_PASSWORD": broker.account("scheduler")[1],
         "OUTPOST_MONGO_URL": mongo.url,
         "OUTPOST_MONGO_DATABASE": db.name,
         "OUTPOST_S3_ENDPOINT_URL": s3.url,

@@ -184,17 +184,26 @@ def test_dry_run_uses_the_scheduler_wave_sizes():
     assert sum(len(w.device_ids) for w in dry_run_waves(exp, ids, now)) == 10
 
 
-def test_dynsec_commands_grant_only_the_own_subtree():
+def test_dynsec_commands_grant_each_own_channel_in_one_direction():
     create = broker_admin.create_device_commands("ap-1", "pw")
-    role, client = create
-    assert {a["topic"] for a in role["acls"]} == {"devices/ap-1/#"}
-    assert {a["acltype"] for a in role["acls"]} == {
-        "publishClientSend",
-        "publishClientReceive",
-        "subscribePattern",
+    role, client, listener = create
+    grants = {(a["acltype"], a["topic"]) for a in role["acls"]}
+    assert grants == {
+        ("publishClientSend", "devices/ap-1/presence"),
+        ("publishClientSend", "devices/ap-1/state"),
+        ("publishClientSend", "devices/ap-1/jobs/+/status"),
+        ("subscribePattern", "devices/ap-1/config"),
+        ("publishClientReceive", "devices/ap-1/config"),
+        ("subscribePattern", "devices/ap-1/jobs/+"),
+        ("publishClientReceive", "devices/ap-1/jobs/+"),
     }
+    assert all(a["allow"] for a in role["acls"])
     assert client["username"] == client["clientid"] == "ap-1"
     assert client["roles"] == [{"rolename": role["rolename"]}]
+    # a second account for a device that listens on its own connection (a shell script)
+    assert listener["username"] == listener["clientid"] == "ap-1/listen"
+    assert listener["password"] == client["password"]
+    assert listener["roles"] == client["roles"]
 
 
 class FakeChannel:
@@ -209,20 +218,29 @@ class FakeChannel:
 
 
 async def test_broker_admin_maps_errors():
-    await broker_admin.BrokerAdmin(FakeChannel(["Role already exists", None])).create_device(
-        "ap-1", "pw"
-    )
+    admin = broker_admin.BrokerAdmin
+    await admin(FakeChannel(["Role already exists", None, None])).create_device("ap-1", "pw")
     with pytest.raises(Conflict):
-        await broker_admin.BrokerAdmin(FakeChannel([None, "Client already exists"])).create_device(
+        await admin(FakeChannel([None, None, "Client already exists"])).create_device(
             "ap-1", "pw", replace_stale=False
         )
     with pytest.raises(BrokerError):
-        await broker_admin.BrokerAdmin(FakeChannel(["Internal error", None])).create_device(
-            "ap-1", "pw"
-        )
-    await broker_admin.BrokerAdmin(
-        FakeChannel(["Client not found", "Role not found"])
+        await admin(FakeChannel(["Internal error", None, None])).create_device("ap-1", "pw")
+    await admin(
+        FakeChannel(["Client not found", "Client not found", "Role not found"])
     ).delete_device("ap-1")
+    older = ["Role not found", "Client not found", "Role not found", None, None, None, None]
+    await admin(FakeChannel(older)).reset_device("ap-1", "pw")
+    with pytest.raises(BrokerError):
+        await admin(
+            FakeChannel([None, None, None, None, None, "Client not found", None])
+        ).reset_device("ap-1", "pw")
+
+
+def test_a_reset_takes_the_role_off_its_clients_before_deleting_it():
+    commands = [c["command"] for c in broker_admin.reset_device_commands("ap-1", "pw")]
+    assert commands.index("removeClientRole") < commands.index("deleteRole")
+    assert commands.index("deleteClient") < commands.index("deleteRole")
 
 
 class ScriptedChannel:
@@ -243,13 +261,13 @@ class ScriptedChannel:
 
 async def test_stale_broker_account_is_replaced_once():
     channel = ScriptedChannel(
-        ["Role already exists", "Client already exists"],
-        [None, None],
-        ["Role already exists", None],
+        ["Role already exists", "Client already exists", "Client already exists"],
+        [None, None, None],
+        ["Role already exists", None, None],
     )
     await broker_admin.BrokerAdmin(channel).create_device("ap-1", "pw")
     assert channel.sent == [
-        ["createRole", "createClient"],
-        ["deleteClient", "deleteRole"],
-        ["createRole", "createClient"],
+        ["createRole", "createClient", "createClient"],
+        ["deleteClient", "deleteClient", "deleteRole"],
+        ["createRole", "createClient", "createClient"],
     ]

@@ -3,12 +3,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from bridge.batch import (
+    Registered,
+    Skip,
     coalesce,
     content_hash,
     insert_op,
     needed,
     plan,
+    skip_reason,
     target,
+    update_op,
     with_known,
 )
 from bridge.decode import Accepted, Rejection, decode
@@ -92,7 +96,7 @@ def test_unknown_devices_and_jobs_are_rejected_and_the_rest_coalesced():
         ]
     )
     assert decoded.execution_ids == frozenset({"j1:dev-a", "j2:dev-a"})
-    planned = with_known(decoded, {"dev-a": "t1"}, {"j1:dev-a": "t1"})
+    planned = with_known(decoded, {"dev-a": Registered("t1")}, {"j1:dev-a": Registered("t1")})
     assert sorted(w.message.key.seq for w in planned.writes) == [2, 3]
     assert sorted(r.reason for r in planned.rejections) == [
         RejectReason.UNKNOWN_DEVICE,
@@ -112,11 +116,23 @@ def test_needed_skips_what_the_stored_document_already_has():
     fresh = T0 - timedelta(minutes=1)
     assert needed(newer, None, T0)  # no document yet: inserted
     assert needed(newer, {"_id": "dev-a"}, T0)
-    assert needed(newer, {"state": {"k": "00000000000001.00000000000004", "h": "x"}}, T0)
-    assert not needed(newer, {"state": {"k": "00000000000001.00000000000005", "h": "x"}}, T0)
-    same = {"state": {"k": "00000000000001.00000000000004", "h": h, "updated_at": T0}}
+    assert needed(newer, {"state": {"k": "000000:00000000000001.00000000000004", "h": "x"}}, T0)
+    assert not needed(newer, {"state": {"k": "000000:00000000000001.00000000000005", "h": "x"}}, T0)
+    same = {"state": {"k": "000000:00000000000001.00000000000004", "h": h, "updated_at": T0}}
     assert not needed(newer, same, fresh)  # identical, refreshed recently
     assert needed(newer, same, T0 + timedelta(seconds=1))  # identical, but stale: refresh
+
+
+def test_skip_reasons_and_a_key_reset_by_a_new_epoch():
+    stored = {"state": {"k": "000000:00000000000009.00000000000005", "h": "x"}}
+    after_reset = decode(state("dev-a", 1, 1, n=1))  # the device's counters started over
+    assert isinstance(after_reset, Accepted)
+    assert skip_reason(after_reset, stored, T0) is Skip.OLDER
+    planned = with_known(plan([after_reset]), {"dev-a": Registered("t1", key_epoch=1)}, {})
+    (item,) = planned.writes
+    assert item.epoch == 1
+    assert skip_reason(item, stored, T0) is None  # epoch 1 is newer than any key of 0
+    assert update_op(item, T0).update["$set"]["state"]["k"].startswith("000001:")
 
 
 def test_a_message_without_a_document_is_an_insert_with_the_tenant():

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from bridge.batch import content_hash, update_op
+from bridge.batch import Registered, content_hash, update_op
 from bridge.decode import Accepted, Rejection, decode
 from bridge.mongo_sink import KnownIds, MongoSink, StoredKeys
 from schemas.protocol import RejectReason, StateMessage
@@ -20,7 +20,7 @@ def _op(item):
 
 def test_presence_update_is_conditional_on_an_older_key():
     op = _op(presence("dev-a", 3, 4, "offline"))
-    k = "00000000000003.00000000000004"
+    k = "000000:00000000000003.00000000000004"
     assert op.filter == {
         "_id": "dev-a",
         "$or": [{"presence.k": {"$exists": False}}, {"presence.k": {"$lt": k}}],
@@ -34,7 +34,7 @@ def test_state_update_skips_identical_content_until_the_refresh_is_due():
     op = _op(state("dev-a", 1, 2, uptime_s=5))
     h = op.update["$set"]["state"]["h"]
     older, changed = op.filter["$and"]
-    assert older["$or"][1] == {"state.k": {"$lt": "00000000000001.00000000000002"}}
+    assert older["$or"][1] == {"state.k": {"$lt": "000000:00000000000001.00000000000002"}}
     assert changed == {"$or": [{"state.h": {"$ne": h}}, {"state.updated_at": {"$lt": T0}}]}
     # uptime and key are not content: the hash of a repeat is the same
     first = decode(state("dev-a", 1, 2, uptime_s=5))
@@ -65,20 +65,24 @@ def test_dead_letters_are_a_ring_per_reason():
     assert len(ids | {op.filter["_id"] for op in sink.dead_letter_ops(bad)}) == 3
 
 
-async def test_known_ids_cache_positives_and_remember_negatives_for_a_ttl():
+async def test_known_ids_cache_positives_and_negatives_each_for_their_ttl():
     asked: list[set[str]] = []
     now = [0.0]
+    epoch = [0]
 
     async def lookup(ids):
         asked.append(set(ids))
-        return {i: "t1" for i in ids if i.startswith("dev")}
+        return {i: Registered("t1", epoch[0]) for i in ids if i.startswith("dev")}
 
-    known = KnownIds(lookup, unknown_ttl=5, clock=lambda: now[0])
-    assert await known.known({"dev-a", "ghost"}) == {"dev-a": "t1"}
-    assert await known.known({"dev-a", "ghost"}) == {"dev-a": "t1"}
+    known = KnownIds(lookup, unknown_ttl=5, known_ttl=60, clock=lambda: now[0])
+    assert await known.known({"dev-a", "ghost"}) == {"dev-a": Registered("t1", 0)}
+    assert await known.known({"dev-a", "ghost"}) == {"dev-a": Registered("t1", 0)}
     now[0] = 6
-    assert await known.known({"dev-a", "ghost"}) == {"dev-a": "t1"}
-    assert asked == [{"dev-a", "ghost"}, {"ghost"}]
+    epoch[0] = 1  # an admin reset dev-a's keys: seen once its facts are read again
+    assert await known.known({"dev-a", "ghost"}) == {"dev-a": Registered("t1", 0)}
+    now[0] = 61
+    assert await known.known({"dev-a"}) == {"dev-a": Registered("t1", 1)}
+    assert asked == [{"dev-a", "ghost"}, {"ghost"}, {"dev-a"}]
 
 
 def test_stored_keys_read_once_then_follow_own_writes():
@@ -95,7 +99,7 @@ def test_stored_keys_read_once_then_follow_own_writes():
     assert known.exists(b)
     view = known.view(b)
     assert view is not None
-    assert view["state"]["k"] == "00000000000001.00000000000002"
+    assert view["state"]["k"] == "000000:00000000000001.00000000000002"
     assert view["state"]["h"] == update_op(item, T0).update["$set"]["state"]["h"]
     known.read("device_status", [f"x{i}" for i in range(20)], [])  # over capacity: forget
     assert known.unknown([a]) == {a}

@@ -134,7 +134,11 @@ def command(
     expires: datetime = NOW + timedelta(minutes=10),
 ) -> JobCommand:
     fw = FirmwareRef(
-        version=version, size=10, sha256="a" * 64, url="http://s3/fw.bin", url_expires_at=expires
+        version=version,
+        size=10,
+        sha256="a" * 64,
+        url="https://s3.example.net/fw.bin",
+        url_expires_at=expires,
     )
     return JobCommand(job_id=job_id, execution=execution, firmware=fw, issued_at=NOW)
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.topics import Channel, Topic, TopicError, device_filter, parse, subscription, topic
+from schemas.topics import (
+    Channel,
+    Topic,
+    TopicError,
+    channel_filter,
+    device_subscriptions,
+    parse,
+    subscription,
+    topic,
+)
 
 CASES = [
     (Channel.PRESENCE, None, "devices/ap-0001/presence"),
@@ -76,9 +85,10 @@ def test_build_rejects(channel: Channel, device_id: str, job_id: str | None) -> 
 def test_subscriptions_and_acl_filter() -> None:
     assert subscription(Channel.JOB_STATUS) == "devices/+/jobs/+/status"
     assert subscription(Channel.PRESENCE, "bridge") == "$share/bridge/devices/+/presence"
-    assert device_filter("ap-0001") == "devices/ap-0001/#"
+    assert channel_filter(Channel.JOB_STATUS, "ap-0001") == "devices/ap-0001/jobs/+/status"
+    assert device_subscriptions("ap-0001") == ["devices/ap-0001/config", "devices/ap-0001/jobs/+"]
     with pytest.raises(TopicError):
-        device_filter("+")
+        channel_filter(Channel.STATE, "#")
 
 
 def test_direction() -> None:
