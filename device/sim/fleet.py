@@ -27,7 +27,7 @@ import struct
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -65,12 +65,24 @@ _CHUNK = 64 * 1024
 
 @dataclass(frozen=True)
 class Broker:
-    """Where the simulated devices connect, and with which account."""
+    """Where the simulated devices connect, and with which account.
+
+    ``accounts`` maps device ids to the passwords their registration returned: such a
+    device logs in as itself (username = client id = device id), under its own ACL.
+    The others use ``username``/``password``.
+    """
 
     host: str
     port: int
     username: str | None = None
     password: str | None = None
+    accounts: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def login(self, device_id: str) -> tuple[str | None, str | None]:
+        """The username and password ``device_id`` connects with."""
+        if device_id in self.accounts:
+            return device_id, self.accounts[device_id]
+        return self.username, self.password
 
     @classmethod
     def from_settings(cls, settings: SimSettings) -> Broker:
@@ -177,11 +189,12 @@ class SimDevice:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.fleet.options.session_expiry
         broker = self.fleet.broker
+        username, password = broker.login(self.device_id)
         return aiomqtt.Client(
             broker.host,
             broker.port,
-            username=broker.username,
-            password=broker.password,
+            username=username,
+            password=password,
             identifier=self.device_id,
             protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=False,
@@ -366,7 +379,9 @@ class SimDevice:
         command = b.parse_job(payload)
         if isinstance(command, str) or command.job_id != job_id:
             return
-        decision = b.decide_job(command, self.job, self.firmware, utc_now())
+        decision = b.faulty_decision(
+            b.decide_job(command, self.job, self.firmware, utc_now()), self.fleet.fault(self)
+        )
         if decision.action is b.JobAction.IGNORE:
             return
         if decision.action is not b.JobAction.REJECT:
@@ -411,10 +426,13 @@ class SimDevice:
             await self._report(resumed)
 
     async def _run_job(self, record: b.JobRecord) -> None:
+        fault = self.fleet.fault(self)
         check = b.ImageCheck(record.size, record.sha256)
         record = await self._move(record, JobState.DOWNLOADING, progress=0.0)
         throttle = b.ProgressThrottle(step=25.0)
         try:
+            if fault is b.Fault.FAIL_DOWNLOAD:
+                raise DownloadError("download interrupted (injected fault)")
             async for _ in self.fleet.download(record.url, check):
                 if throttle.due(check.progress) and check.progress < 100.0:
                     record = await self._move(record, JobState.DOWNLOADING, progress=check.progress)
@@ -428,12 +446,20 @@ class SimDevice:
             await self._move(record, JobState.FAILED, progress=check.progress, reason=failure)
             return
         await self._move(record, JobState.INSTALLING, progress=100.0)
-        self.firmware = record.target
-        await self._move(record, JobState.REBOOTING, progress=100.0)
+        if fault is not b.Fault.OLD_IMAGE:
+            self.firmware = record.target
+        if fault is not None and fault.early_success:  # its record says done: no resume
+            await self._move(record, JobState.SUCCEEDED, progress=100.0)
+        else:
+            await self._move(record, JobState.REBOOTING, progress=100.0)
         self.fleet.stats.jobs_succeeded += 1
         self._boot_pending = True
         self._booted_at = time.monotonic()
-        self.drop(DropMode.REBOOT)
+        if fault is b.Fault.NO_RETURN:  # dies in its reboot: the Last Will says offline
+            self.want_online.clear()
+            self.drop(DropMode.ABRUPT)
+        else:
+            self.drop(DropMode.REBOOT)
 
 
 async def _close_abruptly(client: aiomqtt.Client) -> None:
@@ -464,6 +490,7 @@ class Fleet:
         *,
         apply_config: b.ApplyConfig = lambda _message: None,
         start_online: bool = True,
+        faults: Mapping[str, b.Fault] | None = None,
     ) -> None:
         self.options = options
         self.broker = broker
@@ -471,6 +498,7 @@ class Fleet:
         self.mqtt_log = logger.getChild("mqtt")
         self.mqtt_log.setLevel(logging.CRITICAL)  # paho chatter of thousands of clients
         self.apply_config = apply_config
+        self.faults = dict(faults or {})
         self.rng = random.Random(options.seed)
         self.stats = FleetStats()
         if not is_device_id(options.device_id(0)):
@@ -548,6 +576,10 @@ class Fleet:
         )
 
     # ------------------------------------------------------------------ queries
+
+    def fault(self, device: SimDevice) -> b.Fault | None:
+        """The failure injected into ``device``'s upgrades, if any."""
+        return self.faults.get(device.device_id)
 
     def device(self, device_id: str) -> SimDevice:
         return self.devices[device_id]
