@@ -48,15 +48,29 @@ class Received:
 
 @dataclass
 class CommandLog:
-    """Upgrade commands per device, as a backend subscriber to ``devices/+/jobs/+`` saw them."""
+    """Upgrade commands per device, as a backend subscriber to ``devices/+/jobs/+`` saw them.
+
+    :meth:`flush` is how a test shows that something was *not* sent: it publishes a probe
+    and waits for it. Every command the executor published before was acknowledged by
+    the broker before the probe was sent, and Mosquitto hands one subscriber its
+    messages in the order it accepted them, so once the probe is here, so is every
+    command published before it.
+    """
 
     prefix: str
+    broker: Any
     commands: dict[str, list[Received]] = field(default_factory=lambda: defaultdict(list))
+    probes: set[str] = field(default_factory=set)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             device = str(message.topic).split("/")[1]
             if not device.startswith(self.prefix) or not isinstance(message.payload, bytes):
+                continue
+            if message.payload.startswith(b"probe:"):
+                self.probes.add(message.payload.decode())
+                self._arrived.set()
                 continue
             body = json.loads(message.payload)
             self.commands[device].append(
@@ -69,6 +83,18 @@ class CommandLog:
                     getattr(message.properties, "MessageExpiryInterval", None),
                 )
             )
+
+    async def flush(self, within: float = 30) -> None:
+        """Return once every command published before this call has been logged."""
+        probe = f"probe:{secrets.token_hex(4)}"
+        async with _observer(self.broker) as client:
+            await client.publish(f"devices/{self.prefix}-probe/jobs/probe", probe, qos=1)
+        async with asyncio.timeout(within):
+            while True:
+                self._arrived.clear()
+                if probe in self.probes:
+                    return
+                await self._arrived.wait()
 
     def total(self) -> int:
         return sum(len(v) for v in self.commands.values())
@@ -165,7 +191,7 @@ async def online_fleet(
         **options,
     )
     ids = [fleet_options.device_id(i) for i in range(n)]
-    commands = CommandLog(prefix)
+    commands = CommandLog(prefix, broker)
     async with contextlib.AsyncExitStack() as stack:
         registry = await stack.enter_async_context(Registry(broker, mongo, s3, db.name))
         if group is not None:
