@@ -18,15 +18,16 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def agent_config(
-    broker: Mosquitto, device_id: str, state_file: Path, **overrides: Any
+    broker: Mosquitto, device_id: str, password: str, state_file: Path, **overrides: Any
 ) -> AgentConfig:
+    """The agent logs in with the account its registration returned (``password``)."""
     base: dict[str, Any] = {"state_interval": 60.0, "backoff_base": 0.2, "backoff_cap": 1.0}
     return AgentConfig(
         device_id=device_id,
         host="127.0.0.1",
         port=broker.port,
-        username=broker.backend_username,
-        password=broker.backend_password,
+        username=device_id,
+        password=password,
         state_file=state_file,
         **(base | overrides),
     )
@@ -53,7 +54,7 @@ def start_thread_agent(config: AgentConfig, **kwargs: Any) -> ThreadAgent:
 
 
 def start_process_agent(
-    broker: Mosquitto, device_id: str, state_file: Path, *extra: str
+    broker: Mosquitto, device_id: str, password: str, state_file: Path, *extra: str
 ) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable,
@@ -64,7 +65,7 @@ def start_process_agent(
         "--url",
         broker.url,
         "--username",
-        broker.backend_username,
+        device_id,
         "--state-file",
         str(state_file),
         "--backoff-cap",
@@ -73,7 +74,7 @@ def start_process_agent(
     ]
     env = {
         **os.environ,
-        "OUTPOST_DEVICE_PASSWORD": broker.backend_password,
+        "OUTPOST_DEVICE_PASSWORD": password,
         "PYTHONPATH": str(REPO),
     }
     log = (state_file.parent / f"{device_id}.log").open("ab")
