@@ -21,6 +21,7 @@ from api.app import create_app
 from api.auth import Role
 from api.broker_admin import delete_device_commands
 from device.sim import Broker
+from schemas.topics import Channel, topic
 from tests.integration.api.conftest import Api, api_settings, eventually
 
 __all__ = ["Registry"]
@@ -33,7 +34,8 @@ class Registry:
         self.broker = broker
         self.tenant = tenant
         self.passwords: dict[str, str] = {}
-        self._app = create_app(api_settings(broker, mongo, s3, database))
+        # a loaded machine's broker may take seconds to store an account: wait for it
+        self._app = create_app(api_settings(broker, mongo, s3, database, broker_timeout_s=30))
         self._lifespan: contextlib.AbstractAsyncContextManager[Any] | None = None
         self._api: Api | None = None
         self._token = ""
@@ -54,11 +56,20 @@ class Registry:
     ) -> None:
         assert self._lifespan is not None
         try:
-            # The broker outlives the test: its accounts go with the test's devices, a
-            # few dozen per control message (not one round trip per device).
+            # The broker outlives the test: the devices' retained messages go (every bridge
+            # started later would be handed them), and so do their accounts, a
+            # few per control message (not one round trip per device).
             ids = list(self.passwords)
-            for start in range(0, len(ids), 25):
-                commands = [c for d in ids[start : start + 25] for c in delete_device_commands(d)]
+            link = self.api.state.link
+            await asyncio.gather(
+                *(
+                    link.publish(topic(channel, d), b"", retain=True)
+                    for d in ids
+                    for channel in (Channel.PRESENCE, Channel.CONFIG)
+                )
+            )
+            for start in range(0, len(ids), 10):
+                commands = [c for d in ids[start : start + 10] for c in delete_device_commands(d)]
                 await self.api.state.link.control(commands)
         finally:
             await self._lifespan.__aexit__(kind, exc, tb)

@@ -234,7 +234,12 @@ async def wait_ready(
 
 
 class Publisher:
-    """Publishes QoS 1 messages and waits until the broker acknowledged all of them."""
+    """Publishes QoS 1 messages and waits until the broker acknowledged all of them.
+
+    A load generator: one client publishing for thousands of devices, so it uses the
+    backend's account (no device account may publish outside its own subtree). Tests of
+    what a device can do use :class:`RawDevice`, the simulator or the agent instead.
+    """
 
     def __init__(self, broker: Mosquitto, client_id: str) -> None:
         self._acked = 0

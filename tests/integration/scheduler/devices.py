@@ -218,6 +218,6 @@ async def online_fleet(
             await fleet.wait_ready()
         if bridge:
             await until(
-                lambda: rig.recorded(ids, online=True, firmware=firmware), 60, "fleet recorded"
+                lambda: rig.recorded(ids, online=True, firmware=firmware), 120, "fleet recorded"
             )
         yield rig
