@@ -9,7 +9,9 @@ same rules run on the paho agent, on thousands of simulated devices, and in unit
 - :func:`decide_config`: whether a received desired config must be applied;
 - the upgrade job state machine: :func:`decide_job` (a command arrives),
   :func:`resume_job` (the device boots with a job on record), :class:`ImageCheck`
-  (streaming size + sha256 verification) and :class:`ProgressThrottle`.
+  (streaming size + sha256 verification) and :class:`ProgressThrottle`;
+- :class:`Fault` and :func:`faulty_decision`: failures a simulated device can be told to
+  have (tests and demos inject them here, never in the backend's database).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "ApplyConfig",
     "ConfigDecision",
     "ConfigRejected",
+    "Fault",
     "FirmwareTrust",
     "ImageCheck",
     "JobAction",
@@ -53,6 +56,7 @@ __all__ = [
     "backoff_delay",
     "decide_config",
     "decide_job",
+    "faulty_decision",
     "job_status",
     "offline_presence",
     "online_presence",
@@ -404,3 +408,36 @@ class ProgressThrottle:
             return False
         self.last = progress
         return True
+
+
+# -------------------------------------------------------------------------------- faults
+
+
+class Fault(StrEnum):
+    """A failure a simulated device has on every upgrade job it is sent.
+
+    The last two model firmware that reports success before its reboot (some do, once
+    the image is installed): only the backend's post-upgrade check can catch them.
+    """
+
+    SILENT = "silent"  # takes the command and never answers
+    REJECT = "reject"  # refuses the command
+    FAIL_DOWNLOAD = "fail_download"  # the download breaks off: reports failed
+    NO_RETURN = "no_return"  # reports succeeded, reboots and never comes back online
+    OLD_IMAGE = "old_image"  # reports succeeded, reboots and comes back on the old image
+
+    @property
+    def early_success(self) -> bool:
+        return self in (Fault.NO_RETURN, Fault.OLD_IMAGE)
+
+
+def faulty_decision(decision: JobDecision, fault: Fault | None) -> JobDecision:
+    """What a device with ``fault`` does instead of ``decision`` (a new job only)."""
+    if fault is None or decision.action is not JobAction.START:
+        return decision
+    if fault is Fault.SILENT:
+        return JobDecision(JobAction.IGNORE, decision.record)
+    if fault is Fault.REJECT:
+        rejected = decision.record.moved(JobState.REJECTED, reason="refused (injected fault)")
+        return JobDecision(JobAction.REJECT, rejected)
+    return decision

@@ -82,7 +82,13 @@ class Broker:
     password: str | None = None
     tls: bool = False
     ca_file: str | None = None
-    accounts: Mapping[str, str] = field(default_factory=dict)
+    accounts: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def login(self, device_id: str) -> tuple[str | None, str | None]:
+        """The username and password ``device_id`` connects with."""
+        if device_id in self.accounts:
+            return device_id, self.accounts[device_id]
+        return self.username, self.password
 
     @classmethod
     def from_settings(cls, settings: SimSettings) -> Broker:
@@ -101,10 +107,8 @@ class Broker:
 
     def endpoint(self, device_id: str) -> Endpoint:
         """The broker as ``device_id`` reaches it: its own account when it has one."""
-        own = self.accounts.get(device_id)
-        if own is not None:
-            return Endpoint(self.host, self.port, self.tls, self.ca_file, device_id, own)
-        return Endpoint(self.host, self.port, self.tls, self.ca_file, self.username, self.password)
+        username, password = self.login(device_id)
+        return Endpoint(self.host, self.port, self.tls, self.ca_file, username, password)
 
 
 def load_accounts(path: Path) -> dict[str, str]:
@@ -402,7 +406,10 @@ class SimDevice:
             return
         key = self.fleet.options.firmware_key
         trust = b.FirmwareTrust(key, self.fleet.options.hardware_model) if key else None
-        decision = b.decide_job(command, self.job, self.firmware, utc_now(), trust)
+        decision = b.faulty_decision(
+            b.decide_job(command, self.job, self.firmware, utc_now(), trust),
+            self.fleet.fault(self),
+        )
         if decision.action is b.JobAction.IGNORE:
             return
         if decision.action is not b.JobAction.REJECT:
@@ -447,10 +454,13 @@ class SimDevice:
             await self._report(resumed)
 
     async def _run_job(self, record: b.JobRecord) -> None:
+        fault = self.fleet.fault(self)
         check = b.ImageCheck(record.size, record.sha256)
         record = await self._move(record, JobState.DOWNLOADING, progress=0.0)
         throttle = b.ProgressThrottle(step=25.0)
         try:
+            if fault is b.Fault.FAIL_DOWNLOAD:
+                raise DownloadError("download interrupted (injected fault)")
             async for _ in self.fleet.download(record.url, check):
                 if throttle.due(check.progress) and check.progress < 100.0:
                     record = await self._move(record, JobState.DOWNLOADING, progress=check.progress)
@@ -464,12 +474,20 @@ class SimDevice:
             await self._move(record, JobState.FAILED, progress=check.progress, reason=failure)
             return
         await self._move(record, JobState.INSTALLING, progress=100.0)
-        self.firmware = record.target
-        await self._move(record, JobState.REBOOTING, progress=100.0)
+        if fault is not b.Fault.OLD_IMAGE:
+            self.firmware = record.target
+        if fault is not None and fault.early_success:  # its record says done: no resume
+            await self._move(record, JobState.SUCCEEDED, progress=100.0)
+        else:
+            await self._move(record, JobState.REBOOTING, progress=100.0)
         self.fleet.stats.jobs_succeeded += 1
         self._boot_pending = True
         self._booted_at = time.monotonic()
-        self.drop(DropMode.REBOOT)
+        if fault is b.Fault.NO_RETURN:  # dies in its reboot: the Last Will says offline
+            self.want_online.clear()
+            self.drop(DropMode.ABRUPT)
+        else:
+            self.drop(DropMode.REBOOT)
 
 
 async def _close_abruptly(client: aiomqtt.Client) -> None:
@@ -500,6 +518,7 @@ class Fleet:
         *,
         apply_config: b.ApplyConfig = lambda _message: None,
         start_online: bool = True,
+        faults: Mapping[str, b.Fault] | None = None,
     ) -> None:
         self.options = options
         self.broker = broker
@@ -507,6 +526,7 @@ class Fleet:
         self.mqtt_log = logger.getChild("mqtt")
         self.mqtt_log.setLevel(logging.CRITICAL)  # paho chatter of thousands of clients
         self.apply_config = apply_config
+        self.faults = dict(faults or {})
         self.rng = random.Random(options.seed)
         self.stats = FleetStats()
         if not is_device_id(options.device_id(0)):
@@ -584,6 +604,10 @@ class Fleet:
         )
 
     # ------------------------------------------------------------------ queries
+
+    def fault(self, device: SimDevice) -> b.Fault | None:
+        """The failure injected into ``device``'s upgrades, if any."""
+        return self.faults.get(device.device_id)
 
     def device(self, device_id: str) -> SimDevice:
         return self.devices[device_id]

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from datetime import UTC, datetime
 
 import aiomqtt
 import pytest
 
 from api.auth import Role
-from schemas.documents import DEVICE_STATUS
+from device.behaviour import state_message
+from schemas.protocol import ConfigReport, OrderKey, encode
 from tests.integration.api.conftest import Api, eventually
+from tests.integration.api.mqtt_clients import DeviceClient, in_thread
+from tests.integration.bridge.helpers import running_bridge
+from tests.integration.bridge.helpers import settings as bridge_settings
+from tests.integration.scheduler.devices import until
 
 pytestmark = pytest.mark.integration
 CH6 = {"radios": {"2.4GHz": {"channel": 6}}}
@@ -144,14 +148,17 @@ async def test_group_template_change_publishes_only_changed_devices(api: Api, br
         assert v1.json()["config"]["radios"]["2.4GHz"]["channel"] == 6
 
 
-async def test_overrides_if_match_and_rollback(api: Api, broker, unique):
+async def test_overrides_if_match_and_rollback(api: Api, broker, mongo, unique):
     token = await api.token(f"t-{unique}", Role.OPERATOR)
     device_id = f"o-{unique}"
     async with api.client(token) as http:
         await http.post(
             "/groups", json={"name": "g", "template": {"country": "US", "radios": {"2.4GHz": {}}}}
         )
-        await http.post("/devices", json={"id": device_id, "hardware_model": "ap-1", "group": "g"})
+        registered = await http.post(
+            "/devices", json={"id": device_id, "hardware_model": "ap-1", "group": "g"}
+        )
+        password = registered.json()["credentials"]["password"]
         url = f"/devices/{device_id}/config/overrides"
         first = await http.put(url, headers={"If-Match": "1"}, json={"overrides": CH6})
         assert first.json() == {"changed": True, "version": 2, "published": True}
@@ -172,28 +179,49 @@ async def test_overrides_if_match_and_rollback(api: Api, broker, unique):
         # out of sync, and why: the device never acknowledged, and is offline
         listed = (await http.get("/devices", params={"in_sync": "false"})).json()["items"]
         assert [(d["id"], d["sync"]["reason"]) for d in listed] == [(device_id, "offline")]
-        await reported(api, device_id, {"version": 3, "status": "rejected", "error": "bad channel"})
-        one = (await http.get(f"/devices/{device_id}")).json()["sync"]
-        assert one["reason"] == "rejected"
-        assert one["error"] == "bad channel"
-        await reported(api, device_id, {"version": 3, "status": "applied"})
+        # the device reports, with its own account; the real bridge records it
+        cfg = bridge_settings(broker, mongo.url, api.state.db.db.name, unique)
+        device = DeviceClient("127.0.0.1", broker.port, device_id, password)
+        try:
+            async with running_bridge(cfg):
+                assert not (await in_thread(device.connect)).is_failure
+                rejected = ConfigReport(version=3, status="rejected", error="bad channel")
+                await report_config(device, device_id, rejected, seq=1)
+
+                async def sync() -> dict:
+                    return (await http.get(f"/devices/{device_id}")).json()["sync"]
+
+                await until(lambda: _reason_is(sync, "rejected"), 30, "rejection recorded")
+                assert (await sync())["error"] == "bad channel"
+                await report_config(device, device_id, ConfigReport(version=3, status="applied"), 2)
+                await until(lambda: _in_sync(sync), 30, "ack recorded")
+        finally:
+            device.close()
         synced = (await http.get("/devices", params={"in_sync": "true"})).json()["items"]
         assert [d["id"] for d in synced] == [device_id]
 
 
-async def reported(api: Api, device_id: str, config: dict) -> None:
-    """Stand in for the bridge: the device's state report with this config ack."""
-    state = {
-        "firmware": "1.0.0",
-        "hardware_model": "ap-1",
-        "config": config,
-        "h": secrets.token_hex(4),
-        "k": "000000:00000000000001.00000000000001",
-        "updated_at": datetime.now(UTC),
-    }
-    await api.state.db[DEVICE_STATUS].update_one(
-        {"_id": device_id}, {"$set": {"state": state}}, upsert=True
+async def report_config(device: DeviceClient, device_id: str, ack: ConfigReport, seq: int) -> None:
+    """The device's state report with this config ack, acknowledged by the broker."""
+    state = state_message(
+        device_id,
+        OrderKey(session=1, seq=seq),
+        datetime.now(UTC),
+        firmware="1.0.0",
+        hardware_model="ap-1",
+        config=ack,
+        uptime_s=seq,
     )
+    puback = await in_thread(device.publish, f"devices/{device_id}/state", encode(state))
+    assert not puback.is_failure
+
+
+async def _reason_is(sync, reason: str) -> bool:
+    return (await sync())["reason"] == reason
+
+
+async def _in_sync(sync) -> bool:
+    return (await sync())["in_sync"]
 
 
 async def test_history_is_bounded(broker, mongo, s3, unique):

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
 
 import aiomqtt
 import pytest
 
 from api.auth import Role
-from schemas.documents import DEVICE_STATUS
 from tests.integration.api.conftest import Api
 from tests.integration.api.mqtt_clients import DeviceClient, in_thread
+from tests.integration.bridge.helpers import running_bridge
+from tests.integration.bridge.helpers import settings as bridge_settings
+from tests.integration.scheduler.devices import until
 
 pytestmark = pytest.mark.integration
 
@@ -228,22 +229,35 @@ async def test_duplicate_id_and_bad_id(api: Api, unique):
         assert bad.json()["errors"][0]["loc"][-1] == "id"
 
 
-async def test_list_filters_sort_and_pagination(api: Api, unique):
+async def test_list_filters_sort_and_pagination(api: Api, broker, mongo, unique):
     token = await api.token(f"t-{unique}", Role.OPERATOR)
     async with api.client(token) as http:
+        passwords = {}
         for n in range(5):
-            await register(
+            got = await register(
                 http,
                 f"d{n}-{unique}",
                 tags=["even"] if n % 2 == 0 else ["odd"],
                 hardware_model="ap-2" if n == 4 else "ap-1",
             )
-        await api.state.db[DEVICE_STATUS].insert_one(  # stands in for the bridge
-            {
-                "_id": f"d1-{unique}",
-                "presence": {"status": "online", "since": datetime.now(UTC), "k": "1"},
-            }
-        )
+            passwords[n] = got["credentials"]["password"]
+        # d1 comes online with its own account; the real bridge records it
+        online_id = f"d1-{unique}"
+        cfg = bridge_settings(broker, mongo.url, api.state.db.db.name, unique)
+        device = DeviceClient("127.0.0.1", broker.port, online_id, passwords[1])
+        try:
+            async with running_bridge(cfg):
+                assert not (await in_thread(device.connect)).is_failure
+                own = f"devices/{online_id}/presence"
+                assert not (await in_thread(device.publish, own, presence(online_id))).is_failure
+
+                async def recorded() -> bool:
+                    one = (await http.get(f"/devices/{online_id}")).json()
+                    return (one["presence"] or {}).get("status") == "online"
+
+                await until(recorded, 30, "presence recorded")
+        finally:
+            device.close()
         seen, cursor = [], None
         while True:
             params = {"limit": 2, **({"cursor": cursor} if cursor else {})}

@@ -234,7 +234,12 @@ async def wait_ready(
 
 
 class Publisher:
-    """Publishes QoS 1 messages and waits until the broker acknowledged all of them."""
+    """Publishes QoS 1 messages and waits until the broker acknowledged all of them.
+
+    A load generator: one client publishing for thousands of devices, so it uses the
+    backend's account (no device account may publish outside its own subtree). Tests of
+    what a device can do use :class:`RawDevice`, the simulator or the agent instead.
+    """
 
     def __init__(self, broker: Mosquitto, client_id: str) -> None:
         self._acked = 0
@@ -292,15 +297,28 @@ def _packet(first: int, body: bytes) -> bytes:
 
 
 class RawDevice:
-    """One simulated device: connects with an offline Last Will, announces itself online."""
+    """One simulated device: connects with an offline Last Will, announces itself online.
+
+    With ``password`` (what its registration through the api returned) it logs in as
+    itself, under its own ACL. Without, it uses the backend's account: only the
+    5,000-device will storm does that, since registering thousands of broker accounts
+    costs minutes (the dynamic-security plugin rewrites its whole file per command).
+    """
 
     def __init__(
-        self, broker: Mosquitto, device_id: str, session: int, keepalive: int = 600
+        self,
+        broker: Mosquitto,
+        device_id: str,
+        session: int,
+        keepalive: int = 600,
+        password: str | None = None,
     ) -> None:
         self.broker = broker
         self.device_id = device_id
         self.session = session
         self.keepalive = keepalive
+        self.username = device_id if password else broker.backend_username
+        self.password = password or broker.backend_password
         self.pings = 0
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -326,8 +344,8 @@ class RawDevice:
             + b"\x00"
             + _str(self.topic)
             + _str(will)
-            + _str(self.broker.backend_username)
-            + _str(self.broker.backend_password)
+            + _str(self.username)
+            + _str(self.password)
         )
         return _packet(0x10, body)
 

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from schemas.documents import DEVICE_STATUS, DEVICES, JOB_EXECUTIONS, JOB_REPORTS
+from tests.integration.registry import Registry
 
 from .helpers import (
     Publisher,
@@ -112,11 +113,14 @@ async def _acked(metrics, n: int) -> bool:
     return metrics.value("outpost_bridge_acked_total") >= n
 
 
-async def test_last_will_marks_offline_and_reconnect_online(broker, mongo, mongo_db, unique):
+async def test_last_will_marks_offline_and_reconnect_online(broker, mongo, s3, mongo_db, unique):
     dev = f"d{unique}-will"
-    await _devices(mongo_db, [dev])
-    async with running_bridge(settings(broker, mongo.url, mongo_db.name, unique)):
-        device = RawDevice(broker, dev, session=1)
+    async with (
+        Registry(broker, mongo, s3, mongo_db.name) as registry,
+        running_bridge(settings(broker, mongo.url, mongo_db.name, unique)),
+    ):
+        password = (await registry.register([dev]))[dev]
+        device = RawDevice(broker, dev, session=1, password=password)
         await device.connect()
 
         async def status(expected: str):
@@ -128,7 +132,7 @@ async def test_last_will_marks_offline_and_reconnect_online(broker, mongo, mongo
         await eventually(lambda: status("offline"), within=10, what="offline from will")
         doc = await mongo_db[DEVICE_STATUS].find_one({"_id": dev})
         assert doc["presence"]["reason"] == "connection_lost"
-        again = RawDevice(broker, dev, session=2)
+        again = RawDevice(broker, dev, session=2, password=password)
         await again.connect()
         await eventually(lambda: status("online"), within=10, what="online again")
         await again.close()

@@ -8,6 +8,7 @@ import pytest
 
 from bridge.app import run_resync
 from schemas.documents import DEVICE_STATUS, DEVICES
+from tests.integration.registry import Registry
 
 from .helpers import (
     LOG,
@@ -29,22 +30,36 @@ async def _online(db, ids, status="online") -> bool:
     return await db[DEVICE_STATUS].count_documents({"presence.status": status}) == len(ids)
 
 
-async def test_idle_fleet_causes_zero_database_writes(broker, mongo, mongo_db, unique):
+async def test_idle_fleet_causes_zero_database_writes(broker, mongo, s3, mongo_db, unique):
     ids = [f"d{unique}-{i}" for i in range(50)]
-    await mongo_db[DEVICES].insert_many([{"_id": i} for i in ids])
-    fleet = [RawDevice(broker, i, session=1, keepalive=2) for i in ids]
-    async with running_bridge(settings(broker, mongo.url, mongo_db.name, unique)) as (_, metrics):
-        await asyncio.gather(*(d.connect() for d in fleet))
-        await eventually(lambda: _online(mongo_db, ids), within=20, what="fleet online")
-        await eventually(lambda: _acked(metrics, 50), within=10, what="acks")
-        ops = metrics.value("outpost_bridge_db_ops_total")
-        writes = metrics.value("outpost_bridge_db_writes_total")
-        # an observation window, not a wait for a delivery: nothing must happen in it
-        await asyncio.sleep(5)
-        assert all(d.pings >= 1 for d in fleet), "devices did not keep alive"
-        assert metrics.value("outpost_bridge_db_ops_total") == ops
-        assert metrics.value("outpost_bridge_db_writes_total") == writes == 50
-        await asyncio.gather(*(d.close() for d in fleet))
+    async with Registry(broker, mongo, s3, mongo_db.name) as registry:
+        passwords = await registry.register(ids)
+        fleet = [RawDevice(broker, i, 1, keepalive=2, password=passwords[i]) for i in ids]
+        cfg = settings(broker, mongo.url, mongo_db.name, unique)
+        async with running_bridge(cfg) as (_, metrics):
+            await asyncio.gather(*(d.connect() for d in fleet))
+            await eventually(lambda: _online(mongo_db, ids), within=20, what="fleet online")
+            await eventually(lambda: _acked(metrics, 50), within=10, what="acks")
+            ops = metrics.value("outpost_bridge_db_ops_total")
+            writes = metrics.value("outpost_bridge_db_writes_total")
+            assert writes == 50
+
+            # The window: every device keeps its session alive twice (PINGREQ every 1 s).
+            async def pinged() -> bool:
+                return all(d.pings >= 2 for d in fleet)
+
+            await eventually(pinged, within=20, what="keepalives")
+            # Then a probe: one state. The bridge handles messages in order, so once the
+            # probe is acknowledged anything sent in the window was handled before it.
+            probe = fleet[0]
+            await probe.publish(
+                f"devices/{probe.device_id}/state", state_payload(probe.device_id, 1, 2)
+            )
+            await eventually(lambda: _acked(metrics, 51), within=10, what="the probe")
+            assert metrics.value("outpost_bridge_acked_total") == 51
+            assert metrics.value("outpost_bridge_db_ops_total") == ops + 1  # the probe's
+            assert metrics.value("outpost_bridge_db_writes_total") == writes + 1
+            await asyncio.gather(*(d.close() for d in fleet))
 
 
 async def _acked(metrics, n: int) -> bool:
@@ -52,16 +67,20 @@ async def _acked(metrics, n: int) -> bool:
 
 
 async def test_resync_rebuilds_presence_after_the_status_mirror_was_dropped(
-    broker, mongo, mongo_db, unique
+    broker, mongo, s3, mongo_db, unique
 ):
     ids = [f"d{unique}-{i:03}" for i in range(300)]
     pub = Publisher(broker, f"p{unique}")
+    registry = Registry(broker, mongo, s3, mongo_db.name)
+    await registry.__aenter__()
     try:
+        password = (await registry.register([ids[1]]))[ids[1]]  # the one that reconnects
         for n, dev in enumerate(ids):  # retained presence: even online, odd offline
             status = "online" if n % 2 == 0 else "offline"
             pub.publish(f"devices/{dev}/presence", presence_payload(dev, 3, 1, status), retain=True)
         await pub.flushed(20)
-        await mongo_db[DEVICES].insert_many([{"_id": i, "tenant_id": "t1"} for i in ids])
+        others = [i for i in ids if i != ids[1]]
+        await mongo_db[DEVICES].insert_many([{"_id": i, "tenant_id": "t1"} for i in others])
         cfg = settings(broker, mongo.url, mongo_db.name, unique)
         await run_resync(cfg, LOG, idle_s=1.0)
         await mongo_db.drop_collection(DEVICE_STATUS)  # the mirror is lost, the registry kept
@@ -76,7 +95,7 @@ async def test_resync_rebuilds_presence_after_the_status_mirror_was_dropped(
             assert docs[dev]["tenant_id"] == "t1"
 
         # newer presence (a later session of the device) is never regressed by a resync
-        newer = RawDevice(broker, ids[1], session=4)
+        newer = RawDevice(broker, ids[1], session=4, password=password)
         await newer.connect()
         try:
             await run_resync(cfg, LOG, idle_s=1.0)
@@ -90,6 +109,7 @@ async def test_resync_rebuilds_presence_after_the_status_mirror_was_dropped(
             pub.publish(f"devices/{dev}/presence", b"", retain=True)
         await pub.flushed(20)
         pub.close()
+        await registry.__aexit__(None, None, None)
 
 
 async def test_mongodb_outage_keeps_messages_unacked_then_catches_up(broker, servers_root, unique):

@@ -21,8 +21,10 @@ FIRMWARE_SIGNER = SigningKey(new_private_key())
 
 
 def agent_config(
-    broker: Mosquitto, device_id: str, state_file: Path, **overrides: Any
+    broker: Mosquitto, device_id: str, password: str, state_file: Path, **overrides: Any
 ) -> AgentConfig:
+    """The agent logs in with the account its registration returned (``password``), over
+    TLS verified with the local CA, and trusts the test's firmware signing key."""
     base: dict[str, Any] = {
         "state_interval": 60.0,
         "backoff_base": 0.2,
@@ -35,8 +37,8 @@ def agent_config(
         port=broker.tls_port,
         tls=True,
         ca_file=str(broker.ca_file),
-        username=broker.backend_username,
-        password=broker.backend_password,
+        username=device_id,
+        password=password,
         state_file=state_file,
         **(base | overrides),
     )
@@ -63,7 +65,7 @@ def start_thread_agent(config: AgentConfig, **kwargs: Any) -> ThreadAgent:
 
 
 def start_process_agent(
-    broker: Mosquitto, device_id: str, state_file: Path, *extra: str
+    broker: Mosquitto, device_id: str, password: str, state_file: Path, *extra: str
 ) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable,
@@ -76,7 +78,7 @@ def start_process_agent(
         "--ca-file",
         str(broker.ca_file),
         "--username",
-        broker.backend_username,
+        device_id,
         "--state-file",
         str(state_file),
         "--backoff-cap",
@@ -87,7 +89,7 @@ def start_process_agent(
     ]
     env = {
         **os.environ,
-        "OUTPOST_DEVICE_PASSWORD": broker.backend_password,
+        "OUTPOST_DEVICE_PASSWORD": password,
         "PYTHONPATH": str(REPO),
     }
     log = (state_file.parent / f"{device_id}.log").open("ab")

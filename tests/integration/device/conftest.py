@@ -1,4 +1,4 @@
-"""Helpers for the device tests: a backend-side observer of the topic tree."""
+"""Helpers for the device tests: device accounts, a backend-side observer of the topic tree."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 
 from deploy.local import Mosquitto
 from device.sim import Broker
+from tests.integration.registry import Registry
 
 
 @dataclass
@@ -61,7 +62,8 @@ class Watcher:
 
 @pytest.fixture
 def broker_address(broker: Mosquitto) -> Broker:
-    """Devices connect over TLS, verifying the broker with the local CA."""
+    """Over TLS, verified with the local CA; the backend account (for the test's own
+    publishes; devices get their own through ``registry``)."""
     return Broker(
         "127.0.0.1",
         broker.tls_port,
@@ -70,6 +72,15 @@ def broker_address(broker: Mosquitto) -> Broker:
         tls=True,
         ca_file=str(broker.ca_file),
     )
+
+
+@pytest.fixture
+async def registry(
+    broker: Mosquitto, mongo: Any, s3: Any, mongo_db: Any
+) -> AsyncIterator[Registry]:
+    """Registers devices through the api; they then connect with their own accounts."""
+    async with Registry(broker, mongo, s3, mongo_db.name) as registry:
+        yield registry
 
 
 def backend_client(broker: Mosquitto, **kwargs: Any) -> aiomqtt.Client:

@@ -45,6 +45,12 @@ def device_id(unique: str) -> str:
 
 
 @pytest.fixture
+async def device_password(registry, device_id: str) -> str:
+    """The agent's own broker account, from its registration through the api."""
+    return (await registry.register([device_id]))[device_id]
+
+
+@pytest.fixture
 def state_file(tmp_path: Path) -> Path:
     return tmp_path / "agent-state.json"
 
@@ -89,9 +95,11 @@ async def retained(broker: Mosquitto, topic: str) -> aiomqtt.Message:
 # ------------------------------------------------------------------------------ presence
 
 
-async def test_killed_agent_will_is_retained_offline(broker, watch, device_id, state_file, cleanup):
+async def test_killed_agent_will_is_retained_offline(
+    broker, watch, device_id, device_password, state_file, cleanup
+):
     watcher = await watch(f"devices/{device_id}/#")
-    proc = start_process_agent(broker, device_id, state_file)
+    proc = start_process_agent(broker, device_id, device_password, state_file)
     cleanup.append(proc)
     online = await watcher.wait_for(is_presence("online"), within=20)
     assert online[0].payload["key"] == {"session": 1, "seq": 1}
@@ -110,10 +118,10 @@ async def test_killed_agent_will_is_retained_offline(broker, watch, device_id, s
 
 
 async def test_sigterm_says_goodbye_with_the_will_key(
-    broker, watch, device_id, state_file, cleanup
+    broker, watch, device_id, device_password, state_file, cleanup
 ):
     watcher = await watch(f"devices/{device_id}/#")
-    proc = start_process_agent(broker, device_id, state_file)
+    proc = start_process_agent(broker, device_id, device_password, state_file)
     cleanup.append(proc)
     await watcher.wait_for(is_presence("online"), within=20)
     proc.send_signal(signal.SIGTERM)
@@ -157,11 +165,11 @@ def reports_config(version: int, status: str):
 
 
 async def test_config_published_while_offline_is_applied_on_reconnect(
-    broker, watch, device_id, state_file, cleanup
+    broker, watch, device_id, device_password, state_file, cleanup
 ):
     watcher = await watch(f"devices/{device_id}/#")
     applied: list[ConfigMessage] = []
-    config = agent_config(broker, device_id, state_file)
+    config = agent_config(broker, device_id, device_password, state_file)
     first = start_thread_agent(config, apply_config=picky_apply(applied))
     cleanup.append(first)
     await watcher.wait_for(is_presence("online"))
@@ -248,12 +256,12 @@ def job_reached(job_id: str, status: str):
 
 
 async def test_upgrade_job_downloads_from_s3_and_succeeds(
-    broker, s3, watch, device_id, state_file, cleanup
+    broker, s3, watch, device_id, device_password, state_file, cleanup
 ):
     watcher = await watch(f"devices/{device_id}/#")
     image = secrets.token_bytes(300 * 1024)
     url = upload(s3, f"fw/{device_id}/2.0.0.bin", image)
-    agent = start_thread_agent(agent_config(broker, device_id, state_file))
+    agent = start_thread_agent(agent_config(broker, device_id, device_password, state_file))
     cleanup.append(agent)
     await watcher.wait_for(is_presence("online"))
 
@@ -280,11 +288,13 @@ async def test_upgrade_job_downloads_from_s3_and_succeeds(
     assert not list(state_file.parent.glob("*.img"))  # the image does not linger
 
 
-async def test_corrupted_image_fails_with_reason(broker, s3, watch, device_id, state_file, cleanup):
+async def test_corrupted_image_fails_with_reason(
+    broker, s3, watch, device_id, device_password, state_file, cleanup
+):
     watcher = await watch(f"devices/{device_id}/#")
     image = secrets.token_bytes(100 * 1024)
     url = upload(s3, f"fw/{device_id}/bad.bin", image)
-    agent = start_thread_agent(agent_config(broker, device_id, state_file))
+    agent = start_thread_agent(agent_config(broker, device_id, device_password, state_file))
     cleanup.append(agent)
     await watcher.wait_for(is_presence("online"))
 
@@ -361,13 +371,13 @@ async def test_untrusted_jobs_are_refused_before_any_download(
 
 
 async def test_reboot_mid_download_resumes_and_succeeds(
-    broker, s3, watch, device_id, state_file, cleanup
+    broker, s3, watch, device_id, device_password, state_file, cleanup
 ):
     watcher = await watch(f"devices/{device_id}/#")
     image = secrets.token_bytes(1024 * 1024)
     url = upload(s3, f"fw/{device_id}/3.0.0.bin", image)
     slow = ("--max-download-rate", str(256 * 1024))
-    proc = start_process_agent(broker, device_id, state_file, *slow)
+    proc = start_process_agent(broker, device_id, device_password, state_file, *slow)
     cleanup.append(proc)
     await watcher.wait_for(is_presence("online"), within=20)
 
@@ -383,11 +393,15 @@ async def test_reboot_mid_download_resumes_and_succeeds(
     )
     os.kill(proc.pid, signal.SIGKILL)  # power cut in the middle of the download
     proc.wait(10)
-    killed_at = len(job_statuses(watcher, job_id))
+    before = job_statuses(watcher, job_id)
+    killed_at = len(before)
     stored = json.loads(state_file.read_text())
     assert stored["job"]["status"] == "downloading"
+    # where the power went: between 30 % and the end of the download
+    assert {s["status"] for s in before} == {"queued", "downloading"}
+    assert 30 <= max(s.get("progress") or 0 for s in before) < 100
 
-    proc = start_process_agent(broker, device_id, state_file, *slow)
+    proc = start_process_agent(broker, device_id, device_password, state_file, *slow)
     cleanup.append(proc)
     await watcher.wait_for(job_reached(job_id, "succeeded"), within=30)
     after = job_statuses(watcher, job_id)[killed_at:]
@@ -399,7 +413,7 @@ async def test_reboot_mid_download_resumes_and_succeeds(
 
 
 async def test_reboot_while_rebooting_reports_the_outcome(
-    broker, watch, device_id, state_file, cleanup
+    broker, watch, device_id, device_password, state_file, cleanup
 ):
     """A job on record as 'rebooting' is judged by the firmware the device boots into."""
     from device.behaviour import JobRecord
@@ -419,7 +433,7 @@ async def test_reboot_while_rebooting_reports_the_outcome(
     )
     save_state(state_file, AgentState(session=7, firmware="1.0.0", job=record))
     watcher = await watch(f"devices/{device_id}/#")
-    agent = start_thread_agent(agent_config(broker, device_id, state_file))
+    agent = start_thread_agent(agent_config(broker, device_id, device_password, state_file))
     cleanup.append(agent)
     failed = (await watcher.wait_for(job_reached("j-reboot", "failed")))[0]
     assert failed.payload["reason"] == "booted 1.0.0, expected 4.0.0"
@@ -427,18 +441,18 @@ async def test_reboot_while_rebooting_reports_the_outcome(
 
 
 async def test_agent_reconnects_after_the_broker_drops_it(
-    broker, watch, device_id, state_file, cleanup
+    broker, watch, device_id, device_password, state_file, cleanup
 ):
     """Another client taking over the client id makes the broker drop the agent."""
     watcher = await watch(f"devices/{device_id}/#")
-    agent = start_thread_agent(agent_config(broker, device_id, state_file))
+    agent = start_thread_agent(agent_config(broker, device_id, device_password, state_file))
     cleanup.append(agent)
     await watcher.wait_for(is_presence("online"))
     async with aiomqtt.Client(
         "127.0.0.1",
         broker.port,
-        username=broker.backend_username,
-        password=broker.backend_password,
+        username=device_id,  # a second box with the same account
+        password=device_password,
         identifier=device_id,
         protocol=aiomqtt.ProtocolVersion.V5,
     ):

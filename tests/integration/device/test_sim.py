@@ -15,11 +15,12 @@ pytestmark = pytest.mark.integration
 N = 50
 
 
-async def test_fleet_presence_state_and_wills(broker_address: Broker, watch, unique: str):
+async def test_fleet_presence_state_and_wills(broker_address: Broker, registry, watch, unique: str):
     prefix = f"s{unique}"
     watcher = await watch("devices/+/#", prefix=f"devices/{prefix}-")
     options = FleetOptions(devices=N, prefix=prefix, connect_concurrency=16, seed=1)
-    async with Fleet(options, broker_address, logging.getLogger("test.sim")) as fleet:
+    await registry.register([options.device_id(i) for i in range(options.devices)])
+    async with Fleet(options, registry.fleet_broker(), logging.getLogger("test.sim")) as fleet:
         async with asyncio.timeout(30):
             await fleet.wait_ready()
         online = await watcher.wait_for(
@@ -82,7 +83,7 @@ async def test_fleet_presence_state_and_wills(broker_address: Broker, watch, uni
 
 
 async def test_fleet_config_and_upgrade_jobs_with_real_downloads(
-    broker_address: Broker, s3, watch, unique: str
+    broker_address: Broker, registry, s3, watch, unique: str
 ):
     import hashlib
     import secrets
@@ -128,7 +129,8 @@ async def test_fleet_config_and_upgrade_jobs_with_real_downloads(
         download_rate=400 * 1024,
         firmware_key=FIRMWARE_SIGNER.public_text,
     )
-    async with Fleet(options, broker_address, logging.getLogger("test.sim")) as fleet:
+    await registry.register([options.device_id(i) for i in range(options.devices)])
+    async with Fleet(options, registry.fleet_broker(), logging.getLogger("test.sim")) as fleet:
         async with asyncio.timeout(20):
             await fleet.wait_ready()
         good, bad, cfg = fleet.ids[:4], fleet.ids[4], fleet.ids[5]
@@ -164,7 +166,7 @@ async def test_fleet_config_and_upgrade_jobs_with_real_downloads(
 
 
 async def test_churn_drops_both_ways_and_devices_come_back(
-    broker_address: Broker, watch, unique: str
+    broker_address: Broker, registry, watch, unique: str
 ):
     prefix = f"c{unique}"
     watcher = await watch("devices/+/#", prefix=f"devices/{prefix}-")
@@ -177,7 +179,8 @@ async def test_churn_drops_both_ways_and_devices_come_back(
         reconnect_base=0.2,
         reconnect_cap=0.5,
     )
-    async with Fleet(options, broker_address, logging.getLogger("test.sim")) as fleet:
+    await registry.register([options.device_id(i) for i in range(options.devices)])
+    async with Fleet(options, registry.fleet_broker(), logging.getLogger("test.sim")) as fleet:
         async with asyncio.timeout(20):
             await fleet.wait_ready()
         await watcher.wait_for(

@@ -1,4 +1,8 @@
-"""Shared set-up of the scheduler's integration tests: seed data and wire an executor."""
+"""Shared set-up of the scheduler's integration tests: what admins decide, and an executor.
+
+The tests write only what the api would (firmware, rollouts, an admin's control); the
+devices and what the bridge records of them come from :mod:`.devices`.
+"""
 
 from __future__ import annotations
 
@@ -16,78 +20,27 @@ import aiomqtt
 import pytest
 from pymongo import AsyncMongoClient
 
-from outpost.store import Insert, Store
+from outpost.store import Store
 from scheduler.claims import Claims
 from scheduler.executor import ExecutorConfig, RolloutExecutor
 from scheduler.metrics import SchedulerMetrics
 from scheduler.publisher import MqttSink, Presigner
 from scheduler.store import RolloutStore
 from schemas.documents import (
-    DEVICE_STATUS,
-    DEVICES,
     ROLLOUT_PROGRESS,
     ROLLOUTS,
-    DeviceDoc,
     RolloutDoc,
     RolloutProgressDoc,
 )
 from schemas.rollouts import RolloutControl, RolloutSpec, rollout_status
+from schemas.topics import numbered_device_id
 
 LOG = logging.getLogger("test.scheduler")
 
 
 def device_ids(prefix: str, n: int) -> list[str]:
-    return [f"{prefix}-{i:04d}" for i in range(n)]
-
-
-async def seed_devices(
-    db,
-    ids: list[str],
-    *,
-    tenant: str = "t1",
-    group: str = "g1",
-    online: bool = True,
-    firmware: str = "1.0",
-) -> None:
-    """Registry entries (the api's) and what the devices reported (the bridge's)."""
-    store = Store(db)
-    now = datetime.now(UTC)
-    registry = [
-        DeviceDoc(
-            id=d,
-            tenant_id=tenant,
-            group=group,
-            tags=["ap"],
-            hardware_model="hw1",
-            created_at=now,
-        ).to_mongo()
-        for d in ids
-    ]
-    await store.apply(DEVICES, [Insert(d) for d in registry])
-    status = [
-        {
-            "_id": d,
-            "tenant_id": tenant,
-            "presence": {"status": "online" if online else "offline", "since": now, "k": "0"},
-            "state": {
-                "firmware": firmware,
-                "hardware_model": "hw1",
-                "h": "seed",
-                "k": "0",
-                "updated_at": now,
-            },
-        }
-        for d in ids
-    ]
-    await store.apply(DEVICE_STATUS, [Insert(d) for d in status])
-
-
-async def set_presence(db, device_id: str, status: str) -> None:
-    """Stand in for the bridge: a device went online or offline."""
-    await db[DEVICE_STATUS].update_one(
-        {"_id": device_id},
-        {"$set": {"presence.status": status, "presence.since": datetime.now(UTC)}},
-    )
+    """The ids :func:`tests.integration.scheduler.devices.online_fleet` gives its devices."""
+    return [numbered_device_id(prefix, i) for i in range(n)]
 
 
 def seed_firmware_object(s3, key: str, size: int = 4096) -> tuple[bytes, str]:
@@ -117,7 +70,7 @@ async def seed_firmware(db, s3, unique: str, version: str = "2.0") -> dict[str, 
 def rollout_doc(job_id: str, firmware: dict[str, Any], **spec: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "firmware": {"id": firmware["_id"], "version": firmware["version"]},
-        "target": {"group": "g1"},
+        "target": {"tags": ["ap"]},
         "waves": {"kind": "fixed", "size": 50},
         "grace_period": "PT30S",
     }

@@ -1,4 +1,8 @@
-"""Notification mails at a local SMTP sink (aiosmtpd), against the real database."""
+"""Notification mails at a local SMTP sink (aiosmtpd), against the real database.
+
+Devices really go offline (a goodbye, or a power cut and its Last Will) and the bridge
+records it; the notifier is then run at chosen times after that.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from deploy.local import free_port
+from scheduler.clock import aware
 from scheduler.notify import Notifier, SmtpMailer, SmtpSettings
-from tests.integration.scheduler.conftest import device_ids
+from tests.integration.scheduler.devices import Rig, online_fleet, until
 
 pytestmark = pytest.mark.integration
 LOG = logging.getLogger("test.notify")
@@ -53,52 +58,53 @@ def notifier(db, controller, **kw) -> Notifier:
     return Notifier(db, SmtpMailer(settings), LOG)
 
 
-async def test_offline_mail_once_per_incident_then_one_recovery(db, smtp, prefix):
-    controller, sink = smtp
-    now = datetime.now(UTC)
-    long_ago, recently = now - timedelta(minutes=30), now - timedelta(minutes=2)
-    a, b = device_ids(prefix, 2)
-    await db["device_status"].insert_many(
-        [
-            {"_id": a, "tenant_id": "t1", "presence": {"status": "offline", "since": long_ago}},
-            {"_id": b, "tenant_id": "t1", "presence": {"status": "offline", "since": recently}},
-        ]
-    )
-    n = notifier(db, controller)
-    assert await n.run(now) == 1
-    assert await n.run(now + timedelta(seconds=30)) == 0  # debounced: same incident
-    assert sink.subjects() == [f"[outpost] device {a} offline"]
-    assert sink.mails[0][0] == ["ops@example.test"]
-    await db["device_status"].update_one({"_id": a}, {"$set": {"presence.status": "online"}})
-    assert await n.run(now + timedelta(minutes=1)) == 1
-    assert await n.run(now + timedelta(minutes=2)) == 0
-    assert sink.subjects()[-1] == f"[outpost] device {a} back online"
-    # a new offline spell is a new incident
-    again = now + timedelta(minutes=3)
-    await db["device_status"].update_one(
-        {"_id": a}, {"$set": {"presence": {"status": "offline", "since": again}}}
-    )
-    assert await n.run(again + timedelta(minutes=11)) == 2  # a again, and b by now
-    assert len(sink.mails) == 4
+async def offline_since(rig: Rig, device: str) -> datetime:
+    """When the bridge recorded ``device`` going offline."""
+    return aware((await rig.statuses([device]))[device]["presence"]["since"])
 
 
-async def test_many_devices_dropping_at_once_get_one_digest(db, smtp, prefix):
+async def test_offline_mail_once_per_incident_then_one_recovery(
+    db, broker, mongo, s3, unique, prefix, smtp
+):
     controller, sink = smtp
-    now = datetime.now(UTC)
-    ids = device_ids(prefix, 30)
-    await db["device_status"].insert_many(
-        [
-            {
-                "_id": d,
-                "tenant_id": "t1",
-                "presence": {"status": "offline", "since": now - timedelta(minutes=15)},
-            }
-            for d in ids
-        ]
-    )
-    assert await notifier(db, controller).run(now) == 1
+    async with online_fleet(db, broker, mongo, s3, unique, 2, prefix=prefix) as rig:
+        a, b = rig.ids  # b stays online throughout: never mailed
+        await rig.go_offline([a])
+        since = await offline_since(rig, a)
+        n = notifier(db, controller)
+        assert await n.run(since + timedelta(minutes=9)) == 0  # not offline long enough
+        assert await n.run(since + timedelta(minutes=10)) == 1
+        assert await n.run(since + timedelta(minutes=10, seconds=30)) == 0  # same incident
+        assert sink.subjects() == [f"[outpost] device {a} offline"]
+        assert sink.mails[0][0] == ["ops@example.test"]
+        await rig.come_back([a])
+        assert await n.run(since + timedelta(minutes=11)) == 1
+        assert await n.run(since + timedelta(minutes=12)) == 0
+        assert sink.subjects()[-1] == f"[outpost] device {a} back online"
+        # a new offline spell is a new incident
+        await rig.go_offline([a])
+        again = await offline_since(rig, a)
+        assert again > since
+        assert await n.run(again + timedelta(minutes=11)) == 1
+    assert sink.subjects() == [
+        f"[outpost] device {a} offline",
+        f"[outpost] device {a} back online",
+        f"[outpost] device {a} offline",
+    ]
+    assert all(b not in body for _, body in sink.mails)
+
+
+async def test_many_devices_dropping_at_once_get_one_digest(
+    db, broker, mongo, s3, unique, prefix, smtp
+):
+    controller, sink = smtp
+    async with online_fleet(db, broker, mongo, s3, unique, 30, prefix=prefix) as rig:
+        await rig.fleet.drop(rig.ids, abrupt=True)  # power cut: the broker sends the wills
+        await until(lambda: rig.recorded(rig.ids, online=False), 60, "wills recorded")
+        latest = max([await offline_since(rig, d) for d in rig.ids])
+        assert await notifier(db, controller).run(latest + timedelta(minutes=15)) == 1
     assert sink.subjects() == ["[outpost] 30 devices offline"]
-    assert all(d in sink.mails[0][1] for d in ids)
+    assert all(d in sink.mails[0][1] for d in rig.ids)
 
 
 async def test_finished_and_aborted_rollouts_are_mailed_once(db, smtp, unique):

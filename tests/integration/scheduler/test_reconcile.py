@@ -27,6 +27,7 @@ from scheduler.service import SchedulerService, Settings
 from schemas.examples import example_wifi_config
 from schemas.wifi import config_hash
 from tests.integration.scheduler.conftest import device_ids, quiet_mqtt_logger
+from tests.integration.scheduler.devices import online_fleet, until
 
 pytestmark = pytest.mark.integration
 LOG = logging.getLogger("test.reconcile")
@@ -34,31 +35,27 @@ OLD = datetime.now(UTC) - timedelta(hours=1)
 CONFIG = example_wifi_config()
 
 
-async def seed(db, ids: list[str], *, applied: int, desired: int = 2) -> None:
+async def desire(db, ids: list[str], *, version: int = 2, since: datetime = OLD) -> None:
+    """What the api decided at ``since``: config ``version`` for ``ids``, with its history.
+
+    Registry documents of devices that were registered through the api are updated; the
+    others are created (they never connect in the test that uses them).
+    """
     for d in ids:
-        await db["devices"].insert_one(
-            {
-                "_id": d,
-                "tenant_id": "t1",
-                "desired_config": {"version": desired, "hash": "a" * 64, "updated_at": OLD},
-            }
-        )
-        await db["device_status"].insert_one(
-            {
-                "_id": d,
-                "tenant_id": "t1",
-                "state": {"config": {"version": applied, "status": "applied"}},
-                "presence": {"status": "online", "since": OLD - timedelta(hours=1)},
-            }
+        desired = {"version": version, "hash": config_hash(CONFIG), "updated_at": since}
+        await db["devices"].update_one(
+            {"_id": d},
+            {"$set": {"desired_config": desired}, "$setOnInsert": {"tenant_id": "t1"}},
+            upsert=True,
         )
         await db["device_configs"].insert_one(
             {
-                "_id": f"{d}:{desired:010d}",
+                "_id": f"{d}:{version:010d}",
                 "tenant_id": "t1",
                 "device_id": d,
-                "version": desired,
+                "version": version,
                 "hash": config_hash(CONFIG),
-                "created_at": OLD,
+                "created_at": since,
                 "actor": "test",
                 "cause": "test",
                 "config": json.dumps(CONFIG.model_dump(mode="json")),
@@ -103,25 +100,57 @@ async def retained_configs(broker, prefix: str, expect: int, limit_s: float = 10
             return found
 
 
-async def test_lagging_config_is_republished_then_applied_and_capped(db, broker, prefix):
-    ids = device_ids(prefix, 3)
-    await seed(db, ids, applied=1)
-    policy = ReconcilePolicy(lag=timedelta(minutes=5), retry_after=timedelta(0), max_attempts=3)
-    async with mqtt(broker, f"rec-{prefix}") as client:
-        rec = Reconciler(Store(db), MqttSink(client), LOG, policy)
-        now = datetime.now(UTC)
-        assert await rec.run(now) >= 3
-        got = await retained_configs(broker, prefix, 3)
-        assert {d: got[d]["version"] for d in ids} == dict.fromkeys(ids, 2)
-        assert got[ids[0]]["config"] == CONFIG.model_dump(mode="json", exclude_none=True)
-        # two devices apply it; the third never does
-        for d in ids[:2]:
-            await db["device_status"].update_one({"_id": d}, {"$set": {"state.config.version": 2}})
-        counts = [await rec.run(now + timedelta(seconds=i)) for i in range(1, 5)]
+async def applied(db, ids: list[str], version: int) -> bool:
+    """The bridge recorded every one of ``ids`` reporting ``version`` applied."""
+    query = {"_id": {"$in": ids}, "state.config.version": version, "state.config.status": "applied"}
+    return await db["device_status"].count_documents(query) == len(ids)
+
+
+async def test_lagging_config_is_republished_then_applied_and_capped(
+    db, broker, mongo, s3, unique, prefix
+):
+    async with online_fleet(db, broker, mongo, s3, unique, 2, prefix=prefix) as rig:
+        away = f"{prefix}-away"
+        await rig.registry.register([away], tags=["ap"])  # registered, never connects
+        ids = [*rig.ids, away]
+        await desire(db, ids)  # an hour ago: every one of them lags
+        policy = ReconcilePolicy(lag=timedelta(minutes=5), retry_after=timedelta(0), max_attempts=3)
+        async with mqtt(broker, f"rec-{prefix}") as client:
+            rec = Reconciler(Store(db), MqttSink(client), LOG, policy)
+            now = datetime.now(UTC)
+            assert await rec.run(now) == 3
+            got = await retained_configs(broker, prefix, 3)
+            assert {d: got[d]["version"] for d in ids} == dict.fromkeys(ids, 2)
+            assert got[ids[0]]["config"] == CONFIG.model_dump(mode="json", exclude_none=True)
+            # the two online devices apply it (their acks recorded by the bridge); the
+            # third never connects
+            await until(lambda: applied(db, rig.ids, 2), 30, "both acks recorded")
+            counts = [await rec.run(now + timedelta(seconds=i)) for i in range(1, 5)]
     mine = {r["_id"]: r for r in await db[RECONCILE].find({"_id": {"$in": ids}}).to_list(None)}
-    assert mine[ids[2]]["attempts"] == 3  # capped: not hammered
-    assert mine[ids[0]]["attempts"] == 1
-    assert counts[2:] == [0, 0] or all(c <= 1 for c in counts)
+    assert counts == [1, 1, 0, 0]  # only the absent one, twice more, then capped
+    assert mine[away]["attempts"] == 3
+    assert {d: mine[d]["attempts"] for d in rig.ids} == dict.fromkeys(rig.ids, 1)
+
+
+async def retained_before_probe(broker, prefix: str) -> dict[str, bytes]:
+    """Every retained config under ``prefix`` a new subscriber is given, and nothing else.
+
+    The broker sends a subscription its retained messages before it handles the next
+    packet of the same client, so once our own probe comes back, all of them are here.
+    """
+    probe = f"devices/{prefix}-probe/config"
+    found: dict[str, bytes] = {}
+    async with mqtt(broker, f"probe-{secrets.token_hex(3)}") as client:
+        await client.subscribe("devices/+/config", qos=1)
+        await client.publish(probe, b"probe", qos=1)
+        async with asyncio.timeout(30):
+            async for message in client.messages:
+                if str(message.topic) == probe:
+                    return found
+                device = str(message.topic).split("/")[1]
+                if device.startswith(prefix) and message.retain:
+                    found[device] = message.payload  # type: ignore[assignment]
+    raise AssertionError("probe lost")
 
 
 async def test_broker_sigkill_loses_retained_configs_and_resync_restores_them(
@@ -137,7 +166,8 @@ async def test_broker_sigkill_loses_retained_configs_and_resync_restores_them(
     broker.start()
     started = time.monotonic()
     ids = device_ids(prefix, 20)
-    await seed(db, ids, applied=2)  # all in sync: only a broker restart needs a resync
+    # decided just now: nothing lags yet, so only a broker start makes them re-published
+    await desire(db, ids, since=datetime.now(UTC))
     settings = Settings(
         MqttSettings(
             url=broker.url,
@@ -159,6 +189,12 @@ async def test_broker_sigkill_loses_retained_configs_and_resync_restores_them(
     task = asyncio.create_task(service.run(stop), name="scheduler under test")
     try:
         assert len(await retained_configs(broker, prefix, 20, limit_s=30)) == 20
+        # A retained message no one re-publishes: whether it survives tells if the
+        # broker kept its retained store (the resync may restore the others quickly).
+        canary = f"{prefix}-canary"
+        async with mqtt(broker, f"canary-{prefix}") as client:
+            await client.publish(f"devices/{canary}/config", b"{}", qos=1, retain=True)
+        assert canary in await retained_before_probe(broker, prefix)
         # let the first broker run a few seconds, so that its start and the restart are
         # told apart ($SYS uptime has a 1 s resolution); a wait on the clock, not delivery
         await asyncio.sleep(max(0.0, 6 - (time.monotonic() - started)))
@@ -168,9 +204,10 @@ async def test_broker_sigkill_loses_retained_configs_and_resync_restores_them(
             assert time.monotonic() < deadline, "killed broker still holds its port"
             await asyncio.sleep(0.1)
         broker.start()
-        assert await retained_configs(broker, prefix, 20, limit_s=0.5) == {}  # lost
-        back = await retained_configs(broker, prefix, 20, limit_s=45)
-        assert len(back) == 20
+        assert canary not in await retained_before_probe(broker, prefix)  # lost
+        assert len(await retained_configs(broker, prefix, 20, limit_s=45)) == 20
+        back = await retained_before_probe(broker, prefix)
+        assert sorted(back) == ids  # restored by the resync, the canary not
         resyncs = await db["scheduler_claims"].count_documents(
             {"_id": {"$regex": "^config_resync@"}}
         )

@@ -16,13 +16,11 @@ import pytest
 
 from deploy.local import free_port
 from tests.integration.scheduler.conftest import (
-    device_ids,
     rollout_doc,
-    seed_devices,
     seed_firmware,
     status_of,
 )
-from tests.integration.scheduler.fleet import FakeFleet, running
+from tests.integration.scheduler.devices import online_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -100,15 +98,13 @@ async def test_sigkill_of_the_lease_holder_mid_rollout_no_duplicate_no_missing(
     db, broker, mongo, s3, unique, prefix, tmp_path
 ):
     tmp_path.chmod(0o755)
-    ids = device_ids(prefix, 200)
-    await seed_devices(db, ids)
+    n = 100
     fw = await seed_firmware(db, s3, unique)
     job = f"job-{unique}"
     await db["rollouts"].insert_one(rollout_doc(job, fw, waves={"kind": "fixed", "size": 20}))
-    fleet = FakeFleet(db, prefix, download=False)
     env = service_env(db, broker, mongo, s3)
     instances = {}
-    async with running(fleet, broker):
+    async with online_fleet(db, broker, mongo, s3, unique, n, prefix=prefix) as rig:
         try:
             for name in ("a", "b"):
                 instances[name] = Instance(name, env, tmp_path)
@@ -116,40 +112,59 @@ async def test_sigkill_of_the_lease_holder_mid_rollout_no_duplicate_no_missing(
                 await until(lambda inst=inst: ready(inst), 30, f"{inst.name} ready")
 
             async def some_sent() -> bool:
-                return sum(1 for d in ids if fleet.commands[d]) >= 50
+                return rig.commands.reached(rig.ids) >= 30
 
-            await until(some_sent, 60, "first waves")
+            await until(some_sent, 90, "first waves")
             lease = await db["scheduler_claims"].find_one(
                 {"lease": f"rollout:{job}"}, sort=[("token", -1)]
             )
             victim = instances[lease["holder"]]
             victim.proc.send_signal(signal.SIGKILL)
             victim.proc.wait(10)
-            killed_at = sum(1 for d in ids if fleet.commands[d])
+            # Where the kill landed, from what the victim left in the database: it had
+            # sent part of the rollout, and some of its send claims may be unconfirmed.
+            sent_at_kill = await db["job_executions"].count_documents(
+                {"job_id": job, "sent_at": {"$ne": None}}
+            )
+            unconfirmed = {
+                s["device_id"]
+                for s in await db["scheduler_sends"]
+                .find({"job_id": job, "published_at": None})
+                .to_list(None)
+            }
 
             async def finished() -> bool:
                 return await status_of(db, job) == "completed"
 
-            await until(finished, 90, "rollout completed")
+            await until(finished, 180, "rollout completed")
             survivor = next(i for i in instances.values() if i is not victim)
             status, metrics = await asyncio.to_thread(survivor.get, "/metrics")
             assert status == 200
             assert "outpost_scheduler_commands_published_total" in metrics
             survivor.proc.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(survivor.proc.wait, 20) == 0
+            await rig.commands.flush()
+            assert await rig.recorded(rig.ids, online=True, firmware="2.0")
         finally:
             for inst in instances.values():
                 inst.stop()
-    assert 50 <= killed_at < 200, "the kill did not land mid-rollout"
-    missing = [d for d in ids if not fleet.commands[d]]
-    duplicated = {d: len(fleet.commands[d]) for d in ids if len(fleet.commands[d]) > 1}
+        commands = rig.commands.commands
+    assert 30 <= sent_at_kill < n, "the kill did not land mid-rollout"
+    assert len(unconfirmed) <= 8  # at most one batch (OUTPOST_SCHEDULER_BATCH) in flight
+    missing = [d for d in rig.ids if not commands[d]]
     assert missing == []
-    assert duplicated == {}
+    # One execution per device; a command is sent twice only if the victim died between
+    # publishing it and confirming it and the device had not answered by the takeover.
+    executions = {d: sorted({r.execution for r in commands[d]}) for d in rig.ids}
+    assert executions == {d: [1] for d in rig.ids}
+    duplicated = {d for d in rig.ids if len(commands[d]) > 1}
+    assert duplicated <= unconfirmed
     execs = await db["job_executions"].find({"job_id": job}).to_list(None)
-    assert len(execs) == 200
+    assert len(execs) == n
     assert {e["status"] for e in execs} == {"succeeded"}
-    tokens = await db["scheduler_claims"].distinct("token", {"lease": f"rollout:{job}"})
-    assert max(tokens) >= 2  # the lease was taken over
+    claims = await db["scheduler_claims"].find({"lease": f"rollout:{job}"}).to_list(None)
+    assert max(c["token"] for c in claims) >= 2  # the lease was taken over
+    assert {c["holder"] for c in claims if c["token"] > lease["token"]} == {survivor.name}
 
 
 async def test_sys_metrics_become_gauges_and_sigterm_stops_cleanly(db, broker, mongo, s3, tmp_path):

@@ -104,8 +104,9 @@ async def test_a_trickle_is_written_as_it_comes() -> None:
     bridge = Bridge(source, writer, batch_max=1000, flush_s=0.0)  # type: ignore[arg-type]
     task = asyncio.create_task(bridge.run())
     for m in _messages(3):
+        writer.started.clear()
         source.messages.put_nowait(m)
-        await asyncio.sleep(0.01)
+        await asyncio.wait_for(writer.started.wait(), 5)  # written alone, not kept waiting
     source.close_intake()
     await asyncio.wait_for(task, 5)
     assert [len(b) for b in writer.batches] == [1, 1, 1]

@@ -153,6 +153,24 @@ def test_new_job_starts():
     )
 
 
+def test_injected_faults_change_only_a_new_job():
+    start = b.decide_job(command(), None, "1.0.0", NOW)
+    silent = b.faulty_decision(start, b.Fault.SILENT)
+    assert silent == b.JobDecision(b.JobAction.IGNORE, start.record)
+    refused = b.faulty_decision(start, b.Fault.REJECT)
+    assert refused.action is b.JobAction.REJECT
+    assert (refused.record.status, refused.record.reason) == (
+        JobState.REJECTED,
+        "refused (injected fault)",
+    )
+    for later in (b.Fault.FAIL_DOWNLOAD, b.Fault.NO_RETURN, b.Fault.OLD_IMAGE, None):
+        assert b.faulty_decision(start, later) == start  # they happen during the job
+    current = start.record.moved(JobState.DOWNLOADING, progress=10.0)
+    again = b.decide_job(command(), current, "1.0.0", NOW)
+    assert b.faulty_decision(again, b.Fault.REJECT) == again  # a known job is re-reported
+    assert [f for f in b.Fault if f.early_success] == [b.Fault.NO_RETURN, b.Fault.OLD_IMAGE]
+
+
 def test_redelivered_command_re_reports_current_status():
     current = b.decide_job(command(), None, "1.0.0", NOW).record.moved(
         JobState.DOWNLOADING, progress=40.0
