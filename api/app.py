@@ -90,14 +90,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(
-            problems.Problem.model_json_schema(ref_template="#/components/schemas/{model}").get(
-                "$defs", {}
-            )
-        )
-        problem = problems.Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-        problem.pop("$defs", None)
-        components["Problem"] = problem
+        for model in (problems.Problem, problems.ValidationProblem):
+            found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(found.pop("$defs", {}))
+            components[model.__name__] = found
         schema.setdefault("components", {})["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer"}
         }

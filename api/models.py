@@ -5,12 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from api.auth import Role
 from api.sync import SyncReason
 from schemas.topics import DEVICE_ID_PATTERN
+from schemas.wifi import WifiConfigPatch, WifiConfigPatchPublic, WifiConfigPublic
 
+# Text without control characters (PostgreSQL, under FerretDB, cannot store NUL; none
+# of these fields needs a control character)
+PLAIN = r"^[^\x00-\x1f\x7f]*$"
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,63}$")]
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
@@ -22,7 +26,9 @@ SemVer = Annotated[
         max_length=64,
     ),
 ]
-ConfigObject = Annotated[dict[str, Any], Field(description="WiFi config (JSON object)")]
+# Every integer an admin sends that reaches the database fits in a signed 64-bit integer
+# (what MongoDB and FerretDB store); versions stay far below it.
+Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 T = TypeVar("T")
 
@@ -50,8 +56,11 @@ class TenantPublic(_Out):
 
 
 class TokenCreate(_In):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=PLAIN)]
     role: Role
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="The token stops working then; null: no expiry"
+    )
 
 
 class TokenPublic(_Out):
@@ -59,7 +68,11 @@ class TokenPublic(_Out):
     name: str
     role: Role
     created_at: datetime
+    expires_at: datetime | None = None
     revoked_at: datetime | None = None
+    last_used_at: datetime | None = Field(
+        default=None, description="Last authenticated request (updated at most once a minute)"
+    )
 
 
 class TokenCreated(TokenPublic):
@@ -88,7 +101,9 @@ class DeviceCreate(_In):
     hardware_model: Name
     group: Name | None = None
     tags: list[Tag] = Field(default_factory=list, max_length=32)
-    overrides: ConfigObject = Field(default_factory=dict)
+    overrides: WifiConfigPatch = Field(
+        default_factory=WifiConfigPatch, description="Merged over the group's template"
+    )
 
 
 class DeviceUpdate(_In):
@@ -141,21 +156,23 @@ class DeviceRegistered(_Out):
 
 
 class OverridesUpdate(_In):
-    overrides: ConfigObject
+    overrides: WifiConfigPatch
 
 
 class Rollback(_In):
-    version: int = Field(ge=1)
+    version: Version
 
 
 class DeviceConfigPublic(_Out):
+    """A device's desired config; version 0 (``config`` null): nothing desired yet."""
+
     device_id: str
-    version: int
-    hash: str
-    config: dict[str, Any]
-    created_at: datetime
-    actor: str
-    cause: str
+    version: int = Field(ge=0)
+    hash: str | None
+    config: WifiConfigPublic | None = Field(description="Secrets shown as set / not set")
+    created_at: datetime | None
+    actor: str | None
+    cause: str | None
 
 
 class ConfigChange(_Out):
@@ -166,16 +183,16 @@ class ConfigChange(_Out):
 
 class GroupCreate(_In):
     name: Name
-    template: ConfigObject = Field(default_factory=dict)
+    template: WifiConfigPatch = Field(default_factory=WifiConfigPatch)
 
 
 class TemplateUpdate(_In):
-    template: ConfigObject
+    template: WifiConfigPatch
 
 
 class GroupPublic(_Out):
     name: str
-    template: dict[str, Any]
+    template: WifiConfigPatchPublic = Field(description="Secrets shown as set / not set")
     version: int
     updated_at: datetime
 
@@ -192,7 +209,7 @@ class GroupChange(_Out):
 class FirmwareCreate(_In):
     version: SemVer
     hardware_models: list[Name] = Field(min_length=1, max_length=32)
-    release_notes: Annotated[str, StringConstraints(max_length=20_000)] = ""
+    release_notes: Annotated[str, StringConstraints(max_length=20_000, pattern=r"^[^\x00]*$")] = ""
 
 
 class FirmwarePublic(_Out):

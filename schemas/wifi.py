@@ -385,7 +385,7 @@ class Wpa3SaePublic(_Strict):
 
 class RadiusServerPublic(_Strict):
     host: str
-    port: int
+    port: int = 1812
     secret_set: bool = Field(description="The shared secret is write-only")
 
 

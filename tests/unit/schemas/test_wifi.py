@@ -404,7 +404,6 @@ def test_country_codes_outside_iso_3166_are_refused(country: str) -> None:
     ]
 
 
-
 def test_allowed_channels_tables() -> None:
     assert allowed_channels(Band.GHZ_2_4, 20, "US") == frozenset(range(1, 12))
     assert allowed_channels(Band.GHZ_6, 20, "US") == frozenset()  # NO-IR
