@@ -116,15 +116,30 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
     (Starlette names only the first matching route's methods)."""
     methods: set[str] = set()
     for template, operations in app.openapi().get("paths", {}).items():
-        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
-        if re.fullmatch(pattern, path):
-            methods |= {m.upper() for m in operations if m.upper() in _METHODS}
-    if "GET" in methods:
-        methods.add("HEAD")
+        for method, operation in operations.items():
+            if method.upper() in _METHODS and re.fullmatch(_path_regex(template, operation), path):
+                methods.add(method.upper())
     return sorted(methods)
 
 
 _METHODS = {"GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE"}
+
+
+def _path_regex(template: str, operation: dict[str, Any]) -> str:
+    """``/rollouts/{rollout_id}`` as a regex, each parameter by its own pattern (so
+    ``/rollouts/dry-run`` is not a rollout id)."""
+    patterns = {
+        p["name"]: p.get("schema", {}).get("pattern", "^[^/]+$")
+        for p in operation.get("parameters", [])
+        if p.get("in") == "path"
+    }
+    regex = ""
+    for part in re.split(r"(\{[^/{}]+\})", template):
+        if part.startswith("{") and part.endswith("}"):
+            regex += "(?:" + patterns.get(part[1:-1], "^[^/]+$").lstrip("^").rstrip("$") + ")"
+        else:
+            regex += re.escape(part)
+    return regex
 
 
 def install(app: FastAPI, logger: logging.Logger) -> None:

@@ -65,6 +65,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -229,6 +230,14 @@ Country = Annotated[
 ]
 
 
+# "auto" as a one-value enum, not a JSON Schema ``const``: client generators handle an
+# enum in a union with an integer, while openapi-python-client 0.29 parses a ``const``
+# branch as if it were the only one (a channel of 6 failed to parse).
+Auto = Annotated[
+    Literal["auto"], WithJsonSchema({"type": "string", "enum": ["auto"], "title": "Auto"})
+]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -285,9 +294,9 @@ class Ssid(_Strict):
 class Radio(_Strict):
     """One radio; its band is its key in :attr:`WifiConfig.radios`."""
 
-    channel: Annotated[int, Field(ge=1, le=233)] | Literal["auto"] = "auto"
+    channel: Auto | Annotated[int, Field(ge=1, le=233)] = "auto"
     width: Literal[20, 40, 80, 160, 320] = Field(default=20, description="Channel width, MHz")
-    tx_power_dbm: Annotated[int, Field(ge=1, le=30)] | Literal["auto"] = "auto"
+    tx_power_dbm: Auto | Annotated[int, Field(ge=1, le=30)] = "auto"
 
 
 class Syslog(_Strict):
@@ -336,9 +345,9 @@ class _Patch(BaseModel):
 class RadioPatch(_Patch):
     """A partial :class:`Radio`."""
 
-    channel: Annotated[int, Field(ge=1, le=233)] | Literal["auto"] | None = None
+    channel: Auto | Annotated[int, Field(ge=1, le=233)] | None = None
     width: Literal[20, 40, 80, 160, 320] | None = Field(default=None, description="MHz")
-    tx_power_dbm: Annotated[int, Field(ge=1, le=30)] | Literal["auto"] | None = None
+    tx_power_dbm: Auto | Annotated[int, Field(ge=1, le=30)] | None = None
 
 
 class SyslogPatch(_Patch):
