@@ -104,8 +104,8 @@ def _summary(errors: list[dict[str, Any]]) -> str:
 
 
 def _missing_precondition(errors: list[dict[str, Any]]) -> bool:
-    """Only a required If-Match is missing: RFC 6585 says 428, not 422."""
-    return bool(errors) and all(
+    """A required If-Match is missing: RFC 6585 says 428 (whatever else is wrong)."""
+    return any(
         e["type"] == "missing" and [str(p).lower() for p in e["loc"]] == ["header", "if-match"]
         for e in errors
     )
@@ -159,6 +159,14 @@ def install(app: FastAPI, logger: logging.Logger) -> None:
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = _field_errors(exc)
+        if any(e["loc"][:1] == ["path"] for e in errors):
+            # /rollouts/dry-run is no rollout id: a method the path does not serve is 405
+            allowed = allowed_methods(app, request.url.path)
+            if allowed and request.method not in allowed:
+                headers = {"Allow": ", ".join(allowed)}
+                return problem_response(
+                    405, "Method Not Allowed", "Method Not Allowed", request, headers=headers
+                )
         if _missing_precondition(errors):
             detail = 'send If-Match with the current version (a strong ETag, e.g. "3")'
             return problem_response(428, "Precondition Required", detail, request)

@@ -185,6 +185,8 @@ async def test_spec_and_behaviour_agree(api: Api, unique):
         url = f"/devices/{device_id}/config/overrides"
         missing = await http.put(url, json={"overrides": CONFIG})
         assert missing.status_code == 428
+        missing = await http.put(url, json={"overrides": {"country": "AA"}})
+        assert missing.status_code == 428  # whatever else is wrong
         weak = await http.put(url, headers={"If-Match": 'W/"0"'}, json={"overrides": CONFIG})
         assert weak.status_code == 412
         ok = await http.put(
@@ -209,6 +211,9 @@ async def test_spec_and_behaviour_agree(api: Api, unique):
         r = await http.put(f"/devices/{device_id}")
         assert r.status_code == 405
         assert set(r.headers["allow"].split(", ")) == {"DELETE", "GET", "PATCH"}
+        r = await http.get("/rollouts/dry-run")  # not a rollout id: a POST-only path
+        assert r.status_code == 405
+        assert r.headers["allow"] == "POST"
 
         # an invalid effective config: errors[] names each field
         bad = {**CONFIG, "radios": {"5GHz": {"channel": 165, "width": 80}}}
