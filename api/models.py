@@ -37,6 +37,24 @@ class _In(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _example(value: dict[str, Any]) -> ConfigDict:
+    """A request body's example: shown in /docs, and tried first by schemathesis."""
+    return ConfigDict(frozen=True, extra="forbid", json_schema_extra={"examples": [value]})
+
+
+_TEMPLATE = {
+    "country": "DE",
+    "radios": {"2.4GHz": {"channel": 6}, "5GHz": {"channel": 36, "width": 80}},
+    "ssids": [
+        {
+            "name": "Lobby",
+            "security": {"mode": "wpa2-psk", "passphrase": "welcome-guest-2026"},
+            "bands": ["2.4GHz", "5GHz"],
+        }
+    ],
+}
+
+
 class _Out(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -56,6 +74,8 @@ class TenantPublic(_Out):
 
 
 class TokenCreate(_In):
+    model_config = _example({"name": "ci-pipeline", "role": "operator"})
+
     name: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=PLAIN)]
     role: Role
     expires_at: AwareDatetime | None = Field(
@@ -97,6 +117,10 @@ class AuditEntry(_Out):
 
 
 class DeviceCreate(_In):
+    model_config = _example(
+        {"id": "ap-lobby-0042", "hardware_model": "ap-1", "tags": ["lobby"], "overrides": _TEMPLATE}
+    )
+
     id: DeviceId
     hardware_model: Name
     group: Name | None = None
@@ -156,6 +180,8 @@ class DeviceRegistered(_Out):
 
 
 class OverridesUpdate(_In):
+    model_config = _example({"overrides": {"radios": {"5GHz": {"channel": 44}}}})
+
     overrides: WifiConfigPatch
 
 
@@ -182,11 +208,15 @@ class ConfigChange(_Out):
 
 
 class GroupCreate(_In):
+    model_config = _example({"name": "lobby", "template": _TEMPLATE})
+
     name: Name
     template: WifiConfigPatch = Field(default_factory=WifiConfigPatch)
 
 
 class TemplateUpdate(_In):
+    model_config = _example({"template": _TEMPLATE})
+
     template: WifiConfigPatch
 
 
@@ -207,6 +237,10 @@ class GroupChange(_Out):
 
 
 class FirmwareCreate(_In):
+    model_config = _example(
+        {"version": "2.4.1", "hardware_models": ["ap-1"], "release_notes": "Fixes roaming"}
+    )
+
     version: SemVer
     hardware_models: list[Name] = Field(min_length=1, max_length=32)
     release_notes: Annotated[str, StringConstraints(max_length=20_000, pattern=r"^[^\x00]*$")] = ""
