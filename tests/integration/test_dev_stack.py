@@ -19,9 +19,12 @@ pytestmark = pytest.mark.integration
 
 
 def _outpost(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    # run beside the stack's folder: a ./.outpost/dev.env left in the checkout (by a real
+    # `outpost dev up`) must not leak its settings into the test
     return subprocess.run(
         [sys.executable, "-m", "cli", *args],
         env=env,
+        cwd=Path(env["OUTPOST_DEV_ROOT"]).parent,
         capture_output=True,
         text=True,
         timeout=180,
