@@ -54,6 +54,7 @@ LINKS: dict[tuple[str, str, str], dict[str, tuple[str, dict[str, str]]]] = {
         "GetRollout": ("get_rollout", _ROLLOUT),
         "Progress": ("progress", _ROLLOUT),
         "Pause": ("pause", _ROLLOUT),
+        "Resume": ("resume", _ROLLOUT),
         "Cancel": ("cancel", _ROLLOUT),
     },
     ("/tokens", "post", "201"): {
