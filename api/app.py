@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
 from api import problems
 from api.broker_admin import BrokerAdmin
@@ -18,6 +19,7 @@ from api.broker_link import BrokerLink
 from api.firmware_store import FirmwareStore, s3_client
 from api.metrics import ApiMetrics
 from api.middleware import BodyLimit, RequestMetrics
+from api.openapi_links import add_links
 from api.problems import openapi_responses
 from api.routes import audit, devices, firmware, groups, health, ops, rollouts, tokens
 from api.settings import ApiSettings
@@ -74,6 +76,7 @@ def create_app(settings: Settings, logger: logging.Logger | None = None) -> Fast
         lifespan=_lifespan(settings, metrics, logger),
         docs_url="/docs",
         redoc_url=None,
+        generate_unique_id_function=_operation_id,
     )
     app.state.metrics = metrics
     problems.install(app, logger)
@@ -86,21 +89,28 @@ def create_app(settings: Settings, logger: logging.Logger | None = None) -> Fast
     return app
 
 
+def _operation_id(route: APIRoute) -> str:
+    """The route function's name (``register``, ``get_config``): what a generated client
+    calls its methods, and what the document's links name."""
+    return route.name
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(
-            problems.Problem.model_json_schema(ref_template="#/components/schemas/{model}").get(
-                "$defs", {}
-            )
-        )
-        problem = problems.Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-        problem.pop("$defs", None)
-        components["Problem"] = problem
+        for model in (problems.Problem, problems.ValidationProblem):
+            found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(found.pop("$defs", {}))
+            components[model.__name__] = found
         schema.setdefault("components", {})["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer"}
         }
         schema["security"] = [{"bearer": []}]
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                if "health" in operation.get("tags", ()):
+                    operation["security"] = []  # probes need no token
+        add_links(schema)
         app.openapi_schema = schema
     return app.openapi_schema

@@ -26,24 +26,35 @@ class Rendered:
     hash: str
 
 
+Loc = tuple[str | int, ...]
+
+
 def check_patch(patch: JsonObject, what: str) -> None:
     """A template or override: a JSON object of bounded size (validated once merged)."""
     size = len(json.dumps(patch, separators=(",", ":")))
     if size > MAX_PATCH_BYTES:
-        raise InvalidInput(f"{what}: {size} bytes > {MAX_PATCH_BYTES}")
+        raise InvalidInput(f"{what}: {size} bytes > {MAX_PATCH_BYTES}", loc=("body", what))
 
 
-def validated(config: JsonObject, what: str = "config") -> Rendered:
+def validated(config: JsonObject, what: str = "config", loc: Loc = ("body",)) -> Rendered:
+    """The config validated; a 422 names each field, under ``loc`` (where the request
+    wrote it: ``("body", "overrides")``), by its path in the effective config."""
     try:
         model = validate_config(config)
     except InvalidConfig as exc:
-        raise InvalidInput(f"{what}: {exc}") from None
+        errors = [
+            {"loc": [*loc, *issue.loc], "msg": f"{what}: {issue.message}", "type": "wifi_config"}
+            for issue in exc.issues
+        ]
+        raise InvalidInput(f"{what}: {exc}", errors=errors) from None
     return Rendered(model.model_dump(mode="json"), config_hash(model))
 
 
-def render(template: JsonObject, overrides: JsonObject, what: str = "config") -> Rendered | None:
+def render(
+    template: JsonObject, overrides: JsonObject, what: str = "config", loc: Loc = ("body",)
+) -> Rendered | None:
     """The effective config, or None when there is nothing to configure."""
     merged = merge_patch(template, overrides)
     if not merged:
         return None
-    return validated(merged, what)
+    return validated(merged, what, loc)

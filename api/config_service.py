@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.auth import Principal
-from api.config_render import Rendered, render
+from api.config_render import Loc, Rendered, render
 from api.errors import BrokerError, NotFound, PreconditionFailed
 from api.state import AppState
 from api.store import devices as device_store
@@ -49,11 +49,14 @@ def plan(
     template: dict[str, Any],
     overrides: dict[str, Any] | None = None,
     rendered: Rendered | None = None,
+    loc: Loc = ("body",),
 ) -> Change | None:
-    """The change ``device`` needs for this template/overrides; None if it is a no-op."""
+    """The change ``device`` needs for this template/overrides; None if it is a no-op.
+
+    An invalid effective config is a 422 whose errors sit under ``loc``."""
     if rendered is None:
         own = device.overrides if overrides is None else overrides
-        rendered = render(template, own, what=f"effective config of {device.id}")
+        rendered = render(template, own, what=f"effective config of {device.id}", loc=loc)
         if rendered is None:
             return None
     if device.desired_config is not None and device.desired_config.hash == rendered.hash:
@@ -160,6 +163,7 @@ async def change_device(
     rendered: Rendered | None = None,
     extra: Doc | None = None,
     if_match: int | None = None,
+    loc: Loc = ("body",),
 ) -> Outcome:
     """Re-render one device (and write registry ``extra`` with it) as one revision."""
 
@@ -173,7 +177,7 @@ async def change_device(
             fields["overrides"] = overrides
         group = fields.get("group", device.group)
         template = await template_of(state, who.tenant_id, group)
-        change = plan(device, template, overrides, rendered)
+        change = plan(device, template, overrides, rendered, loc)
         if change is None:
             if fields and not await device_store.update_fields(state.db, device, fields):
                 return None

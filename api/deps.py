@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
 
-from api.auth import Principal, Role, bearer, token_hash
+from api.auth import TOKEN_PREFIX, Principal, Role, bearer, token_hash
 from api.errors import Forbidden, Unauthorized
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from api.state import AppState
@@ -29,17 +29,49 @@ def get_db(state: State) -> Database:
 Db = Annotated[Database, Depends(get_db)]
 
 
+_MESSAGES = {
+    "missing": "send Authorization: Bearer <api token>",
+    "malformed": "send Authorization: Bearer <api token>",
+    "unknown": "unknown or revoked token",
+    "revoked": "unknown or revoked token",
+    "expired": "the token has expired; ask an admin for a new one",
+}
+
+
+def _token_id(token: str) -> str | None:
+    """The public id part of ``opt_<id>_<secret>`` (never the secret), if it has one."""
+    token_id, sep, _ = token.removeprefix(TOKEN_PREFIX).partition("_")
+    return token_id[:12] if sep and token_id.isalnum() else None
+
+
+def _refuse(state: AppState, request: Request, reason: str, token: str | None) -> Unauthorized:
+    """Count and log a failed authentication (without the secret); the 401 to raise."""
+    state.metrics.auth_failures.labels(reason).inc()
+    state.logger.warning(
+        "authentication failed",
+        extra={
+            "reason": reason,
+            "token_id": _token_id(token) if token else None,
+            "path": request.url.path,
+            "client": request.client.host if request.client else None,
+        },
+    )
+    return Unauthorized(_MESSAGES[reason])
+
+
 async def current_principal(
-    db: Db,
+    request: Request,
+    state: State,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
     token = bearer(authorization)
     if token is None:
-        raise Unauthorized("send Authorization: Bearer <api token>")
-    principal = await tenants.principal_for(db, token_hash(token))
-    if principal is None:
-        raise Unauthorized("unknown or revoked token")
-    return principal
+        raise _refuse(state, request, "missing" if not authorization else "malformed", None)
+    found = await tenants.principal_for(state.db, token_hash(token))
+    if found.principal is None:
+        raise _refuse(state, request, found.failure or "unknown", token)
+    await tenants.touch(state.db, found.principal, state.token_seen)
+    return found.principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

@@ -14,6 +14,11 @@ ApiError                      status, title, detail -> application/problem+json
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+FieldErrors = list[dict[str, Any]]  # [{loc, msg, type}], as a problem's ``errors``
+
 
 class ApiError(Exception):
     status = 500
@@ -22,6 +27,10 @@ class ApiError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+    @property
+    def errors(self) -> FieldErrors | None:
+        return None
 
 
 class Unauthorized(ApiError):
@@ -60,8 +69,24 @@ class PayloadTooLarge(ApiError):
 
 
 class InvalidInput(ApiError):
+    """422; ``errors`` names each field (``loc`` as in FastAPI's: ``body``, ``query``...)."""
+
     status = 422
     title = "Unprocessable Content"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        loc: Sequence[str | int] = ("body",),
+        errors: FieldErrors | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self._errors = errors or [{"loc": list(loc), "msg": detail, "type": "value_error"}]
+
+    @property
+    def errors(self) -> FieldErrors:
+        return self._errors
 
 
 class Unavailable(ApiError):

@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from api.errors import PayloadTooLarge, StorageError
+from api.errors import InvalidInput, PayloadTooLarge, StorageError
 from outpost import s3 as outpost_s3
 from outpost.settings import S3Settings
 
@@ -91,7 +91,9 @@ class FirmwareStore:
                     parts.append(await self._part(key, upload_id, len(parts) + 1, spool))
                     spool.close()
                     spool = _Spool()
-            if spool.size or not parts:
+            if size == 0:  # the upload is aborted: nothing is stored
+                raise InvalidInput("the image is empty", loc=("body",))
+            if spool.size:
                 parts.append(await self._part(key, upload_id, len(parts) + 1, spool))
         finally:
             spool.close()

@@ -26,6 +26,12 @@ class ApiMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "outpost_api_auth_failures_total",
+            "Requests refused at authentication, by reason",
+            ["reason"],  # missing, malformed, unknown, revoked, expired
+            registry=self.registry,
+        )
         self.rejections = Counter(
             "outpost_api_rejections_total",
             "Refused requests by status",

@@ -5,12 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from api.auth import Role
 from api.sync import SyncReason
 from schemas.topics import DEVICE_ID_PATTERN
+from schemas.wifi import WifiConfigPatch, WifiConfigPatchPublic, WifiConfigPublic
 
+# Text without control characters (PostgreSQL, under FerretDB, cannot store NUL; none
+# of these fields needs a control character)
+PLAIN = r"^[^\x00-\x1f\x7f]*$"
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,63}$")]
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
@@ -22,13 +26,33 @@ SemVer = Annotated[
         max_length=64,
     ),
 ]
-ConfigObject = Annotated[dict[str, Any], Field(description="WiFi config (JSON object)")]
+# Every integer an admin sends that reaches the database fits in a signed 64-bit integer
+# (what MongoDB and FerretDB store); versions stay far below it.
+Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 T = TypeVar("T")
 
 
 class _In(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _example(value: dict[str, Any]) -> ConfigDict:
+    """A request body's example: shown in /docs, and tried first by schemathesis."""
+    return ConfigDict(frozen=True, extra="forbid", json_schema_extra={"examples": [value]})
+
+
+_TEMPLATE = {
+    "country": "DE",
+    "radios": {"2.4GHz": {"channel": 6}, "5GHz": {"channel": 36, "width": 80}},
+    "ssids": [
+        {
+            "name": "Lobby",
+            "security": {"mode": "wpa2-psk", "passphrase": "welcome-guest-2026"},
+            "bands": ["2.4GHz", "5GHz"],
+        }
+    ],
+}
 
 
 class _Out(BaseModel):
@@ -50,8 +74,13 @@ class TenantPublic(_Out):
 
 
 class TokenCreate(_In):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    model_config = _example({"name": "ci-pipeline", "role": "operator"})
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=PLAIN)]
     role: Role
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="The token stops working then; null: no expiry"
+    )
 
 
 class TokenPublic(_Out):
@@ -59,7 +88,11 @@ class TokenPublic(_Out):
     name: str
     role: Role
     created_at: datetime
+    expires_at: datetime | None = None
     revoked_at: datetime | None = None
+    last_used_at: datetime | None = Field(
+        default=None, description="Last authenticated request (updated at most once a minute)"
+    )
 
 
 class TokenCreated(TokenPublic):
@@ -84,11 +117,17 @@ class AuditEntry(_Out):
 
 
 class DeviceCreate(_In):
+    model_config = _example(
+        {"id": "ap-lobby-0042", "hardware_model": "ap-1", "tags": ["lobby"], "overrides": _TEMPLATE}
+    )
+
     id: DeviceId
     hardware_model: Name
     group: Name | None = None
     tags: list[Tag] = Field(default_factory=list, max_length=32)
-    overrides: ConfigObject = Field(default_factory=dict)
+    overrides: WifiConfigPatch = Field(
+        default_factory=WifiConfigPatch, description="Merged over the group's template"
+    )
 
 
 class DeviceUpdate(_In):
@@ -150,21 +189,25 @@ class DeviceRegistered(_Out):
 
 
 class OverridesUpdate(_In):
-    overrides: ConfigObject
+    model_config = _example({"overrides": {"radios": {"5GHz": {"channel": 44}}}})
+
+    overrides: WifiConfigPatch
 
 
 class Rollback(_In):
-    version: int = Field(ge=1)
+    version: Version
 
 
 class DeviceConfigPublic(_Out):
+    """A device's desired config; version 0 (``config`` null): nothing desired yet."""
+
     device_id: str
-    version: int
-    hash: str
-    config: dict[str, Any]
-    created_at: datetime
-    actor: str
-    cause: str
+    version: int = Field(ge=0)
+    hash: str | None
+    config: WifiConfigPublic | None = Field(description="Secrets shown as set / not set")
+    created_at: datetime | None
+    actor: str | None
+    cause: str | None
 
 
 class ConfigChange(_Out):
@@ -174,17 +217,21 @@ class ConfigChange(_Out):
 
 
 class GroupCreate(_In):
+    model_config = _example({"name": "lobby", "template": _TEMPLATE})
+
     name: Name
-    template: ConfigObject = Field(default_factory=dict)
+    template: WifiConfigPatch = Field(default_factory=WifiConfigPatch)
 
 
 class TemplateUpdate(_In):
-    template: ConfigObject
+    model_config = _example({"template": _TEMPLATE})
+
+    template: WifiConfigPatch
 
 
 class GroupPublic(_Out):
     name: str
-    template: dict[str, Any]
+    template: WifiConfigPatchPublic = Field(description="Secrets shown as set / not set")
     version: int
     updated_at: datetime
 
@@ -199,9 +246,13 @@ class GroupChange(_Out):
 
 
 class FirmwareCreate(_In):
+    model_config = _example(
+        {"version": "2.4.1", "hardware_models": ["ap-1"], "release_notes": "Fixes roaming"}
+    )
+
     version: SemVer
     hardware_models: list[Name] = Field(min_length=1, max_length=32)
-    release_notes: Annotated[str, StringConstraints(max_length=20_000)] = ""
+    release_notes: Annotated[str, StringConstraints(max_length=20_000, pattern=r"^[^\x00]*$")] = ""
 
 
 class FirmwarePublic(_Out):

@@ -28,7 +28,9 @@ class Sort:
     def parse(cls, value: str, allowed: dict[str, str]) -> Sort:
         name = value.removeprefix("-")
         if name not in allowed:
-            raise InvalidInput(f"sort: unknown field {name!r}; one of {sorted(allowed)}")
+            raise InvalidInput(
+                f"sort: unknown field {name!r}; one of {sorted(allowed)}", loc=("query", "sort")
+            )
         return cls(allowed[name], value.startswith("-"))
 
 
@@ -49,16 +51,28 @@ def encode_cursor(sort_value: Any, doc_id: Any) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+def _plain_value(value: Any) -> bool:
+    """What a cursor this api made can hold: no operator objects, no integers the database
+    cannot store (a client-made cursor must not become a query or a 500)."""
+    if value is None or isinstance(value, bool | str):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    return isinstance(value, dict) and set(value) == {"$dt"} and isinstance(value["$dt"], str)
+
+
 def decode_cursor(cursor: str) -> tuple[Any, Any]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         value = json.loads(base64.urlsafe_b64decode(padded.encode()))
         sort_value, doc_id = value
-        if not isinstance(doc_id, str):
+        if not isinstance(doc_id, str) or not _plain_value(sort_value):
             raise TypeError("id")
         return _restore(sort_value), doc_id
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        raise InvalidInput("cursor: not a cursor this api returned") from None
+        raise InvalidInput(
+            "cursor: not a cursor this api returned", loc=("query", "cursor")
+        ) from None
 
 
 def after_filter(sort: Sort, cursor: str | None) -> dict[str, Any]:

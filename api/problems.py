@@ -7,6 +7,7 @@ Handlers are installed by :func:`install`; bad input always gets a 4xx with a pr
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -35,7 +36,15 @@ class Problem(BaseModel):
     status: int = Field(ge=400, le=599)
     detail: str
     instance: str | None = None
-    errors: list[FieldError] | None = Field(default=None, description="Validation errors")
+    errors: list[FieldError] | None = Field(
+        default=None, description="Each invalid field (always present on a 422)"
+    )
+
+
+class ValidationProblem(Problem):
+    """A 422: the problem, with ``errors`` naming each invalid field."""
+
+    errors: list[FieldError] = Field(min_length=1, description="Each invalid field")
 
 
 def _content(schema_ref: str) -> dict[str, Any]:
@@ -43,9 +52,17 @@ def _content(schema_ref: str) -> dict[str, Any]:
 
 
 def openapi_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` entries documenting problem+json for the given statuses."""
-    ref = "#/components/schemas/Problem"
-    return {status: {"description": "Problem", "content": _content(ref)} for status in statuses}
+    """``responses=`` entries documenting problem+json for the given statuses (a 422 as
+    :class:`ValidationProblem`)."""
+    return {
+        status: {
+            "description": "Validation problem" if status == 422 else "Problem",
+            "content": _content(
+                "#/components/schemas/" + ("ValidationProblem" if status == 422 else "Problem")
+            ),
+        }
+        for status in statuses
+    }
 
 
 def problem_response(
@@ -86,6 +103,45 @@ def _summary(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _missing_precondition(errors: list[dict[str, Any]]) -> bool:
+    """A required If-Match is missing: RFC 6585 says 428 (whatever else is wrong)."""
+    return any(
+        e["type"] == "missing" and [str(p).lower() for p in e["loc"]] == ["header", "if-match"]
+        for e in errors
+    )
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method the OpenAPI document lists for ``path``: the whole ``Allow`` of a 405
+    (Starlette names only the first matching route's methods)."""
+    methods: set[str] = set()
+    for template, operations in app.openapi().get("paths", {}).items():
+        for method, operation in operations.items():
+            if method.upper() in _METHODS and re.fullmatch(_path_regex(template, operation), path):
+                methods.add(method.upper())
+    return sorted(methods)
+
+
+_METHODS = {"GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE"}
+
+
+def _path_regex(template: str, operation: dict[str, Any]) -> str:
+    """``/rollouts/{rollout_id}`` as a regex, each parameter by its own pattern (so
+    ``/rollouts/dry-run`` is not a rollout id)."""
+    patterns = {
+        p["name"]: p.get("schema", {}).get("pattern", "^[^/]+$")
+        for p in operation.get("parameters", [])
+        if p.get("in") == "path"
+    }
+    regex = ""
+    for part in re.split(r"(\{[^/{}]+\})", template):
+        if part.startswith("{") and part.endswith("}"):
+            regex += "(?:" + patterns.get(part[1:-1], "^[^/]+$").lstrip("^").rstrip("$") + ")"
+        else:
+            regex += re.escape(part)
+    return regex
+
+
 def install(app: FastAPI, logger: logging.Logger) -> None:
     """Register the handlers that turn every error into problem+json."""
 
@@ -96,16 +152,31 @@ def install(app: FastAPI, logger: logging.Logger) -> None:
             metrics = getattr(request.app.state, "metrics", None)
             if metrics is not None:
                 metrics.rejections.labels(str(exc.status)).inc()
-        return problem_response(exc.status, exc.title, exc.detail, request, headers=headers)
+        return problem_response(
+            exc.status, exc.title, exc.detail, request, exc.errors, headers=headers
+        )
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = _field_errors(exc)
+        if any(e["loc"][:1] == ["path"] for e in errors):
+            # /rollouts/dry-run is no rollout id: a method the path does not serve is 405
+            allowed = allowed_methods(app, request.url.path)
+            if allowed and request.method not in allowed:
+                headers = {"Allow": ", ".join(allowed)}
+                return problem_response(
+                    405, "Method Not Allowed", "Method Not Allowed", request, headers=headers
+                )
+        if _missing_precondition(errors):
+            detail = 'send If-Match with the current version (a strong ETag, e.g. "3")'
+            return problem_response(428, "Precondition Required", detail, request)
         return problem_response(422, "Unprocessable Content", _summary(errors), request, errors)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        headers = dict(exc.headers) if exc.headers else None
+        headers = dict(exc.headers) if exc.headers else {}
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(app, request.url.path))
         return problem_response(
             exc.status_code, _title(exc.status_code), str(exc.detail), request, headers=headers
         )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from api.broker_admin import BrokerAdmin
 from api.broker_link import BrokerLink
@@ -22,3 +23,4 @@ class AppState:
     metrics: ApiMetrics
     settings: ApiSettings
     logger: logging.Logger
+    token_seen: dict[str, datetime] = field(default_factory=dict)  # last_used_at writes

@@ -28,6 +28,11 @@ collection                    writer      ``_id`` and content
 ``rollouts``                  api         :class:`RolloutDoc` (spec and admin control)
 ``tenants``, ``api_tokens``,  api         :class:`TenantDoc`, :class:`ApiTokenDoc`,
 ``audit_log``                             :class:`AuditDoc`
+``api_token_usage``           api         ``<tenant>:<token id>``: ``last_used_at`` (apart
+                                          from the token: see :mod:`api.store.tenants`)
+``rollout_devices``           api         device id: the active rollout that holds the
+                                          device (:class:`RolloutDeviceDoc`; unique
+                                          ``_id``: one active rollout per device)
 ``device_status``             bridge      device id: :class:`DeviceStatusDoc` (presence,
                                           reported state, config ack, last seen)
 ``job_reports``               bridge      execution id: :class:`JobReportDoc`
@@ -65,6 +70,7 @@ from schemas.rollouts import (
 
 __all__ = [
     "API_TOKENS",
+    "API_TOKEN_USAGE",
     "AUDIT_LOG",
     "BROKER_METRICS",
     "DEAD_LETTERS",
@@ -78,6 +84,7 @@ __all__ = [
     "OWNERS",
     "REVISIONS",
     "ROLLOUTS",
+    "ROLLOUT_DEVICES",
     "ROLLOUT_PROGRESS",
     "SCHEDULER_CLAIMS",
     "SCHEDULER_NOTICES",
@@ -99,6 +106,7 @@ __all__ = [
     "JobReportDoc",
     "PresenceDoc",
     "ReportedState",
+    "RolloutDeviceDoc",
     "RolloutDoc",
     "RolloutProgressDoc",
     "TenantDoc",
@@ -117,6 +125,8 @@ FIRMWARE = "firmware"
 ROLLOUTS = "rollouts"
 TENANTS = "tenants"
 API_TOKENS = "api_tokens"
+API_TOKEN_USAGE = "api_token_usage"
+ROLLOUT_DEVICES = "rollout_devices"
 AUDIT_LOG = "audit_log"
 DEVICE_STATUS = "device_status"
 JOB_REPORTS = "job_reports"
@@ -139,6 +149,8 @@ OWNERS: dict[str, Owner] = {
     ROLLOUTS: "api",
     TENANTS: "api",
     API_TOKENS: "api",
+    API_TOKEN_USAGE: "api",
+    ROLLOUT_DEVICES: "api",
     AUDIT_LOG: "api",
     DEVICE_STATUS: "bridge",
     JOB_REPORTS: "bridge",
@@ -277,8 +289,11 @@ class RolloutDoc(_Doc):
 
 
 class TenantDoc(_Doc):
+    """``tenants``; ``rev``: token revocations are revisions of their tenant."""
+
     name: str
     created_at: datetime
+    rev: int = 0
 
 
 class ApiTokenDoc(_Doc):
@@ -290,7 +305,19 @@ class ApiTokenDoc(_Doc):
     name: str
     created_at: datetime
     created_by: str | None = None
+    expires_at: datetime | None = None
     revoked_at: datetime | None = None
+
+
+class RolloutDeviceDoc(_Doc):
+    """``rollout_devices`` (``_id`` = device id): the rollout that holds the device. The
+    unique ``_id`` makes "one active rollout per device" an insert that only one rollout
+    wins; a claim whose rollout is final is released by the next rollout that needs the
+    device (:mod:`api.store.rollouts`)."""
+
+    tenant_id: str
+    rollout_id: str
+    at: datetime
 
 
 class AuditDoc(_Doc):

@@ -27,7 +27,7 @@ the previous one met ``success``; otherwise the rollout pauses or aborts
 from __future__ import annotations
 
 import re
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -69,6 +69,10 @@ __all__ = [
 ]
 
 _Frozen = ConfigDict(frozen=True, extra="forbid")
+MAX_DEVICES = 1_000_000  # a bound on device counts an admin writes (they reach the database)
+# Dates an admin writes: far enough from datetime's limits that adding durations to them
+# (schedules, dry runs) never overflows.
+EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
 Name = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
 Percent = Annotated[float, Field(ge=0, le=100)]
@@ -192,14 +196,14 @@ class Target(BaseModel):
 class FixedWaves(BaseModel):
     model_config = _Frozen
 
-    kind: Literal["fixed"] = "fixed"
+    kind: Literal["fixed"]
     size: int = Field(ge=1, le=100_000)
 
 
 class PercentWaves(BaseModel):
     model_config = _Frozen
 
-    kind: Literal["percentage"] = "percentage"
+    kind: Literal["percentage"]
     percent: float = Field(gt=0, le=100)
 
 
@@ -208,11 +212,11 @@ class ExponentialRate(BaseModel):
 
     model_config = _Frozen
 
-    kind: Literal["exponential"] = "exponential"
+    kind: Literal["exponential"]
     base_rate_per_minute: int = Field(ge=1, le=100_000)
     increment_factor: float = Field(ge=1.1, le=5)
-    notified_devices: int | None = Field(default=None, ge=1)
-    succeeded_devices: int | None = Field(default=None, ge=1)
+    notified_devices: int | None = Field(default=None, ge=1, le=MAX_DEVICES)
+    succeeded_devices: int | None = Field(default=None, ge=1, le=MAX_DEVICES)
 
     @model_validator(mode="after")
     def _one_criterion(self) -> ExponentialRate:
@@ -221,6 +225,8 @@ class ExponentialRate(BaseModel):
         return self
 
 
+# ``kind`` is required: a discriminator with a default would be a default the spec shows
+# and the parser ignores.
 WavePlan = Annotated[FixedWaves | PercentWaves | ExponentialRate, Field(discriminator="kind")]
 
 
@@ -234,7 +240,9 @@ class SuccessCondition(BaseModel):
     model_config = _Frozen
 
     min_success_percent: Percent = 100
-    wait: timedelta = Field(default=timedelta(hours=1), ge=timedelta(seconds=1))
+    wait: timedelta = Field(
+        default=timedelta(hours=1), ge=timedelta(seconds=1), le=timedelta(days=30)
+    )
     on_miss: MissAction = MissAction.PAUSE
 
 
@@ -246,7 +254,7 @@ class AbortCriterion(BaseModel):
 
     failure_type: FailureType
     threshold_percent: float = Field(gt=0, le=100)
-    min_finished: int = Field(default=10, ge=1)
+    min_finished: int = Field(default=10, ge=1, le=MAX_DEVICES)
 
 
 class RetryPolicy(BaseModel):
@@ -314,6 +322,13 @@ class RolloutSchedule(BaseModel):
     end_at: AwareDatetime | None = None
     end_behavior: EndBehavior = EndBehavior.STOP
     windows: tuple[MaintenanceWindow, ...] = Field(default=(), max_length=32)
+
+    @field_validator("start_at", "end_at")
+    @classmethod
+    def _plausible(cls, value: datetime | None) -> datetime | None:
+        if value is not None and not EARLIEST <= value < LATEST:
+            raise ValueError("must be between 2000-01-01 and 2200-01-01 (UTC)")
+        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> RolloutSchedule:

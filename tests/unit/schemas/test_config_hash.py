@@ -182,9 +182,10 @@ def test_effective_config_overrides_one_radio_and_removes_syslog() -> None:
 def test_effective_config_validates_the_merged_result() -> None:
     template = example()
     with pytest.raises(InvalidConfig) as info:
-        effective_config(template, {"radios": {"5GHz": {"channel": 140}}})
+        effective_config(template, {"radios": {"5GHz": {"channel": 165}}})
     assert [str(i) for i in info.value.issues] == [
-        "radios.5GHz.width: channel 140 cannot use 80 MHz in DE (80 MHz channels: 36-64, 100-128)"
+        "radios.5GHz.width: channel 165 cannot use 80 MHz in DE "
+        "(80 MHz channels: 36-64, 100-144, 149-161)"
     ]
     with pytest.raises(InvalidConfig, match=r"radios\.6GHz: 6GHz is not permitted in CN"):
         effective_config(template, {"country": "CN"})

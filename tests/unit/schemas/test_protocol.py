@@ -285,7 +285,7 @@ def test_the_largest_valid_config_fits_the_config_payload_limit() -> None:
         for i in range(32)
     ]
     wifi = {
-        "country": "US",
+        "country": "DE",
         "radios": {
             b: {"channel": "auto", "width": 20, "tx_power_dbm": 30}
             for b in ("2.4GHz", "5GHz", "6GHz")

@@ -8,10 +8,8 @@ from typing import Any
 import pytest
 
 from schemas.wifi import (
-    REGULATORY,
     Band,
     InvalidConfig,
-    Regulatory,
     WifiConfig,
     allowed_channels,
     validate_config,
@@ -104,6 +102,7 @@ def test_same_ssid_on_disjoint_bands_is_allowed() -> None:
     radios = {"2.4GHz": {}, "5GHz": {}, "6GHz": {"channel": 5}}
     validate_config(
         base(
+            country="BR",  # US: 6 GHz is NO-IR in wireless-regdb
             radios=radios,
             ssids=[ssid("Home", PSK, ["2.4GHz", "5GHz"]), ssid("Home", SAE, ["6GHz"])],
         )
@@ -242,12 +241,12 @@ def test_unknown_security_mode() -> None:
 )
 def test_6ghz_ssid_requires_wpa3(security: dict[str, Any]) -> None:
     radios = {"6GHz": {"channel": 37}}
-    data = base(radios=radios, ssids=[ssid("Six", security, ["6GHz"])])
+    data = base(country="BR", radios=radios, ssids=[ssid("Six", security, ["6GHz"])])
     assert issues(data) == [
         f"ssids.0.security.mode: SSID 'Six' is offered on 6GHz, which "
         f"requires wpa3-sae, not {security['mode']}"
     ]
-    validate_config(base(radios=radios, ssids=[ssid("Six", SAE, ["6GHz"])]))
+    validate_config(base(country="BR", radios=radios, ssids=[ssid("Six", SAE, ["6GHz"])]))
 
 
 # ------------------------------------------------------------------ channels and widths
@@ -281,10 +280,13 @@ def test_channel_14_is_20_mhz_only() -> None:
         ("US", "5GHz", 165, 20),
         ("US", "5GHz", 149, 80),
         ("DE", "5GHz", 100, 160),
-        ("US", "6GHz", 1, 320),
-        ("US", "6GHz", 221, 160),
-        ("US", "6GHz", 233, 20),
-        ("US", "6GHz", 225, 40),
+        ("BR", "6GHz", 1, 320),
+        ("BR", "6GHz", 221, 160),
+        ("BR", "6GHz", 233, 20),
+        ("BR", "6GHz", 225, 40),
+        ("DE", "5GHz", 132, 80),  # 144 is open since ETSI's 5725-5875 MHz SRD rule
+        ("FR", "5GHz", 149, 20),
+        ("AQ", "2.4GHz", 11, 20),  # not in the database: world domain
         ("DE", "6GHz", 93, 20),
         ("DE", "6GHz", 33, 320),
         ("CN", "5GHz", 161, 80),
@@ -319,18 +321,17 @@ def test_valid_channel_and_width(country: str, band: str, channel: int, width: i
         (
             "DE",
             "5GHz",
-            132,
-            80,
-            "radios.5GHz.width: channel 132 cannot use 80 MHz in DE "
-            "(80 MHz channels: 36-64, 100-128)",
+            173,
+            40,
+            "radios.5GHz.width: channel 173 cannot use 40 MHz in DE "
+            "(40 MHz channels: 36-64, 100-144, 149-169)",
         ),
         (
-            "DE",
-            "5GHz",
-            149,
+            "AQ",
+            "2.4GHz",
+            12,
             20,
-            "radios.5GHz.channel: channel 149 is not allowed on 5GHz in DE "
-            "(allowed: 36-64, 100-140)",
+            "radios.2.4GHz.channel: channel 12 is not allowed on 2.4GHz in AQ (allowed: 1-11)",
         ),
         (
             "US",
@@ -341,18 +342,18 @@ def test_valid_channel_and_width(country: str, band: str, channel: int, width: i
             "(allowed: 36-64, 100-144, 149-165)",
         ),
         (
-            "US",
+            "BR",
             "6GHz",
             2,
             20,
-            "radios.6GHz.channel: channel 2 is not allowed on 6GHz in US (allowed: 1-233)",
+            "radios.6GHz.channel: channel 2 is not allowed on 6GHz in BR (allowed: 1-233)",
         ),
         (
-            "US",
+            "BR",
             "6GHz",
             225,
             80,
-            "radios.6GHz.width: channel 225 cannot use 80 MHz in US (80 MHz channels: 1-221)",
+            "radios.6GHz.width: channel 225 cannot use 80 MHz in BR (80 MHz channels: 1-221)",
         ),
         (
             "DE",
@@ -376,7 +377,9 @@ def test_valid_channel_and_width(country: str, band: str, channel: int, width: i
             "radios.5GHz.width: 320 MHz is not available on 5GHz (allowed: 20/40/80/160 MHz)",
         ),
         ("CN", "6GHz", 1, 20, "radios.6GHz: 6GHz is not permitted in CN"),
-        ("BR", "6GHz", "auto", 20, "radios.6GHz: 6GHz is not permitted in BR"),
+        # NO-IR in wireless-regdb: no access point may start a network there
+        ("US", "6GHz", "auto", 20, "radios.6GHz: 6GHz is not permitted in US"),
+        ("AQ", "5GHz", "auto", 20, "radios.5GHz: 5GHz is not permitted in AQ"),
     ],
 )
 def test_invalid_channel_or_width(
@@ -386,22 +389,26 @@ def test_invalid_channel_or_width(
     assert issues(data) == [message]
 
 
-def test_auto_channel_only_needs_some_usable_channel(monkeypatch: pytest.MonkeyPatch) -> None:
-    validate_config({"country": "US", "radios": {"6GHz": {"width": 320}}})
-    tiny = Regulatory(
-        "tiny",
-        {Band.GHZ_2_4: frozenset({1}), Band.GHZ_5: frozenset({36}), Band.GHZ_6: frozenset({1})},
-    )
-    monkeypatch.setitem(REGULATORY, "ZZ", tiny)  # type: ignore[index]
-    assert issues({"country": "ZZ", "radios": {"6GHz": {"width": 40}}}) == [
-        "radios.6GHz.width: no 6GHz channel allows 40 MHz in ZZ"
+def test_auto_channel_only_needs_some_usable_channel() -> None:
+    validate_config({"country": "DE", "radios": {"6GHz": {"width": 320}}})
+    # Hong Kong's 6 GHz rule allows at most 160 MHz
+    assert issues({"country": "HK", "radios": {"6GHz": {"width": 320}}}) == [
+        "radios.6GHz.width: no 6GHz channel allows 320 MHz in HK"
+    ]
+
+
+@pytest.mark.parametrize("country", ["ZZ", "XX", "QQ", "AA", "EU", "UK"])
+def test_country_codes_outside_iso_3166_are_refused(country: str) -> None:
+    assert issues({"country": country, "radios": {"2.4GHz": {}}}) == [
+        f"country: {country!r} is not an ISO 3166-1 alpha-2 country code"
     ]
 
 
 def test_allowed_channels_tables() -> None:
     assert allowed_channels(Band.GHZ_2_4, 20, "US") == frozenset(range(1, 12))
-    assert allowed_channels(Band.GHZ_6, 20, "US") == frozenset(range(1, 234, 4))
-    assert len(allowed_channels(Band.GHZ_6, 320, "US")) == 6 * 16 - 5 * 8  # overlapping 320s
+    assert allowed_channels(Band.GHZ_6, 20, "US") == frozenset()  # NO-IR
+    assert allowed_channels(Band.GHZ_6, 20, "BR") == frozenset(range(1, 234, 4))
+    assert len(allowed_channels(Band.GHZ_6, 320, "BR")) == 6 * 16 - 5 * 8  # overlapping 320s
     assert allowed_channels(Band.GHZ_5, 160, "CN") == frozenset(range(36, 65, 4))
 
 
