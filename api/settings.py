@@ -27,3 +27,10 @@ class ApiSettings(OutpostSettings):
     broker_timeout_s: float = Field(
         default=5.0, gt=0, le=60, description="Longest wait for the broker (publish, admin)"
     )
+    mongo_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Longest wait for one database round trip in a request: a database "
+        "that hangs gets the request a 503 naming it after this long",
+    )

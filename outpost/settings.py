@@ -137,6 +137,29 @@ class MongoSettings(OutpostSettings):
     database: str = Field(
         default="outpost", pattern=r"^[A-Za-z0-9_-]{1,63}$", description="Database name"
     )
+    timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Longest wait for one database round trip (connect, server selection, "
+        "socket read) in background work (bridge batches, scheduler jobs); a database that "
+        "hangs then counts as unavailable and the work is retried. The api uses "
+        "OUTPOST_API_MONGO_TIMEOUT_S, readiness checks OUTPOST_HTTP_READY_TIMEOUT_S",
+    )
+
+    def client_timeouts(self, timeout_s: float | None = None) -> dict[str, int]:
+        """pymongo options bounding every wait on the server to ``timeout_s``.
+
+        ``timeoutMS`` (client-side operation timeout) bounds a whole operation, its
+        retry included: with only ``socketTimeoutMS`` a retried read waits twice.
+        """
+        ms = int(1000 * (timeout_s or self.timeout_s))
+        return {
+            "timeoutMS": ms,
+            "socketTimeoutMS": ms,
+            "connectTimeoutMS": ms,
+            "serverSelectionTimeoutMS": ms,
+        }
 
 
 class S3Settings(OutpostSettings):
@@ -177,6 +200,14 @@ class HttpSettings(OutpostSettings):
 
     host: str = Field(default="127.0.0.1", description="Address to listen on")
     port: int = Field(default=8080, ge=0, le=65535, description="Port (0: any free one)")
+    ready_timeout_s: float = Field(
+        default=1.5,
+        gt=0,
+        le=60,
+        description="Longest a readiness check (/readyz, and each scrape of /metrics) waits "
+        "for each dependency before answering 503 naming it; keep it below the "
+        "orchestrator's probe timeout",
+    )
 
 
 S = TypeVar("S", bound=BaseSettings)

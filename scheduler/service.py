@@ -40,10 +40,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pymongo.errors import PyMongoError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from outpost import store
+from outpost.health import ReadinessChecks, flag_check, ping_check
 from outpost.settings import HttpSettings, MongoSettings, MqttSettings, S3Settings
 from scheduler.broker_metrics import UPTIME, BrokerMetrics, broker_started
 from scheduler.claims import Claims
@@ -311,13 +312,22 @@ class SchedulerService:
         async def healthz(_: Request) -> Response:
             return PlainTextResponse("ok")
 
+        readiness = ReadinessChecks(
+            {
+                "mongo": ping_check(lambda: self.db.db.command("ping")),
+                "mqtt": flag_check(lambda: self.sink.connected, "not connected to the broker"),
+            },
+            self.settings.http.ready_timeout_s,
+            self.metrics.dependency_up,
+        )
+
         async def readyz(_: Request) -> Response:
-            ready = self.sink.connected and await self._ping()
-            return PlainTextResponse(
-                "ready" if ready else "not ready", status_code=200 if ready else 503
-            )
+            """503 within ``OUTPOST_HTTP_READY_TIMEOUT_S``, naming the failing dependency."""
+            result = await readiness.run()
+            return JSONResponse(result.body(), status_code=result.status)
 
         async def metrics(_: Request) -> Response:
+            await readiness.run()  # outpost_dependency_up is fresh at every scrape
             return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
         return Starlette(
@@ -327,13 +337,6 @@ class SchedulerService:
                 Route("/metrics", metrics),
             ]
         )
-
-    async def _ping(self) -> bool:
-        try:
-            await asyncio.wait_for(self.db.db.command("ping"), 2)
-        except (PyMongoError, TimeoutError):
-            return False
-        return True
 
     async def _http(self, stop: asyncio.Event) -> None:
         http = self.settings.http
