@@ -103,6 +103,7 @@ __all__ = [
     "DeviceStatusDoc",
     "FirmwareDoc",
     "FleetMetricsDoc",
+    "FleetSample",
     "GroupDoc",
     "JobExecutionDoc",
     "JobReportDoc",
@@ -452,16 +453,23 @@ class RolloutProgressDoc(_Doc):
     updated_at: datetime
 
 
+class FleetSample(_Part):
+    """One gauge sample (label values are data, e.g. tenant ids: never field names)."""
+
+    metric: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    value: float
+
+
 class FleetMetricsDoc(_Doc):
-    """``fleet_metrics`` (``_id`` = the interval's slot): what one scheduler instance
-    computed for the fleet gauges; every instance exports the latest (scheduler)."""
+    """``fleet_metrics`` (``_id`` = the interval's slot, UTC ISO): what one scheduler
+    instance computed for the fleet gauges; every instance exports the latest (scheduler,
+    :mod:`scheduler.fleet_metrics`)."""
 
     at: datetime
     computed_by: str
-    seconds: float = Field(description="How long the queries took")
-    figures: dict[str, float] = Field(
-        description="Gauge samples: '<metric>|<label>=<value>,...' -> value"
-    )
+    seconds: float = Field(description="How long the reads and the computation took")
+    samples: list[FleetSample]
 
 
 # -- helpers -----------------------------------------------------------------------------
