@@ -184,10 +184,13 @@ def _rollouts(src: FleetSources, now: datetime) -> Iterable[FleetSample]:
         counts[(rollout.tenant_id, status.value)] += 1
         if status is RolloutStatus.RUNNING:
             yield _overdue(rollout, newest.get(f"rollout:{rollout.id}"), now)
-    for (tenant, name), n in sorted(counts.items()):
-        yield FleetSample(
-            metric="outpost_fleet_rollouts", labels={"tenant": tenant, "status": name}, value=n
-        )
+    for tenant in sorted({t for t, _ in counts}):  # zeros too: an alert compares values
+        for name in RolloutStatus:
+            yield FleetSample(
+                metric="outpost_fleet_rollouts",
+                labels={"tenant": tenant, "status": name.value},
+                value=counts[(tenant, name.value)],
+            )
 
 
 def _overdue(rollout: RolloutDoc, lease: Document | None, now: datetime) -> FleetSample:

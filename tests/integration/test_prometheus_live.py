@@ -1,0 +1,188 @@
+"""Prometheus for real: Debian's prometheus scrapes bridge, api and scheduler processes
+with the rules of ``deploy/prometheus/rules`` (intervals of a second and every ``for:``
+shortened, the rest as shipped).
+
+- Every metric the rules and the Grafana dashboards name is one the services export
+  (compared with their live ``/metrics``), and every expression parses (Prometheus'
+  own query API answers it).
+- Killing the bridge while devices publish fires ``OutpostBridgeDown``, read from
+  Prometheus' alerts API; a new bridge resolves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import secrets
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from deploy.local import free_port
+from deploy.local.prometheus import RULES_DIR, Prometheus
+from schemas.documents import DEVICES
+from tests.integration.bridge.helpers import Publisher, eventually, state_payload
+from tests.integration.services import Service, service_env
+
+pytestmark = pytest.mark.integration
+GRAFANA_DIR = RULES_DIR.parents[1] / "grafana"
+NAME = re.compile(r"\b(outpost_[a-z0-9_]+|up)\b")
+
+
+def rule_expressions() -> list[str]:
+    import yaml
+
+    return [
+        rule["expr"]
+        for path in sorted(RULES_DIR.glob("*.yml"))
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    ]
+
+
+def dashboard_expressions() -> list[str]:
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("expr"), str):
+                found.append(node["expr"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for path in sorted(GRAFANA_DIR.glob("**/*.json")):
+        walk(json.loads(path.read_text()))
+    return found
+
+
+def exported_names(text: str) -> set[str]:
+    """Metric names in an exposition, with the series names their types imply."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            names.add(name)
+            if kind == "histogram":
+                names.update({f"{name}_bucket", f"{name}_sum", f"{name}_count"})
+            if kind == "counter":
+                names.update({f"{name}_total", f"{name}_created"})
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
+
+
+@pytest.fixture(scope="module")
+def stack(broker, mongo, s3, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """One set of processes for the module: starting them is most of its time."""
+    unique = secrets.token_hex(4)
+    tmp_path = tmp_path_factory.mktemp("prometheus-live")
+    tmp_path.chmod(0o755)
+    env = {
+        **service_env(broker, mongo.url, f"prom{unique}", s3, unique),
+        "OUTPOST_SCHEDULER_FLEET_SECONDS": "1",
+    }
+    services = {c: Service(c, env, tmp_path / f"{c}.log") for c in ("bridge", "api", "scheduler")}
+    prometheus = Prometheus(
+        tmp_path / "prometheus",
+        free_port(),
+        targets={f"outpost-{c}": [f"127.0.0.1:{s.port}"] for c, s in services.items()},
+        scrape_interval="2s",
+        scrape_timeout="2s",
+        evaluation_interval="1s",
+        rule_for="2s",
+    )
+    try:
+        prometheus.start()
+        yield {
+            "services": services,
+            "prometheus": prometheus,
+            "env": env,
+            "database": f"prom{unique}",
+            "logs": tmp_path,
+        }
+    finally:
+        prometheus.stop()
+        for service in services.values():
+            service.stop()
+
+
+async def _targets_up(prometheus: Prometheus, jobs: set[str]) -> bool:
+    data = await asyncio.to_thread(prometheus.query, "/api/v1/query", query="up == 1")
+    return {r["metric"]["job"] for r in data["result"]} >= jobs
+
+
+async def _firing(prometheus: Prometheus, alert: str) -> bool:
+    data = await asyncio.to_thread(prometheus.query, "/api/v1/alerts")
+    return any(a["labels"]["alertname"] == alert and a["state"] == "firing" for a in data["alerts"])
+
+
+async def test_rules_and_dashboards_name_only_exported_metrics_and_parse(stack):
+    services: dict[str, Service] = stack["services"]
+    prometheus: Prometheus = stack["prometheus"]
+    jobs = {f"outpost-{c}" for c in services}
+    await eventually(lambda: _targets_up(prometheus, jobs), within=60, what="targets up")
+    exported = {"up"}
+    for service in services.values():
+        status, text, _ = await asyncio.to_thread(service.get, "/metrics")
+        assert status == 200
+        exported |= exported_names(text)
+    expressions = rule_expressions() + dashboard_expressions()
+    named = {n for expr in expressions for n in NAME.findall(expr)}
+    assert named - exported == set(), "named in rules or dashboards, exported by no service"
+    for expr in expressions:  # Prometheus parses each (a parse error is an HTTP 400)
+        instant = expr.replace("$__rate_interval", "1m").replace("$__range", "5m")
+        instant = re.sub(r"\$\w+", "t1", instant)
+        await asyncio.to_thread(prometheus.query, "/api/v1/query", query=instant)
+
+
+async def test_killing_the_bridge_while_devices_publish_fires_its_alert(
+    stack, broker, mongo, unique
+):
+    services: dict[str, Service] = stack["services"]
+    prometheus: Prometheus = stack["prometheus"]
+    await eventually(
+        lambda: _targets_up(prometheus, {"outpost-bridge"}), within=60, what="bridge scraped"
+    )
+
+    async def silent() -> bool:  # it may have fired while the bridge was starting
+        return not await _firing(prometheus, "OutpostBridgeDown")
+
+    await eventually(silent, within=30, what="no alert while the bridge runs")
+    ids = [f"d{unique}-{i}" for i in range(20)]
+    from pymongo import AsyncMongoClient
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.url)
+    await client[stack["database"]][DEVICES].insert_many([{"_id": i} for i in ids])
+    await client.close()
+    publisher = Publisher(broker, f"p{unique}")
+
+    async def publish() -> None:
+        for seq in range(1, 10_000):
+            for device in ids:
+                publisher.publish(f"devices/{device}/state", state_payload(device, 1, seq, n=seq))
+            await asyncio.sleep(0.2)
+
+    publishing = asyncio.create_task(publish(), name="devices publish")
+    try:
+        bridge = services["bridge"]
+        bridge.proc.send_signal(signal.SIGKILL)  # the process this test started
+        bridge.proc.wait(10)
+        await eventually(
+            lambda: _firing(prometheus, "OutpostBridgeDown"), within=60, what="alert firing"
+        )
+        services["bridge"] = Service(
+            "bridge", stack["env"], stack["logs"] / "bridge-2.log", port=bridge.port
+        )
+        await eventually(silent, within=60, what="alert resolved by a new bridge")
+    finally:
+        publishing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publishing
+        publisher.close()
