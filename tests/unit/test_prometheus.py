@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from deploy.local import tools
+from tests.promql import DASHBOARDS, dashboard_expressions, plain
 
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = sorted((PROMETHEUS / "rules").glob("*.yml"))
@@ -41,3 +42,17 @@ def test_every_alert_has_a_firing_and_a_silent_case():
                 (firing if case.get("exp_alerts") else silent).add(case["alertname"])
     assert alerts - firing == set(), "alerts never seen firing"
     assert alerts - silent == set(), "alerts never seen staying silent"
+
+
+def test_every_dashboard_query_parses(tmp_path):
+    """promtool parses each query as the expression of a recording rule."""
+    assert {p.stem for p in DASHBOARDS} >= {"fleet", "bridge", "rollouts", "broker"}
+    exprs = dashboard_expressions()
+    rules = [
+        {"record": f"outpost:dashboard_query_{i}", "expr": plain(e)} for i, e in enumerate(exprs)
+    ]
+    path = tmp_path / "dashboards.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    checked = _promtool("check", "rules", path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in checked.stdout
