@@ -167,6 +167,8 @@ class Stack:
             "OUTPOST_S3_ACCESS_KEY_ID": self.s3.access_key,
             "OUTPOST_S3_SECRET_ACCESS_KEY": self.s3.secret_key,
             "OUTPOST_STATUS_PROMETHEUS_URL": self.prometheus.url,
+            "OUTPOST_STATUS_API_URL": self.api_url,
+            "OUTPOST_STATUS_TOKEN_FILE": str(self.root / "demo-token"),
         }
 
     def write_env(self, path: Path) -> None:

@@ -102,7 +102,9 @@ async def test_rules_and_dashboards_name_only_exported_metrics_and_parse(stack):
         status, text, _ = await asyncio.to_thread(service.get, "/metrics")
         assert status == 200
         exported |= exported_names(text)
-    expressions = rule_expressions() + dashboard_expressions()
+    from cli.status import QUERIES
+
+    expressions = rule_expressions() + dashboard_expressions() + list(QUERIES.values())
     assert len(expressions) > 60
     named = {n for expr in expressions for n in metric_names(expr)}
     assert named - exported == set(), "named in rules or dashboards, exported by no service"
@@ -154,3 +156,69 @@ async def test_killing_the_bridge_while_devices_publish_fires_its_alert(
         with contextlib.suppress(asyncio.CancelledError):
             await publishing
         publisher.close()
+
+
+async def test_outpost_status_reads_the_fleet_and_rollouts_from_prometheus_and_the_api(
+    stack, mongo
+):
+    from datetime import UTC, datetime, timedelta
+
+    from pymongo import AsyncMongoClient
+
+    from api.auth import Role, new_token
+    from api.store import tenants
+    from cli.status import QUERIES, StatusSettings, fetch
+    from outpost.store import Store
+    from schemas.documents import JOB_EXECUTIONS, ROLLOUTS
+    from tests.integration.scheduler.conftest import device_ids, rollout_doc, seed_devices
+
+    services: dict[str, Service] = stack["services"]
+    prometheus: Prometheus = stack["prometheus"]
+    tenant = f"t{secrets.token_hex(3)}"
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.url, tz_aware=True)
+    db = client[stack["database"]]
+    try:
+        await seed_devices(db, device_ids(f"s{tenant}", 3), tenant=tenant)
+        await tenants.create_tenant(Store(db), tenant, tenant)
+        token = new_token()
+        await tenants.create_token(Store(db), token, tenant, Role.VIEWER, "ops", None)
+        rollout = secrets.token_hex(12)
+        later = {"start_at": (datetime.now(UTC) + timedelta(days=1)).isoformat()}
+        await db[ROLLOUTS].insert_one(
+            rollout_doc(rollout, {"_id": "fw", "version": "2.0"}, schedule=later)
+            | {"tenant_id": tenant}
+        )
+        await db[JOB_EXECUTIONS].insert_many(
+            [
+                {
+                    "_id": f"{rollout}:{i}",
+                    "tenant_id": tenant,
+                    "rollout_id": rollout,
+                    "wave": 1,
+                    "status": s,
+                }
+                for i, s in enumerate(["succeeded", "failed", "queued", "in_progress"])
+            ]
+        )
+    finally:
+        await client.close()
+    settings = StatusSettings(
+        api_url=f"http://127.0.0.1:{services['api'].port}",
+        prometheus_url=prometheus.url,
+        token=token.secret,
+    )
+
+    async def counted() -> bool:
+        snap = await asyncio.to_thread(fetch, settings)
+        return snap.devices.get(tenant, {}).get("online") == 3
+
+    await eventually(counted, within=60, what="fleet gauges in Prometheus")
+    snap = await asyncio.to_thread(fetch, settings)
+    assert snap.errors == []
+    assert snap.out_of_sync.get(tenant) == 0
+    (row,) = [r for r in snap.rollouts if r.id == rollout]
+    assert (row.status, row.total, row.settled) == ("scheduled", 4, 2)
+    assert snap.alerts is not None
+    assert snap.broker["bridges"] is not None
+    for expr in QUERIES.values():  # parsed by Prometheus too (a 400 raises)
+        await asyncio.to_thread(prometheus.query, "/api/v1/query", query=expr)
