@@ -31,7 +31,7 @@ from outpost.settings import (
 from scheduler.config import SchedulerSettings
 from scheduler.notify import SmtpSettings
 
-__all__ = ["GROUPS", "settings", "table"]
+__all__ = ["GROUPS", "settings", "table", "variables"]
 
 GROUPS: tuple[type[OutpostSettings], ...] = (
     MqttSettings,
@@ -72,6 +72,11 @@ def _variables(group: type[OutpostSettings]) -> Iterator[tuple[str, str, str]]:
     for name, field in group.model_fields.items():
         variable = field.validation_alias if isinstance(field.validation_alias, str) else None
         yield (variable or f"{prefix}{name}".upper(), _default(field), field.description or "")
+
+
+def variables() -> set[str]:
+    """Every ``OUTPOST_*`` variable the code reads (deploy manifests are checked against it)."""
+    return {variable for group in GROUPS for variable, _, _ in _variables(group)}
 
 
 def table() -> str:
