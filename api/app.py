@@ -43,7 +43,8 @@ def _lifespan(settings: Settings, metrics: ApiMetrics, logger: logging.Logger) -
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         client = store.client(
-            settings.mongo, **settings.mongo.client_timeouts(settings.api.mongo_timeout_s)
+            settings.mongo,
+            **settings.mongo.client_timeouts(settings.api.mongo_timeout_s, fail_fast=True),
         )
         link = BrokerLink(settings.mqtt, logger, timeout=settings.api.broker_timeout_s)
         s3 = s3_client(settings.s3)

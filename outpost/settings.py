@@ -147,19 +147,25 @@ class MongoSettings(OutpostSettings):
         "OUTPOST_API_MONGO_TIMEOUT_S, readiness checks OUTPOST_HTTP_READY_TIMEOUT_S",
     )
 
-    def client_timeouts(self, timeout_s: float | None = None) -> dict[str, int]:
+    def client_timeouts(
+        self, timeout_s: float | None = None, *, fail_fast: bool = False
+    ) -> dict[str, Any]:
         """pymongo options bounding every wait on the server to ``timeout_s``.
 
-        ``timeoutMS`` (client-side operation timeout) bounds a whole operation, its
-        retry included: with only ``socketTimeoutMS`` a retried read waits twice.
+        ``fail_fast`` (the api) also turns off pymongo's one automatic retry of a read or
+        write, so that an operation on a database that hangs fails after ``timeout_s``
+        instead of twice that. pymongo's ``timeoutMS`` would bound both, but it sends
+        ``maxTimeMS`` with every command, which FerretDB v1 refuses on some (``distinct``).
         """
         ms = int(1000 * (timeout_s or self.timeout_s))
-        return {
-            "timeoutMS": ms,
+        options: dict[str, Any] = {
             "socketTimeoutMS": ms,
             "connectTimeoutMS": ms,
             "serverSelectionTimeoutMS": ms,
         }
+        if fail_fast:
+            options |= {"retryReads": False, "retryWrites": False}
+        return options
 
 
 class S3Settings(OutpostSettings):

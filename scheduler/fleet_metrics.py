@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Gauge
+from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from outpost.store import Document, Store
@@ -159,7 +160,10 @@ def _presence(status: Document, epoch: datetime | None) -> str:
     raw = status.get("presence")
     if not raw:
         return "never"
-    doc = DeviceStatusDoc(id=status["_id"], presence=PresenceDoc.model_validate(raw))
+    try:
+        doc = DeviceStatusDoc(id=status["_id"], presence=PresenceDoc.model_validate(raw))
+    except ValidationError:
+        return "unknown"
     return presence_status(doc, epoch) or "never"
 
 
@@ -172,7 +176,10 @@ def _rollouts(src: FleetSources, now: datetime) -> Iterable[FleetSample]:
             newest[name] = lease
     counts: Counter[tuple[str, str]] = Counter()
     for raw in src.rollouts:
-        rollout = RolloutDoc.model_validate(raw)
+        try:
+            rollout = RolloutDoc.model_validate(raw)
+        except ValidationError:  # the executor rejects (and counts) it; nothing to show
+            continue
         p = progress.get(rollout.id)
         status = rollout_status(
             rollout.spec,

@@ -95,3 +95,27 @@ async def test_one_instance_computes_every_gauge_and_the_others_export_it(db, pr
     assert got[("outpost_fleet_executions", (("status", "failed"),))] == 1
     assert computed.computed_by == "a"
     assert b"outpost_fleet_computed_timestamp_seconds" in generate_latest(registry)
+
+
+async def test_the_scheduler_counts_online_only_what_a_live_broker_vouches_for(db, prefix):
+    from scheduler.store import RolloutStore
+
+    now = datetime.now(UTC)
+    before, after = f"{prefix}-before", f"{prefix}-after"
+    await seed_devices(db, [before, after])
+    await db[DEVICE_STATUS].update_one(
+        {"_id": before}, {"$set": {"presence.since": now - timedelta(minutes=10)}}
+    )
+    views = await RolloutStore(Store(db)).device_views([before, after])
+    assert (views[before].online, views[after].online) == (True, True)
+    await db[BROKER_EPOCHS].insert_one(
+        {
+            "_id": "start:x",
+            "started_at": now - timedelta(minutes=5),
+            "source": "session_lost",
+            "seen_by": "0",
+            "seen_at": now,
+        }
+    )
+    views = await RolloutStore(Store(db)).device_views([before, after])
+    assert (views[before].online, views[after].online) == (False, True)
