@@ -79,7 +79,7 @@ async def run_bridge(
     subs = [subscription(c, b.share_group) for c in BRIDGE_CHANNELS]
     client_id = f"{settings.mqtt.client_id_prefix}-bridge-{b.instance}"
     async with open_writer(settings, metrics, logger) as writer:
-        epochs = EpochRecorder(writer.sink, b.instance, logger)
+        epochs = EpochRecorder(writer.sink, b.instance, logger, session_expiry_s=b.session_expiry_s)
         async with MqttSource(
             settings.mqtt,
             client_id=client_id,
@@ -90,7 +90,7 @@ async def run_bridge(
             receive_maximum=b.receive_maximum,
         ) as source:
             source.on_connected = lambda present, generation, lost_at: epochs.connected(
-                present, generation, lost_at or datetime.now(UTC)
+                present, generation, lost_at or datetime.now(UTC), datetime.now(UTC)
             )
             bridge = Bridge(
                 source,

@@ -72,6 +72,7 @@ class EpochRecorder:
         instance: str,
         logger: logging.Logger,
         *,
+        session_expiry_s: float = 6 * 3600,
         tolerance_s: float = 3.0,
         policy: RetryPolicy | None = None,
     ) -> None:
@@ -79,6 +80,7 @@ class EpochRecorder:
         self._instance = instance
         self._log = logger
         self._tolerance = timedelta(seconds=tolerance_s)
+        self._session_expiry = timedelta(seconds=session_expiry_s)
         self._policy = policy or RetryPolicy()
         self._known: datetime | None = None
         self._pending: list[Epoch] = []
@@ -93,10 +95,14 @@ class EpochRecorder:
         if start is not None and self._is_new(start):
             self._add(Epoch(start, "uptime"))
 
-    def connected(self, session_present: bool, generation: int, lost_at: datetime) -> None:
+    def connected(
+        self, session_present: bool, generation: int, lost_at: datetime, now: datetime
+    ) -> None:
         """Our (re)connect: a reconnect without our session means the broker lost it;
-        ``lost_at`` is when our previous connection dropped."""
-        if generation > 1 and not session_present:
+        ``lost_at`` is when our previous connection dropped. A session we were away from
+        for longer than its expiry ended normally: that says nothing about the broker."""
+        expired = now - lost_at >= self._session_expiry
+        if generation > 1 and not session_present and not expired:
             stamp = lost_at.replace(microsecond=lost_at.microsecond // 1000 * 1000)
             self._add(Epoch(stamp, "session_lost"))
 

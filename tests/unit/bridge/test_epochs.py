@@ -31,9 +31,16 @@ def test_online_before_the_latest_epoch_is_unknown_offline_stays():
 
 
 def test_only_a_reconnect_without_its_session_is_an_epoch_at_the_loss():
-    recorder = EpochRecorder(None, "0", logging.getLogger("t"))  # type: ignore[arg-type]
-    recorder.connected(False, 1, T0)  # first connect of a process: no session by definition
-    recorder.connected(True, 2, T0)  # session kept: the broker remembers us
+    recorder = EpochRecorder(
+        None,  # type: ignore[arg-type]
+        "0",
+        logging.getLogger("t"),
+        session_expiry_s=60,
+    )
+    soon = T0 + timedelta(seconds=5)
+    recorder.connected(False, 1, T0, soon)  # first connect of a process: no session yet
+    recorder.connected(True, 2, T0, soon)  # session kept: the broker remembers us
+    recorder.connected(False, 3, T0, T0 + timedelta(minutes=2))  # away past its expiry
     assert recorder._pending == []
-    recorder.connected(False, 3, T0)
+    recorder.connected(False, 4, T0, soon)
     assert [e.started_at for e in recorder._pending] == [T0.replace(microsecond=250_000)]
