@@ -12,6 +12,7 @@ import pytest
 
 from api.auth import Role
 from deploy.local import Mosquitto, free_port
+from deploy.local.process import port_is_free
 from outpost.store import Insert
 from schemas.documents import BROKER_EPOCHS, DEVICES, DeviceDoc
 from tests.integration.api.conftest import Api
@@ -66,6 +67,11 @@ async def test_after_a_broker_kill_presence_is_unknown_until_the_device_is_back(
             pid = broker.running_pid()
             assert pid is not None
             os.kill(pid, signal.SIGKILL)  # no Last Will: the broker is gone
+
+            async def gone() -> bool:  # its listening socket closes as it exits
+                return port_is_free(broker.port)
+
+            await eventually(gone, within=10, what="the killed broker's port free")
             await asyncio.to_thread(broker.start)
             await eventually(lambda: shown("unknown"), within=30, what="presence unknown")
             assert await db[BROKER_EPOCHS].count_documents({}) >= 1

@@ -79,7 +79,7 @@ async def test_openapi_property_run_finds_no_5xx_or_schema_violation(broker, mon
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "outpost",
+        "cli",
         "api",
         cwd=tmp_path,
         env=api_env(broker, mongo, s3, database, port),
