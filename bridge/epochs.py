@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from bridge.errors import StoreError
 from bridge.inbound import Inbound
 from bridge.mongo_sink import MongoSink
 from bridge.retry import RetryPolicy, retry
@@ -139,7 +140,13 @@ class EpochRecorder:
             seen_by=self._instance,
             seen_at=now,
         )
-        inserted = await self._retry(lambda: self._sink.record_epoch(doc))
+        try:
+            inserted = await self._retry(lambda: self._sink.record_epoch(doc))
+        except StoreError as exc:  # refused (not transient: those are retried above)
+            self._log.error(
+                "broker epoch not recorded", extra={"epoch": doc.id, "error": str(exc)[:300]}
+            )
+            return
         self._log.warning(
             "broker epoch: presence stored before it is not vouched for",
             extra={
