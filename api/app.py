@@ -26,7 +26,8 @@ from api.settings import ApiSettings
 from api.state import AppState
 from api.store.indexes import ensure_indexes
 from outpost import store
-from outpost.settings import MongoSettings, MqttSettings, S3Settings
+from outpost.health import ReadinessChecks, flag_check, ping_check
+from outpost.settings import HttpSettings, MongoSettings, MqttSettings, S3Settings
 
 ERRORS = openapi_responses(400, 401, 403, 404, 409, 412, 413, 422, 428, 503)
 
@@ -37,12 +38,16 @@ class Settings:
     mongo: MongoSettings
     s3: S3Settings
     api: ApiSettings = field(default_factory=ApiSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
 
 def _lifespan(settings: Settings, metrics: ApiMetrics, logger: logging.Logger) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
-        client = store.client(settings.mongo, serverSelectionTimeoutMS=5000)
+        client = store.client(
+            settings.mongo,
+            **settings.mongo.client_timeouts(settings.api.mongo_timeout_s, fail_fast=True),
+        )
         link = BrokerLink(settings.mqtt, logger, timeout=settings.api.broker_timeout_s)
         s3 = s3_client(settings.s3)
         images = FirmwareStore(
@@ -56,6 +61,14 @@ def _lifespan(settings: Settings, metrics: ApiMetrics, logger: logging.Logger) -
         try:
             await ensure_indexes(db)
             state = AppState(db, link, BrokerAdmin(link), images, metrics, settings.api, logger)
+            app.state.readiness = ReadinessChecks(
+                {
+                    "mongo": ping_check(lambda: db.db.command("ping")),
+                    "mqtt": flag_check(lambda: link.connected, "not connected to the broker"),
+                },
+                settings.http.ready_timeout_s,
+                metrics.dependency_up,
+            )
             yield {"app": state}
         finally:
             link_task.cancel()

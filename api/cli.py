@@ -53,8 +53,9 @@ def serve(
             mongo=load(MongoSettings),
             s3=load(S3Settings),
             api=load(ApiSettings),
+            http=load(HttpSettings),
         )
-        http = load(HttpSettings)
+        http = settings.http
     except SettingsError as exc:
         raise _fail(str(exc)) from None
     app = create_app(settings, _LOG)

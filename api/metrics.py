@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from outpost.health import dependency_gauge
+
 
 class ApiMetrics:
     def __init__(self) -> None:
@@ -38,3 +40,4 @@ class ApiMetrics:
             ["status"],
             registry=self.registry,
         )
+        self.dependency_up = dependency_gauge(self.registry)

@@ -44,3 +44,11 @@ class ApiSettings(OutpostSettings):
     def signer(self) -> SigningKey | None:
         key = self.firmware_signing_key
         return SigningKey(key.get_secret_value()) if key is not None else None
+
+    mongo_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Longest wait for one database round trip in a request: a database "
+        "that hangs gets the request a 503 naming it after this long",
+    )

@@ -28,8 +28,13 @@ class SyncState:
         return self.reason in (SyncReason.IN_SYNC, SyncReason.NO_CONFIG)
 
 
-def sync_state(device: DeviceDoc, status: DeviceStatusDoc | None) -> SyncState:
-    """Compare the desired pointer (api) with the config the device reported (bridge)."""
+def sync_state(
+    device: DeviceDoc, status: DeviceStatusDoc | None, online: bool | None = None
+) -> SyncState:
+    """Compare the desired pointer (api) with the config the device reported (bridge).
+
+    ``online``: whether the device's presence is vouched for as online (default: as stored).
+    """
     desired = device.desired_config.version if device.desired_config else None
     state = status.state if status else None
     report = state.config if state else None
@@ -41,5 +46,6 @@ def sync_state(device: DeviceDoc, status: DeviceStatusDoc | None) -> SyncState:
         return SyncState(SyncReason.IN_SYNC, desired, applied)
     if report is not None and reported == desired and report.status == "rejected":
         return SyncState(SyncReason.REJECTED, desired, applied, report.error)
-    online = status is not None and status.online
+    if online is None:
+        online = status is not None and status.online
     return SyncState(SyncReason.NOT_ACKED if online else SyncReason.OFFLINE, desired, applied)

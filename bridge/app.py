@@ -9,9 +9,11 @@ import secrets
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from bridge.config import BridgeSettings
+from bridge.epochs import UPTIME_TOPIC, EpochRecorder
+from bridge.errors import MqttError, StoreUnavailable
 from bridge.http import health_routes, serve
 from bridge.metrics import BridgeMetrics
 from bridge.mongo_sink import KnownIds, MongoSink
@@ -19,6 +21,7 @@ from bridge.mqtt_source import MqttSource
 from bridge.resync import collect_retained, write_resync
 from bridge.service import Bridge, Writer
 from outpost import store
+from outpost.health import ReadinessChecks
 from outpost.settings import HttpSettings, MongoSettings, MqttSettings
 from schemas.topics import Channel, subscription
 
@@ -75,42 +78,82 @@ async def run_bridge(
     b = settings.bridge
     subs = [subscription(c, b.share_group) for c in BRIDGE_CHANNELS]
     client_id = f"{settings.mqtt.client_id_prefix}-bridge-{b.instance}"
-    async with (
-        open_writer(settings, metrics, logger) as writer,
-        MqttSource(
+    async with open_writer(settings, metrics, logger) as writer:
+        epochs = EpochRecorder(writer.sink, b.instance, logger, session_expiry_s=b.session_expiry_s)
+        async with MqttSource(
             settings.mqtt,
             client_id=client_id,
             subscriptions=subs,
+            optional=[UPTIME_TOPIC],
             logger=logger,
             session_expiry_s=b.session_expiry_s,
             receive_maximum=b.receive_maximum,
-        ) as source,
-    ):
-        bridge = Bridge(
-            source,
-            writer,
-            batch_max=b.batch_max,
-            flush_s=b.flush_ms / 1000,
-            gather_s=b.gather_ms / 1000,
-            stop_timeout_s=b.stop_timeout_s,
-        )
-        server = await serve(
-            settings.http.host, settings.http.port, health_routes(metrics.registry, bridge.ready)
-        )
-        if handle_signals:
-            _on_signals(bridge.stop)
-        port = int(server.sockets[0].getsockname()[1])
-        logger.info(
-            "bridge started",
-            extra={"client_id": client_id, "subscriptions": subs, "http_port": port},
-        )
-        if on_started is not None:
-            on_started(Running(bridge, port))
-        try:
-            await bridge.run()
-        finally:
-            server.close()
-            await server.wait_closed()
+        ) as source:
+            source.on_connected = lambda present, generation, lost_at: epochs.connected(
+                present, generation, lost_at or datetime.now(UTC), datetime.now(UTC)
+            )
+            bridge = Bridge(
+                source,
+                writer,
+                batch_max=b.batch_max,
+                flush_s=b.flush_ms / 1000,
+                gather_s=b.gather_ms / 1000,
+                stop_timeout_s=b.stop_timeout_s,
+                on_sys=epochs.observe,
+            )
+            await _serve(settings, bridge, source, epochs, logger, on_started, handle_signals)
+
+
+async def _serve(
+    settings: Settings,
+    bridge: Bridge,
+    source: MqttSource,
+    epochs: EpochRecorder,
+    logger: logging.Logger,
+    on_started: Callable[[Running], None] | None,
+    handle_signals: bool,
+) -> None:
+    """Serve health and metrics, record broker epochs, and run the bridge until it stops."""
+    writer = bridge.writer
+    readiness = _readiness(settings, bridge, writer, source, writer.metrics)
+    server = await serve(
+        settings.http.host, settings.http.port, health_routes(writer.metrics.registry, readiness)
+    )
+    if handle_signals:
+        _on_signals(bridge.stop)
+    port = int(server.sockets[0].getsockname()[1])
+    logger.info("bridge started", extra={"client_id": source.client_id, "http_port": port})
+    if on_started is not None:
+        on_started(Running(bridge, port))
+    recording = asyncio.create_task(epochs.run(), name="bridge broker epochs")
+    try:
+        await bridge.run()
+    finally:
+        recording.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await recording
+        server.close()
+        await server.wait_closed()
+
+
+def _readiness(
+    settings: Settings, bridge: Bridge, writer: Writer, source: MqttSource, metrics: BridgeMetrics
+) -> ReadinessChecks:
+    """mongo: a ping answers, and batches are not failing; mqtt: the session is up."""
+
+    async def mongo() -> None:
+        await writer.sink.ping()
+        if not writer.store_ok:
+            raise StoreUnavailable("batch writes are failing and being retried")
+
+    async def mqtt() -> None:
+        if not source.connected:
+            raise MqttError("not connected to the broker")
+        bridge.ready()  # keeps outpost_bridge_ready current
+
+    return ReadinessChecks(
+        {"mongo": mongo, "mqtt": mqtt}, settings.http.ready_timeout_s, metrics.dependency_up
+    )
 
 
 def _on_signals(stop: Callable[[], None]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from outpost.health import dependency_gauge
+
 __all__ = ["BridgeMetrics"]
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -75,6 +77,7 @@ class BridgeMetrics:
         self.ready = Gauge(
             "outpost_bridge_ready", "1 when connected and MongoDB answers", registry=r
         )
+        self.dependency_up = dependency_gauge(r)
 
     def value(self, name: str, **labels: str) -> float:
         """Current value of a sample, e.g. ``value("outpost_bridge_db_writes_total")``."""

@@ -47,8 +47,15 @@ from bridge.batch import (
 )
 from bridge.decode import Accepted, Rejection
 from bridge.errors import StoreError, StoreUnavailable
-from outpost.store import TRANSIENT, Applied, Document, Replace, Store, Write
-from schemas.documents import DEAD_LETTERS, DEVICE_STATUS, DEVICES, JOB_EXECUTIONS
+from outpost.store import TRANSIENT, Applied, Document, Insert, Replace, Store, Write
+from schemas.documents import (
+    BROKER_EPOCHS,
+    DEAD_LETTERS,
+    DEVICE_STATUS,
+    DEVICES,
+    JOB_EXECUTIONS,
+    BrokerEpochDoc,
+)
 from schemas.protocol import RejectReason
 
 __all__ = [
@@ -258,6 +265,21 @@ class MongoSink:
 
     async def ping(self) -> None:
         await mapped(self._store.db.command("ping"))
+
+    async def latest_epoch(self) -> datetime | None:
+        """The latest broker epoch recorded (:mod:`bridge.epochs`); ``_id`` is
+        ``start:<UTC ISO time>``, so the primary index gives it in order."""
+        found = await mapped(
+            self._store[BROKER_EPOCHS].find_one({}, {"started_at": 1}, sort=[("_id", -1)])
+        )
+        return found["started_at"] if found else None
+
+    async def record_epoch(self, epoch: BrokerEpochDoc) -> bool:
+        """Insert an epoch; False if it was already recorded (by us or another instance)."""
+        applied = await mapped(self._store.apply(BROKER_EPOCHS, [Insert(epoch.to_mongo())]))
+        if applied.errors:
+            raise StoreError(f"broker epoch refused: {applied.errors}")
+        return applied.inserted == 1
 
 
 class StoredKeys:

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -61,10 +61,15 @@ class MqttSource:
         session_expiry_s: int = 6 * 3600,
         receive_maximum: int = 1000,
         connect_timeout: float = 10.0,
+        optional: Sequence[str] = (),
     ) -> None:
         self._settings = settings
-        self._client_id = client_id
-        self._subscriptions = list(subscriptions)
+        self.client_id = self._client_id = client_id
+        self._subscriptions = [*subscriptions, *optional]
+        self._optional = set(optional)
+        self.on_connected: Callable[[bool, int, datetime | None], None] | None = None
+        """Called at each CONNACK: session present, generation, when the last one was lost."""
+        self.lost_at: datetime | None = None
         self._log = logger
         self._clean_start = clean_start
         self._session_expiry = session_expiry_s
@@ -183,6 +188,9 @@ class MqttSource:
             return
         self.generation += 1
         client.subscribe([(s, SubscribeOptions(qos=1)) for s in self._subscriptions])
+        session_present = bool(getattr(flags, "session_present", False))
+        if self.on_connected is not None:
+            self.on_connected(session_present, self.generation, self.lost_at)
         self._log.info(
             "mqtt connected",
             extra={
@@ -195,7 +203,11 @@ class MqttSource:
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
     ) -> None:
-        failed = [str(r) for r in reasons if r.is_failure]
+        pairs = zip(self._subscriptions, reasons, strict=False)
+        refused = [(t, r) for t, r in pairs if r.is_failure]
+        for topic in sorted({t for t, _ in refused} & self._optional):
+            self._log.info("optional subscription refused", extra={"topic": topic})
+        failed = [f"{t}: {r}" for t, r in refused if t not in self._optional]
         if failed:
             self._fail(f"SUBACK refused: {', '.join(failed)}")
             return
@@ -221,6 +233,7 @@ class MqttSource:
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
         self.connected = False
+        self.lost_at = datetime.now(UTC)
         self._log.warning(
             "mqtt disconnected", extra={"client_id": self._client_id, "why": str(reason)}
         )

@@ -25,6 +25,7 @@ from typing import Literal, TypeVar
 
 from bridge.batch import Plan, plan, with_known
 from bridge.decode import Accepted, Rejection, decode
+from bridge.inbound import Inbound
 from bridge.metrics import BridgeMetrics
 from bridge.mongo_sink import KnownIds, MongoSink, WriteCounts
 from bridge.mqtt_source import MqttSource
@@ -146,9 +147,11 @@ class Bridge:
         flush_s: float,
         gather_s: float = 0.5,
         stop_timeout_s: float = 20.0,
+        on_sys: Callable[[Inbound], None] | None = None,
     ) -> None:
         self._source = source
-        self._writer = writer
+        self._on_sys = on_sys
+        self.writer = self._writer = writer
         self._metrics = writer.metrics
         self._log = writer.logger
         self._batch_max = batch_max
@@ -210,6 +213,10 @@ class Bridge:
         done = 0
         while True:
             inbound = await source.get()
+            if inbound is not None and inbound.topic.startswith("$SYS/"):
+                if self._on_sys is not None:
+                    self._on_sys(inbound)  # QoS 0: nothing to acknowledge
+                continue
             self._decoded.put_nowait(None if inbound is None else decode(inbound))
             if inbound is None:
                 return

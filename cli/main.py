@@ -1,5 +1,5 @@
 """The ``outpost`` command: one sub-command per service, ``dev`` for the local stack,
-``settings`` for every ``OUTPOST_*`` variable."""
+``settings`` for every ``OUTPOST_*`` variable, ``status`` for the ops view."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import typer
 from api.cli import admin_app, api_app
 from bridge.cli import app as bridge_app
 from cli.settings import settings
+from cli.status import status
 from deploy.local.cli import app as dev_app
 from device.sim.cli import sim
 from scheduler.cli import scheduler
@@ -26,6 +27,7 @@ app.add_typer(bridge_app, name="bridge")
 app.add_typer(api_app, name="api")
 app.add_typer(admin_app, name="admin")
 app.command("settings")(settings)
+app.command("status")(status)
 
 
 def main() -> None:

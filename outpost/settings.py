@@ -145,6 +145,35 @@ class MongoSettings(OutpostSettings):
     database: str = Field(
         default="outpost", pattern=r"^[A-Za-z0-9_-]{1,63}$", description="Database name"
     )
+    timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Longest wait for one database round trip (connect, server selection, "
+        "socket read) in background work (bridge batches, scheduler jobs); a database that "
+        "hangs then counts as unavailable and the work is retried. The api uses "
+        "OUTPOST_API_MONGO_TIMEOUT_S, readiness checks OUTPOST_HTTP_READY_TIMEOUT_S",
+    )
+
+    def client_timeouts(
+        self, timeout_s: float | None = None, *, fail_fast: bool = False
+    ) -> dict[str, Any]:
+        """pymongo options bounding every wait on the server to ``timeout_s``.
+
+        ``fail_fast`` (the api) also turns off pymongo's one automatic retry of a read or
+        write, so that an operation on a database that hangs fails after ``timeout_s``
+        instead of twice that. pymongo's ``timeoutMS`` would bound both, but it sends
+        ``maxTimeMS`` with every command, which FerretDB v1 refuses on some (``distinct``).
+        """
+        ms = int(1000 * (timeout_s or self.timeout_s))
+        options: dict[str, Any] = {
+            "socketTimeoutMS": ms,
+            "connectTimeoutMS": ms,
+            "serverSelectionTimeoutMS": ms,
+        }
+        if fail_fast:
+            options |= {"retryReads": False, "retryWrites": False}
+        return options
 
 
 class S3Settings(OutpostSettings):
@@ -185,6 +214,14 @@ class HttpSettings(OutpostSettings):
 
     host: str = Field(default="127.0.0.1", description="Address to listen on")
     port: int = Field(default=8080, ge=0, le=65535, description="Port (0: any free one)")
+    ready_timeout_s: float = Field(
+        default=1.5,
+        gt=0,
+        le=60,
+        description="Longest a readiness check (/readyz, and each scrape of /metrics) waits "
+        "for each dependency before answering 503 naming it; keep it below the "
+        "orchestrator's probe timeout",
+    )
 
 
 S = TypeVar("S", bound=BaseSettings)

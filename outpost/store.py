@@ -244,10 +244,15 @@ class _Kind(ServerListener):
 
 
 def client(settings: MongoSettings, **kwargs: Any) -> AsyncMongoClient[Document]:
-    """A tz-aware client whose :class:`Store` re-asks the server kind after a reconnect."""
+    """A tz-aware client whose :class:`Store` re-asks the server kind after a reconnect.
+
+    Every wait on the server is bounded (``OUTPOST_MONGO_TIMEOUT_S``, see
+    :meth:`MongoSettings.client_timeouts`); ``kwargs`` override.
+    """
     kind = _Kind()
+    options: dict[str, Any] = {**settings.client_timeouts(), **kwargs}
     made: AsyncMongoClient[Document] = AsyncMongoClient(
-        settings.url, tz_aware=True, event_listeners=[kind], **kwargs
+        settings.url, tz_aware=True, event_listeners=[kind], **options
     )
     _KINDS[made] = kind
     return made

@@ -49,6 +49,13 @@ class SchedulerSettings(OutpostSettings):
     snapshot_seconds: float = Field(default=60.0, ge=1, description="$SYS snapshot period")
     notify_seconds: float = Field(default=60.0, ge=0.5, description="Notification period")
     reconcile_seconds: float = Field(default=60.0, ge=0.5, description="Config reconcile period")
+    fleet_seconds: float = Field(
+        default=30.0,
+        ge=0.5,
+        le=3600,
+        description="Fleet gauges period: one instance reads the database once per period, "
+        "every instance exports the result",
+    )
     reconcile_lag_seconds: float = Field(
         default=300.0, ge=0, description="A config unacknowledged this long is re-published"
     )

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from outpost.health import dependency_gauge
+
 
 @dataclass
 class SchedulerMetrics:
@@ -55,6 +57,7 @@ class SchedulerMetrics:
         self.rollouts = Gauge(
             "outpost_scheduler_rollouts", "Rollouts seen by status", ["status"], registry=r
         )
+        self.dependency_up = dependency_gauge(r)
         self.tick = Histogram(
             "outpost_scheduler_tick_seconds", "Duration of one job run", ["job"], registry=r
         )

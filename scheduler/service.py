@@ -11,6 +11,9 @@ comes from MongoDB (:mod:`scheduler.claims`), never from there being one instanc
 - ``notify`` (every ``notify_seconds``, when ``OUTPOST_SMTP_HOST`` is set): each firing
   claimed by one instance, which mails offline incidents, recoveries and ended
   rollouts (:mod:`scheduler.notify`);
+- ``fleet_metrics`` (every ``fleet_seconds``): each firing claimed by one instance,
+  which reads the database once and stores the fleet gauges; every instance exports
+  the latest (:mod:`scheduler.fleet_metrics`);
 - ``reconcile`` (every ``reconcile_seconds``): each firing claimed by one instance,
   which re-publishes lagging retained configs (:mod:`scheduler.reconcile`). When
   ``$SYS/broker/uptime`` shows a broker start not seen before, the first instance to
@@ -40,12 +43,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pymongo.errors import PyMongoError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from outpost import store
+from outpost.health import ReadinessChecks, flag_check, ping_check
 from outpost.mqtt import aiomqtt_client, reconnect_delay
 from outpost.settings import HttpSettings, MongoSettings, MqttSettings, S3Settings
+from scheduler import fleet_metrics
 from scheduler.broker_metrics import UPTIME, BrokerMetrics, broker_started
 from scheduler.claims import Claims
 from scheduler.clock import Clock, utc_now
@@ -93,6 +98,7 @@ class SchedulerService:
         self.clock = clock
         self.metrics = SchedulerMetrics()
         self.broker = BrokerMetrics(self.metrics.registry)
+        self.fleet_gauges = fleet_metrics.FleetGauges(self.metrics.registry)
         self.sink = MqttSink()
         self._tick_lock = asyncio.Lock()
         self._mongo_ok = False
@@ -155,6 +161,15 @@ class SchedulerService:
             max_instances=1,
             coalesce=True,
         )
+        scheduler.add_job(
+            self.fleet,
+            "interval",
+            seconds=cfg.fleet_seconds,
+            id="fleet_metrics",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
         if self.settings.smtp.host:
             scheduler.add_job(
                 self.notify,
@@ -214,6 +229,24 @@ class SchedulerService:
         except SchedulerError as exc:
             self.metrics.errors.labels("reconcile").inc()
             self.log.error("config reconcile failed", extra={"error": str(exc)})
+
+    async def fleet(self) -> None:
+        """Fleet gauges: computed by the instance that claims the firing, exported by all."""
+        cfg = self.settings.scheduler
+        slot = firing_slot(self.clock(), cfg.fleet_seconds)
+        try:
+            won = await self.claims.claim_firing("fleet_metrics", slot)
+            self.metrics.claims.labels("fleet_metrics", "won" if won else "lost").inc()
+            doc = (
+                await fleet_metrics.compute_and_store(self.db, slot, cfg.instance)
+                if won
+                else await fleet_metrics.latest(self.db)
+            )
+            if doc is not None:
+                self.fleet_gauges.export(doc)
+        except SchedulerError as exc:
+            self.metrics.errors.labels("fleet_metrics").inc()
+            self.log.error("fleet metrics failed", extra={"error": str(exc)})
 
     async def notify(self) -> None:
         now = self.clock()
@@ -307,13 +340,22 @@ class SchedulerService:
         async def healthz(_: Request) -> Response:
             return PlainTextResponse("ok")
 
+        readiness = ReadinessChecks(
+            {
+                "mongo": ping_check(lambda: self.db.db.command("ping")),
+                "mqtt": flag_check(lambda: self.sink.connected, "not connected to the broker"),
+            },
+            self.settings.http.ready_timeout_s,
+            self.metrics.dependency_up,
+        )
+
         async def readyz(_: Request) -> Response:
-            ready = self.sink.connected and await self._ping()
-            return PlainTextResponse(
-                "ready" if ready else "not ready", status_code=200 if ready else 503
-            )
+            """503 within ``OUTPOST_HTTP_READY_TIMEOUT_S``, naming the failing dependency."""
+            result = await readiness.run()
+            return JSONResponse(result.body(), status_code=result.status)
 
         async def metrics(_: Request) -> Response:
+            await readiness.run()  # outpost_dependency_up is fresh at every scrape
             return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
         return Starlette(
@@ -323,13 +365,6 @@ class SchedulerService:
                 Route("/metrics", metrics),
             ]
         )
-
-    async def _ping(self) -> bool:
-        try:
-            await asyncio.wait_for(self.db.db.command("ping"), 2)
-        except (PyMongoError, TimeoutError):
-            return False
-        return True
 
     async def _http(self, stop: asyncio.Event) -> None:
         http = self.settings.http

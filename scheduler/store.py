@@ -21,9 +21,11 @@ from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from outpost.store import Document, Insert, Store, Update
+from scheduler.clock import aware
 from scheduler.errors import RolloutDataError, StoreError
 from scheduler.executions import DeviceView
 from schemas.documents import (
+    BROKER_EPOCHS,
     DEVICE_STATUS,
     DEVICES,
     FIRMWARE,
@@ -68,6 +70,14 @@ class Active:
     rollout: RolloutDoc | None
     error: str | None
     progress: RolloutProgressDoc | None
+
+
+def _vouched_online(presence: Document, epoch: datetime | None) -> bool:
+    """Stored "online", and stored after the latest broker epoch (if any)."""
+    if presence.get("status") != "online":
+        return False
+    since = presence.get("since")
+    return epoch is None or (isinstance(since, datetime) and aware(since) >= epoch)
 
 
 def _first_errors(exc: ValidationError) -> str:
@@ -206,13 +216,20 @@ class RolloutStore:
 
     @_mapped
     async def device_views(self, ids: Sequence[str]) -> dict[str, DeviceView]:
-        """Presence and reported firmware of ``ids`` (devices that never reported: none)."""
+        """Presence and reported firmware of ``ids`` (devices that never reported: none).
+
+        "online" stored before the latest broker epoch (a broker restart the bridge saw,
+        :mod:`bridge.epochs`) is not vouched for: such a device counts as not online (no
+        command is sent to it, no success is decided) until it announces itself again.
+        """
         found = await self.store.find_ids(
-            DEVICE_STATUS, ids, {"presence.status": 1, "state.firmware": 1}
+            DEVICE_STATUS, ids, {"presence.status": 1, "presence.since": 1, "state.firmware": 1}
         )
+        epoch = await self.store[BROKER_EPOCHS].find_one({}, {"started_at": 1}, sort=[("_id", -1)])
+        since = aware(epoch["started_at"]) if epoch else None
         return {
             d["_id"]: DeviceView(
-                (d.get("presence") or {}).get("status") == "online",
+                _vouched_online(d.get("presence") or {}, since),
                 (d.get("state") or {}).get("firmware"),
             )
             for d in found

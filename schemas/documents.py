@@ -37,6 +37,9 @@ collection                    writer      ``_id`` and content
                                           reported state, config ack, last seen)
 ``job_reports``               bridge      execution id: :class:`JobReportDoc`
 ``dead_letters``              bridge      ``<reason>:<slot>``: :class:`DeadLetterDoc`
+``broker_epochs``             bridge      ``start:<time>``: :class:`BrokerEpochDoc`, a broker
+                                          start (or lost session) the bridge saw; presence
+                                          older than the latest is not vouched for
 ``job_executions``            scheduler   execution id: :class:`JobExecutionDoc`
 ``rollout_progress``          scheduler   rollout id: :class:`RolloutProgressDoc`
 ``scheduler_claims``,         scheduler   claims, leases, send claims, reconcile records,
@@ -44,6 +47,8 @@ collection                    writer      ``_id`` and content
 ``scheduler_reconcile``,
 ``scheduler_notices``,
 ``broker_metrics``
+``fleet_metrics``             scheduler   ``<slot>``: :class:`FleetMetricsDoc`, the fleet
+                                          gauges computed by one instance per interval
 ============================  ==========  ===============================================
 
 Ordering keys are stored as :func:`order_key_str`: a fixed-width string, so "newer" is a
@@ -53,7 +58,7 @@ plain ``$lt``/``$gt`` in a filter on both servers.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
@@ -72,12 +77,14 @@ __all__ = [
     "API_TOKENS",
     "API_TOKEN_USAGE",
     "AUDIT_LOG",
+    "BROKER_EPOCHS",
     "BROKER_METRICS",
     "DEAD_LETTERS",
     "DEVICES",
     "DEVICE_CONFIGS",
     "DEVICE_STATUS",
     "FIRMWARE",
+    "FLEET_METRICS",
     "GROUPS",
     "JOB_EXECUTIONS",
     "JOB_REPORTS",
@@ -94,6 +101,7 @@ __all__ = [
     "ApiTokenDoc",
     "AppliedConfig",
     "AuditDoc",
+    "BrokerEpochDoc",
     "ConfigPointer",
     "Credentials",
     "DeadLetterDoc",
@@ -101,6 +109,8 @@ __all__ = [
     "DeviceDoc",
     "DeviceStatusDoc",
     "FirmwareDoc",
+    "FleetMetricsDoc",
+    "FleetSample",
     "GroupDoc",
     "JobExecutionDoc",
     "JobReportDoc",
@@ -113,6 +123,7 @@ __all__ = [
     "device_config_id",
     "execution_id",
     "order_key_str",
+    "presence_status",
     "target_filter",
     "to_json_text",
 ]
@@ -138,6 +149,8 @@ SCHEDULER_SENDS = "scheduler_sends"
 SCHEDULER_RECONCILE = "scheduler_reconcile"
 SCHEDULER_NOTICES = "scheduler_notices"
 BROKER_METRICS = "broker_metrics"
+BROKER_EPOCHS = "broker_epochs"
+FLEET_METRICS = "fleet_metrics"
 
 Owner = Literal["api", "bridge", "scheduler"]
 OWNERS: dict[str, Owner] = {
@@ -155,6 +168,7 @@ OWNERS: dict[str, Owner] = {
     DEVICE_STATUS: "bridge",
     JOB_REPORTS: "bridge",
     DEAD_LETTERS: "bridge",
+    BROKER_EPOCHS: "bridge",
     JOB_EXECUTIONS: "scheduler",
     ROLLOUT_PROGRESS: "scheduler",
     SCHEDULER_CLAIMS: "scheduler",
@@ -162,6 +176,7 @@ OWNERS: dict[str, Owner] = {
     SCHEDULER_RECONCILE: "scheduler",
     SCHEDULER_NOTICES: "scheduler",
     BROKER_METRICS: "scheduler",
+    FLEET_METRICS: "scheduler",
 }
 
 
@@ -376,6 +391,24 @@ class DeviceStatusDoc(_Doc):
         return self.presence is not None and self.presence.status == "online"
 
 
+class BrokerEpochDoc(_Doc):
+    """``broker_epochs``: a moment after which presence stored earlier is not vouched for.
+
+    A broker killed (SIGKILL, a crash, a lost node) sends no Last Will, so a device that
+    was online before it and has not reconnected since is shown as online in
+    ``device_status`` although nobody knows. The bridge records each broker start it sees
+    (``$SYS/broker/uptime``: ``source="uptime"``) and each reconnect of its own that found
+    its session gone (``source="session_lost"``); readers show "online" presence older
+    than the latest epoch as "unknown" (:func:`presence_status`). Inserted once (unique
+    ``_id``), never updated.
+    """
+
+    started_at: datetime = Field(description="The broker start (rounded down) or reconnect")
+    source: Literal["uptime", "session_lost"]
+    seen_by: str = Field(description="The bridge instance that recorded it")
+    seen_at: datetime
+
+
 class JobReportDoc(_Doc):
     """``job_reports`` (``_id`` = execution id): a device's latest status on a job (bridge)."""
 
@@ -449,7 +482,51 @@ class RolloutProgressDoc(_Doc):
     updated_at: datetime
 
 
+class FleetSample(_Part):
+    """One gauge sample (label values are data, e.g. tenant ids: never field names)."""
+
+    metric: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    value: float
+
+
+class FleetMetricsDoc(_Doc):
+    """``fleet_metrics`` (``_id`` = the interval's slot, UTC ISO): what one scheduler
+    instance computed for the fleet gauges; every instance exports the latest (scheduler,
+    :mod:`scheduler.fleet_metrics`)."""
+
+    at: datetime
+    computed_by: str
+    seconds: float = Field(description="How long the reads and the computation took")
+    samples: list[FleetSample]
+
+
 # -- helpers -----------------------------------------------------------------------------
+
+
+PresenceStatus = Literal["online", "offline", "unknown"]
+
+
+def presence_status(
+    status: DeviceStatusDoc | None, epoch: datetime | None
+) -> PresenceStatus | None:
+    """What can be said of a device's presence (None: it never reported one).
+
+    "online" stored before the latest broker epoch is "unknown": the broker that knew the
+    session is gone and sent no Last Will. "offline" stays offline: a device that came
+    back announces itself, which moves ``since`` past the epoch.
+    """
+    if status is None or status.presence is None:
+        return None
+    presence = status.presence
+    if presence.status == "online" and epoch is not None and _utc(presence.since) < _utc(epoch):
+        return "unknown"
+    return presence.status
+
+
+def _utc(value: datetime) -> datetime:
+    """Stored times are UTC; a client without ``tz_aware`` reads them naive."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def order_key_str(key: OrderKey, epoch: int = 0) -> str:

@@ -61,7 +61,7 @@ ETAG = {"ETag": {"description": "The version as a strong entity tag", "schema": 
 
 def public(view: DeviceView) -> DevicePublic:
     device, status = view.device, view.status
-    sync = sync_state(device, status)
+    sync = sync_state(device, status, view.online)
     return DevicePublic(
         id=device.id,
         hardware_model=device.hardware_model,
@@ -69,7 +69,7 @@ def public(view: DeviceView) -> DevicePublic:
         tags=device.tags,
         created_at=device.created_at,
         decommissioned_at=device.decommissioned_at,
-        presence=status.presence.model_dump() if status and status.presence else None,
+        presence=_presence(view),
         state=status.state.model_dump() if status and status.state else None,
         last_seen=status.last_seen if status else None,
         desired_config=ConfigPointer.model_validate(device.desired_config.model_dump())
@@ -83,6 +83,13 @@ def public(view: DeviceView) -> DevicePublic:
             applied_version=sync.applied_version,
         ),
     )
+
+
+def _presence(view: DeviceView) -> dict[str, Any] | None:
+    """The stored presence, with ``status`` "unknown" when no live broker vouches for it."""
+    if view.status is None or view.status.presence is None:
+        return None
+    return {**view.status.presence.model_dump(), "status": view.presence}
 
 
 def parse_if_match(value: str | None) -> int | None:
@@ -227,7 +234,9 @@ async def list_devices(
         include_decommissioned,
     )
     keep = (
-        None if in_sync is None else (lambda v: sync_state(v.device, v.status).in_sync == in_sync)
+        None
+        if in_sync is None
+        else (lambda v: sync_state(v.device, v.status, v.online).in_sync == in_sync)
     )
     items, next_cursor = await store.find(
         db, who.tenant_id, flt, Sort.parse(sort, store.SORTS), limit, cursor, keep

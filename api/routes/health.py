@@ -1,13 +1,13 @@
-"""/healthz (process up), /readyz (Mongo ping + MQTT connected), /metrics."""
+"""/healthz (process up), /readyz (MongoDB ping and MQTT session, each time-bounded),
+/metrics (which runs the readiness checks first, so ``outpost_dependency_up`` is fresh)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pymongo.errors import PyMongoError
 
-from api.deps import State
+from outpost.health import ReadinessChecks
 
 router = APIRouter(tags=["health"])
 
@@ -17,22 +17,21 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Not ready"}})
-async def readyz(state: State) -> JSONResponse:
-    checks = {"mongo": await _mongo_ok(state), "mqtt": state.link.connected}
-    ready = all(checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+@router.get("/readyz", responses={503: {"description": "Not ready: `failing` names why"}})
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when MongoDB answers a ping and the broker connection is up, each within
+    ``OUTPOST_HTTP_READY_TIMEOUT_S``; a 503 names each failing dependency."""
+    readiness = await _checks(request).run()
+    return JSONResponse(readiness.body(), status_code=readiness.status)
 
 
-async def _mongo_ok(state: State) -> bool:
-    try:
-        await state.db.db.command("ping")
-    except PyMongoError:
-        return False
-    return True
+def _checks(request: Request) -> ReadinessChecks:
+    checks: ReadinessChecks = request.app.state.readiness
+    return checks
 
 
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
+    await _checks(request).run()
     registry = request.app.state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -17,6 +17,7 @@ from api.store.base import Db, Doc, Page, page
 from api.store.revisions import Revision, revise
 from outpost.store import Replace
 from schemas.documents import (
+    BROKER_EPOCHS,
     DEVICE_CONFIGS,
     DEVICE_STATUS,
     DEVICES,
@@ -24,7 +25,9 @@ from schemas.documents import (
     DeviceConfigDoc,
     DeviceDoc,
     DeviceStatusDoc,
+    PresenceStatus,
     device_config_id,
+    presence_status,
     to_json_text,
 )
 
@@ -43,10 +46,17 @@ class DeviceView:
 
     device: DeviceDoc
     status: DeviceStatusDoc | None
+    epoch: datetime | None = None
+    """The latest broker epoch (:class:`BrokerEpochDoc`): "online" stored before it is
+    shown as "unknown" until the device's session is back."""
+
+    @property
+    def presence(self) -> PresenceStatus | None:
+        return presence_status(self.status, self.epoch)
 
     @property
     def online(self) -> bool:
-        return self.status is not None and self.status.online
+        return self.presence == "online"
 
     @property
     def firmware(self) -> str | None:
@@ -128,8 +138,16 @@ async def statuses(db: Db, ids: Sequence[str]) -> dict[str, DeviceStatusDoc]:
     return {doc.id: doc for doc in found}
 
 
+async def latest_epoch(db: Db) -> datetime | None:
+    """The latest broker start the bridge recorded: ``_id`` is ``start:<UTC ISO time>``,
+    so the primary index gives it in order (one small read)."""
+    found = await db[BROKER_EPOCHS].find_one({}, {"started_at": 1}, sort=[("_id", -1)])
+    return found["started_at"] if found else None
+
+
 async def view(db: Db, device: DeviceDoc) -> DeviceView:
-    return DeviceView(device, (await statuses(db, [device.id])).get(device.id))
+    status = (await statuses(db, [device.id])).get(device.id)
+    return DeviceView(device, status, await latest_epoch(db))
 
 
 async def find(
@@ -155,9 +173,10 @@ async def find(
     raw = await db[DEVICES].find(full).sort(sort_spec(sort)).limit(scan).to_list()
     devices = [DeviceDoc.model_validate(d) for d in raw]
     joined = await statuses(db, [d.id for d in devices])
+    epoch = await latest_epoch(db)
     items: list[DeviceView] = []
     for device in devices:
-        v = DeviceView(device, joined.get(device.id))
+        v = DeviceView(device, joined.get(device.id), epoch)
         if not flt.keeps(v) or (keep is not None and not keep(v)):
             continue
         if len(items) == limit:

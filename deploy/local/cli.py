@@ -16,7 +16,8 @@ from deploy.local.servers import Server
 from deploy.local.stack import DevSettings, Stack
 
 app = typer.Typer(
-    help="The local development stack (Mosquitto, MongoDB/FerretDB, S3).", no_args_is_help=True
+    help="The local development stack (Mosquitto, MongoDB/FerretDB, S3, Prometheus).",
+    no_args_is_help=True,
 )
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -34,8 +35,8 @@ def _step(what: str, action: Callable[[], T]) -> T:
 
 @app.command()
 def install() -> None:
-    """Install the server binaries: Mosquitto and PostgreSQL from apt, FerretDB and
-    versitygw from Go (PostgreSQL and FerretDB are skipped with OUTPOST_MONGO_URL)."""
+    """Install the server binaries: Mosquitto, PostgreSQL and Prometheus from apt, FerretDB
+    and versitygw from Go (PostgreSQL and FerretDB are skipped with OUTPOST_MONGO_URL)."""
     mosquitto = _step("Installing Mosquitto (apt)", tools.mosquitto)
     console.print(f"mosquitto  {mosquitto}")
     clients = _step("Installing mosquitto-clients and jq (apt)", tools.shell_device_tools)
@@ -53,6 +54,8 @@ def install() -> None:
         f"Building versitygw {tools.VERSITYGW_VERSION} (first time: minutes)", tools.versitygw
     )
     console.print(f"versitygw  {versitygw}")
+    prometheus = _step("Installing Prometheus (apt)", tools.prometheus)
+    console.print(f"prometheus {prometheus}")
 
 
 @app.command()

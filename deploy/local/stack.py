@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from deploy.local.prometheus import Prometheus
 from deploy.local.servers import Mosquitto, PythonService, S3Server, Server, database_server
 from outpost import signing
 from outpost.settings import OutpostSettings
@@ -40,6 +41,9 @@ class DevSettings(OutpostSettings):
     api_port: int = Field(default=18080, ge=1024, le=65535, description="outpost api")
     bridge_port: int = Field(default=18081, ge=1024, le=65535, description="outpost bridge")
     scheduler_port: int = Field(default=18082, ge=1024, le=65535, description="outpost scheduler")
+    prometheus_port: int = Field(
+        default=19090, ge=1024, le=65535, description="Prometheus (scrapes the services)"
+    )
     demo_devices: int = Field(
         default=20, ge=0, le=5000, description="Simulated devices `outpost dev up` starts"
     )
@@ -116,6 +120,15 @@ class Stack:
             ),
         )
         self.demo_devices = settings.demo_devices
+        self.prometheus = Prometheus(
+            self.root / "prometheus",
+            settings.prometheus_port,
+            targets={
+                "outpost-bridge": [f"127.0.0.1:{settings.bridge_port}"],
+                "outpost-api": [f"127.0.0.1:{settings.api_port}"],
+                "outpost-scheduler": [f"127.0.0.1:{settings.scheduler_port}"],
+            },
+        )
 
     @property
     def env_file(self) -> Path:
@@ -140,6 +153,7 @@ class Stack:
         yield self.broker
         yield self.mongo
         yield self.s3
+        yield self.prometheus  # scrapes the services, whether they run yet or not
 
     def services(self) -> Iterator[PythonService]:
         """Our own services, in start order (the simulator is started separately)."""
@@ -189,6 +203,9 @@ class Stack:
             "OUTPOST_S3_BUCKET": self.s3.bucket,
             "OUTPOST_S3_ACCESS_KEY_ID": self.s3.access_key,
             "OUTPOST_S3_SECRET_ACCESS_KEY": self.s3.secret_key,
+            "OUTPOST_STATUS_PROMETHEUS_URL": self.prometheus.url,
+            "OUTPOST_STATUS_API_URL": self.api_url,
+            "OUTPOST_STATUS_TOKEN_FILE": str(self.root / "demo-token"),
         }
 
     def write_env(self, path: Path) -> None:

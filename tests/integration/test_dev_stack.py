@@ -67,10 +67,10 @@ def test_up_twice_status_down(servers_root: Path) -> None:
         "OUTPOST_DEV_DEMO_DEVICES": "4",
         **{
             f"OUTPOST_DEV_{name}_PORT": str(free_port())
-            for name in ("MQTT", "MONGO", "S3", "API", "BRIDGE", "SCHEDULER")
+            for name in ("MQTT", "MONGO", "S3", "API", "BRIDGE", "SCHEDULER", "PROMETHEUS")
         },
     }
-    names = ("mosquitto", "mongodb", "s3", "bridge", "api", "scheduler", "sim")
+    names = ("mosquitto", "mongodb", "s3", "prometheus", "bridge", "api", "scheduler", "sim")
     try:
         first = _outpost(env, "dev", "up")
         assert first.returncode == 0, first.stderr
@@ -81,7 +81,7 @@ def test_up_twice_status_down(servers_root: Path) -> None:
 
         second = _outpost(env, "dev", "up")  # recovers: a new demo token
         assert second.returncode == 0, second.stderr
-        assert second.stderr.count("already running") == 6
+        assert second.stderr.count("already running") == 7
         assert "0 devices registered (4 already were)" in second.stderr
         assert (root / "demo-token").read_text().strip() != demo_token
 
@@ -92,6 +92,7 @@ def test_up_twice_status_down(servers_root: Path) -> None:
         pids = [PidFile(root / name / f"{name}.pid").live_pid() for name in names]
         assert all(pids)
         assert "OUTPOST_MQTT_URL=mqtt://127.0.0.1:" in (root / "dev.env").read_text()
+        _scraped(int(env["OUTPOST_DEV_PROMETHEUS_PORT"]))
     finally:
         down = _outpost(env, "dev", "down")
     assert down.returncode == 0, down.stderr
@@ -99,6 +100,24 @@ def test_up_twice_status_down(servers_root: Path) -> None:
         stat = Path(f"/proc/{pid}/stat")
         assert not stat.exists() or stat.read_text().split()[2] == "Z"
     assert _outpost(env, "dev", "status").returncode == 1
+
+
+def _scraped(port: int) -> None:
+    """Prometheus scrapes bridge, api and scheduler (each target up)."""
+    import json
+    import time
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}/api/v1/query?query=up%3D%3D1"
+    deadline = time.monotonic() + 60
+    while True:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            result = json.load(response)["data"]["result"]
+        jobs = {r["metric"]["job"] for r in result}
+        if jobs >= {"outpost-bridge", "outpost-api", "outpost-scheduler"}:
+            return
+        assert time.monotonic() < deadline, f"targets up: {jobs}"
+        time.sleep(0.5)
 
 
 def test_busy_port_is_one_clear_line(servers_root: Path) -> None:
