@@ -324,7 +324,7 @@ async def test_corrupted_image_fails_with_reason(
 
 
 async def test_untrusted_jobs_are_refused_before_any_download(
-    broker, s3, watch, device_id, state_file, cleanup
+    broker, s3, watch, device_id, device_password, state_file, cleanup
 ):
     """Whoever can publish on the job topic (here: the backend account) still cannot make
     the agent fetch an image the api did not sign, nor go back a version unasked."""
@@ -333,7 +333,7 @@ async def test_untrusted_jobs_are_refused_before_any_download(
     evil = secrets.token_bytes(64 * 1024)
     good_url = upload(s3, f"fw/{device_id}/genuine.bin", genuine)
     evil_url = upload(s3, f"fw/{device_id}/evil.bin", evil)
-    agent = start_thread_agent(agent_config(broker, device_id, state_file))
+    agent = start_thread_agent(agent_config(broker, device_id, device_password, state_file))
     cleanup.append(agent)
     await watcher.wait_for(is_presence("online"))
 
