@@ -75,6 +75,11 @@ class Registry:
             await self._lifespan.__aexit__(kind, exc, tb)
 
     @property
+    def token(self) -> str:
+        """An admin token of the registry's tenant, for a test's own api calls."""
+        return self._token
+
+    @property
     def api(self) -> Api:
         assert self._api is not None, "use Registry as an async context manager"
         return self._api
