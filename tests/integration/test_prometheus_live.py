@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import secrets
 import signal
@@ -162,18 +163,19 @@ async def test_killing_the_bridge_while_devices_publish_fires_its_alert(
 
 
 async def test_outpost_status_reads_the_fleet_and_rollouts_from_prometheus_and_the_api(
-    stack, mongo
+    stack, broker, mongo
 ):
     from datetime import UTC, datetime, timedelta
 
+    import httpx
     from pymongo import AsyncMongoClient
 
     from api.auth import Role, new_token
     from api.store import tenants
-    from cli.status import QUERIES, StatusSettings, fetch
+    from device.sim import Broker, Fleet, FleetOptions
     from outpost.store import Store
     from schemas.documents import JOB_EXECUTIONS, ROLLOUTS
-    from tests.integration.scheduler.conftest import device_ids, rollout_doc, seed_devices
+    from tests.integration.scheduler.conftest import rollout_doc
 
     services: dict[str, Service] = stack["services"]
     prometheus: Prometheus = stack["prometheus"]
@@ -181,10 +183,10 @@ async def test_outpost_status_reads_the_fleet_and_rollouts_from_prometheus_and_t
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.url, tz_aware=True)
     db = client[stack["database"]]
     try:
-        await seed_devices(db, device_ids(f"s{tenant}", 3), tenant=tenant)
         await tenants.create_tenant(Store(db), tenant, tenant)
-        token = new_token()
+        token, admin = new_token(), new_token()
         await tenants.create_token(Store(db), token, tenant, Role.VIEWER, "ops", None)
+        await tenants.create_token(Store(db), admin, tenant, Role.ADMIN, "setup", None)
         rollout = secrets.token_hex(12)
         later = {"start_at": (datetime.now(UTC) + timedelta(days=1)).isoformat()}
         await db[ROLLOUTS].insert_one(
@@ -205,6 +207,38 @@ async def test_outpost_status_reads_the_fleet_and_rollouts_from_prometheus_and_t
         )
     finally:
         await client.close()
+
+    # three devices registered through the api, online through the broker and the bridge
+    options = FleetOptions(devices=3, prefix=f"s{tenant}", hardware_model="hw1")
+    ids = [options.device_id(i) for i in range(options.devices)]
+    api_url = f"http://127.0.0.1:{services['api'].port}"
+    passwords: dict[str, str] = {}
+    async with httpx.AsyncClient(
+        base_url=api_url, headers={"Authorization": f"Bearer {admin.secret}"}, timeout=30
+    ) as http:
+        for device_id in ids:
+            made = await http.post("/devices", json={"id": device_id, "hardware_model": "hw1"})
+            assert made.status_code == 201, made.text
+            passwords[device_id] = made.json()["credentials"]["password"]
+        devices = Broker(
+            "127.0.0.1",
+            broker.tls_port,
+            tls=True,
+            ca_file=str(broker.ca_file),
+            accounts=passwords,
+        )
+        try:
+            async with Fleet(options, devices, logging.getLogger("test.status")) as fleet:
+                await fleet.wait_ready()
+                await _status_shows(services, prometheus, tenant, token, rollout)
+        finally:
+            for device_id in ids:  # retained presence and accounts go with them
+                assert (await http.delete(f"/devices/{device_id}")).status_code == 204
+
+
+async def _status_shows(services, prometheus, tenant, token, rollout) -> None:
+    from cli.status import QUERIES, StatusSettings, fetch
+
     settings = StatusSettings(
         api_url=f"http://127.0.0.1:{services['api'].port}",
         prometheus_url=prometheus.url,
