@@ -61,46 +61,37 @@ def _apt_install(packages: list[str], fix: str) -> None:
     )
 
 
-def mosquitto(install: bool = True) -> str:
-    found = _which("mosquitto")
-    if found:
-        return found
+def _apt_tools(names: list[str], packages: list[str], install: bool) -> list[str]:
+    """The paths of ``names``, apt-installing ``packages`` first (as root) when any is
+    missing; :class:`ToolMissing` says what to run otherwise."""
+    found = [_which(n) for n in names]
+    if all(found):
+        return [str(f) for f in found]
+    command = f"apt-get install {' '.join(packages)}"
     if not install or os.geteuid() != 0:
-        raise ToolMissing("mosquitto is not installed; run: sudo apt-get install mosquitto")
-    _apt_install(["mosquitto", "mosquitto-clients"], "run: apt-get install mosquitto")
-    found = _which("mosquitto")
-    if not found:
-        raise ToolMissing("mosquitto still not found after apt-get install mosquitto")
-    return found
+        raise ToolMissing(f"{', '.join(names)} not installed; run: sudo {command}")
+    _apt_install(packages, f"run: {command}")
+    found = [_which(n) for n in names]
+    if not all(found):
+        raise ToolMissing(f"{', '.join(names)} still missing after {command}")
+    return [str(f) for f in found]
+
+
+def mosquitto(install: bool = True) -> str:
+    return _apt_tools(["mosquitto"], ["mosquitto", "mosquitto-clients"], install)[0]
 
 
 def shell_device_tools(install: bool = True) -> list[str]:
     """``mosquitto_pub``, ``mosquitto_sub`` and ``jq``: what the shell-script device uses
     (``device/shell/``)."""
-    names = ["mosquitto_pub", "mosquitto_sub", "jq"]
-    if all(_which(n) for n in names):
-        return [str(_which(n)) for n in names]
-    if not install or os.geteuid() != 0:
-        raise ToolMissing("run: sudo apt-get install mosquitto-clients jq")
-    _apt_install(["mosquitto-clients", "jq"], "run: apt-get install mosquitto-clients jq")
-    found = [_which(n) for n in names]
-    if not all(found):
-        raise ToolMissing("mosquitto_pub, mosquitto_sub or jq still missing after apt-get")
-    return [str(f) for f in found]
+    return _apt_tools(
+        ["mosquitto_pub", "mosquitto_sub", "jq"], ["mosquitto-clients", "jq"], install
+    )
 
 
 def prometheus(install: bool = True) -> str:
     """Debian's ``prometheus`` (2.x); its ``promtool`` checks and tests the alert rules."""
-    found = _which("prometheus")
-    if found:
-        return found
-    if not install or os.geteuid() != 0:
-        raise ToolMissing("prometheus is not installed; run: sudo apt-get install prometheus")
-    _apt_install(["prometheus"], "run: apt-get install prometheus")
-    found = _which("prometheus")
-    if not found:
-        raise ToolMissing("prometheus still not found after apt-get install prometheus")
-    return found
+    return _apt_tools(["prometheus"], ["prometheus"], install)[0]
 
 
 def promtool() -> str:

@@ -13,6 +13,7 @@ from tests.integration.api.conftest import Api
 from tests.integration.api.mqtt_clients import DeviceClient, in_thread
 from tests.integration.bridge.helpers import running_bridge
 from tests.integration.bridge.helpers import settings as bridge_settings
+from tests.integration.device.conftest import backend_client
 from tests.integration.scheduler.devices import until
 
 pytestmark = pytest.mark.integration
@@ -127,16 +128,6 @@ async def test_rotation_replaces_a_forged_retained_config(api: Api, broker, uniq
         assert (retained["version"], retained["hash"]) == (1, config.json()["hash"])
     else:
         await assert_no_retained(broker, f"devices/{device_id}/config")
-
-
-def backend_client(broker) -> aiomqtt.Client:
-    return aiomqtt.Client(
-        "127.0.0.1",
-        broker.port,
-        username=broker.backend_username,
-        password=broker.backend_password,
-        protocol=aiomqtt.ProtocolVersion.V5,
-    )
 
 
 async def retained_config(broker, device_id: str) -> dict:
