@@ -75,6 +75,7 @@ from typing import Any
 
 import httpx
 from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
 
 from deploy.local import Mosquitto, database_server, free_port, mqtt_connack
 from deploy.local.servers import S3Server
@@ -989,7 +990,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await drill.run()
     except DrillFailed as exc:
         drill.failures.append(str(exc))
-    except Exception as exc:  # reported as the run's failure, after the clean-up below
+    except (PyMongoError, OSError, subprocess.SubprocessError, httpx.HTTPError) as exc:
+        # reported as the run's failure, after the clean-up below
         drill.failures.append(f"{type(exc).__name__}: {exc}")
     finally:
         for proc in drill.procs:
