@@ -287,6 +287,7 @@ class ApiPool:
     apis: list[Proc]
     token: str
     failovers: int = 0
+    lock_retries: int = 0
     _next: int = 0
     _clients: dict[int, httpx.AsyncClient] = field(default_factory=dict)
 
@@ -313,6 +314,12 @@ class ApiPool:
             if response.status_code == 503:  # an api without its broker or database yet
                 self.failovers += 1
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+                continue
+            if response.status_code == 409 and "retry" in response.json().get("detail", ""):
+                # a revision lock whose holder died (an api killed mid-request): freed
+                # after api.store.revisions.LOCK_TTL (15 s)
+                self.lock_retries += 1
+                await asyncio.sleep(1.0)
                 continue
             return response
         raise DrillFailed(f"{method} {path}: no api answered")
@@ -814,6 +821,7 @@ class Drill:
             "converged_s": round(time.monotonic() - t0, 1),
             "after_requests_s": round(converged, 1),
             "api_failovers": self.pool.failovers,
+            "retries_after_409_locked": self.pool.lock_retries,
         }
         log("config converged", **self.result["config_push"])
 
