@@ -36,7 +36,7 @@ Phases (the kill points are drawn from ``random.Random(seed)`` and logged):
 5. **rollout, scheduler kill**: firmware uploaded through the api, one rollout to the
    whole group; once a random number of commands went out, the scheduler holding the
    rollout's lease is killed and restarted; the other takes over after the lease
-   (10 s here). The rollout must complete.
+   (30 s). The rollout must complete.
 
 Invariants (exit status 1 if any fails): every round stored for every device; each
 device received exactly one upgrade command for the rollout (counted at the devices:
@@ -572,8 +572,10 @@ class Drill:
             {
                 "OUTPOST_SCHEDULER_INSTANCE": f"s{i}-{generation}",
                 "OUTPOST_SCHEDULER_TICK_SECONDS": "1",
-                "OUTPOST_SCHEDULER_LEASE_SECONDS": "10",
-                "OUTPOST_SCHEDULER_LEASE_MARGIN_SECONDS": "3",
+                # lease and margin stay at their defaults (30 s, 5 s): with 10 s here a
+                # tick on the loaded machine outlasted the lease and the two
+                # instances kept taking the rollout from each other ("lease lost
+                # mid-tick"), sending a few commands per second
                 "OUTPOST_SCHEDULER_RECONCILE_SECONDS": "10",
                 "OUTPOST_SCHEDULER_RECONCILE_LAG_SECONDS": "20",
                 "OUTPOST_SCHEDULER_RECONCILE_RETRY_SECONDS": "20",
@@ -680,8 +682,10 @@ class Drill:
                 "3_bridges_rounds_s": [round(x, 2) for x in three],
             }
             log("throughput", **self.result["throughput"])
-            rounds = await self.bridge_kill(rounds, n)
+            rounds = await self.bridge_kill(rounds, n, three[-1])
             self.result["ingest"] = {"rounds": rounds, "messages_stored": rounds * n}
+            if self.args.only_ingest:
+                return
             await self.config_push(ids)
             await self.rollout(ids)
             await self.verify(ids)
@@ -691,22 +695,30 @@ class Drill:
     async def count(self, collection: str, query: dict[str, Any], at_least: int) -> bool:
         return await self.db[collection].count_documents(query) >= at_least
 
-    async def round(self, r: int, n: int, kill: tuple[int, Proc] | None = None) -> float:
+    async def round(self, r: int, n: int, kill: tuple[float, Proc] | None = None) -> float:
         """One lock-step round: seconds from the first publish until all stored.
 
-        With ``kill = (k, bridge)``, ``bridge`` is killed once ``k`` of the round's
-        messages are stored (mid-round: the rest are queued or in flight)."""
+        With ``kill = (delay, bridge)``, ``bridge`` is killed ``delay`` seconds after the
+        round's first publish; how many of the round's messages were stored by then is
+        logged, and a kill that came after all of them fails the run (not mid-round)."""
         started = time.monotonic()
         publishing = asyncio.create_task(self.devices.ask_all(f"round {r}"))
         query = {"state.counters.drill_round": r}
         killer: asyncio.Task[Kill] | None = None
 
-        async def stored() -> bool:
-            nonlocal killer
+        async def kill_mid_round(delay: float, victim: Proc) -> Kill:
+            await asyncio.sleep(delay)
             got = await self.db[DEVICE_STATUS].count_documents(query)
-            if kill is not None and killer is None and got >= kill[0]:
-                at = f"round {r}, {got} of {n} messages stored (drawn: {kill[0]})"
-                killer = asyncio.create_task(self.kill_later(kill[1], 0, "bridge", at, started))
+            if got >= n:
+                self.failures.append(f"bridge kill in round {r} came after all {n} were stored")
+            at = f"round {r}, {delay:.1f} s after its first publish, {got} of {n} stored"
+            return await self.kill_later(victim, 0, "bridge", at, started)
+
+        if kill is not None:
+            killer = asyncio.create_task(kill_mid_round(*kill))
+
+        async def stored() -> bool:
+            got = await self.db[DEVICE_STATUS].count_documents(query)
             return got >= n and publishing.done()
 
         try:
@@ -727,8 +739,6 @@ class Drill:
         if killer is not None:
             await killer
             await kill[1].ready()  # type: ignore[index]
-        elif kill is not None:
-            raise DrillFailed(f"round {r}: ended before the kill point {kill[0]}")
         log("round stored", round=r, s=round(took, 2), msgs_per_s=round(n / took, 1))
         return took
 
@@ -748,14 +758,16 @@ class Drill:
         log("restarted", victim=proc.name, after_s=round(pause, 2))
         return kill
 
-    async def bridge_kill(self, rounds: int, n: int) -> int:
+    async def bridge_kill(self, rounds: int, n: int, round_s: float) -> int:
+        """Rounds of which one kills a random bridge at a random point: a share, drawn
+        from 15-60 %, of the last 3-bridge round's duration after its first publish."""
         kill_round = self.rng.randint(1, self.args.kill_rounds)
         victim = self.rng.choice(self.bridges)
-        kill_at = self.rng.randint(max(1, n // 20), max(1, 8 * n // 10))
+        delay = self.rng.uniform(0.15, 0.6) * round_s
         times = []
         for k in range(1, self.args.kill_rounds + 1):
             rounds += 1
-            kill = (kill_at, victim) if k == kill_round else None
+            kill = (delay, victim) if k == kill_round else None
             times.append(await self.round(rounds, n, kill))
         self.result["bridge_kill_rounds_s"] = [round(x, 2) for x in times]
         return rounds
@@ -841,7 +853,10 @@ class Drill:
             "firmware": {"id": firmware["id"], "version": NEW},
             "target": {"group": GROUP},
             "waves": {"kind": "fixed", "size": n},
-            "success": {"min_success_percent": 100, "wait": "PT30M"},
+            # below 100 so that a device the health gate fails (e.g. its presence or
+            # state update lost, see RESULTS.md) does not pause the rollout: the drill
+            # then counts every such device in its invariants instead of stopping
+            "success": {"min_success_percent": 90, "wait": "PT30M"},
             "grace_period": "PT120S",
             "max_per_minute": 100_000,
         }
@@ -1050,6 +1065,11 @@ if __name__ == "__main__":
     parser.add_argument("--kill-rounds", type=int, default=3, help="rounds around the bridge kill")
     parser.add_argument("--round-limit-s", type=float, default=300)
     parser.add_argument("--phase-limit-s", type=float, default=1800)
+    parser.add_argument(
+        "--only-ingest",
+        action="store_true",
+        help="stop after the rounds and the bridge kill (no config push, no rollout)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the logs of a passing run")
     parser.add_argument("--json", type=Path, help="append the summary to this JSON list")
     parsed = parser.parse_args()
