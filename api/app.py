@@ -56,7 +56,9 @@ def _lifespan(settings: Settings, metrics: ApiMetrics, logger: logging.Logger) -
             part_bytes=settings.api.upload_part_bytes,
             max_bytes=settings.api.max_firmware_bytes,
         )
-        db = store.Store(client[settings.mongo.database])
+        db = store.Store(
+            client[settings.mongo.database], concurrency=settings.mongo.write_concurrency
+        )
         link_task = asyncio.create_task(link.run(), name="api-broker-link")
         try:
             await ensure_indexes(db)

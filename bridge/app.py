@@ -46,7 +46,9 @@ async def open_writer(
     try:
         b = settings.bridge
         sink = MongoSink(
-            store.Store(client[settings.mongo.database]),
+            store.Store(
+                client[settings.mongo.database], concurrency=settings.mongo.write_concurrency
+            ),
             dead_letter_cap=b.dead_letter_cap,
             state_refresh=timedelta(seconds=b.state_refresh_s),
         )

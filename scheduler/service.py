@@ -111,7 +111,10 @@ class SchedulerService:
         async with AsyncExitStack() as stack:
             client = store.client(self.settings.mongo)
             stack.push_async_callback(client.close)
-            self.db = store.Store(client[self.settings.mongo.database])
+            self.db = store.Store(
+                client[self.settings.mongo.database],
+                concurrency=self.settings.mongo.write_concurrency,
+            )
             self.claims = Claims(self.db, cfg.instance, self.clock, self.log)
             self.executor = RolloutExecutor(
                 RolloutStore(self.db),
