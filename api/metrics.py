@@ -40,4 +40,10 @@ class ApiMetrics:
             ["status"],
             registry=self.registry,
         )
+        self.provisioning = Counter(
+            "outpost_api_provisioning_total",
+            "Provisioning requests by result: new, repeat, rebind, or the refusal reason",
+            ["result"],
+            registry=self.registry,
+        )
         self.dependency_up = dependency_gauge(self.registry)

@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 
 from api.auth import Role
 from api.sync import SyncReason
+from schemas.provisioning import SERIAL_PATTERN
 from schemas.topics import DEVICE_ID_PATTERN
 from schemas.wifi import WifiConfigPatch, WifiConfigPatchPublic, WifiConfigPublic
 
@@ -18,6 +19,7 @@ PLAIN = r"^[^\x00-\x1f\x7f]*$"
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,63}$")]
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
+Serial = Annotated[str, StringConstraints(pattern=SERIAL_PATTERN)]
 SemVer = Annotated[
     str,
     StringConstraints(
@@ -270,3 +272,54 @@ class FirmwarePublic(_Out):
     )
     created_at: datetime
     uploaded_at: datetime | None
+
+
+# -- provisioning claims -----------------------------------------------------------------
+
+
+class ClaimCreate(_In):
+    model_config = _example(
+        {
+            "name": "batch-2026-11",
+            "allow": ["SN-000042", "aa:bb:cc:00:00:42"],
+            "device_limit": 100,
+            "group": "lobby",
+            "tags": ["site:berlin"],
+        }
+    )
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=PLAIN)]
+    allow: list[Serial] | None = Field(
+        default=None,
+        max_length=10_000,
+        description="Serial numbers or MAC addresses that may provision; null: any",
+    )
+    expires_at: AwareDatetime | None = Field(default=None, description="null: no expiry")
+    device_limit: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Most devices; null: no limit"
+    )
+    group: Name | None = Field(default=None, description="The group new devices join")
+    tags: list[Tag] = Field(default_factory=list, max_length=32)
+
+
+class ClaimPublic(_Out):
+    id: str
+    name: str
+    username: str = Field(description="The claim's broker account (the secret is its password)")
+    allow: list[str] | None
+    expires_at: datetime | None
+    device_limit: int | None
+    devices: int = Field(description="Devices provisioned through it so far")
+    group: str | None
+    tags: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ClaimCreated(ClaimPublic):
+    secret: str = Field(description="The claim secret devices are shipped with; shown once")
+
+
+class ProvisioningReset(_Out):
+    device_id: str
+    serial: str

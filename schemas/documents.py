@@ -33,6 +33,12 @@ collection                    writer      ``_id`` and content
 ``rollout_devices``           api         device id: the active rollout that holds the
                                           device (:class:`RolloutDeviceDoc`; unique
                                           ``_id``: one active rollout per device)
+``provisioning_claims``       api         claim id: :class:`ClaimDoc` (secret as sha256)
+``claim_slots``               api         ``<claim>:<n>``: slot ``n`` of a claim's device
+                                          limit (a unique insert per provisioned device)
+``serial_bindings``           api         ``<tenant>:<serial>``: :class:`SerialBindingDoc`,
+                                          the device and identity key a serial is bound to
+``provision_nonces``          api         ``<claim>:<nonce>``: a request answered once
 ``device_status``             bridge      device id: :class:`DeviceStatusDoc` (presence,
                                           reported state, config ack, last seen)
 ``job_reports``               bridge      execution id: :class:`JobReportDoc`
@@ -79,6 +85,8 @@ __all__ = [
     "AUDIT_LOG",
     "BROKER_EPOCHS",
     "BROKER_METRICS",
+    "CLAIMS",
+    "CLAIM_SLOTS",
     "DEAD_LETTERS",
     "DEVICES",
     "DEVICE_CONFIGS",
@@ -89,6 +97,7 @@ __all__ = [
     "JOB_EXECUTIONS",
     "JOB_REPORTS",
     "OWNERS",
+    "PROVISION_NONCES",
     "REVISIONS",
     "ROLLOUTS",
     "ROLLOUT_DEVICES",
@@ -97,11 +106,13 @@ __all__ = [
     "SCHEDULER_NOTICES",
     "SCHEDULER_RECONCILE",
     "SCHEDULER_SENDS",
+    "SERIAL_BINDINGS",
     "TENANTS",
     "ApiTokenDoc",
     "AppliedConfig",
     "AuditDoc",
     "BrokerEpochDoc",
+    "ClaimDoc",
     "ConfigPointer",
     "Credentials",
     "DeadLetterDoc",
@@ -119,6 +130,7 @@ __all__ = [
     "RolloutDeviceDoc",
     "RolloutDoc",
     "RolloutProgressDoc",
+    "SerialBindingDoc",
     "TenantDoc",
     "device_config_id",
     "execution_id",
@@ -151,6 +163,10 @@ SCHEDULER_NOTICES = "scheduler_notices"
 BROKER_METRICS = "broker_metrics"
 BROKER_EPOCHS = "broker_epochs"
 FLEET_METRICS = "fleet_metrics"
+CLAIMS = "provisioning_claims"
+CLAIM_SLOTS = "claim_slots"
+SERIAL_BINDINGS = "serial_bindings"
+PROVISION_NONCES = "provision_nonces"
 
 Owner = Literal["api", "bridge", "scheduler"]
 OWNERS: dict[str, Owner] = {
@@ -165,6 +181,10 @@ OWNERS: dict[str, Owner] = {
     API_TOKEN_USAGE: "api",
     ROLLOUT_DEVICES: "api",
     AUDIT_LOG: "api",
+    CLAIMS: "api",
+    CLAIM_SLOTS: "api",
+    SERIAL_BINDINGS: "api",
+    PROVISION_NONCES: "api",
     DEVICE_STATUS: "bridge",
     JOB_REPORTS: "bridge",
     DEAD_LETTERS: "bridge",
@@ -322,6 +342,40 @@ class ApiTokenDoc(_Doc):
     created_by: str | None = None
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+
+
+class ClaimDoc(_Doc):
+    """``provisioning_claims``: a provisioning claim (api); ``_id`` is its public id.
+
+    ``allow`` holds normalized serials (:func:`schemas.provisioning.normalize_serial`);
+    None: any serial. Revoking sets ``revoked_at`` (and deletes the broker account)."""
+
+    tenant_id: str
+    name: str
+    secret_hash: str
+    allow: list[str] | None = None
+    expires_at: datetime | None = None
+    device_limit: int | None = None
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    created_at: datetime
+    created_by: str | None = None
+    revoked_at: datetime | None = None
+
+
+class SerialBindingDoc(_Doc):
+    """``serial_bindings`` (``<tenant>:<serial>``): which device a serial became, and the
+    identity key that may ask for its credentials again (None after an admin reset: the
+    next request binds its key). Inserting it is the compare-and-set of "one serial, one
+    device"; changing the key is a revision."""
+
+    tenant_id: str
+    serial: str
+    device_id: str
+    claim_id: str
+    identity_key: str | None
+    bound_at: datetime
+    rev: int = 0
 
 
 class RolloutDeviceDoc(_Doc):

@@ -5,6 +5,8 @@
     devices/{id}/config                  backend → device, retained
     devices/{id}/jobs/{job_id}           backend → device
     devices/{id}/jobs/{job_id}/status    device → backend
+    provision/{claim_id}/request         device (claim account) → api
+    provision/{claim_id}/reply/{token}   api → the requesting device
 
 A device id is its MQTT client id and username: ``[a-z0-9][a-z0-9-]{2,63}``.
 """
@@ -18,16 +20,24 @@ from enum import StrEnum
 from schemas.errors import SchemaError
 
 __all__ = [
+    "CLAIM_ID_PATTERN",
     "DEVICE_ID_PATTERN",
     "JOB_ID_PATTERN",
     "Channel",
     "Topic",
     "TopicError",
     "channel_filter",
+    "claim_reply_filter",
     "device_subscriptions",
+    "is_claim_id",
     "is_device_id",
+    "is_reply_topic_of",
     "numbered_device_id",
     "parse",
+    "parse_provision_request",
+    "provision_reply_topic",
+    "provision_request_topic",
+    "provision_requests",
     "subscription",
     "topic",
 ]
@@ -140,3 +150,69 @@ def subscription(channel: Channel, share_group: str | None = None) -> str:
 def device_subscriptions(device_id: str) -> list[str]:
     """What a device subscribes to, and all it may subscribe to: its backend channels."""
     return [channel_filter(c, device_id) for c in Channel if not c.from_device]
+
+
+# -- provisioning (zero-touch) -------------------------------------------------------------
+#
+#     provision/{claim_id}/request          device (claim account) → api, never retained
+#     provision/{claim_id}/reply/{token}    api → that device, never retained
+#
+# A claim account may publish only its claim's request topic and subscribe only to reply
+# topics of its claim (docs/protocol.md, "Zero-touch provisioning").
+
+PROVISION_ROOT = "provision"
+CLAIM_ID_PATTERN = r"^[0-9a-f]{12}$"
+REPLY_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{22,64}$"
+_CLAIM_ID = re.compile(CLAIM_ID_PATTERN)
+_REPLY_TOKEN = re.compile(REPLY_TOKEN_PATTERN)
+
+
+def is_claim_id(value: str) -> bool:
+    return _CLAIM_ID.fullmatch(value) is not None
+
+
+def provision_request_topic(claim_id: str) -> str:
+    """Where a device holding claim ``claim_id`` asks for its identity."""
+    if not is_claim_id(claim_id):
+        raise TopicError(f"invalid claim id {claim_id!r}")
+    return f"{PROVISION_ROOT}/{claim_id}/request"
+
+
+def provision_reply_topic(claim_id: str, token: str) -> str:
+    """The per-request reply topic; ``token`` is the requester's random choice."""
+    if not _REPLY_TOKEN.fullmatch(token):
+        raise TopicError(f"invalid reply token {token[:80]!r}")
+    return f"{provision_request_topic(claim_id).removesuffix('/request')}/reply/{token}"
+
+
+def provision_requests(share_group: str | None = None) -> str:
+    """The filter of every claim's requests, optionally shared between api instances."""
+    base = f"{PROVISION_ROOT}/+/request"
+    return f"$share/{share_group}/{base}" if share_group else base
+
+
+def parse_provision_request(value: str) -> str:
+    """The claim id of a request topic; TopicError for anything else."""
+    parts = value.split("/")
+    if len(parts) != 3 or parts[0] != PROVISION_ROOT or parts[2] != "request":
+        raise TopicError(f"not a provisioning request topic: {value[:200]!r}")
+    if not is_claim_id(parts[1]):
+        raise TopicError(f"invalid claim id in topic: {parts[1][:80]!r}")
+    return parts[1]
+
+
+def is_reply_topic_of(value: str, claim_id: str) -> bool:
+    """Whether ``value`` is a reply topic of ``claim_id`` (what a request may name)."""
+    parts = value.split("/")
+    return (
+        len(parts) == 4
+        and parts[0] == PROVISION_ROOT
+        and parts[1] == claim_id
+        and parts[2] == "reply"
+        and _REPLY_TOKEN.fullmatch(parts[3]) is not None
+    )
+
+
+def claim_reply_filter(claim_id: str) -> str:
+    """What a claim account may subscribe to: the reply topics of its claim."""
+    return provision_reply_topic(claim_id, "x" * 22).rsplit("/", 1)[0] + "/+"
