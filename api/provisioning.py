@@ -64,9 +64,8 @@ from schemas.topics import (
     provision_requests,
 )
 
-__all__ = ["SHARE_GROUP", "Provisioner", "Refused"]
+__all__ = ["Provisioner", "Refused"]
 
-SHARE_GROUP = "outpost-api"
 QUEUE_MAX = 2000
 DETAILS = {
     RefusalReason.INVALID: "the request is not a valid provisioning request",
@@ -113,7 +112,7 @@ class Provisioner:
 
     @property
     def subscription(self) -> str:
-        return provision_requests(SHARE_GROUP)
+        return provision_requests(self.state.settings.provision_share_group)
 
     def offer(self, message: aiomqtt.Message) -> None:
         try:

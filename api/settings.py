@@ -77,3 +77,10 @@ class ApiSettings(OutpostSettings):
     provision_serial_burst: int = Field(
         default=3, ge=1, description="Provisioning requests of one serial allowed in a burst"
     )
+    provision_share_group: str = Field(
+        default="outpost-api",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Shared-subscription group the api instances split provisioning "
+        "requests in (one per deployment: instances of two deployments on one broker "
+        "must differ)",
+    )
