@@ -16,6 +16,9 @@ Per connection::
 
 Run it: ``python -m device.agent --device-id ap-0001 --url mqtt://127.0.0.1:1883
 --username ... --state-file ap-0001.json`` (password from ``OUTPOST_DEVICE_PASSWORD``).
+Out of the box, with only a claim secret and its serial: ``python -m device.agent --claim
+opc_... --serial SN-0001 --url mqtts://... --ca-file ... --state-file ap.json``
+(:func:`from_claim`; docs/protocol.md, "Zero-touch provisioning").
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +43,15 @@ from pydantic import BaseModel
 
 from device import behaviour as b
 from device.download import download, resume_partial
-from device.errors import BrokerError, DownloadError
+from device.errors import BrokerError, DeviceError, DownloadError
+from device.provisioning import provision_blocking
 from device.storage import AgentState, load_state, save_state
 from outpost.mqtt import Endpoint, paho_client
+from outpost.sealing import IdentityKey
 from schemas.protocol import ConfigMessage, JobState, JobStatusMessage, encode, utc_now
 from schemas.topics import Channel, TopicError, device_subscriptions, parse, topic
 
-__all__ = ["Agent", "AgentConfig", "Install", "accept_config", "main"]
+__all__ = ["Agent", "AgentConfig", "Install", "accept_config", "from_claim", "main"]
 
 Install = Callable[[Path, str], None]
 """Writes a verified image (path, target version) to the inactive slot; raises on failure."""
@@ -434,6 +439,42 @@ class Agent:
         self._booted_at = time.monotonic()
 
 
+# ---------------------------------------------------------------------- out of the box
+
+
+def from_claim(config: AgentConfig, claim_secret: str, serial: str) -> AgentConfig:
+    """``config`` for a device that starts with only a claim secret and its serial.
+
+    The first run makes the device's identity key and keeps it in the state file before
+    it asks; the identity it gets is kept there too, so later runs (reboots) reuse it and
+    never ask again. The broker address of ``config`` is where it asks; the identity may
+    name another one, which it then uses.
+    """
+    state = load_state(config.state_file, firmware=config.firmware)
+    if state.identity is None:
+        if state.identity_key is None:
+            state = state.model_copy(update={"identity_key": IdentityKey().seed_text})
+            save_state(config.state_file, state)
+        key = IdentityKey(state.identity_key)
+        where = Endpoint(config.host, config.port, config.tls, config.ca_file)
+        got = provision_blocking(where, claim_secret, serial, config.hardware_model, key)
+        state = state.model_copy(update={"identity": got})
+        save_state(config.state_file, state)
+    identity = state.identity
+    assert identity is not None
+    url = Endpoint.from_url(identity.broker_url) if identity.broker_url else None
+    return replace(
+        config,
+        device_id=identity.device_id,
+        username=identity.username,
+        password=identity.password,
+        firmware_key=identity.firmware_public_key or config.firmware_key,
+        host=url.host if url else config.host,
+        port=url.port if url else config.port,
+        tls=url.tls if url else config.tls,
+    )
+
+
 # ---------------------------------------------------------------------- command line
 
 
@@ -443,7 +484,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--device-id", required=True)
+    parser.add_argument("--device-id", help="required unless --claim")
+    parser.add_argument(
+        "--claim",
+        default=os.environ.get("OUTPOST_DEVICE_CLAIM"),
+        help="start out of the box: provision with this claim secret (or "
+        "OUTPOST_DEVICE_CLAIM) and --serial, once; the identity is kept in --state-file",
+    )
+    parser.add_argument("--serial", help="the device's serial number or MAC (with --claim)")
     parser.add_argument("--url", required=True, help="mqtt://host:port or mqtts://host:port")
     parser.add_argument("--username", help="defaults to the device id")
     parser.add_argument("--ca-file", help="CA bundle to verify the broker (mqtts)")
@@ -473,10 +521,10 @@ def _config_from(args: argparse.Namespace) -> AgentConfig:
     except ValueError as exc:
         raise SystemExit(f"--url: {exc}") from None
     return AgentConfig(
-        device_id=args.device_id,
+        device_id=args.device_id or "unprovisioned",
         host=url.host,
         port=url.port,
-        username=args.username or url.username or args.device_id,
+        username=args.username or url.username or args.device_id or "",
         password=os.environ.get("OUTPOST_DEVICE_PASSWORD") or url.password or "",
         state_file=args.state_file,
         firmware=args.firmware,
@@ -502,8 +550,16 @@ def main(argv: list[str] | None = None) -> None:
 
     logs.configure()
     args = _parse_args(argv)
+    if not args.device_id and not (args.claim and args.serial):
+        raise SystemExit("give --device-id, or --claim and --serial")
+    config = _config_from(args)
+    if args.claim:
+        try:
+            config = from_claim(config, args.claim, args.serial)
+        except DeviceError as exc:
+            raise SystemExit(f"provisioning failed: {exc}") from None
     apply = _file_writer(args.applied_config) if args.applied_config else accept_config
-    agent = Agent(_config_from(args), logging.getLogger("outpost.device"), apply_config=apply)
+    agent = Agent(config, logging.getLogger("outpost.device"), apply_config=apply)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -143,9 +143,16 @@ class FleetOptions:
     reconnect_base: float = 1.0  # backoff after a drop (full jitter), seconds
     reconnect_cap: float = 30.0
     seed: int | None = None
+    ids: Sequence[str] | None = None  # the devices' ids (provisioned); None: numbered
 
     def device_id(self, index: int) -> str:
+        if self.ids is not None:
+            return self.ids[index]
         return numbered_device_id(self.prefix, index)
+
+    @property
+    def count(self) -> int:
+        return len(self.ids) if self.ids is not None else self.devices
 
 
 @dataclass
@@ -398,6 +405,7 @@ class SimDevice:
             return
         self.config = b.apply_config(desired, self.fleet.apply_config)
         self.fleet.stats.configs_applied += 1
+        self.fleet.changed()
         await self.publish_state()
 
     async def _handle_job(self, job_id: str, payload: bytes) -> None:
@@ -529,14 +537,14 @@ class Fleet:
         self.faults = dict(faults or {})
         self.rng = random.Random(options.seed)
         self.stats = FleetStats()
-        if not is_device_id(options.device_id(0)):
+        if options.count and not is_device_id(options.device_id(0)):
             raise ValueError(
                 f"prefix {options.prefix!r} does not make valid device ids "
                 f"(e.g. {options.device_id(0)!r})"
             )
         self.devices = {
             options.device_id(i): SimDevice(self, options.device_id(i))
-            for i in range(options.devices)
+            for i in range(options.count)
         }
         self.ids = list(self.devices)
         self._start_online = start_online
@@ -637,6 +645,10 @@ class Fleet:
         sent a state and subscribed. Wrap in asyncio.timeout."""
         target = len(self.ids) if count is None else count
         await self._until(lambda: self.stats.ready >= target)
+
+    async def wait_configured(self) -> None:
+        """Until every device has applied a config. Wrap in asyncio.timeout."""
+        await self._until(lambda: all(d.config is not None for d in self.devices.values()))
 
     async def wait_disconnected(self, ids: Iterable[str]) -> None:
         wanted = list(ids)

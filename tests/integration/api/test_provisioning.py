@@ -3,24 +3,19 @@ refusals, races, and the ACL a provisioned device gets."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from api.app import create_app
 from api.auth import Role
-from device.errors import Refused
-from device.provisioning import new_request, provision, read_reply
-from outpost.mqtt import Endpoint, aiomqtt_client
+from device.provisioning import provision
+from outpost.mqtt import Endpoint
 from outpost.sealing import IdentityKey
-from schemas.provisioning import claim_username
 from tests.integration.api.conftest import Api, api_settings, eventually
 from tests.integration.api.mqtt_clients import DeviceClient, in_thread
-from tests.integration.device.conftest import backend_client
 
 pytestmark = pytest.mark.integration
 
