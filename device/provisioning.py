@@ -100,7 +100,7 @@ def read_reply(payload: bytes, exchange: Exchange) -> Identity:
     try:
         reply = ProvisionReply.model_validate_json(payload)
         if reply.status == "refused" or reply.sealed is None:
-            reason = reply.reason.value if reply.reason else "refused"
+            reason = reply.reason or "refused"
             raise Refused(reason, reply.detail)
         return Identity.model_validate_json(exchange.reply_key.open(reply.sealed))
     except (ValidationError, SealError) as exc:

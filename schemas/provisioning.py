@@ -137,7 +137,11 @@ class ProvisionReply(_Payload):
     """``provision/{claim_id}/reply/{token}``: an identity (sealed) or a refusal."""
 
     status: Literal["ok", "refused"]
-    reason: RefusalReason | None = None
+    reason: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        default=None,
+        description="Why refused: one of RefusalReason (a newer backend may add reasons; "
+        "a device treats any it does not know as final)",
+    )
     detail: Annotated[str, StringConstraints(max_length=300)] | None = None
     sealed: Sealed | None = Field(default=None, description="The Identity, when ok")
 

@@ -23,6 +23,7 @@ __all__ = [
     "CLAIM_ID_PATTERN",
     "DEVICE_ID_PATTERN",
     "JOB_ID_PATTERN",
+    "REPLY_TOKEN_PATTERN",
     "Channel",
     "Topic",
     "TopicError",
