@@ -18,6 +18,15 @@
 # key is (boot counter, sequence), both kept in OUTPOST_STATE_DIR. A desired config is
 # written to config.json and acknowledged in the next state; an upgrade job is rejected
 # (this device installs no firmware). See docs/protocol.md.
+#
+# Out of the box (zero-touch provisioning): a device shipped with only a claim secret and
+# its serial gets OUTPOST_DEVICE_ID and OUTPOST_DEVICE_PASSWORD once, before this script
+# runs, from the provisioning channel: connect as "claim/<claim id>" with the secret,
+# publish a signed request on provision/<claim id>/request with an MQTT v5 response topic
+# provision/<claim id>/reply/<random token>, and open the sealed reply with the request's
+# X25519 reply key. docs/protocol.md ("Zero-touch provisioning", "A device in a shell
+# script") shows each step with openssl and the Mosquitto clients, and what the openssl
+# command line cannot do (ChaCha20-Poly1305); the reference agent (--claim) does it all.
 set -eu
 
 ID=${OUTPOST_DEVICE_ID:?set OUTPOST_DEVICE_ID}

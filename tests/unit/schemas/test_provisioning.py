@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
+from api.claims import valid_signature
 from device.errors import ProvisioningError, Refused
 from device.provisioning import new_request, read_reply
 from outpost.sealing import IdentityKey, ReplyKey, SealError, seal
@@ -12,6 +16,7 @@ from schemas.provisioning import (
     Identity,
     ProvisionReply,
     ProvisionRequest,
+    RefusalReason,
     claim_id_of,
     claim_username,
     normalize_serial,
@@ -142,3 +147,18 @@ def test_request_fields_are_bounded(change) -> None:
     exchange = new_request(CLAIM, "SN-1", "ap-1", IdentityKey())
     with pytest.raises(ValidationError):
         ProvisionRequest.model_validate(exchange.request.model_dump() | change)
+
+
+def test_protocol_page_examples_are_valid() -> None:
+    """The request example verifies (signature included); the reply example parses."""
+    text = (Path(__file__).resolve().parents[3] / "docs" / "protocol.md").read_text()
+    found = re.findall(r"(Request|Reply) on `([^`]+)`\n+ *```json\n(.*?)\n *```", text, re.S)
+    assert sorted(kind for kind, _, _ in found) == ["Reply", "Request"]
+    for kind, topic, body in found:
+        if kind == "Request":
+            claim_id = parse_provision_request(topic)
+            request = ProvisionRequest.model_validate_json(body)
+            assert valid_signature(request, claim_id)
+        else:
+            assert is_reply_topic_of(topic, CLAIM)
+            assert ProvisionReply.model_validate_json(body).reason in set(RefusalReason)
