@@ -46,4 +46,10 @@ class ApiMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.provisioning_seconds = Histogram(
+            "outpost_api_provisioning_seconds",
+            "Time to answer one provisioning request (from the queue to the reply sent)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
         self.dependency_up = dependency_gauge(self.registry)

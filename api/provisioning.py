@@ -130,7 +130,8 @@ class Provisioner:
         while True:
             message = await self._queue.get()
             try:
-                await self.handle(message)
+                with self.state.metrics.provisioning_seconds.time():
+                    await self.handle(message)
             except ApiError as exc:  # the reply could not be sent: the device retries
                 self.log.warning("provisioning reply lost", extra={"error": exc.detail})
             except Exception:
