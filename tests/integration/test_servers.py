@@ -323,6 +323,11 @@ BACKEND_ACL = {
         ("subscribe", "$CONTROL/dynamic-security/v1/response", True),
         ("subscribe", "devices/#", False),
         ("subscribe", "$SYS/#", False),
+        # zero-touch provisioning: answer requests (shared), never pose as a device
+        ("subscribe", "$share/g/provision/+/request", True),
+        ("subscribe", "provision/#", False),
+        ("publish", "provision/0123456789ab/reply/" + "t" * 24, True),
+        ("publish", "provision/0123456789ab/request", False),
     ],
     "observer": [
         ("subscribe", "devices/#", True),
