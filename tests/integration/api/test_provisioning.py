@@ -52,6 +52,7 @@ async def papi(broker, mongo, s3, unique) -> AsyncIterator[Api]:
         database,
         provision_share_group=f"p-{unique}",
         provision_serial_burst=6,
+        provision_serial_interval_s=3600,  # no refill within a test: the burst is exact
         device_broker_url=broker.tls_url,
     )
     app = create_app(settings)
@@ -270,7 +271,12 @@ async def test_refusals_are_clear_and_counted(papi: Api, broker, unique):
 
     # allow-list: any spelling of a listed MAC is the same serial
     assert reason(await ask(broker, listed, "SN-2")) == "not_allowed"
-    assert reason(await ask(broker, listed, "aa:bb:cc:00:00:01")) == "ok"
+    mac_key = IdentityKey()
+    mac = await ask(broker, listed, "aa:bb:cc:00:00:01", mac_key)
+    # a decommissioned device stays so: its serial gets no new credentials
+    async with papi.client(token) as http:
+        assert (await http.delete(f"/devices/{mac.device_id}")).status_code == 204
+    assert reason(await ask(broker, listed, "AABBCC000001", mac_key)) == "decommissioned"
     # limit: three new serials at once, two slots; a repeat needs no new slot
     keys = [IdentityKey() for _ in range(3)]
     outcomes = await asyncio.gather(*(ask(broker, limited, f"L-{n}", keys[n]) for n in range(3)))
@@ -304,6 +310,7 @@ async def test_refusals_are_clear_and_counted(papi: Api, broker, unique):
             "revoked",
             "unknown_claim",
             "invalid",
+            "decommissioned",
         )
     }
     assert counts == {r: 1 for r in counts}
