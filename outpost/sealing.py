@@ -4,10 +4,15 @@
   32-byte seed). It signs each provisioning request; the first request binds its public
   key to the device's serial, and a repeat must be signed by the same key.
 - A **reply key** is a fresh X25519 key per request. The api seals the credentials to it
-  (:func:`seal`): an ephemeral X25519 key of its own, HKDF-SHA256 over the shared secret
-  (salt: both public keys, info :data:`INFO`), ChaCha20-Poly1305 with a random 12-byte
-  nonce. Only the holder of the reply key opens it (:meth:`ReplyKey.open`); anyone else
-  who reads the reply topic learns nothing, and a tampered box does not open.
+  (:func:`seal`): an ephemeral X25519 key of its own; HKDF-SHA256 over the shared secret
+  (salt: the ephemeral then the reply public key, info :data:`INFO`) gives 64 bytes, an
+  AES-256 key and an HMAC-SHA256 key; the box is AES-256-CTR under a random 16-byte
+  initial counter block, followed by the HMAC of that block and the ciphertext
+  (encrypt-then-MAC). Only the holder of the reply key opens it (:meth:`ReplyKey.open`);
+  anyone else who reads the reply topic learns nothing, and a tampered box does not open.
+  Why not an AEAD such as ChaCha20-Poly1305: a device in shell script opens this box with
+  the ``openssl`` command line (``pkeyutl -derive``, ``kdf HKDF``, ``dgst -mac HMAC``,
+  ``enc -aes-256-ctr``), whose ``enc`` has no AEAD mode.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ import base64
 import binascii
 import os
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from schemas.provisioning import Sealed
@@ -75,9 +81,24 @@ def verify_signature(public_text: str, data: bytes, signature: str) -> bool:
     return True
 
 
-def _box_key(shared: bytes, ephemeral: bytes, recipient: bytes) -> ChaCha20Poly1305:
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=ephemeral + recipient, info=INFO)
-    return ChaCha20Poly1305(hkdf.derive(shared))
+TAG_BYTES = 32
+
+
+def _keys(shared: bytes, ephemeral: bytes, recipient: bytes) -> tuple[bytes, bytes]:
+    """(AES-256 key, HMAC-SHA256 key) from the X25519 shared secret."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=64, salt=ephemeral + recipient, info=INFO)
+    both = hkdf.derive(shared)
+    return both[:32], both[32:]
+
+
+def _mac(key: bytes, iv: bytes, ciphertext: bytes) -> HMAC:
+    mac = HMAC(key, hashes.SHA256())
+    mac.update(iv + ciphertext)
+    return mac
+
+
+def _ctr(key: bytes, iv: bytes) -> Cipher[modes.CTR]:
+    return Cipher(algorithms.AES(key), modes.CTR(iv))
 
 
 class ReplyKey:
@@ -92,12 +113,15 @@ class ReplyKey:
 
     def open(self, sealed: Sealed) -> bytes:
         try:
-            ephemeral = _raw(sealed.ephemeral)
+            ephemeral, iv, box = _raw(sealed.ephemeral), _raw(sealed.nonce), _raw(sealed.box)
             shared = self._key.exchange(X25519PublicKey.from_public_bytes(ephemeral))
             mine = self._key.public_key().public_bytes_raw()
-            box = _box_key(shared, ephemeral, mine)
-            return box.decrypt(_raw(sealed.nonce), _raw(sealed.box), None)
-        except (binascii.Error, ValueError, InvalidTag) as exc:
+            enc, mac = _keys(shared, ephemeral, mine)
+            ciphertext, tag = box[:-TAG_BYTES], box[-TAG_BYTES:]
+            _mac(mac, iv, ciphertext).verify(tag)
+            decryptor = _ctr(enc, iv).decryptor()
+            return decryptor.update(ciphertext) + decryptor.finalize()
+        except (binascii.Error, ValueError, InvalidSignature) as exc:
             raise SealError("the sealed reply does not open with this key") from exc
 
 
@@ -107,6 +131,9 @@ def seal(recipient_text: str, plaintext: bytes) -> Sealed:
     ephemeral = X25519PrivateKey.generate()
     shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient))
     ephemeral_raw = ephemeral.public_key().public_bytes_raw()
-    nonce = os.urandom(12)
-    box = _box_key(shared, ephemeral_raw, recipient).encrypt(nonce, plaintext, None)
-    return Sealed(ephemeral=_b64(ephemeral_raw), nonce=_b64(nonce), box=_b64(box))
+    enc, mac = _keys(shared, ephemeral_raw, recipient)
+    iv = os.urandom(16)
+    encryptor = _ctr(enc, iv).encryptor()
+    ciphertext = encryptor.update(plaintext) + encryptor.finalize()
+    tag = _mac(mac, iv, ciphertext).finalize()
+    return Sealed(ephemeral=_b64(ephemeral_raw), nonce=_b64(iv), box=_b64(ciphertext + tag))

@@ -125,11 +125,12 @@ def signed_bytes(request: ProvisionRequest, claim_id: str) -> bytes:
 
 
 class Sealed(_Payload):
-    """A secret for the holder of one X25519 key: ``ephemeral`` is the api's one-time
-    public key, ``nonce`` 12 bytes, ``box`` the ChaCha20-Poly1305 ciphertext (base64)."""
+    """A secret for the holder of one X25519 key (``outpost.sealing``): ``ephemeral`` is
+    the api's one-time public key, ``nonce`` the 16-byte AES-CTR initial counter block,
+    ``box`` the AES-256-CTR ciphertext followed by its 32-byte HMAC-SHA256 (base64)."""
 
     ephemeral: Key
-    nonce: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{16}$")]
+    nonce: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{22}==$")]
     box: B64
 
 

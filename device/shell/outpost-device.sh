@@ -20,16 +20,16 @@
 # (this device installs no firmware). See docs/protocol.md.
 #
 # Out of the box (zero-touch provisioning): a device shipped with only a claim secret and
-# its serial gets OUTPOST_DEVICE_ID and OUTPOST_DEVICE_PASSWORD once, before this script
-# runs, from the provisioning channel: connect as "claim/<claim id>" with the secret,
-# publish a signed request on provision/<claim id>/request with an MQTT v5 response topic
-# provision/<claim id>/reply/<random token>, and open the sealed reply with the request's
-# X25519 reply key. docs/protocol.md ("Zero-touch provisioning", "A device in a shell
-# script") shows each step with openssl and the Mosquitto clients, and what the openssl
-# command line cannot do (ChaCha20-Poly1305); the reference agent (--claim) does it all.
+# its serial runs outpost-provision.sh once (OUTPOST_CLAIM, OUTPOST_SERIAL); it writes
+# OUTPOST_STATE_DIR/identity.json, which this script reads when OUTPOST_DEVICE_ID is unset.
 set -eu
 
-ID=${OUTPOST_DEVICE_ID:?set OUTPOST_DEVICE_ID}
+IDENTITY=${OUTPOST_STATE_DIR:-.}/identity.json  # written by outpost-provision.sh
+if [ -z "${OUTPOST_DEVICE_ID:-}" ] && [ -f "$IDENTITY" ]; then
+    OUTPOST_DEVICE_ID=$(jq -r .device_id < "$IDENTITY")
+    OUTPOST_DEVICE_PASSWORD=$(jq -r .password < "$IDENTITY")
+fi
+ID=${OUTPOST_DEVICE_ID:?set OUTPOST_DEVICE_ID (or provision: outpost-provision.sh)}
 PW=${OUTPOST_DEVICE_PASSWORD:?set OUTPOST_DEVICE_PASSWORD}
 HOST=${OUTPOST_BROKER_HOST:-127.0.0.1}
 PORT=${OUTPOST_BROKER_PORT:-8883}

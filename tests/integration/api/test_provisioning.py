@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
+import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +27,7 @@ from device.sim import Broker, Fleet, FleetOptions, provision_fleet, serials
 from device.storage import load_state
 from outpost.mqtt import Endpoint, aiomqtt_client
 from outpost.sealing import IdentityKey
-from schemas.provisioning import ProvisionReply, claim_id_of, claim_username
+from schemas.provisioning import Identity, ProvisionReply, claim_id_of, claim_username
 from tests.integration.api.conftest import Api, api_settings, eventually
 from tests.integration.api.mqtt_clients import DeviceClient, in_thread
 from tests.integration.api.test_devices import (
@@ -498,3 +501,72 @@ async def test_the_reference_agent_starts_from_a_claim(papi: Api, broker, unique
     assert load_state(state_file, firmware="x").identity.device_id == config.device_id
     assert (counted(papi, "new"), counted(papi, "repeat")) == (1, 0)
     assert claim_id_of(claim["secret"]) == claim["id"]
+
+
+SHELL_DIR = Path(__file__).resolve().parents[3] / "device" / "shell"
+
+
+def run_provision_script(claim: dict, serial: str, broker, state_dir: Path):
+    env = {
+        **os.environ,
+        "OUTPOST_CLAIM": claim["secret"],
+        "OUTPOST_SERIAL": serial,
+        "OUTPOST_BROKER_HOST": "127.0.0.1",
+        "OUTPOST_BROKER_PORT": str(broker.tls_port),
+        "OUTPOST_CA_FILE": str(broker.ca_file),
+        "OUTPOST_STATE_DIR": str(state_dir),
+    }
+    script = str(SHELL_DIR / "outpost-provision.sh")
+    return subprocess.run(["sh", script], env=env, capture_output=True, timeout=60, check=False)
+
+
+def start_shell_device(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            ["sh", str(SHELL_DIR / "outpost-device.sh")],
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+
+
+async def test_the_shell_device_provisions_with_openssl_and_mosquitto_rr(
+    papi: Api, broker, unique, tmp_path: Path
+):
+    token = await papi.token(f"t-{unique}", Role.ADMIN)
+    async with papi.client(token) as http:
+        claim = await make_claim(http, allow=[f"SH-{unique}"])
+    state = tmp_path / "state"
+    done = await in_thread(run_provision_script, claim, f"SH-{unique}", broker, state)
+    assert done.returncode == 0, done.stderr.decode()
+    identity = Identity.model_validate_json((state / "identity.json").read_text())
+    assert (state / "identity.json").stat().st_mode & 0o077 == 0
+    # the device script takes its account from identity.json and comes online with it
+    env = {
+        **os.environ,
+        "OUTPOST_BROKER_HOST": "127.0.0.1",
+        "OUTPOST_BROKER_PORT": str(broker.tls_port),
+        "OUTPOST_CA_FILE": str(broker.ca_file),
+        "OUTPOST_STATE_DIR": str(state),
+    }
+    env.pop("OUTPOST_DEVICE_ID", None)
+    async with backend_client(broker) as watcher:
+        await watcher.subscribe(f"devices/{identity.device_id}/presence", qos=1)
+        proc = start_shell_device(env, tmp_path / "device.log")
+        try:
+            async with asyncio.timeout(20):
+                message = await anext(aiter(watcher.messages))
+            assert json.loads(message.payload)["status"] == "online"
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            await in_thread(proc.wait, 10)
+    # run again: it keeps what it has and asks nothing
+    again = await in_thread(run_provision_script, claim, f"SH-{unique}", broker, state)
+    assert again.returncode == 0
+    assert counted(papi, "new") == 1
+    assert counted(papi, "repeat") == 0
+    # a serial not on the list: refused, with the reason, exit status 2
+    other = await in_thread(run_provision_script, claim, f"XX-{unique}", broker, tmp_path / "o")
+    assert other.returncode == 2
+    assert b"not_allowed" in other.stderr
