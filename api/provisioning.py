@@ -42,7 +42,7 @@ from api.auth import Principal, Role
 from api.claims import Binding, RateLimiter, binding_decision, claim_refusal, valid_signature
 from api.errors import ApiError
 from api.state import AppState
-from api.store import audit
+from api.store import audit, groups
 from api.store import claims as store
 from api.store import devices as device_store
 from api.store.revisions import retrying
@@ -327,13 +327,18 @@ class Provisioner:
         """What ``POST /devices`` does, for the claim: registry entry, broker account (the
         same role and ACL), the group's config retained, an audit entry."""
         state, who, device_id = self.state, self._who(claim), binding.device_id
+        group = claim.group
+        if group is not None and await groups.get(state.db, claim.tenant_id, group) is None:
+            # deleted since the claim was made (it had no members then): no group
+            self.log.warning("claim group gone", extra={"claim_id": claim.id, "group": group})
+            group = None
         password = auth.new_device_password()
         now = datetime.now(UTC)
         doc = DeviceDoc(
             id=device_id,
             tenant_id=claim.tenant_id,
             hardware_model=hardware_model,
-            group=claim.group,
+            group=group,
             tags=sorted(set(claim.tags)),
             created_at=now,
             credentials=Credentials(password_hash=auth.password_hash(password), rotated_at=now),
@@ -343,15 +348,19 @@ class Provisioner:
         except DuplicateKeyError:  # left by an attempt that died: take its place
             await device_store.delete(state.db, device_id)
             await device_store.insert(state.db, doc)
-        await state.broker_admin.create_device(device_id, password)
-        if claim.group:
+        try:
+            await state.broker_admin.create_device(device_id, password)
+        except BaseException:  # no account: no entry either, so the repeat registers it
+            await device_store.delete(state.db, device_id)
+            raise
+        if group:
             await config_service.change_device(state, who, device_id, cause="provision")
         await audit.record(
             state.db,
             who,
             "device.provision",
             f"device:{device_id}",
-            after={"serial": binding.serial, "claim": claim.id, "group": claim.group},
+            after={"serial": binding.serial, "claim": claim.id, "group": group},
         )
         return password
 
