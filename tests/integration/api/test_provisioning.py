@@ -10,6 +10,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -570,3 +571,30 @@ async def test_the_shell_device_provisions_with_openssl_and_mosquitto_rr(
     other = await in_thread(run_provision_script, claim, f"XX-{unique}", broker, tmp_path / "o")
     assert other.returncode == 2
     assert b"not_allowed" in other.stderr
+
+
+def run_sim(broker, claim: dict, prefix: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    env = {
+        **os.environ,
+        "OUTPOST_SIM_BROKER_URL": broker.tls_url,
+        "OUTPOST_SIM_CA_FILE": str(broker.ca_file),
+        "OUTPOST_SIM_CLAIM": claim["secret"],
+    }
+    argv = [sys.executable, "-m", "cli", "sim", "--devices", "3", "--serial-prefix", prefix]
+    return subprocess.run(
+        [*argv, "--duration", "0.5"], env=env, cwd=cwd, capture_output=True, timeout=120
+    )
+
+
+async def test_outpost_sim_starts_a_fleet_from_a_claim(papi: Api, broker, unique, tmp_path):
+    token = await papi.token(f"t-{unique}", Role.ADMIN)
+    async with papi.client(token) as http:
+        made = await http.post("/groups", json={"name": "lobby", "template": TEMPLATE})
+        assert made.status_code == 201, made.text
+        claim = await make_claim(http, group="lobby", device_limit=3)
+        done = await in_thread(run_sim, broker, claim, f"S{unique}", tmp_path)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        assert b"provisioned 3 devices" in done.stderr
+        members = (await http.get("/devices", params={"group": "lobby"})).json()["items"]
+    assert len(members) == 3
+    assert counted(papi, "new") == 3
