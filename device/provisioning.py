@@ -12,8 +12,10 @@ on paho for the reference agent; both use :func:`new_request` and :func:`read_re
     ◄── reply: ok + credentials sealed to the reply key, or refused + reason
     DISCONNECT; connect again as the device (its own account)
 
-A refusal for ``rate_limited`` or ``unavailable``, or no reply in time, is retried with
-backoff (full jitter); any other refusal is final (:class:`~device.errors.Refused`).
+A refusal for ``rate_limited`` or ``unavailable``, or no reply in time (30 s by default:
+a batch asking at once queues at the api, and a device that gives up too early asks
+again, which costs the api a second answer), is retried with backoff (full jitter); any
+other refusal is final (:class:`~device.errors.Refused`).
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ async def provision(
     hardware_model: str,
     identity: IdentityKey,
     *,
-    wait_s: float = 10.0,
+    wait_s: float = 30.0,
     attempts: int = 6,
     logger: logging.Logger | None = None,
 ) -> Identity:
@@ -211,7 +213,7 @@ def provision_blocking(
     hardware_model: str,
     identity: IdentityKey,
     *,
-    timeout: float = 10.0,
+    timeout: float = 30.0,
     attempts: int = 6,
 ) -> Identity:
     """:func:`provision` for a synchronous device (paho, one thread)."""
