@@ -294,9 +294,7 @@ class SimDevice:
         try:
             done, _ = await asyncio.wait([drop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _cancel_all(tasks)
         if drop in done:
             return drop.result()
         for task in tasks:
@@ -496,6 +494,25 @@ class SimDevice:
             self.drop(DropMode.ABRUPT)
         else:
             self.drop(DropMode.REBOOT)
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel ``tasks`` and wait until they are done, cancelling again while any is left.
+
+    Once is not always enough on Python 3.11: ``asyncio.wait_for`` (inside aiomqtt's
+    publish) swallows a cancellation that arrives as its future completes (fixed in
+    3.12, gh-86296), and the reader then waits for its next message forever. Seen here:
+    a fleet whose devices had just acknowledged a config hung at exit.
+    """
+    pending = [t for t in tasks if not t.done()]
+    while pending:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.5)
+        pending = [t for t in pending if not t.done()]
+    for task in tasks:  # retrieve outcomes: no "exception was never retrieved"
+        if not task.cancelled():
+            task.exception()
 
 
 async def _close_abruptly(client: aiomqtt.Client) -> None:
