@@ -3,12 +3,13 @@
 DeviceError
 ├── StateFileError      the agent's state file cannot be read or written
 ├── DownloadError       a firmware image could not be fetched (HTTP, network)
+├── DiagnosticsError    a command's diagnostic failed (ping, counters, log upload)
 └── BrokerError         the broker refused or dropped the connection
 """
 
 from __future__ import annotations
 
-__all__ = ["BrokerError", "DeviceError", "DownloadError", "StateFileError"]
+__all__ = ["BrokerError", "DeviceError", "DiagnosticsError", "DownloadError", "StateFileError"]
 
 
 class DeviceError(Exception):
@@ -20,6 +21,10 @@ class StateFileError(DeviceError):
 
 
 class DownloadError(DeviceError):
+    pass
+
+
+class DiagnosticsError(DeviceError):
     pass
 
 
