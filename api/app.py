@@ -21,7 +21,17 @@ from api.metrics import ApiMetrics
 from api.middleware import BodyLimit, RequestMetrics
 from api.openapi_links import add_links
 from api.problems import openapi_responses
-from api.routes import audit, devices, firmware, groups, health, ops, rollouts, tokens
+from api.routes import (
+    audit,
+    commands,
+    devices,
+    firmware,
+    groups,
+    health,
+    ops,
+    rollouts,
+    tokens,
+)
 from api.settings import ApiSettings
 from api.state import AppState
 from api.store.indexes import ensure_indexes
@@ -98,7 +108,7 @@ def create_app(settings: Settings, logger: logging.Logger | None = None) -> Fast
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.include_router(health.router)
-    for module in (tokens, audit, devices, groups, firmware, rollouts, ops):
+    for module in (tokens, audit, devices, commands, groups, firmware, rollouts, ops):
         app.include_router(module.router, responses=ERRORS)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.properties import Properties
 
 from api.errors import BrokerError
 from outpost.mqtt import aiomqtt_client, reconnect_delay
@@ -86,11 +87,19 @@ class BrokerLink:
         return self._client
 
     async def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Properties | None = None,
     ) -> None:
         client = await self._ready_client()
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, timeout=self._timeout)
+            await client.publish(
+                topic, payload, qos=qos, retain=retain, properties=properties, timeout=self._timeout
+            )
         except aiomqtt.MqttError as exc:
             raise BrokerError(f"publish to {topic} failed: {exc}") from None
 

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from api.store.base import Db
-from schemas.documents import API_TOKENS, AUDIT_LOG, DEVICE_CONFIGS, DEVICES, FIRMWARE, GROUPS
+from schemas.documents import (
+    API_TOKENS,
+    AUDIT_LOG,
+    COMMANDS,
+    DEVICE_CONFIGS,
+    DEVICES,
+    FIRMWARE,
+    GROUPS,
+)
 
 
 async def ensure_indexes(db: Db) -> None:
@@ -13,3 +21,5 @@ async def ensure_indexes(db: Db) -> None:
     await db[FIRMWARE].create_index([("tenant_id", 1), ("version", 1)])
     await db[GROUPS].create_index([("tenant_id", 1)])
     await db[AUDIT_LOG].create_index([("tenant_id", 1), ("_id", -1)])
+    await db[COMMANDS].create_index([("tenant_id", 1), ("device_id", 1), ("_id", -1)])
+    await db[COMMANDS].create_index([("bulk_id", 1)])
