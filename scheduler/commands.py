@@ -25,13 +25,14 @@ it) unless it expired first; the broker drops it then.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import PyMongoError
 
-from outpost.store import Store, Update
+from outpost.store import Insert, Store, Update
 from scheduler.claims import Claims, LeaseState, firing_id
 from scheduler.clock import Clock, aware
 from scheduler.errors import LeaseLost, PublishError, StoreError
@@ -55,6 +56,7 @@ from schemas.waves import paced_budget
 __all__ = ["CommandConfig", "CommandSender", "outgoing"]
 
 DONE = "command_bulk_done"
+LOOKAHEAD = timedelta(seconds=1)  # a tick takes the sends whose slot comes within this
 MAX_BULK = 100_000
 
 
@@ -102,6 +104,7 @@ class CommandSender:
         self._log = logger
         self._config = config
         self._leases: dict[str, LeaseState] = {}
+        self._last_sent: dict[str, datetime] = {}  # per bulk, this instance's last publish
 
     async def ensure_indexes(self) -> None:
         """What the reads of each tick need (idempotent; created at start)."""
@@ -127,6 +130,8 @@ class CommandSender:
                 raise StoreError(f"command bulk {bulk.id}: {exc}") from exc
         for gone in set(self._leases) - {b.id for b in bulks}:
             self._leases.pop(gone, None)
+        for gone in set(self._last_sent) - {b.id for b in bulks}:
+            self._last_sent.pop(gone, None)
 
     async def release_all(self) -> None:
         for lease in list(self._leases.values()):
@@ -153,10 +158,13 @@ class CommandSender:
         sends = await self._sends(bulk.id)
         now = self._clock()
         unsent = [d for d in commands if d.id not in sends and aware(d.expires_at) > now]
-        budget = paced_budget(
-            bulk.max_per_minute, [aware(s.claimed_at) for s in sends.values()], now
-        )
-        await self._send(lease, unsent[: min(budget, cfg.batch)], bulk, first=True)
+        first_sends = sorted(aware(s.claimed_at) for s in sends.values() if "#" not in s.id)
+        budget = paced_budget(bulk.max_per_minute, first_sends, now + LOOKAHEAD)
+        due = unsent[: min(budget, cfg.batch)]
+        spacing = timedelta(seconds=60 / bulk.max_per_minute)
+        base = first_sends[0] if first_sends else now
+        slots = [base + (len(first_sends) + i) * spacing for i in range(len(due))]
+        await self._send(lease, due, bulk, first=True, slots=slots)
         await self._resend(lease, commands, sends, bulk, now)
         confirmed = {s.command_id for s in sends.values() if s.published_at is not None}
         if not unsent and all(d.id in confirmed for d in commands if aware(d.expires_at) > now):
@@ -174,49 +182,85 @@ class CommandSender:
         docs = [CommandSendDoc.model_validate(d) for d in await found.to_list(2 * MAX_BULK)]
         return {d.id: d for d in docs}
 
-    async def _claim(self, lease: LeaseState, claim_id: str, doc: CommandDoc) -> bool:
-        send = CommandSendDoc(
-            id=claim_id,
-            command_id=doc.id,
-            bulk_id=doc.bulk_id or "",
-            token=lease.token,
-            holder=self._claims.holder,
-            claimed_at=self._clock(),
-        )
-        try:
-            await self._db[COMMAND_SENDS].insert_one(send.to_mongo())
-        except DuplicateKeyError:
-            return False
-        return True
+    async def _claim(self, lease: LeaseState, docs: list[CommandDoc], first: bool) -> list[str]:
+        """Insert one claim per command (all at once); the ids this instance won."""
+        now = self._clock()
+        sends = [
+            CommandSendDoc(
+                id=doc.id if first else f"{doc.id}#r{lease.token}",
+                command_id=doc.id,
+                bulk_id=doc.bulk_id or "",
+                token=lease.token,
+                holder=self._claims.holder,
+                claimed_at=now,
+            )
+            for doc in docs
+        ]
+        applied = await self._db.apply(COMMAND_SENDS, [Insert(s.to_mongo()) for s in sends])
+        if applied.errors:
+            raise StoreError(f"command claims refused: {list(applied.errors.values())[:1]}")
+        lost = set(applied.duplicates)  # another instance (or an earlier tick) has them
+        return [s.id for i, s in enumerate(sends) if i not in lost]
 
     async def _send(
-        self, lease: LeaseState, docs: list[CommandDoc], bulk: CommandBulkDoc, *, first: bool
+        self,
+        lease: LeaseState,
+        docs: list[CommandDoc],
+        bulk: CommandBulkDoc,
+        *,
+        first: bool,
+        slots: list[datetime] | None = None,
     ) -> None:
-        """Claim, publish and confirm ``docs`` (first sends, or re-sends)."""
-        claimed: list[tuple[str, CommandDoc]] = []
-        for doc in docs:
-            claim_id = doc.id if first else f"{doc.id}#r{lease.token}"
-            if await self._claim(lease, claim_id, doc):
-                claimed.append((claim_id, doc))
-        now = self._clock()
-        messages: list[tuple[str, Outgoing]] = []
-        for claim_id, doc in claimed:
-            upload = None
-            if doc.logs_key is not None:
-                seconds = c.expiry_interval(aware(doc.expires_at), now) or 1
-                upload = self._presigner.get_url(doc.logs_key, seconds, method="put_object")
-            message = outgoing(doc, now, upload)
-            if message is not None:
-                messages.append((claim_id, message))
-        if not messages:
+        """Claim, then publish and confirm ``docs`` (first sends, or re-sends); each first
+        send no earlier than its slot (one every ``60 / max_per_minute`` seconds from the
+        bulk's first send), so the sends go out evenly, not in bursts."""
+        if not docs:
             return
-        self._claims.check(lease, self._config.lease_margin)
-        await self._sink.publish_all([m for _, m in messages])
-        updates = [Update({"_id": i}, {"$set": {"published_at": now}}) for i, _ in messages]
-        await self._db.apply(COMMAND_SENDS, updates)
-        self._metrics.device_commands.labels(
-            command=c.label(bulk.name), kind="first" if first else "resend"
-        ).inc(len(messages))
+        won = set(await self._claim(lease, docs, first))
+        ready: list[tuple[str, Outgoing, datetime | None]] = []
+        for n, doc in enumerate(docs):
+            claim_id = doc.id if first else f"{doc.id}#r{lease.token}"
+            message = outgoing(doc, self._clock(), self._upload_url(doc))
+            if claim_id in won and message is not None:
+                ready.append((claim_id, message, slots[n] if slots else None))
+        publishing: list[asyncio.Task[None]] = []
+        spacing = timedelta(seconds=60 / bulk.max_per_minute)
+        try:
+            for _, message, slot in ready:
+                if slot is not None:  # pace (a timer, not a synchronisation): the slot, and
+                    # never closer than the spacing to the last send (no catch-up bursts)
+                    last = self._last_sent.get(bulk.id)
+                    at = slot if last is None else max(slot, last + spacing)
+                    await asyncio.sleep(max(0.0, (at - self._clock()).total_seconds()))
+                    self._last_sent[bulk.id] = self._clock()
+                self._claims.check(lease, self._config.lease_margin)
+                publishing.append(
+                    asyncio.create_task(self._sink.publish_all([message]), name="command publish")
+                )
+        finally:
+            outcomes = await asyncio.gather(*publishing, return_exceptions=True)
+            published = [
+                claim_id
+                for (claim_id, _, _), outcome in zip(ready, outcomes, strict=False)
+                if not isinstance(outcome, BaseException)
+            ]
+            if published:
+                at = self._clock()
+                updates = [Update({"_id": i}, {"$set": {"published_at": at}}) for i in published]
+                await self._db.apply(COMMAND_SENDS, updates)
+                self._metrics.device_commands.labels(
+                    command=c.label(bulk.name), kind="first" if first else "resend"
+                ).inc(len(published))
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            raise PublishError(f"{len(failed)} command publishes failed: {failed[0]}")
+
+    def _upload_url(self, doc: CommandDoc) -> str | None:
+        """A ``logs`` command's presigned PUT, valid until the command expires."""
+        if doc.logs_key is None:
+            return None
+        seconds = c.expiry_interval(aware(doc.expires_at), self._clock()) or 1
+        return self._presigner.get_url(doc.logs_key, seconds, method="put_object")
 
     async def _resend(
         self,

@@ -99,7 +99,8 @@ async def test_reboot_goes_offline_comes_back_and_its_result_is_stored(
             assert sim.seq.session == session + 1
             await until(lambda: rig.recorded([device], online=True), 15, "online recorded")
             stored = await db[COMMAND_RESULTS].find_one({"_id": response.json()["id"]})
-            assert stored["status"] == "succeeded" and stored["device_id"] == device
+            assert stored["status"] == "succeeded"
+            assert stored["device_id"] == device
 
 
 async def test_offline_device_gets_its_command_when_back_and_an_expired_one_never(
@@ -149,9 +150,7 @@ async def test_a_one_mib_log_is_uploaded_to_s3_and_fetched_through_the_api(
     db, broker, mongo, s3, unique, prefix
 ):
     size = 1024 * 1024
-    async with online_fleet(
-        db, broker, mongo, s3, unique, 1, prefix=prefix, log_bytes=size
-    ) as rig:
+    async with online_fleet(db, broker, mongo, s3, unique, 1, prefix=prefix, log_bytes=size) as rig:
         device = rig.ids[0]
         async with rig.registry.api.client(rig.registry.token) as http:
             sent = await http.post(f"/devices/{device}/commands?wait=10", json={"name": "logs"})
