@@ -84,8 +84,12 @@ state() {  # the current state, with the last config report if there is one
 
 on_config() {  # a desired config arrived: keep it and acknowledge it
     [ -n "$1" ] || return 0  # an empty retained message clears the topic
-    printf '%s' "$1" | jq -c .config > "$DIR/config.json"
-    printf '%s' "$1" | jq -c '{version, hash, status: "applied"}' > "$DIR/config-report.json"
+    # written whole, then renamed: a reader never sees half a file (the same retained
+    # config may come twice, to the session's first subscription and to the listener's)
+    printf '%s' "$1" | jq -c .config > "$DIR/config.json.tmp"
+    mv "$DIR/config.json.tmp" "$DIR/config.json"
+    printf '%s' "$1" | jq -c '{version, hash, status: "applied"}' > "$DIR/config-report.tmp"
+    mv "$DIR/config-report.tmp" "$DIR/config-report.json"
     state
 }
 
@@ -149,10 +153,15 @@ WILL=$(jq -cn --arg id "$ID" --argjson s "$SESSION" --argjson w "$WILL_SEQ" \
 FIFO="$DIR/inbox"
 rm -f "$FIFO"
 mkfifo "$FIFO"
-mosquitto_sub -V mqttv5 -h "$HOST" -p "$PORT" --cafile "$CA" -u "$ID/listen" -P "$PW" \
-    -i "$ID/listen" -c -x 3600 -q 1 -v -t "devices/$ID/config" -t "devices/$ID/jobs/+" \
-    -t "devices/$ID/commands/+" \
-    --will-topic "devices/$ID/presence" --will-payload "$WILL" --will-qos 1 --will-retain \
+listen() {  # the listener's persistent session (-c) and its subscriptions
+    mosquitto_sub -V mqttv5 -h "$HOST" -p "$PORT" --cafile "$CA" -u "$ID/listen" -P "$PW" \
+        -i "$ID/listen" -c -x 3600 -q 1 -v -t "devices/$ID/config" -t "devices/$ID/jobs/+" \
+        -t "devices/$ID/commands/+" "$@"
+}
+# first the session and its subscriptions (-E: exit once the broker acknowledged them), so
+# nothing sent after "online" can miss the listener; the broker keeps it for the listener
+listen -E > /dev/null
+listen --will-topic "devices/$ID/presence" --will-payload "$WILL" --will-qos 1 --will-retain \
     > "$FIFO" &
 LISTENER=$!
 trap 'presence offline shutdown; kill $LISTENER 2>/dev/null; rm -f "$FIFO"; exit 0' TERM INT

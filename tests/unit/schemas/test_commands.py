@@ -32,7 +32,7 @@ def test_builtin_args_are_checked_and_other_names_pass_as_they_are() -> None:
         ("reboot", {"now": True}),
         ("logs", {"max_bytes": 0}),
     ):
-        with pytest.raises(ValueError, match="args|target|count|band|now|max_bytes"):
+        with pytest.raises(ValueError, match=r"args|target|count|band|now|max_bytes"):
             c.check_args(name, args)
 
 
