@@ -30,9 +30,9 @@ Wait = Annotated[
     float,
     Query(
         ge=0,
-        le=10,
-        description="Seconds to wait for the device's answer: 200 with it when it came in "
-        "time, else 202",
+        le=5,
+        description="Seconds (at most 5) to wait for the device's answer: 200 with it when "
+        "it came in time, else 202 (then GET the command)",
     ),
 ]
 

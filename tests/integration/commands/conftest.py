@@ -54,6 +54,22 @@ async def command(http: httpx.AsyncClient, device_id: str, command_id: str) -> d
     return body
 
 
+async def answered(
+    http: httpx.AsyncClient, device_id: str, body: dict[str, Any], within: float = 20
+) -> dict[str, Any]:
+    """Send a command waiting for its answer (``wait=5``, the api's longest); on a busy
+    machine the answer may come later: then read the command until it has one."""
+    response = await http.post(f"/devices/{device_id}/commands?wait=5", json=body)
+    assert response.status_code in (200, 202), response.text
+    sent: dict[str, Any] = response.json()
+
+    async def final() -> dict[str, Any] | None:
+        now = await command(http, device_id, sent["id"])
+        return None if now["status"] in ("sent", "queued") else now
+
+    return sent if response.status_code == 200 else await until(final, within, "an answer")
+
+
 @contextlib.asynccontextmanager
 async def observer(broker: Any, *topics: str) -> AsyncIterator[tuple[aiomqtt.Client, list]]:
     """A backend subscriber (observer role) recording ``(topic, payload, monotonic)``."""

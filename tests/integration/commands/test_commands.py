@@ -21,7 +21,7 @@ from device import commands as dc
 from schemas.documents import COMMAND_RESULTS, DEAD_LETTERS
 from schemas.protocol import CommandStatus
 from schemas.topics import Channel
-from tests.integration.commands.conftest import command, observer, until
+from tests.integration.commands.conftest import answered, command, observer, until
 from tests.integration.scheduler.devices import online_fleet
 
 pytestmark = pytest.mark.integration
@@ -47,13 +47,10 @@ async def test_ping_answers_within_two_seconds_and_unknown_commands_say_so(
             assert len(body["result"]["output"]["rtt_ms"]) == 3
 
             for name, args in (("scan", {"band": "5GHz"}), ("counters", {}), ("selftest", {})):
-                answered = await http.post(
-                    f"/devices/{device}/commands?wait=5", json={"name": name, "args": args}
-                )
-                assert answered.status_code == 200, answered.text
-                result = answered.json()["result"]
+                done = await answered(http, device, {"name": name, "args": args})
+                result = done["result"]
                 if name == "selftest":
-                    assert answered.json()["status"] == "unknown"
+                    assert done["status"] == "unknown"
                     assert "unknown command" in result["error"]
                 elif name == "scan":
                     assert set(result["output"]["bands"]) == {"5GHz"}
@@ -82,12 +79,9 @@ async def test_reboot_goes_offline_comes_back_and_its_result_is_stored(
             observer(broker, f"devices/{device}/presence") as (_, seen),
             rig.registry.api.client(rig.registry.token) as http,
         ):
-            response = await http.post(
-                f"/devices/{device}/commands?wait=5", json={"name": "reboot"}
-            )
-            assert response.status_code == 200, response.text
-            assert response.json()["status"] == "succeeded"
-            assert response.json()["result"]["output"] == {"rebooting": True}
+            reboot = await answered(http, device, {"name": "reboot"})
+            assert reboot["status"] == "succeeded"
+            assert reboot["result"]["output"] == {"rebooting": True}
 
             async def back() -> bool:
                 said = [(json.loads(p)["status"], json.loads(p).get("reason")) for _, p, _ in seen]
@@ -98,7 +92,7 @@ async def test_reboot_goes_offline_comes_back_and_its_result_is_stored(
             await until(back, 15, "offline (reboot), then online again")
             assert sim.seq.session == session + 1
             await until(lambda: rig.recorded([device], online=True), 15, "online recorded")
-            stored = await db[COMMAND_RESULTS].find_one({"_id": response.json()["id"]})
+            stored = await db[COMMAND_RESULTS].find_one({"_id": reboot["id"]})
             assert stored["status"] == "succeeded"
             assert stored["device_id"] == device
 
@@ -132,16 +126,15 @@ async def test_offline_device_gets_its_command_when_back_and_an_expired_one_neve
             await until(lambda: _past(deadline), 5, "the broker's clock past the deadline")
             await rig.come_back(rig.ids)
 
-            async def answered() -> bool:
+            async def delivered() -> bool:
                 return (await command(http, late, kept_id))["status"] == "succeeded"
 
-            await until(answered, 15, "the queued command answered after coming back")
-            probe = await http.post(
-                f"/devices/{early}/commands?wait=5",
-                json={"name": "ping", "args": {"target": "192.0.2.1", "count": 1}},
+            await until(delivered, 15, "the queued command answered after coming back")
+            probe = await answered(
+                http, early, {"name": "ping", "args": {"target": "192.0.2.1", "count": 1}}
             )
-            assert probe.json()["status"] == "succeeded"  # everything queued before is in
-            assert rig.fleet.device(early).commands == [probe.json()["id"]]
+            assert probe["status"] == "succeeded"  # everything queued before it is in
+            assert rig.fleet.device(early).commands == [probe["id"]]
             assert (await command(http, early, gone_id))["status"] == "expired"
             assert await db[COMMAND_RESULTS].find_one({"_id": gone_id}) is None
 
@@ -153,9 +146,7 @@ async def test_a_one_mib_log_is_uploaded_to_s3_and_fetched_through_the_api(
     async with online_fleet(db, broker, mongo, s3, unique, 1, prefix=prefix, log_bytes=size) as rig:
         device = rig.ids[0]
         async with rig.registry.api.client(rig.registry.token) as http:
-            sent = await http.post(f"/devices/{device}/commands?wait=10", json={"name": "logs"})
-            assert sent.status_code == 200, sent.text
-            body = sent.json()
+            body = await answered(http, device, {"name": "logs"})
             assert body["status"] == "succeeded"
             log = body["log"]
             assert log["size"] == size
@@ -214,7 +205,7 @@ async def test_a_device_cannot_answer_another_devices_command(
             assert (await command(http, victim, command_id))["status"] == "sent"
             await rig.come_back([victim])
 
-            async def answered() -> bool:
+            async def real_answer() -> bool:
                 return (await command(http, victim, command_id))["status"] == "succeeded"
 
-            await until(answered, 15, "the real answer")
+            await until(real_answer, 15, "the real answer")

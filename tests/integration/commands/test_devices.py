@@ -19,7 +19,7 @@ import pytest
 from tests.integration.api.test_shell_device import start as start_shell
 from tests.integration.bridge.helpers import running_bridge
 from tests.integration.bridge.helpers import settings as bridge_settings
-from tests.integration.commands.conftest import observer, until
+from tests.integration.commands.conftest import answered, observer, until
 from tests.integration.device.agents import agent_config, start_thread_agent
 from tests.integration.registry import Registry
 
@@ -65,12 +65,7 @@ async def test_reference_agent_runs_every_builtin_command(
                 async with registry.api.client(registry.token) as http:
 
                     async def run(name: str, **args: Any) -> dict[str, Any]:
-                        response = await http.post(
-                            f"/devices/{device}/commands?wait=8", json={"name": name, "args": args}
-                        )
-                        assert response.status_code == 200, response.text
-                        body: dict[str, Any] = response.json()
-                        return body
+                        return await answered(http, device, {"name": name, "args": args})
 
                     ping = await run("ping", target="127.0.0.1", count=2)
                     assert ping["status"] == "succeeded", ping
@@ -124,22 +119,16 @@ async def test_shell_device_answers_ping_and_reboots(db, broker, mongo, s3, uniq
                     "the shell device online",
                 )
                 async with registry.api.client(registry.token) as http:
-                    ping = await http.post(
-                        f"/devices/{device}/commands?wait=8",
-                        json={"name": "ping", "args": {"target": "127.0.0.1", "count": 2}},
+                    ping = await answered(
+                        http, device, {"name": "ping", "args": {"target": "127.0.0.1", "count": 2}}
                     )
-                    assert ping.status_code == 200, ping.text
-                    output = ping.json()["result"]["output"]
+                    output = ping["result"]["output"]
                     assert output["sent"] == 2
                     assert output["received"] == len(output["rtt_ms"]) == 2
-                    unknown = await http.post(
-                        f"/devices/{device}/commands?wait=8", json={"name": "scan"}
-                    )
-                    assert unknown.json()["status"] == "unknown"
-                    reboot = await http.post(
-                        f"/devices/{device}/commands?wait=8", json={"name": "reboot"}
-                    )
-                    assert reboot.json()["status"] == "succeeded", reboot.text
+                    unknown = await answered(http, device, {"name": "scan"})
+                    assert unknown["status"] == "unknown"
+                    reboot = await answered(http, device, {"name": "reboot"})
+                    assert reboot["status"] == "succeeded", reboot
 
                 async def rebooted() -> bool:
                     said = presence_said(seen)
