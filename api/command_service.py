@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from paho.mqtt.packettypes import PacketTypes
+from pydantic import ValidationError
 from paho.mqtt.properties import Properties
 
 from api.auth import Principal
@@ -133,7 +134,10 @@ def _log(state: AppState, doc: CommandDoc, result: CommandResultDoc | None) -> L
     """A log result's download, for the key the backend chose (never a device's key)."""
     if result is None or result.status != "succeeded" or doc.logs_key is None:
         return None
-    output = c.LogsOutput.model_validate(result.output)
+    try:
+        output = c.LogsOutput.model_validate(result.output)
+    except ValidationError:  # a device's output is the device's word: no link for it
+        return None
     if output.key != doc.logs_key:
         return None
     url = state.firmware.presigned("get_object", doc.logs_key, LOG_URL_SECONDS)
