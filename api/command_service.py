@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from paho.mqtt.packettypes import PacketTypes
-from pydantic import ValidationError
 from paho.mqtt.properties import Properties
+from pydantic import ValidationError
 
 from api.auth import Principal
 from api.errors import BrokerError, InvalidInput
