@@ -301,7 +301,9 @@ async def run(devices: int, mode: str) -> dict[str, Any]:
                     base_url=f"http://127.0.0.1:{api_port}",
                     headers={"Authorization": f"Bearer {token.secret}"},
                     timeout=300,
-                    limits=httpx.Limits(max_connections=200),
+                    # no keep-alive: a connection the server closes while idle is never
+                    # reused by a POST (which must not be retried)
+                    limits=httpx.Limits(max_connections=100, max_keepalive_connections=0),
                 ) as http,
             ):
                 await observer.subscribe("devices/+/presence", qos=1)
