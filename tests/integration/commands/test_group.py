@@ -8,7 +8,8 @@ import logging
 import os
 import secrets
 import time
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import aiomqtt
 import pytest
@@ -16,10 +17,11 @@ import pytest
 from outpost.store import Store
 from scheduler.claims import Claims
 from scheduler.commands import CommandConfig, CommandSender
+from scheduler.errors import PublishError
 from scheduler.metrics import SchedulerMetrics
-from scheduler.publisher import MqttSink, Presigner
+from scheduler.publisher import CommandSink, MqttSink, Outgoing, Presigner
 from schemas.documents import COMMAND_RESULTS, COMMAND_SENDS
-from tests.integration.commands.conftest import LOG
+from tests.integration.commands.conftest import LOG, until
 from tests.integration.scheduler.devices import online_fleet
 
 pytestmark = pytest.mark.integration
@@ -108,3 +110,74 @@ async def test_group_command_to_500_devices_respects_its_per_minute_cap(
         )
         assert in_any_second <= CAP / 60 + SLACK
         LOG.info("group command", extra={"span_s": round(span, 2), "max_per_s": in_any_second})
+
+
+class _DiesAfterClaiming(CommandSink):
+    """A sender that dies between claim and publish: nothing reaches the broker."""
+
+    async def publish_all(self, messages: Sequence[Outgoing]) -> None:
+        raise PublishError("killed before the publish")
+
+
+async def test_a_claim_its_sender_never_confirmed_is_sent_by_the_next_lease_holder(
+    db, broker, mongo, s3, unique, prefix
+):
+    async with online_fleet(db, broker, mongo, s3, unique, 1, prefix=prefix) as rig:
+        device = rig.ids[0]
+        async with rig.registry.api.client(rig.registry.token) as http:
+            made = await http.post(
+                "/commands",
+                json={
+                    "name": "ping",
+                    "args": {"target": "192.0.2.1"},
+                    "target": {"device_ids": [device]},
+                },
+            )
+            assert made.status_code == 202, made.text
+            config = CommandConfig(
+                lease_ttl=timedelta(seconds=1),
+                lease_margin=timedelta(seconds=0.2),
+                settle=timedelta(seconds=0.5),
+            )
+            store = Store(db)
+            dead = CommandSender(
+                store,
+                Claims(store, "dead", now, LOG),
+                _DiesAfterClaiming(),
+                Presigner(s3.client(), s3.bucket),
+                SchedulerMetrics(),
+                now,
+                LOG,
+                config,
+            )
+            await dead.tick()  # claimed, never published: its lease runs out
+            assert await db[COMMAND_SENDS].count_documents({"published_at": None}) == 1
+            user, password = broker.account("scheduler")
+            async with aiomqtt.Client(
+                "127.0.0.1",
+                broker.port,
+                username=user,
+                password=password,
+                identifier=f"sched-{secrets.token_hex(3)}",
+                protocol=aiomqtt.ProtocolVersion.V5,
+            ) as client:
+                live = CommandSender(
+                    store,
+                    Claims(store, "live", now, LOG),
+                    MqttSink(client),
+                    Presigner(s3.client(), s3.bucket),
+                    SchedulerMetrics(),
+                    now,
+                    LOG,
+                    config,
+                )
+
+                async def answered() -> bool:
+                    await live.tick()
+                    return await db[COMMAND_RESULTS].count_documents({}) == 1
+
+                await until(answered, 20, "the re-send answered", interval=0.2)
+        assert len(rig.fleet.device(device).commands) == 1  # sent once, run once
+        resend = await db[COMMAND_SENDS].find_one({"_id": {"$regex": "#r"}})
+        assert resend is not None
+        assert resend["published_at"] is not None
