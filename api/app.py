@@ -22,7 +22,18 @@ from api.middleware import BodyLimit, RequestMetrics
 from api.openapi_links import add_links
 from api.problems import openapi_responses
 from api.provisioning import Provisioner
-from api.routes import audit, claims, devices, firmware, groups, health, ops, rollouts, tokens
+from api.routes import (
+    audit,
+    claims,
+    commands,
+    devices,
+    firmware,
+    groups,
+    health,
+    ops,
+    rollouts,
+    tokens,
+)
 from api.settings import ApiSettings
 from api.state import AppState
 from api.store.indexes import ensure_indexes
@@ -104,7 +115,7 @@ def create_app(settings: Settings, logger: logging.Logger | None = None) -> Fast
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.include_router(health.router)
-    for module in (tokens, audit, devices, groups, firmware, rollouts, ops, claims):
+    for module in (tokens, audit, devices, commands, groups, firmware, rollouts, ops, claims):
         app.include_router(module.router, responses=ERRORS)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

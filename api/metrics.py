@@ -28,6 +28,13 @@ class ApiMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.commands = Counter(
+            "outpost_api_commands_total",
+            "Device commands: published to one device, refused by the broker, or queued for "
+            "the scheduler (a group), by command (built-in name or other)",
+            ["command", "result"],
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "outpost_api_auth_failures_total",
             "Requests refused at authentication, by reason",

@@ -323,3 +323,91 @@ class ClaimCreated(ClaimPublic):
 class ProvisioningReset(_Out):
     device_id: str
     serial: str
+
+
+# -- device commands ---------------------------------------------------------------------
+
+CommandNameIn = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+ArgKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+ArgText = Annotated[str, StringConstraints(max_length=1024, pattern=PLAIN)]
+ArgValue = bool | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | float | ArgText
+ExpiresIn = Annotated[
+    int,
+    Field(
+        ge=2,
+        le=7 * 24 * 3600,
+        description="Seconds until the command expires: not delivered, not run and its "
+        "result not kept after that",
+    ),
+]
+
+
+class CommandCreate(_In):
+    model_config = _example({"name": "ping", "args": {"target": "192.168.1.1", "count": 3}})
+
+    name: CommandNameIn = Field(
+        description="reboot, ping, scan, counters or logs; any other name is sent as it is "
+        "and a device that does not know it answers status unknown"
+    )
+    args: dict[ArgKey, ArgValue] = Field(default_factory=dict, max_length=16)
+    expires_in_s: ExpiresIn = 300
+
+
+class CommandTarget(_In):
+    """Which devices: every given criterion must hold (tags: all of them)."""
+
+    group: Name | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=16)
+    device_ids: list[DeviceId] = Field(default_factory=list, max_length=10_000)
+
+
+class BulkCommandCreate(CommandCreate):
+    model_config = _example({"name": "reboot", "target": {"group": "lobby"}, "max_per_minute": 60})
+
+    target: CommandTarget
+    max_per_minute: int = Field(
+        default=60, ge=1, le=100_000, description="Devices sent the command per minute at most"
+    )
+
+
+class CommandResultPublic(_Out):
+    status: str
+    output: dict[str, Any]
+    error: str | None
+    received_at: datetime
+
+
+class LogDownload(_Out):
+    key: str
+    size: int
+    sha256: str
+    url: str = Field(description="Presigned GET, short-lived")
+    url_expires_at: datetime
+
+
+class CommandPublic(_Out):
+    id: str
+    device_id: str
+    name: str
+    args: dict[str, Any]
+    status: str = Field(
+        description="queued (a group command waiting for its turn), sent, expired, "
+        "undeliverable, or the device's answer: succeeded, failed, rejected, unknown"
+    )
+    created_at: datetime
+    expires_at: datetime
+    sent_at: datetime | None
+    bulk_id: str | None
+    result: CommandResultPublic | None
+    log: LogDownload | None = None
+
+
+class BulkCommandPublic(_Out):
+    id: str
+    name: str
+    args: dict[str, Any]
+    devices: int
+    max_per_minute: int
+    created_at: datetime
+    expires_at: datetime
+    statuses: dict[str, int] = Field(description="Commands per status")

@@ -3,6 +3,7 @@
 DeviceError
 ├── StateFileError      the agent's state file cannot be read or written
 ├── DownloadError       a firmware image could not be fetched (HTTP, network)
+├── DiagnosticsError    a command's diagnostic failed (ping, counters, log upload)
 ├── BrokerError         the broker refused or dropped the connection
 └── ProvisioningError   no identity from a claim: no answer, or an unreadable one
     └── Refused         the backend refused, with a reason (schemas.provisioning)
@@ -13,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerError",
     "DeviceError",
+    "DiagnosticsError",
     "DownloadError",
     "ProvisioningError",
     "Refused",
@@ -29,6 +31,10 @@ class StateFileError(DeviceError):
 
 
 class DownloadError(DeviceError):
+    pass
+
+
+class DiagnosticsError(DeviceError):
     pass
 
 

@@ -1,10 +1,12 @@
 """The agent's small persistent state: one JSON file, replaced atomically.
 
 It holds what must survive a reboot: the session counter (the first half of every
-ordering key, so it must never go back), the running firmware, the last config report
-and the upgrade job on record; for a device provisioned from a claim, its identity key
-and the account it got (so the file is private: mode 0600). Written with write-to-temp +
-fsync + rename, so a power cut leaves either the old or the new file, never half of one.
+ordering key, so it must never go back), the running firmware, the last config report,
+the upgrade job on record, the last command ids it handled (so a request delivered again
+after a reboot it caused does not run twice) and, for a device provisioned from a claim,
+its identity key and the account it got (so the file is private: mode 0600). Written
+with write-to-temp + fsync + rename, so a power cut leaves either the old or the new
+file, never half of one.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from device.behaviour import JobRecord
 from device.errors import StateFileError
@@ -31,6 +33,9 @@ class AgentState(BaseModel):
     job: JobRecord | None = None
     identity_key: str | None = None  # Ed25519 seed (base64), made before the first request
     identity: Identity | None = None  # what provisioning from a claim returned
+    commands: list[str] = Field(
+        default_factory=list, description="The last command ids handled (a reboot included)"
+    )
 
 
 def load_state(path: Path, *, firmware: str) -> AgentState:

@@ -1,7 +1,8 @@
 """The AsyncAPI 3.0 document of the device protocol, built from the pydantic models.
 
 The document describes the protocol from the device's side: a device *sends* presence,
-state and job status, and *receives* its config and job commands. Payload schemas are the
+state, job status and command results, and *receives* its config, job commands and
+command requests. Payload schemas are the
 models' JSON schemas (validation mode), so the document cannot drift from the code;
 ``docs/asyncapi.json`` is its checked-in rendering (``outpost schemas asyncapi`` rewrites
 it, ``--check`` fails when it is stale, and so does a unit test).
@@ -28,6 +29,7 @@ from schemas.provisioning import (
 )
 from schemas.topics import (
     CLAIM_ID_PATTERN,
+    COMMAND_ID_PATTERN,
     DEVICE_ID_PATTERN,
     JOB_ID_PATTERN,
     REPLY_TOKEN_PATTERN,
@@ -68,6 +70,18 @@ _CHANNELS: dict[Channel, _ChannelDoc] = {
     ),
     Channel.JOB_STATUS: _ChannelDoc(
         "devices/{deviceId}/jobs/{jobId}/status", False, "Progress and outcome of one upgrade job."
+    ),
+    Channel.COMMAND: _ChannelDoc(
+        "devices/{deviceId}/commands/{commandId}",
+        False,
+        "Command request (MQTT v5): Response Topic .../result, Correlation Data = the command "
+        "id, Message Expiry Interval ending at expires_at. Never retained.",
+    ),
+    Channel.COMMAND_RESULT: _ChannelDoc(
+        "devices/{deviceId}/commands/{commandId}/result",
+        False,
+        "The device's one answer to a command, with the request's Correlation Data. Never "
+        "retained.",
     ),
 }
 
@@ -172,6 +186,8 @@ def _parameters(channel: Channel) -> dict[str, Any]:
     params = {"deviceId": {"$ref": "#/components/parameters/deviceId"}}
     if channel in (Channel.JOB, Channel.JOB_STATUS):
         params["jobId"] = {"$ref": "#/components/parameters/jobId"}
+    if channel in (Channel.COMMAND, Channel.COMMAND_RESULT):
+        params["commandId"] = {"$ref": "#/components/parameters/commandId"}
     return params
 
 
@@ -262,6 +278,7 @@ def build_document() -> dict[str, Any]:
                 "token": {
                     "description": f"The requester's random reply token, `{REPLY_TOKEN_PATTERN}`"
                 },
+                "commandId": {"description": f"Command id, `{COMMAND_ID_PATTERN}`"},
             },
         },
     }

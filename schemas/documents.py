@@ -55,6 +55,17 @@ collection                    writer      ``_id`` and content
 ``broker_metrics``
 ``fleet_metrics``             scheduler   ``<slot>``: :class:`FleetMetricsDoc`, the fleet
                                           gauges computed by one instance per interval
+``commands``                  api         command id: :class:`CommandDoc`, one device
+                                          command an operator asked for
+``command_bulks``             api         bulk id: :class:`CommandBulkDoc`, a command to a
+                                          group or tag selection (one ``commands`` entry
+                                          per device, sent by the scheduler)
+``command_results``           bridge      command id: :class:`CommandResultDoc`, the
+                                          device's one answer (unique ``_id``: the first
+                                          wins, duplicates are ignored)
+``command_sends``             scheduler   command id (``#r<token>`` for a re-send):
+                                          :class:`CommandSendDoc`, the claim that makes
+                                          one instance the sender of a group command
 ============================  ==========  ===============================================
 
 Ordering keys are stored as :func:`order_key_str`: a fixed-width string, so "newer" is a
@@ -87,6 +98,10 @@ __all__ = [
     "BROKER_METRICS",
     "CLAIMS",
     "CLAIM_SLOTS",
+    "COMMANDS",
+    "COMMAND_BULKS",
+    "COMMAND_RESULTS",
+    "COMMAND_SENDS",
     "DEAD_LETTERS",
     "DEVICES",
     "DEVICE_CONFIGS",
@@ -113,6 +128,10 @@ __all__ = [
     "AuditDoc",
     "BrokerEpochDoc",
     "ClaimDoc",
+    "CommandBulkDoc",
+    "CommandDoc",
+    "CommandResultDoc",
+    "CommandSendDoc",
     "ConfigPointer",
     "Credentials",
     "DeadLetterDoc",
@@ -167,6 +186,10 @@ CLAIMS = "provisioning_claims"
 CLAIM_SLOTS = "claim_slots"
 SERIAL_BINDINGS = "serial_bindings"
 PROVISION_NONCES = "provision_nonces"
+COMMANDS = "commands"
+COMMAND_BULKS = "command_bulks"
+COMMAND_RESULTS = "command_results"
+COMMAND_SENDS = "command_sends"
 
 Owner = Literal["api", "bridge", "scheduler"]
 OWNERS: dict[str, Owner] = {
@@ -197,6 +220,10 @@ OWNERS: dict[str, Owner] = {
     SCHEDULER_NOTICES: "scheduler",
     BROKER_METRICS: "scheduler",
     FLEET_METRICS: "scheduler",
+    COMMANDS: "api",
+    COMMAND_BULKS: "api",
+    COMMAND_RESULTS: "bridge",
+    COMMAND_SENDS: "scheduler",
 }
 
 
@@ -400,6 +427,42 @@ class AuditDoc(_Doc):
     after: str | None = None
 
 
+class CommandDoc(_Doc):
+    """``commands`` (``_id`` = command id): one command to one device (api).
+
+    A single-device command is published by the api itself (``published_at``, or
+    ``send_error`` when the broker refused it); a group command's (``bulk_id``) by the
+    scheduler (``command_sends``). The presigned upload URL of a ``logs`` command is
+    never stored, only the object ``logs_key`` it points at.
+    """
+
+    tenant_id: str
+    device_id: str
+    name: str
+    args: JsonText = Field(default_factory=dict)
+    created_at: datetime
+    expires_at: datetime
+    created_by: str | None = None
+    bulk_id: str | None = None
+    logs_key: str | None = None
+    published_at: datetime | None = None
+    send_error: str | None = None
+
+
+class CommandBulkDoc(_Doc):
+    """``command_bulks`` (``_id`` = bulk id): one command to many devices (api)."""
+
+    tenant_id: str
+    name: str
+    args: JsonText = Field(default_factory=dict)
+    target: JsonText = Field(default_factory=dict)
+    devices: int
+    max_per_minute: int
+    created_at: datetime
+    expires_at: datetime
+    created_by: str | None = None
+
+
 # -- bridge ------------------------------------------------------------------------------
 
 
@@ -475,6 +538,20 @@ class JobReportDoc(_Doc):
     firmware: str | None = None
     k: str
     updated_at: datetime
+
+
+class CommandResultDoc(_Doc):
+    """``command_results`` (``_id`` = command id): the device's answer (bridge). Inserted
+    once; a second answer is a duplicate and ignored."""
+
+    tenant_id: str | None = None
+    device_id: str
+    name: str
+    status: str
+    output: JsonText = Field(default_factory=dict)
+    error: str | None = None
+    k: str
+    received_at: datetime
 
 
 class DeadLetterDoc(_Doc):
@@ -553,6 +630,21 @@ class FleetMetricsDoc(_Doc):
     computed_by: str
     seconds: float = Field(description="How long the reads and the computation took")
     samples: list[FleetSample]
+
+
+class CommandSendDoc(_Doc):
+    """``command_sends``: the claim to publish one group command (scheduler).
+
+    ``_id`` is the command id for the first send and ``<command id>#r<token>`` for the one
+    re-send a later lease holder may make when the first was never confirmed.
+    """
+
+    command_id: str
+    bulk_id: str
+    token: int
+    holder: str
+    claimed_at: datetime
+    published_at: datetime | None = None
 
 
 # -- helpers -----------------------------------------------------------------------------

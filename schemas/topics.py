@@ -7,6 +7,8 @@
     devices/{id}/jobs/{job_id}/status    device → backend
     provision/{claim_id}/request         device (claim account) → api
     provision/{claim_id}/reply/{token}   api → the requesting device
+    devices/{id}/commands/{command_id}          backend → device (MQTT v5 request)
+    devices/{id}/commands/{command_id}/result   device → backend (its response)
 
 A device id is its MQTT client id and username: ``[a-z0-9][a-z0-9-]{2,63}``.
 """
@@ -21,6 +23,7 @@ from schemas.errors import SchemaError
 
 __all__ = [
     "CLAIM_ID_PATTERN",
+    "COMMAND_ID_PATTERN",
     "DEVICE_ID_PATTERN",
     "JOB_ID_PATTERN",
     "REPLY_TOKEN_PATTERN",
@@ -45,6 +48,7 @@ __all__ = [
 
 DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{2,63}$"
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+COMMAND_ID_PATTERN = JOB_ID_PATTERN
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 ROOT = "devices"
@@ -60,20 +64,48 @@ class Channel(StrEnum):
     CONFIG = "config"
     JOB = "job"
     JOB_STATUS = "job_status"
+    COMMAND = "command"
+    COMMAND_RESULT = "command_result"
 
     @property
     def from_device(self) -> bool:
-        return self in (Channel.PRESENCE, Channel.STATE, Channel.JOB_STATUS)
+        return self in (
+            Channel.PRESENCE,
+            Channel.STATE,
+            Channel.JOB_STATUS,
+            Channel.COMMAND_RESULT,
+        )
+
+    @property
+    def has_id(self) -> bool:
+        """Whether the topic names a job or command (``job_id`` of :class:`Topic`)."""
+        return self in _WITH_ID
+
+
+_WITH_ID = (Channel.JOB, Channel.JOB_STATUS, Channel.COMMAND, Channel.COMMAND_RESULT)
+_PLURAL = {
+    Channel.JOB: "jobs",
+    Channel.JOB_STATUS: "jobs",
+    Channel.COMMAND: "commands",
+    Channel.COMMAND_RESULT: "commands",
+}
+_LAST = {Channel.JOB_STATUS: "status", Channel.COMMAND_RESULT: "result"}
 
 
 @dataclass(frozen=True, slots=True)
 class Topic:
+    """A parsed topic; ``job_id`` is the job's id, or the command's on command channels."""
+
     channel: Channel
     device_id: str
     job_id: str | None = None
 
     def __post_init__(self) -> None:
         topic(self.channel, self.device_id, self.job_id)  # validates; TopicError otherwise
+
+    @property
+    def command_id(self) -> str | None:
+        return self.job_id if self.channel in (Channel.COMMAND, Channel.COMMAND_RESULT) else None
 
     def __str__(self) -> str:
         return topic(self.channel, self.device_id, self.job_id)
@@ -92,11 +124,11 @@ def topic(channel: Channel, device_id: str, job_id: str | None = None) -> str:
     """Build the topic of ``channel`` for one device (and job)."""
     if not is_device_id(device_id):
         raise TopicError(f"invalid device id {device_id!r}")
-    if channel in (Channel.JOB, Channel.JOB_STATUS):
+    if channel.has_id:
         if job_id is None or not _JOB_ID.fullmatch(job_id):
-            raise TopicError(f"invalid job id {job_id!r}")
-        suffix = "/status" if channel is Channel.JOB_STATUS else ""
-        return f"{ROOT}/{device_id}/jobs/{job_id}{suffix}"
+            raise TopicError(f"invalid {_PLURAL[channel][:-1]} id {job_id!r}")
+        suffix = f"/{_LAST[channel]}" if channel in _LAST else ""
+        return f"{ROOT}/{device_id}/{_PLURAL[channel]}/{job_id}{suffix}"
     if job_id is not None:
         raise TopicError(f"{channel} topics carry no job id")
     return f"{ROOT}/{device_id}/{channel.value}"
@@ -113,19 +145,21 @@ def parse(value: str) -> Topic:
     rest = parts[2:]
     if rest in (["presence"], ["state"], ["config"]):
         return Topic(Channel(rest[0]), device_id)
-    if len(rest) in (2, 3) and rest[0] == "jobs" and rest[-1] != "":
+    if len(rest) in (2, 3) and rest[0] in ("jobs", "commands") and rest[-1] != "":
         job_id = rest[1]
         if not _JOB_ID.fullmatch(job_id):
-            raise TopicError(f"invalid job id in topic: {job_id[:80]!r}")
+            raise TopicError(f"invalid {rest[0][:-1]} id in topic: {job_id[:80]!r}")
+        jobs = rest[0] == "jobs"
         if len(rest) == 2:
-            return Topic(Channel.JOB, device_id, job_id)
-        if rest[2] == "status":
-            return Topic(Channel.JOB_STATUS, device_id, job_id)
+            return Topic(Channel.JOB if jobs else Channel.COMMAND, device_id, job_id)
+        if rest[2] == ("status" if jobs else "result"):
+            return Topic(Channel.JOB_STATUS if jobs else Channel.COMMAND_RESULT, device_id, job_id)
     raise TopicError(f"unknown device topic: {value[:200]!r}")
 
 
 def channel_filter(channel: Channel, device_id: str = "+") -> str:
-    """The filter of ``channel`` for one device, or for all (``+``): jobs of any id."""
+    """The filter of ``channel`` for one device, or for all (``+``): jobs and commands of
+    any id."""
     if device_id != "+" and not is_device_id(device_id):
         raise TopicError(f"invalid device id {device_id!r}")
     suffix = {
@@ -134,6 +168,8 @@ def channel_filter(channel: Channel, device_id: str = "+") -> str:
         Channel.CONFIG: "config",
         Channel.JOB: "jobs/+",
         Channel.JOB_STATUS: "jobs/+/status",
+        Channel.COMMAND: "commands/+",
+        Channel.COMMAND_RESULT: "commands/+/result",
     }[channel]
     return f"{ROOT}/{device_id}/{suffix}"
 

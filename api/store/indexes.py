@@ -8,6 +8,7 @@ from schemas.documents import (
     AUDIT_LOG,
     CLAIM_SLOTS,
     CLAIMS,
+    COMMANDS,
     DEVICE_CONFIGS,
     DEVICES,
     FIRMWARE,
@@ -27,3 +28,5 @@ async def ensure_indexes(db: Db) -> None:
     await db[CLAIM_SLOTS].create_index([("claim_id", 1)])
     await db[SERIAL_BINDINGS].create_index([("tenant_id", 1), ("device_id", 1)])
     await db[SERIAL_BINDINGS].create_index([("claim_id", 1)])
+    await db[COMMANDS].create_index([("tenant_id", 1), ("device_id", 1), ("_id", -1)])
+    await db[COMMANDS].create_index([("bulk_id", 1)])

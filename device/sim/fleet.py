@@ -41,10 +41,15 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel
 
 from device import behaviour as b
-from device.errors import DownloadError
+from device import commands as dc
+from device.diagnostics import put_object
+from device.errors import DiagnosticsError, DownloadError
 from device.settings import SimSettings
 from outpost.mqtt import Endpoint, aiomqtt_client
+from schemas import commands as cmd
 from schemas.protocol import (
+    CommandRequest,
+    CommandStatus,
     ConfigReport,
     JobState,
     StateMessage,
@@ -144,6 +149,7 @@ class FleetOptions:
     reconnect_cap: float = 30.0
     seed: int | None = None
     ids: Sequence[str] | None = None  # the devices' ids (provisioned); None: numbered
+    log_bytes: int = 64 * 1024  # size of the log a ``logs`` command uploads
 
     def device_id(self, index: int) -> str:
         if self.ids is not None:
@@ -169,6 +175,7 @@ class FleetStats:
     graceful_drops: int = 0
     jobs_succeeded: int = 0
     jobs_failed: int = 0
+    commands_answered: int = 0
     configs_applied: int = 0
     all_connected_after: float | None = None  # seconds from start until every device was up
 
@@ -198,6 +205,8 @@ class SimDevice:
         self._boot_pending = True
         self._booted_at = time.monotonic()
         self._job_task: asyncio.Task[None] | None = None
+        self.handled = dc.Handled()
+        self.commands: list[str] = []  # every command id delivered, in arrival order
 
     @property
     def connected(self) -> bool:
@@ -341,13 +350,18 @@ class SimDevice:
         *,
         retain: bool = False,
         job_id: str | None = None,
+        properties: Properties | None = None,
     ) -> bool:
         client = self.client
         if client is None:
             return False
         try:
             await client.publish(
-                topic(channel, self.device_id, job_id), encode(message), qos=1, retain=retain
+                topic(channel, self.device_id, job_id),
+                encode(message),
+                qos=1,
+                retain=retain,
+                properties=properties,
             )
         except aiomqtt.MqttError:
             self.fleet.stats.send_failures += 1
@@ -383,9 +397,12 @@ class SimDevice:
         async for message in client.messages:
             self.fleet.stats.received += 1
             payload = message.payload if isinstance(message.payload, bytes) else b""
-            await self._handle(str(message.topic), payload)
+            correlation = getattr(message.properties, "CorrelationData", None)
+            await self._handle(str(message.topic), payload, correlation)
 
-    async def _handle(self, raw_topic: str, payload: bytes) -> None:
+    async def _handle(
+        self, raw_topic: str, payload: bytes, correlation: bytes | None = None
+    ) -> None:
         try:
             where = parse(raw_topic)
         except TopicError:
@@ -394,6 +411,81 @@ class SimDevice:
             await self._handle_config(payload)
         elif where.channel is Channel.JOB and where.job_id is not None:
             await self._handle_job(where.job_id, payload)
+        elif where.channel is Channel.COMMAND and where.job_id is not None:
+            await self._handle_command(raw_topic, where.job_id, payload, correlation)
+
+    # ------------------------------------------------------------------ commands
+
+    async def _handle_command(
+        self, raw_topic: str, command_id: str, payload: bytes, correlation: bytes | None
+    ) -> None:
+        """Decide at once (in arrival order), run in a task of its own: a log upload
+        does not hold up the next message."""
+        self.commands.append(command_id)
+        self.fleet.on_command(self.device_id, command_id)
+        request = dc.parse(raw_topic, payload)
+        if isinstance(request, str):
+            if command_id not in self.handled:
+                self.handled.add(command_id)
+                await self._answer(command_id, correlation, CommandStatus.REJECTED, error=request)
+            return
+        decision = dc.decide(request, utc_now(), self.handled)
+        if decision.action in (dc.Action.IGNORE, dc.Action.EXPIRED):
+            return
+        self.handled.add(command_id)
+        if decision.action is dc.Action.ANSWER:
+            assert decision.status is not None
+            await self._answer(command_id, correlation, decision.status, error=decision.error)
+            return
+        self.fleet.spawn(
+            self._run_command(request, decision.args, correlation), f"{self.device_id}-command"
+        )
+
+    async def _run_command(
+        self, request: CommandRequest, args: BaseModel | None, correlation: bytes | None
+    ) -> None:
+        rng, cid = self.fleet.rng, request.command_id
+        output: BaseModel
+        if isinstance(args, cmd.PingArgs):
+            output = dc.simulated_ping(args, rng)
+        elif isinstance(args, cmd.ScanArgs):
+            output = dc.simulated_scan(args, rng)
+        elif isinstance(args, cmd.CountersArgs):
+            output = dc.simulated_counters(args, rng)
+        elif isinstance(args, cmd.LogsArgs):
+            body = dc.simulated_log(
+                self.device_id, min(args.max_bytes, self.fleet.options.log_bytes)
+            )
+            try:
+                output = await self.fleet.upload(args.checked_url(), body, args.key or "")
+            except DiagnosticsError as exc:
+                await self._answer(cid, correlation, CommandStatus.FAILED, error=str(exc))
+                return
+        else:  # reboot: answer first, then drop the session (offline, reason reboot)
+            await self._answer(cid, correlation, CommandStatus.SUCCEEDED, cmd.RebootOutput())
+            self._boot_pending = True
+            self._booted_at = time.monotonic()
+            self.drop(DropMode.REBOOT)
+            return
+        await self._answer(cid, correlation, CommandStatus.SUCCEEDED, output)
+
+    async def _answer(
+        self,
+        command_id: str,
+        correlation: bytes | None,
+        status: CommandStatus,
+        output: BaseModel | None = None,
+        error: str | None = None,
+    ) -> None:
+        message = dc.result(
+            self.device_id, self.seq.next_key(), utc_now(), command_id, status, output, error
+        )
+        props = None
+        if correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.CorrelationData = correlation
+        if await self._send(Channel.COMMAND_RESULT, message, job_id=command_id, properties=props):
+            self.fleet.stats.commands_answered += 1
 
     async def _handle_config(self, payload: bytes) -> None:
         desired = b.parse_config(payload)
@@ -570,6 +662,7 @@ class Fleet:
         self._download_slots = asyncio.Semaphore(options.download_concurrency)
         self.ramp = asyncio.Semaphore(options.connect_concurrency)
         self._changed = asyncio.Event()
+        self.arrivals: dict[str, float] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -615,6 +708,10 @@ class Fleet:
         self.stats.connects += 1
         if self.stats.all_connected_after is None and self.stats.connected == len(self.ids):
             self.stats.all_connected_after = time.monotonic() - self.stats.started_at
+
+    def on_command(self, device_id: str, command_id: str) -> None:
+        """A command request reached ``device_id`` (``arrivals``: id -> monotonic time)."""
+        self.arrivals.setdefault(command_id, time.monotonic())
 
     def on_ready(self, delta: int) -> None:
         self.stats.ready += delta
@@ -740,6 +837,12 @@ class Fleet:
                         await asyncio.sleep(len(chunk) / rate)
             finally:
                 body.close()
+
+    async def upload(self, url: str, body: bytes, key: str) -> cmd.LogsOutput:
+        """PUT ``body`` to a presigned URL (in the download threads); what was stored."""
+        loop = asyncio.get_running_loop()
+        async with self._download_slots:
+            return await loop.run_in_executor(self._downloads, put_object, url, body, key)
 
 
 def _open_url(url: str) -> BinaryIO:
