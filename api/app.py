@@ -21,7 +21,19 @@ from api.metrics import ApiMetrics
 from api.middleware import BodyLimit, RequestMetrics
 from api.openapi_links import add_links
 from api.problems import openapi_responses
-from api.routes import audit, devices, firmware, groups, health, ops, rollouts, tokens
+from api.provisioning import Provisioner
+from api.routes import (
+    audit,
+    claims,
+    commands,
+    devices,
+    firmware,
+    groups,
+    health,
+    ops,
+    rollouts,
+    tokens,
+)
 from api.settings import ApiSettings
 from api.state import AppState
 from api.store.indexes import ensure_indexes
@@ -56,13 +68,18 @@ def _lifespan(settings: Settings, metrics: ApiMetrics, logger: logging.Logger) -
             part_bytes=settings.api.upload_part_bytes,
             max_bytes=settings.api.max_firmware_bytes,
         )
-        db = store.Store(client[settings.mongo.database])
-        link_task = asyncio.create_task(link.run(), name="api-broker-link")
+        db = store.Store(
+            client[settings.mongo.database], concurrency=settings.mongo.write_concurrency
+        )
+        state = AppState(db, link, _accounts(settings, link), images, metrics, settings.api, logger)
+        provisioner = Provisioner(state)
+        link.listen(provisioner.subscription, provisioner.offer)
+        tasks = [
+            asyncio.create_task(link.run(), name="api-broker-link"),
+            asyncio.create_task(provisioner.run(), name="api-provisioning"),
+        ]
         try:
             await ensure_indexes(db)
-            state = AppState(
-                db, link, _accounts(settings, link), images, metrics, settings.api, logger
-            )
             app.state.readiness = ReadinessChecks(
                 {
                     "mongo": ping_check(lambda: db.db.command("ping")),
@@ -73,9 +90,9 @@ def _lifespan(settings: Settings, metrics: ApiMetrics, logger: logging.Logger) -
             )
             yield {"app": state}
         finally:
-            link_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await link_task
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await client.close()
             s3.close()
 
@@ -104,7 +121,7 @@ def create_app(settings: Settings, logger: logging.Logger | None = None) -> Fast
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.include_router(health.router)
-    for module in (tokens, audit, devices, groups, firmware, rollouts, ops):
+    for module in (tokens, audit, devices, commands, groups, firmware, rollouts, ops, claims):
         app.include_router(module.router, responses=ERRORS)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -105,6 +105,15 @@ def reset_device_commands(device_id: str, password: str) -> list[dict[str, Any]]
 RESET_REMOVALS = 3
 
 
+def refresh_acl_commands(device_id: str) -> list[dict[str, Any]]:
+    """Add today's ACL to an existing device role, in place: no disconnect, no new
+    password. An entry the role already has is refused as existing (harmless)."""
+    return [
+        {"command": "addRoleACL", "rolename": role_name(device_id), **acl}
+        for acl in device_acls(device_id)
+    ]
+
+
 def delete_device_commands(device_id: str) -> list[dict[str, Any]]:
     return [
         {"command": "deleteClient", "username": device_id},
@@ -190,6 +199,22 @@ class BrokerAdmin:
         errors = errors_of(await self._channel.control([set_password_command(device_id, password)]))
         if errors:
             raise BrokerError("; ".join(errors))
+
+    async def refresh_acls(self, device_ids: list[str], per_message: int = 10) -> int:
+        """Give existing device accounts today's ACL (e.g. the command topics, for accounts
+        made before them); returns how many entries were missing and added. Roles that
+        do not exist (a device never provisioned at this broker) are reported as errors."""
+        added = 0
+        for start in range(0, len(device_ids), per_message):
+            commands = [
+                c for d in device_ids[start : start + per_message] for c in refresh_acl_commands(d)
+            ]
+            errors = errors_of(await self._channel.control(commands))
+            real = [e for e in errors if not _already_exists(e)]
+            if real:
+                raise BrokerError("; ".join(real[:5]))
+            added += len(commands) - len(errors)
+        return added
 
     async def reset_device(self, device_id: str, password: str) -> None:
         """New password, today's ACL, and the device's sessions disconnected."""

@@ -13,9 +13,11 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.properties import Properties
 
 from api.errors import BrokerError
 from outpost.mqtt import aiomqtt_client, reconnect_delay
@@ -23,6 +25,7 @@ from outpost.settings import MqttSettings
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
+Handler = Callable[[aiomqtt.Message], None]
 
 
 class BrokerLink:
@@ -35,6 +38,12 @@ class BrokerLink:
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._listeners: list[tuple[str, Handler]] = []
+
+    def listen(self, subscription: str, handler: Handler) -> None:
+        """Also subscribe to ``subscription`` (at every connect) and hand each message that
+        is not a dynamic-security response to ``handler``, which must not block."""
+        self._listeners.append((subscription, handler))
 
     @property
     def connected(self) -> bool:
@@ -57,12 +66,14 @@ class BrokerLink:
             try:
                 async with self._new_client() as client:
                     await client.subscribe(RESPONSE_TOPIC, qos=1)
+                    for subscription, _ in self._listeners:
+                        await client.subscribe(subscription, qos=1)
                     self._client = client
                     self._connected.set()
                     failures = 0
                     self._logger.info("broker connected", extra={"host": self._settings.host})
                     async for message in client.messages:
-                        self._on_response(message.payload)
+                        self._route(message)
             except aiomqtt.MqttError as exc:
                 delay = reconnect_delay(failures, base=0.2, cap=10.0)
                 failures += 1
@@ -76,6 +87,13 @@ class BrokerLink:
                 self._client = None
             await asyncio.sleep(delay)
 
+    def _route(self, message: aiomqtt.Message) -> None:
+        if message.topic.value == RESPONSE_TOPIC:
+            self._on_response(message.payload)
+            return
+        for _, handler in self._listeners:
+            handler(message)
+
     async def _ready_client(self) -> aiomqtt.Client:
         try:
             async with asyncio.timeout(self._timeout):
@@ -86,11 +104,24 @@ class BrokerLink:
         return self._client
 
     async def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Properties | None = None,
     ) -> None:
         client = await self._ready_client()
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, timeout=self._timeout)
+            await client.publish(
+                topic,
+                payload,
+                qos=qos,
+                retain=retain,
+                properties=properties,
+                timeout=self._timeout,
+            )
         except aiomqtt.MqttError as exc:
             raise BrokerError(f"publish to {topic} failed: {exc}") from None
 

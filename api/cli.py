@@ -16,6 +16,9 @@ import uvicorn
 
 from api import auth
 from api.app import Settings, create_app
+from api.broker_admin import BrokerAdmin
+from api.broker_link import BrokerLink
+from api.errors import BrokerError
 from api.settings import ApiSettings
 from api.store import tenants
 from outpost import logs, store
@@ -27,10 +30,13 @@ from outpost.settings import (
     SettingsError,
     load,
 )
+from schemas.documents import DEVICES
 
 api_app = typer.Typer(help="Serve the admins' REST api.", pretty_exceptions_enable=False)
 admin_app = typer.Typer(
-    help="Bootstrap tenants and API tokens.", no_args_is_help=True, pretty_exceptions_enable=False
+    help="Bootstrap tenants and API tokens; refresh device accounts' ACLs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
 )
 _LOG = logging.getLogger("outpost.api")
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
@@ -83,6 +89,34 @@ async def _create_token(tenant_id: str, role: auth.Role, name: str) -> str | Non
         return token.secret
     finally:
         await client.close()
+
+
+async def _refresh_acls() -> int:
+    """Every live device's broker role gets today's ACL, through the api's broker link."""
+    settings = load(MongoSettings)
+    link = BrokerLink(load(MqttSettings), _LOG, timeout=load(ApiSettings).broker_timeout_s)
+    running = asyncio.create_task(link.run(), name="refresh-acls broker link")
+    client = store.client(settings)
+    try:
+        found = client[settings.database][DEVICES].find({"decommissioned_at": None}, {"_id": 1})
+        ids = [str(d["_id"]) for d in await found.to_list(None)]
+        return await BrokerAdmin(link).refresh_acls(ids)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await client.close()
+
+
+@admin_app.command("refresh-acls")
+def refresh_acls() -> None:
+    """Give every registered device account today's broker ACL, in place (no disconnect,
+    no new password): run it once after an upgrade that added device topics (device
+    commands did). Credential rotation does the same for one device."""
+    try:
+        added = asyncio.run(_refresh_acls())
+    except (SettingsError, BrokerError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"{added} ACL entries added")
 
 
 @admin_app.command("create-tenant")

@@ -1,4 +1,5 @@
-"""Firmware images in S3: streamed multipart upload, size and sha256 computed on the way.
+"""Objects in S3: firmware images (streamed multipart upload, size and sha256 computed on
+the way) and presigned URLs (a device's log upload, its download by an admin).
 
 Each part (``part_bytes``, ≥ 5 MiB, S3's minimum) is spooled to an anonymous temporary
 file, then sent from there: memory stays around one network chunk plus botocore's read
@@ -119,6 +120,17 @@ class FirmwareStore:
 
     async def delete(self, key: str) -> None:
         await self._call("delete_object", Key=key)
+
+    def presigned(self, method: str, key: str, seconds: int) -> str:
+        """A presigned ``get_object`` or ``put_object`` URL for ``key`` (local signing, no
+        request to S3), valid for ``seconds``."""
+        try:
+            url: str = self._s3.generate_presigned_url(
+                method, Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=max(1, seconds)
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"S3 presign failed: {exc}") from None
+        return url
 
     async def head(self, key: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("head_object", Key=key)

@@ -28,6 +28,13 @@ class ApiMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.commands = Counter(
+            "outpost_api_commands_total",
+            "Device commands: published to one device, refused by the broker, or queued for "
+            "the scheduler (a group), by command (built-in name or other)",
+            ["command", "result"],
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "outpost_api_auth_failures_total",
             "Requests refused at authentication, by reason",
@@ -38,6 +45,18 @@ class ApiMetrics:
             "outpost_api_rejections_total",
             "Refused requests by status",
             ["status"],
+            registry=self.registry,
+        )
+        self.provisioning = Counter(
+            "outpost_api_provisioning_total",
+            "Provisioning requests by result: new, repeat, rebind, or the refusal reason",
+            ["result"],
+            registry=self.registry,
+        )
+        self.provisioning_seconds = Histogram(
+            "outpost_api_provisioning_seconds",
+            "Time to answer one provisioning request (from the queue to the reply sent)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=self.registry,
         )
         self.dependency_up = dependency_gauge(self.registry)

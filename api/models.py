@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 
 from api.auth import Role
 from api.sync import SyncReason
+from schemas.provisioning import SERIAL_PATTERN
 from schemas.topics import DEVICE_ID_PATTERN
 from schemas.wifi import WifiConfigPatch, WifiConfigPatchPublic, WifiConfigPublic
 
@@ -18,6 +19,7 @@ PLAIN = r"^[^\x00-\x1f\x7f]*$"
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,63}$")]
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
+Serial = Annotated[str, StringConstraints(pattern=SERIAL_PATTERN)]
 SemVer = Annotated[
     str,
     StringConstraints(
@@ -270,3 +272,142 @@ class FirmwarePublic(_Out):
     )
     created_at: datetime
     uploaded_at: datetime | None
+
+
+# -- provisioning claims -----------------------------------------------------------------
+
+
+class ClaimCreate(_In):
+    model_config = _example(
+        {
+            "name": "batch-2026-11",
+            "allow": ["SN-000042", "aa:bb:cc:00:00:42"],
+            "device_limit": 100,
+            "group": "lobby",
+            "tags": ["site:berlin"],
+        }
+    )
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=PLAIN)]
+    allow: list[Serial] | None = Field(
+        default=None,
+        max_length=10_000,
+        description="Serial numbers or MAC addresses that may provision; null: any",
+    )
+    expires_at: AwareDatetime | None = Field(default=None, description="null: no expiry")
+    device_limit: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Most devices; null: no limit"
+    )
+    group: Name | None = Field(default=None, description="The group new devices join")
+    tags: list[Tag] = Field(default_factory=list, max_length=32)
+
+
+class ClaimPublic(_Out):
+    id: str
+    name: str
+    username: str = Field(description="The claim's broker account (the secret is its password)")
+    allow: list[str] | None
+    expires_at: datetime | None
+    device_limit: int | None
+    devices: int = Field(description="Devices provisioned through it so far")
+    group: str | None
+    tags: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ClaimCreated(ClaimPublic):
+    secret: str = Field(description="The claim secret devices are shipped with; shown once")
+
+
+class ProvisioningReset(_Out):
+    device_id: str
+    serial: str
+
+
+# -- device commands ---------------------------------------------------------------------
+
+CommandNameIn = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+ArgKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+ArgText = Annotated[str, StringConstraints(max_length=1024, pattern=PLAIN)]
+ArgValue = bool | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | float | ArgText
+ExpiresIn = Annotated[
+    int,
+    Field(
+        ge=2,
+        le=7 * 24 * 3600,
+        description="Seconds until the command expires: not delivered, not run and its "
+        "result not kept after that",
+    ),
+]
+
+
+class CommandCreate(_In):
+    model_config = _example({"name": "ping", "args": {"target": "192.168.1.1", "count": 3}})
+
+    name: CommandNameIn = Field(
+        description="reboot, ping, scan, counters or logs; any other name is sent as it is "
+        "and a device that does not know it answers status unknown"
+    )
+    args: dict[ArgKey, ArgValue] = Field(default_factory=dict, max_length=16)
+    expires_in_s: ExpiresIn = 300
+
+
+class CommandTarget(_In):
+    """Which devices: every given criterion must hold (tags: all of them)."""
+
+    group: Name | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=16)
+    device_ids: list[DeviceId] = Field(default_factory=list, max_length=10_000)
+
+
+class BulkCommandCreate(CommandCreate):
+    model_config = _example({"name": "reboot", "target": {"group": "lobby"}, "max_per_minute": 60})
+
+    target: CommandTarget
+    max_per_minute: int = Field(
+        default=60, ge=1, le=100_000, description="Devices sent the command per minute at most"
+    )
+
+
+class CommandResultPublic(_Out):
+    status: str
+    output: dict[str, Any]
+    error: str | None
+    received_at: datetime
+
+
+class LogDownload(_Out):
+    key: str
+    size: int
+    sha256: str
+    url: str = Field(description="Presigned GET, short-lived")
+    url_expires_at: datetime
+
+
+class CommandPublic(_Out):
+    id: str
+    device_id: str
+    name: str
+    args: dict[str, Any]
+    status: str = Field(
+        description="queued (a group command waiting for its turn), sent, expired, "
+        "undeliverable, or the device's answer: succeeded, failed, rejected, unknown"
+    )
+    created_at: datetime
+    expires_at: datetime
+    sent_at: datetime | None
+    bulk_id: str | None
+    result: CommandResultPublic | None
+    log: LogDownload | None = None
+
+
+class BulkCommandPublic(_Out):
+    id: str
+    name: str
+    args: dict[str, Any]
+    devices: int
+    max_per_minute: int
+    created_at: datetime
+    expires_at: datetime
+    statuses: dict[str, int] = Field(description="Commands per status")

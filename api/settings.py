@@ -60,3 +60,35 @@ class ApiSettings(OutpostSettings):
         description="Longest wait for one database round trip in a request: a database "
         "that hangs gets the request a 503 naming it after this long",
     )
+    device_broker_url: str | None = Field(
+        default=None,
+        max_length=300,
+        pattern=r"^mqtts?://[^\s]+$",
+        description="The broker as devices reach it (mqtt:// or mqtts://), told to "
+        "provisioned devices; unset: they keep the one they provisioned through",
+    )
+    provision_workers: int = Field(
+        default=8, ge=1, le=256, description="Provisioning requests answered at once"
+    )
+    provision_claim_rate: float = Field(
+        default=20.0, gt=0, description="Provisioning requests a second per claim (sustained)"
+    )
+    provision_claim_burst: int = Field(
+        default=200, ge=1, description="Provisioning requests per claim allowed in a burst"
+    )
+    provision_serial_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds per provisioning request of one serial (sustained), after "
+        "a burst of OUTPOST_API_PROVISION_SERIAL_BURST",
+    )
+    provision_serial_burst: int = Field(
+        default=3, ge=1, description="Provisioning requests of one serial allowed in a burst"
+    )
+    provision_share_group: str = Field(
+        default="outpost-api",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Shared-subscription group the api instances split provisioning "
+        "requests in (one per deployment: instances of two deployments on one broker "
+        "must differ)",
+    )

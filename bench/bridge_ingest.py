@@ -3,6 +3,9 @@ bridge's own cost per message, each next to a baseline measured in the same run.
 
     PYTHONPATH=. .venv/bin/python bench/bridge_ingest.py --devices 5000 --devices 20000
 
+On a machine others use too, start it with ``nice -n -10`` (as root): the database and
+the bridge then keep precedence over the other work, as on a dedicated machine.
+
 For each fleet size, on a fresh Mosquitto and database (FerretDB on PostgreSQL, or the
 MongoDB ``OUTPOST_MONGO_URL`` names), with the bridge running in this process:
 
@@ -194,18 +197,22 @@ RAW_METHODS = (
 
 
 async def fastest_raw(url: str, ids: list[str], session: int, ferretdb: bool) -> tuple[str, float]:
-    """Try every method on a sample (new keys each time); the fastest and its rate."""
+    """Try every method on a sample (new keys each time); the fastest and its rate.
+
+    Each method runs twice, once in a forward and once in a backward pass, and keeps its
+    better rate: the first statements after a round of another kind run on colder caches
+    (one pass in a fixed order once made the last method look twice as fast as the rest).
+    """
     sample = ids[: min(len(ids), 2000)]
-    rates = {}
-    for n, method in enumerate(RAW_METHODS):
-        if ferretdb and method.startswith("bulk"):
-            # FerretDB v1 bulks are unreliable: a bulk of 8 and one of 48 never returned
-            # here (and left the server stuck), as one of 100 did in the issue's runs
-            continue
-        rates[method] = await apply_raw(url, raw_state_updates(sample, session, n + 1), method)
-    LOG.info("raw methods", extra={"rates": {k: round(v) for k, v in rates.items()}})
-    best = max(rates, key=lambda k: rates[k])
-    return best, rates[best]
+    # FerretDB v1 bulks are unreliable: a bulk of 8 and one of 48 never returned here (and
+    # left the server stuck), as one of 100 did in the issue's runs
+    methods = [m for m in RAW_METHODS if not (ferretdb and m.startswith("bulk"))]
+    rates: dict[str, list[float]] = {m: [] for m in methods}
+    for seq, method in enumerate([*methods, *reversed(methods)], start=1):
+        rates[method].append(await apply_raw(url, raw_state_updates(sample, session, seq), method))
+    LOG.info("raw methods", extra={"rates": {k: [round(v) for v in r] for k, r in rates.items()}})
+    best = max(rates, key=lambda k: max(rates[k]))
+    return best, max(rates[best])
 
 
 def null_subscriber(broker: Mosquitto, pub: Publishing, ids: list[str]) -> float:
@@ -253,6 +260,9 @@ def null_subscriber(broker: Mosquitto, pub: Publishing, ids: list[str]) -> float
     return elapsed / len(ids)
 
 
+BEHIND = 10  # niceness steps the devices and the broker run below the benchmark
+
+
 def behind(pid: int | None) -> None:
     """Give ``pid`` the lowest CPU priority.
 
@@ -263,7 +273,14 @@ def behind(pid: int | None) -> None:
     would be in production; messages still arrive (the round waits for them).
     """
     if pid is not None:
-        os.setpriority(os.PRIO_PROCESS, pid, 19)
+        os.setpriority(os.PRIO_PROCESS, pid, _behind_nice())
+
+
+def _behind_nice() -> int:
+    """Ten steps below this process (19 at most): with the benchmark started at ``nice -n
+    -10`` on a machine others use, the devices and the broker then compete with the
+    others' work as equals, while the database and the bridge keep precedence."""
+    return min(19, os.getpriority(os.PRIO_PROCESS, 0) + BEHIND)
 
 
 # -- the publisher, in a process of its own ---------------------------------------------
@@ -274,7 +291,7 @@ def behind(pid: int | None) -> None:
 def publisher_process(port: int, password: str, n: int) -> None:
     """Child: on "<session> <seq>", publish one state per device; "flush" waits for all
     PUBACKs and answers "done". Runs niced (see :func:`behind`)."""
-    os.nice(19)
+    os.nice(BEHIND)
     broker = Mosquitto(Path(tempfile.gettempdir()), port, backend_password=password)
     pub = Publisher(broker, f"bench-pub-{secrets.token_hex(3)}")
     ids = [f"dev-{i:06}" for i in range(n)]
@@ -334,7 +351,7 @@ class Publishing:
 
 async def device_process(port: int, password: str, first: int, count: int, prefix: str) -> None:
     """Child: connect ``count`` devices, report, drop them all on "drop", then exit."""
-    os.nice(19)
+    os.nice(BEHIND)
     broker = Mosquitto(Path(tempfile.gettempdir()), port, backend_password=password)
     fleet = [RawDevice(broker, f"{prefix}-{i:06}", session=1) for i in range(first, first + count)]
     for start in range(0, len(fleet), 250):

@@ -389,7 +389,7 @@ def _report(fleet: Any) -> dict[str, Any]:
         d.device_id: {
             "firmware": d.firmware,
             "config": d.config.version if d.config else None,
-            "commands": d.commands,
+            "commands": d.jobs_received,
             "connected": d.connected,
         }
         for d in fleet.devices.values()

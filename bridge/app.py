@@ -18,6 +18,7 @@ from bridge.http import health_routes, serve
 from bridge.metrics import BridgeMetrics
 from bridge.mongo_sink import KnownIds, MongoSink
 from bridge.mqtt_source import MqttSource
+from bridge.results_sink import ResultsSink
 from bridge.resync import collect_retained, write_resync
 from bridge.service import Bridge, Writer
 from outpost import store
@@ -27,7 +28,7 @@ from schemas.topics import Channel, subscription
 
 __all__ = ["BRIDGE_CHANNELS", "Running", "Settings", "open_writer", "run_bridge", "run_resync"]
 
-BRIDGE_CHANNELS = (Channel.PRESENCE, Channel.STATE, Channel.JOB_STATUS)
+BRIDGE_CHANNELS = (Channel.PRESENCE, Channel.STATE, Channel.JOB_STATUS, Channel.COMMAND_RESULT)
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,17 @@ async def open_writer(
     client = store.client(settings.mongo, serverSelectionTimeoutMS=2000)
     try:
         b = settings.bridge
+        db = store.Store(
+            client[settings.mongo.database], concurrency=settings.mongo.write_concurrency
+        )
         sink = MongoSink(
-            store.Store(client[settings.mongo.database]),
+            db,
             dead_letter_cap=b.dead_letter_cap,
             state_refresh=timedelta(seconds=b.state_refresh_s),
         )
         devices = KnownIds(sink.devices, unknown_ttl=b.unknown_ttl_s, known_ttl=b.known_ttl_s)
         executions = KnownIds(sink.executions, unknown_ttl=b.unknown_ttl_s, known_ttl=b.known_ttl_s)
-        yield Writer(sink, devices, executions, metrics, logger)
+        yield Writer(sink, devices, executions, metrics, logger, results=ResultsSink(db))
     finally:
         await client.close()
 

@@ -70,6 +70,7 @@ class Skip(StrEnum):
     COALESCED = "coalesced"  # a newer message of the same batch and slot is written
     OLDER = "older"  # the stored key is as new or newer
     UNCHANGED = "unchanged"  # same state as stored, refreshed recently
+    DUPLICATE = "duplicate"  # a second result of a command (the first one is kept)
 
 
 @dataclass(frozen=True)

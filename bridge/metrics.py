@@ -26,8 +26,14 @@ class BridgeMetrics:
             "Accepted messages not written, by reason: coalesced (a newer one of the same "
             "batch was), older (the stored key is as new: a duplicate, a late message, or a "
             "device whose keys went back and need a reset), unchanged (same state, recently "
-            "refreshed)",
+            "refreshed), duplicate (a second result of one command)",
             ["reason"],
+            registry=r,
+        )
+        self.command_results = Counter(
+            "outpost_bridge_command_results",
+            "Command results stored, by command (built-in name or other) and status",
+            ["command", "status"],
             registry=r,
         )
         self.acked = Counter(

@@ -23,14 +23,16 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Literal, TypeVar
 
-from bridge.batch import Plan, plan, with_known
+from bridge.batch import Plan, Skip, plan, with_known
+from bridge.command_results import is_result
 from bridge.decode import Accepted, Rejection, decode
 from bridge.inbound import Inbound
 from bridge.metrics import BridgeMetrics
 from bridge.mongo_sink import KnownIds, MongoSink, WriteCounts
 from bridge.mqtt_source import MqttSource
+from bridge.results_sink import ResultCounts, ResultsSink
 from bridge.retry import RetryPolicy, retry
-from schemas.protocol import JobStatusMessage, StateMessage
+from schemas.protocol import JobStatusMessage, RejectReason, StateMessage
 
 __all__ = ["Bridge", "Writer"]
 
@@ -49,11 +51,20 @@ class Writer:
     metrics: BridgeMetrics
     logger: logging.Logger
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    results: ResultsSink | None = None
     store_ok: bool = True
 
     async def write(self, batch: Sequence[Accepted | Rejection]) -> WriteCounts:
-        """Check, coalesce and write a decoded batch (:func:`bridge.decode.decode`)."""
+        """Check, coalesce and write a decoded batch (:func:`bridge.decode.decode`).
+
+        Command results go first, to their own documents (:mod:`bridge.results_sink`);
+        the ones refused there join the batch's rejections (dead letters, counted)."""
         began = time.monotonic()
+        results = [i for i in batch if isinstance(i, Accepted) and is_result(i)]
+        if results:
+            rest: list[Accepted | Rejection] = [i for i in batch if not is_result(i)]
+            answered = await self._store_results(results)
+            batch = [*rest, *answered.rejections]
         decoded = plan(batch)
         devices = await self._retry(lambda: self.devices.known(decoded.device_ids))
         runs = await self._retry(lambda: self.executions.known(decoded.execution_ids))
@@ -79,6 +90,19 @@ class Writer:
                 "total_s": round(ended - began, 4),
             },
         )
+        return counts
+
+    async def _store_results(self, items: list[Accepted]) -> ResultCounts:
+        results = self.results
+        if results is None:  # a writer without a results store (resync) keeps none
+            why = "this writer stores no command results"
+            return ResultCounts(
+                rejections=[Rejection(i.inbound, RejectReason.UNKNOWN_COMMAND, why) for i in items]
+            )
+        counts = await self._retry(lambda: results.write(items))
+        for command, status in counts.stored:
+            self.metrics.command_results.labels(command=command, status=status).inc()
+        self.metrics.skipped.labels(reason=Skip.DUPLICATE.value).inc(counts.duplicates)
         return counts
 
     async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:

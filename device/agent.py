@@ -8,14 +8,18 @@ Per connection::
 
     session += 1 (persisted)      will = offline/connection_lost, key (session, WILL_SEQ)
     CONNECT (v5, clean start 0, session expiry)  ─► CONNACK
-    presence online (retained)    subscribe devices/{id}/config, devices/{id}/jobs/+
+    presence online (retained)    subscribe devices/{id}/config, devices/{id}/jobs/+,
+                                  devices/{id}/commands/+
     state                         (then every state_interval, and after every change)
     resume the job on record after a boot (see behaviour.resume_job)
-    ... serve config and jobs ...
+    ... serve config, jobs and commands (device.commands: run once, never late) ...
     connection lost ─► reconnect after backoff_delay(attempt) (full jitter)
 
 Run it: ``python -m device.agent --device-id ap-0001 --url mqtt://127.0.0.1:1883
 --username ... --state-file ap-0001.json`` (password from ``OUTPOST_DEVICE_PASSWORD``).
+Out of the box, with only a claim secret and its serial: ``python -m device.agent --claim
+opc_... --serial SN-0001 --url mqtts://... --ca-file ... --state-file ap.json``
+(:func:`from_claim`; docs/protocol.md, "Zero-touch provisioning").
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +43,33 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel
 
 from device import behaviour as b
+from device import commands as dc
+from device import diagnostics
 from device.download import download, resume_partial
-from device.errors import BrokerError, DownloadError
+from device.errors import BrokerError, DeviceError, DiagnosticsError, DownloadError
+from device.provisioning import provision_blocking
 from device.storage import AgentState, load_state, save_state
 from outpost.mqtt import Endpoint, paho_client
-from schemas.protocol import ConfigMessage, JobState, JobStatusMessage, encode, utc_now
+from outpost.sealing import IdentityKey
+from schemas import commands as cmd
+from schemas.protocol import (
+    CommandRequest,
+    CommandStatus,
+    ConfigMessage,
+    JobState,
+    JobStatusMessage,
+    encode,
+    utc_now,
+)
 from schemas.topics import Channel, TopicError, device_subscriptions, parse, topic
 
-__all__ = ["Agent", "AgentConfig", "Install", "accept_config", "main"]
+__all__ = ["Agent", "AgentConfig", "Install", "accept_config", "from_claim", "main"]
 
 Install = Callable[[Path, str], None]
 """Writes a verified image (path, target version) to the inactive slot; raises on failure."""
+Scan = Callable[[cmd.ScanArgs], cmd.ScanOutput]
+"""Neighbouring networks per band (a device with radios passes its own)."""
+HANDLED_KEPT = 64  # command ids kept in the state file
 
 
 def accept_config(message: ConfigMessage) -> None:
@@ -80,6 +100,7 @@ class AgentConfig:
     ca_file: str | None = None
     connect_timeout: float = 10.0
     firmware_key: str | None = None  # the api's public key (registration); None: no upgrades
+    log_file: Path | None = None  # what a logs command uploads (None: its recent log lines)
 
     def endpoint(self) -> Endpoint:
         return Endpoint(self.host, self.port, self.tls, self.ca_file, self.username, self.password)
@@ -104,12 +125,17 @@ class Agent:
         *,
         apply_config: b.ApplyConfig = accept_config,
         install: Install = keep_image,
+        scan: Scan = diagnostics.no_radios,
     ) -> None:
         self.config = config
         self.log = logger
         self._apply = apply_config
         self._install = install
+        self._scan = scan
+        self._recent = _Recent()
+        logger.addHandler(self._recent)
         self._state = load_state(config.state_file, firmware=config.firmware)
+        self._handled = dc.Handled.of(self._state.commands, HANDLED_KEPT)
         self._seq = b.Sequencer(self._state.session)
         self._link = _Link()
         self._boot_pending = True
@@ -285,6 +311,9 @@ class Agent:
             self._handle_config(payload)
         elif where.channel is Channel.JOB and where.job_id is not None:
             self._handle_job(where.job_id, payload)
+        elif where.channel is Channel.COMMAND and where.job_id is not None:
+            correlation = getattr(message.properties, "CorrelationData", None)
+            self._handle_command(message.topic, where.job_id, payload, correlation)
 
     def _handle_config(self, payload: bytes) -> None:
         desired = b.parse_config(payload)
@@ -326,6 +355,97 @@ class Agent:
         self._report(decision.record)
         if decision.action is b.JobAction.START:
             self._run_job(decision.record)
+
+    # ------------------------------------------------------------------ commands
+
+    def _handle_command(
+        self, raw_topic: str, command_id: str, payload: bytes, correlation: bytes | None
+    ) -> None:
+        request = dc.parse(raw_topic, payload)
+        if isinstance(request, str):
+            if command_id not in self._handled:
+                self._remember(command_id)
+                self._answer(command_id, correlation, CommandStatus.REJECTED, error=request)
+            return
+        decision = dc.decide(request, utc_now(), self._handled)
+        self.log.info(
+            "command",
+            extra={"command_id": command_id, "command": request.name, "action": decision.action},
+        )
+        if decision.action in (dc.Action.IGNORE, dc.Action.EXPIRED):
+            return
+        self._remember(command_id)  # before running: a reboot must not run twice
+        if decision.action is dc.Action.ANSWER:
+            assert decision.status is not None
+            self._answer(command_id, correlation, decision.status, error=decision.error)
+            return
+        try:
+            output = self._run_command(request, decision.args)
+        except DiagnosticsError as exc:
+            self._answer(command_id, correlation, CommandStatus.FAILED, error=str(exc))
+            return
+        self._answer(command_id, correlation, CommandStatus.SUCCEEDED, output)
+        if request.name == cmd.CommandName.REBOOT:
+            self._reboot()
+
+    def _run_command(self, request: CommandRequest, args: BaseModel | None) -> BaseModel:
+        if isinstance(args, cmd.PingArgs):
+            return diagnostics.ping(args)
+        if isinstance(args, cmd.ScanArgs):
+            return self._scan(args)
+        if isinstance(args, cmd.CountersArgs):
+            return diagnostics.interface_counters(args)
+        if isinstance(args, cmd.LogsArgs):
+            body = self._log_bytes(args.max_bytes)
+            return diagnostics.put_object(args.checked_url(), body, args.key or "")
+        return cmd.RebootOutput()
+
+    def _log_bytes(self, limit: int) -> bytes:
+        """The tail of the log file, or the agent's recent log lines."""
+        path = self.config.log_file
+        if path is None:
+            return self._recent.text().encode()[-limit:]
+        try:
+            with path.open("rb") as log:
+                log.seek(max(0, path.stat().st_size - limit))
+                return log.read(limit)
+        except OSError as exc:
+            raise DiagnosticsError(f"cannot read {path}: {exc}") from None
+
+    def _remember(self, command_id: str) -> None:
+        self._handled.add(command_id)
+        self._save(self._state.model_copy(update={"commands": list(self._handled.ids)}))
+
+    def _answer(
+        self,
+        command_id: str,
+        correlation: bytes | None,
+        status: CommandStatus,
+        output: BaseModel | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Publish the one result and wait (a few seconds at most) for its PUBACK."""
+        message = dc.result(
+            self.config.device_id,
+            self._seq.next_key(),
+            utc_now(),
+            command_id,
+            status,
+            output,
+            error,
+        )
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if correlation is not None:
+            props.CorrelationData = correlation
+        info = self._client.publish(
+            self._topic(Channel.COMMAND_RESULT, command_id),
+            encode(message),
+            qos=1,
+            properties=props,
+        )
+        deadline = time.monotonic() + 5.0
+        while not info.is_published() and time.monotonic() < deadline and self._link.connected:
+            self._client.loop(timeout=0.1)
 
     # ------------------------------------------------------------------ upgrade job
 
@@ -434,6 +554,56 @@ class Agent:
         self._booted_at = time.monotonic()
 
 
+# ---------------------------------------------------------------------- out of the box
+
+
+def from_claim(config: AgentConfig, claim_secret: str, serial: str) -> AgentConfig:
+    """``config`` for a device that starts with only a claim secret and its serial.
+
+    The first run makes the device's identity key and keeps it in the state file before
+    it asks; the identity it gets is kept there too, so later runs (reboots) reuse it and
+    never ask again. The broker address of ``config`` is where it asks; the identity may
+    name another one, which it then uses.
+    """
+    state = load_state(config.state_file, firmware=config.firmware)
+    if state.identity is None:
+        if state.identity_key is None:
+            state = state.model_copy(update={"identity_key": IdentityKey().seed_text})
+            save_state(config.state_file, state)
+        key = IdentityKey(state.identity_key)
+        where = Endpoint(config.host, config.port, config.tls, config.ca_file)
+        got = provision_blocking(where, claim_secret, serial, config.hardware_model, key)
+        state = state.model_copy(update={"identity": got})
+        save_state(config.state_file, state)
+    identity = state.identity
+    assert identity is not None
+    url = Endpoint.from_url(identity.broker_url) if identity.broker_url else None
+    return replace(
+        config,
+        device_id=identity.device_id,
+        username=identity.username,
+        password=identity.password,
+        firmware_key=identity.firmware_public_key or config.firmware_key,
+        host=url.host if url else config.host,
+        port=url.port if url else config.port,
+        tls=url.tls if url else config.tls,
+    )
+
+
+class _Recent(logging.Handler):
+    """The agent's last log records, for a ``logs`` command without a log file."""
+
+    def __init__(self, keep: int = 2000) -> None:
+        super().__init__()
+        self.lines: deque[str] = deque(maxlen=keep)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.created:.3f} {record.levelname} {record.getMessage()}")
+
+    def text(self) -> str:
+        return "".join(f"{line}\n" for line in self.lines)
+
+
 # ---------------------------------------------------------------------- command line
 
 
@@ -443,7 +613,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--device-id", required=True)
+    parser.add_argument("--device-id", help="required unless --claim")
+    parser.add_argument(
+        "--claim",
+        default=os.environ.get("OUTPOST_DEVICE_CLAIM"),
+        help="start out of the box: provision with this claim secret (or "
+        "OUTPOST_DEVICE_CLAIM) and --serial, once; the identity is kept in --state-file",
+    )
+    parser.add_argument("--serial", help="the device's serial number or MAC (with --claim)")
     parser.add_argument("--url", required=True, help="mqtt://host:port or mqtts://host:port")
     parser.add_argument("--username", help="defaults to the device id")
     parser.add_argument("--ca-file", help="CA bundle to verify the broker (mqtts)")
@@ -459,6 +636,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--state-interval", type=float, default=60.0)
     parser.add_argument("--max-download-rate", type=float, help="bytes/s (slow link)")
     parser.add_argument("--backoff-cap", type=float, default=60.0)
+    parser.add_argument("--log-file", type=Path, help="what a logs command uploads (its tail)")
     parser.add_argument(
         "--applied-config",
         type=Path,
@@ -473,10 +651,10 @@ def _config_from(args: argparse.Namespace) -> AgentConfig:
     except ValueError as exc:
         raise SystemExit(f"--url: {exc}") from None
     return AgentConfig(
-        device_id=args.device_id,
+        device_id=args.device_id or "unprovisioned",
         host=url.host,
         port=url.port,
-        username=args.username or url.username or args.device_id,
+        username=args.username or url.username or args.device_id or "",
         password=os.environ.get("OUTPOST_DEVICE_PASSWORD") or url.password or "",
         state_file=args.state_file,
         firmware=args.firmware,
@@ -487,6 +665,7 @@ def _config_from(args: argparse.Namespace) -> AgentConfig:
         tls=url.tls,
         ca_file=args.ca_file,
         firmware_key=args.firmware_key,
+        log_file=args.log_file,
     )
 
 
@@ -502,8 +681,16 @@ def main(argv: list[str] | None = None) -> None:
 
     logs.configure()
     args = _parse_args(argv)
+    if not args.device_id and not (args.claim and args.serial):
+        raise SystemExit("give --device-id, or --claim and --serial")
+    config = _config_from(args)
+    if args.claim:
+        try:
+            config = from_claim(config, args.claim, args.serial)
+        except DeviceError as exc:
+            raise SystemExit(f"provisioning failed: {exc}") from None
     apply = _file_writer(args.applied_config) if args.applied_config else accept_config
-    agent = Agent(_config_from(args), logging.getLogger("outpost.device"), apply_config=apply)
+    agent = Agent(config, logging.getLogger("outpost.device"), apply_config=apply)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -38,3 +38,8 @@ class SimSettings(OutpostSettings):
         description="The api's firmware signing public key: devices verify upgrade "
         "manifests with it (unset: they trust any job)",
     )
+    claim: SecretStr | None = Field(
+        default=None,
+        description="A provisioning claim secret: devices start out of the box and "
+        "provision their own accounts (as --claim)",
+    )

@@ -11,6 +11,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from outpost.settings import OutpostSettings
+from scheduler.commands import CommandConfig
 from scheduler.executor import ExecutorConfig
 from scheduler.reconcile import ReconcilePolicy
 
@@ -46,6 +47,13 @@ class SchedulerSettings(OutpostSettings):
     min_url_seconds: int = Field(
         default=60, ge=1, description="Send nothing when less window than this is left"
     )
+    command_tick_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Group device command tick: how often due commands are sent (they are "
+        "paced evenly within each bulk's per-minute cap)",
+    )
     snapshot_seconds: float = Field(default=60.0, ge=1, description="$SYS snapshot period")
     notify_seconds: float = Field(default=60.0, ge=0.5, description="Notification period")
     reconcile_seconds: float = Field(default=60.0, ge=0.5, description="Config reconcile period")
@@ -71,6 +79,14 @@ class SchedulerSettings(OutpostSettings):
             lag=timedelta(seconds=self.reconcile_lag_seconds),
             retry_after=timedelta(seconds=self.reconcile_retry_seconds),
             max_attempts=self.reconcile_max_attempts,
+        )
+
+    def commands(self) -> CommandConfig:
+        return CommandConfig(
+            lease_ttl=timedelta(seconds=self.lease_seconds),
+            lease_margin=timedelta(seconds=min(self.lease_margin_seconds, self.lease_seconds / 3)),
+            batch=self.batch,
+            settle=timedelta(seconds=self.settle_seconds),
         )
 
     def executor(self, presign_seconds: int) -> ExecutorConfig:

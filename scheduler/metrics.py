@@ -26,6 +26,13 @@ class SchedulerMetrics:
             "Job commands the broker acknowledged",
             registry=r,
         )
+        self.device_commands = Counter(
+            "outpost_scheduler_device_commands_published_total",
+            "Group device commands the broker acknowledged, by command (built-in or other) "
+            "and kind (first send, or re-send of an unconfirmed one)",
+            ["command", "kind"],
+            registry=r,
+        )
         self.republished = Counter(
             "outpost_scheduler_commands_republished_total",
             "Commands sent again after a takeover (same attempt)",

@@ -42,11 +42,11 @@ class Presigner:
         self._client = client
         self._bucket = bucket
 
-    def get_url(self, key: str, seconds: int) -> str:
-        """A GET URL for ``key`` valid for ``seconds`` from now."""
+    def get_url(self, key: str, seconds: int, method: str = "get_object") -> str:
+        """A GET (or ``put_object``: PUT) URL for ``key`` valid for ``seconds`` from now."""
         try:
             return self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=seconds
+                method, Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=seconds
             )
         except (BotoCoreError, ClientError) as exc:
             raise PresignError(f"presign {key}: {exc}") from exc
@@ -58,6 +58,8 @@ class Outgoing:
     payload: bytes
     expiry_s: int | None = None  # MQTT v5 message expiry; None: never expires
     retain: bool = False
+    response_topic: str | None = None  # MQTT v5 request/response (device commands)
+    correlation: bytes | None = None
 
 
 class CommandSink(abc.ABC):
@@ -99,9 +101,14 @@ class MqttSink(CommandSink):
 
     async def _one(self, message: Outgoing) -> None:
         props = None
-        if message.expiry_s is not None:
+        if message.expiry_s is not None or message.response_topic is not None:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if props is not None and message.expiry_s is not None:
             props.MessageExpiryInterval = max(1, message.expiry_s)
+        if props is not None and message.response_topic is not None:
+            props.ResponseTopic = message.response_topic
+            if message.correlation is not None:
+                props.CorrelationData = message.correlation
         assert self._client is not None
         await self._client.publish(
             message.topic,

@@ -6,6 +6,9 @@ comes from MongoDB (:mod:`scheduler.claims`), never from there being one instanc
 - ``rollouts`` (every ``tick_seconds``): :meth:`RolloutExecutor.tick`, each rollout
   under its own lease, so several instances share the rollouts and one that dies is
   replaced within ``lease_seconds + tick_seconds``;
+- ``commands`` (every ``command_tick_seconds``): :meth:`CommandSender.tick`, group
+  device commands, each bulk under its own lease, paced at its per-minute cap
+  (:mod:`scheduler.commands`);
 - ``broker_snapshot`` (every ``snapshot_seconds``): each firing is claimed by one
   instance (``broker_snapshot@<slot>``), which stores the remembered ``$SYS`` values;
 - ``notify`` (every ``notify_seconds``, when ``OUTPOST_SMTP_HOST`` is set): each firing
@@ -54,6 +57,7 @@ from scheduler import fleet_metrics
 from scheduler.broker_metrics import UPTIME, BrokerMetrics, broker_started
 from scheduler.claims import Claims
 from scheduler.clock import Clock, utc_now
+from scheduler.commands import CommandSender
 from scheduler.config import SchedulerSettings
 from scheduler.errors import SchedulerError
 from scheduler.executor import RolloutExecutor
@@ -101,6 +105,8 @@ class SchedulerService:
         self.fleet_gauges = fleet_metrics.FleetGauges(self.metrics.registry)
         self.sink = MqttSink()
         self._tick_lock = asyncio.Lock()
+        self._command_lock = asyncio.Lock()
+        self._command_indexes = False
         self._mongo_ok = False
         self._broker_start: datetime | None = None
         self._resync: datetime | None = None
@@ -111,7 +117,10 @@ class SchedulerService:
         async with AsyncExitStack() as stack:
             client = store.client(self.settings.mongo)
             stack.push_async_callback(client.close)
-            self.db = store.Store(client[self.settings.mongo.database])
+            self.db = store.Store(
+                client[self.settings.mongo.database],
+                concurrency=self.settings.mongo.write_concurrency,
+            )
             self.claims = Claims(self.db, cfg.instance, self.clock, self.log)
             self.executor = RolloutExecutor(
                 RolloutStore(self.db),
@@ -122,6 +131,16 @@ class SchedulerService:
                 self.clock,
                 self.log,
                 cfg.executor(self.settings.s3.presign_seconds),
+            )
+            self.commands = CommandSender(
+                self.db,
+                self.claims,
+                self.sink,
+                Presigner(s3_client(self.settings.s3), self.settings.s3.bucket),
+                self.metrics,
+                self.clock,
+                self.log,
+                cfg.commands(),
             )
             self.reconciler = Reconciler(self.db, self.sink, self.log, cfg.reconcile())
             self.notifier = Notifier(self.db, SmtpMailer(self.settings.smtp), self.log)
@@ -141,6 +160,15 @@ class SchedulerService:
             "interval",
             seconds=cfg.tick_seconds,
             id="rollouts",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+        scheduler.add_job(
+            self.send_commands,
+            "interval",
+            seconds=cfg.command_tick_seconds,
+            id="commands",
             max_instances=1,
             coalesce=True,
             next_run_time=datetime.now(UTC),
@@ -191,8 +219,22 @@ class SchedulerService:
     async def _release(self) -> None:
         try:
             await self.executor.release_all()
-        except SchedulerError as exc:
+            async with self._command_lock:
+                await self.commands.release_all()
+        except (SchedulerError, PyMongoError) as exc:
             self.log.warning("lease release failed", extra={"error": str(exc)})
+
+    async def send_commands(self) -> None:
+        async with self._command_lock:
+            with self.metrics.tick.labels("commands").time():
+                try:
+                    if not self._command_indexes:
+                        await self.commands.ensure_indexes()
+                        self._command_indexes = True
+                    await self.commands.tick()
+                except SchedulerError as exc:
+                    self.metrics.errors.labels(type(exc).__name__).inc()
+                    self.log.error("command tick failed", extra={"error": str(exc)})
 
     async def tick(self) -> None:
         async with self._tick_lock:

@@ -1,7 +1,8 @@
 """The AsyncAPI 3.0 document of the device protocol, built from the pydantic models.
 
 The document describes the protocol from the device's side: a device *sends* presence,
-state and job status, and *receives* its config and job commands. Payload schemas are the
+state, job status and command results, and *receives* its config, job commands and
+command requests. Payload schemas are the
 models' JSON schemas (validation mode), so the document cannot drift from the code;
 ``docs/asyncapi.json`` is its checked-in rendering (``outpost schemas asyncapi`` rewrites
 it, ``--check`` fails when it is stale, and so does a unit test).
@@ -19,7 +20,21 @@ from pydantic.json_schema import models_json_schema
 
 from schemas.examples import EXAMPLES
 from schemas.protocol import MAX_PAYLOAD_BYTES, MODELS, PROTOCOL_VERSION, WILL_SEQ
-from schemas.topics import DEVICE_ID_PATTERN, JOB_ID_PATTERN, Channel
+from schemas.provisioning import (
+    MAX_REPLY_BYTES,
+    MAX_REQUEST_BYTES,
+    Identity,
+    ProvisionReply,
+    ProvisionRequest,
+)
+from schemas.topics import (
+    CLAIM_ID_PATTERN,
+    COMMAND_ID_PATTERN,
+    DEVICE_ID_PATTERN,
+    JOB_ID_PATTERN,
+    REPLY_TOKEN_PATTERN,
+    Channel,
+)
 
 __all__ = ["DOCUMENT_PATH", "build_document", "is_current", "render"]
 
@@ -55,6 +70,18 @@ _CHANNELS: dict[Channel, _ChannelDoc] = {
     ),
     Channel.JOB_STATUS: _ChannelDoc(
         "devices/{deviceId}/jobs/{jobId}/status", False, "Progress and outcome of one upgrade job."
+    ),
+    Channel.COMMAND: _ChannelDoc(
+        "devices/{deviceId}/commands/{commandId}",
+        False,
+        "Command request (MQTT v5): Response Topic .../result, Correlation Data = the command "
+        "id, Message Expiry Interval ending at expires_at. Never retained.",
+    ),
+    Channel.COMMAND_RESULT: _ChannelDoc(
+        "devices/{deviceId}/commands/{commandId}/result",
+        False,
+        "The device's one answer to a command, with the request's Correlation Data. Never "
+        "retained.",
     ),
 }
 
@@ -93,8 +120,62 @@ def _asyncapi_schema(node: Any) -> Any:
     return out
 
 
+# Zero-touch provisioning: a device holding only a claim secret asks for its identity.
+_PROVISIONING = {
+    "provisionRequest": (
+        "provision/{claimId}/request",
+        "send",
+        ProvisionRequest,
+        "Ask for an identity as the claim's account (claim/{claimId}, password: the claim "
+        "secret); MQTT v5 Response Topic provision/{claimId}/reply/{token} and Correlation "
+        "Data are required. Never retained.",
+        MAX_REQUEST_BYTES,
+    ),
+    "provisionReply": (
+        "provision/{claimId}/reply/{token}",
+        "receive",
+        ProvisionReply,
+        "The identity sealed to the request's reply key (an Identity once opened), or a "
+        "refusal with its reason. Never retained.",
+        MAX_REPLY_BYTES,
+    ),
+}
+
+
+def _provisioning() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Channels, operations and messages of the provisioning exchange."""
+    channels, operations, messages = {}, {}, {}
+    for name, (address, action, model, summary, limit) in _PROVISIONING.items():
+        params = {"claimId": {"$ref": "#/components/parameters/claimId"}}
+        if "{token}" in address:
+            params["token"] = {"$ref": "#/components/parameters/token"}
+        channels[name] = {
+            "address": address,
+            "summary": summary,
+            "parameters": params,
+            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+        }
+        operations[f"{action}{name[0].upper()}{name[1:]}"] = {
+            "action": action,
+            "channel": {"$ref": f"#/channels/{name}"},
+            "summary": summary,
+            "messages": [{"$ref": f"#/channels/{name}/messages/{name}"}],
+            "bindings": {"mqtt": {"qos": 1, "retain": False, "bindingVersion": _MQTT_BINDING}},
+        }
+        messages[name] = {
+            "name": name,
+            "title": model.__name__,
+            "summary": summary,
+            "description": f"{(model.__doc__ or '').strip()}\n\nAt most {limit} bytes.",
+            "contentType": "application/json",
+            "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
+            "x-max-payload-bytes": limit,
+        }
+    return channels, operations, messages
+
+
 def _schemas() -> dict[str, Any]:
-    models: list[type[BaseModel]] = list(MODELS.values())
+    models: list[type[BaseModel]] = [*MODELS.values(), ProvisionRequest, ProvisionReply, Identity]
     _, top = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
     )
@@ -105,6 +186,8 @@ def _parameters(channel: Channel) -> dict[str, Any]:
     params = {"deviceId": {"$ref": "#/components/parameters/deviceId"}}
     if channel in (Channel.JOB, Channel.JOB_STATUS):
         params["jobId"] = {"$ref": "#/components/parameters/jobId"}
+    if channel in (Channel.COMMAND, Channel.COMMAND_RESULT):
+        params["commandId"] = {"$ref": "#/components/parameters/commandId"}
     return params
 
 
@@ -172,6 +255,7 @@ def _server() -> dict[str, Any]:
 def build_document() -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document, as a JSON-ready dict."""
     channels = list(Channel)
+    provisioning, provision_ops, provision_messages = _provisioning()
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -182,14 +266,19 @@ def build_document() -> dict[str, Any]:
         },
         "defaultContentType": "application/json",
         "servers": {"broker": _server()},
-        "channels": {c.value: _channel(c) for c in channels},
-        "operations": dict(_operation(c) for c in channels),
+        "channels": {c.value: _channel(c) for c in channels} | provisioning,
+        "operations": dict(_operation(c) for c in channels) | provision_ops,
         "components": {
             "schemas": _schemas(),
-            "messages": {c.value: _message(c) for c in channels},
+            "messages": {c.value: _message(c) for c in channels} | provision_messages,
             "parameters": {
                 "deviceId": {"description": f"Device id, `{DEVICE_ID_PATTERN}`"},
                 "jobId": {"description": f"Job id, `{JOB_ID_PATTERN}`"},
+                "claimId": {"description": f"Claim id, `{CLAIM_ID_PATTERN}`"},
+                "token": {
+                    "description": f"The requester's random reply token, `{REPLY_TOKEN_PATTERN}`"
+                },
+                "commandId": {"description": f"Command id, `{COMMAND_ID_PATTERN}`"},
             },
         },
     }

@@ -33,6 +33,12 @@ collection                    writer      ``_id`` and content
 ``rollout_devices``           api         device id: the active rollout that holds the
                                           device (:class:`RolloutDeviceDoc`; unique
                                           ``_id``: one active rollout per device)
+``provisioning_claims``       api         claim id: :class:`ClaimDoc` (secret as sha256)
+``claim_slots``               api         ``<claim>:<n>``: slot ``n`` of a claim's device
+                                          limit (a unique insert per provisioned device)
+``serial_bindings``           api         ``<tenant>:<serial>``: :class:`SerialBindingDoc`,
+                                          the device and identity key a serial is bound to
+``provision_nonces``          api         ``<claim>:<nonce>``: a request answered once
 ``device_status``             bridge      device id: :class:`DeviceStatusDoc` (presence,
                                           reported state, config ack, last seen)
 ``job_reports``               bridge      execution id: :class:`JobReportDoc`
@@ -49,6 +55,17 @@ collection                    writer      ``_id`` and content
 ``broker_metrics``
 ``fleet_metrics``             scheduler   ``<slot>``: :class:`FleetMetricsDoc`, the fleet
                                           gauges computed by one instance per interval
+``commands``                  api         command id: :class:`CommandDoc`, one device
+                                          command an operator asked for
+``command_bulks``             api         bulk id: :class:`CommandBulkDoc`, a command to a
+                                          group or tag selection (one ``commands`` entry
+                                          per device, sent by the scheduler)
+``command_results``           bridge      command id: :class:`CommandResultDoc`, the
+                                          device's one answer (unique ``_id``: the first
+                                          wins, duplicates are ignored)
+``command_sends``             scheduler   command id (``#r<token>`` for a re-send):
+                                          :class:`CommandSendDoc`, the claim that makes
+                                          one instance the sender of a group command
 ============================  ==========  ===============================================
 
 Ordering keys are stored as :func:`order_key_str`: a fixed-width string, so "newer" is a
@@ -79,6 +96,12 @@ __all__ = [
     "AUDIT_LOG",
     "BROKER_EPOCHS",
     "BROKER_METRICS",
+    "CLAIMS",
+    "CLAIM_SLOTS",
+    "COMMANDS",
+    "COMMAND_BULKS",
+    "COMMAND_RESULTS",
+    "COMMAND_SENDS",
     "DEAD_LETTERS",
     "DEVICES",
     "DEVICE_CONFIGS",
@@ -89,6 +112,7 @@ __all__ = [
     "JOB_EXECUTIONS",
     "JOB_REPORTS",
     "OWNERS",
+    "PROVISION_NONCES",
     "REVISIONS",
     "ROLLOUTS",
     "ROLLOUT_DEVICES",
@@ -97,11 +121,17 @@ __all__ = [
     "SCHEDULER_NOTICES",
     "SCHEDULER_RECONCILE",
     "SCHEDULER_SENDS",
+    "SERIAL_BINDINGS",
     "TENANTS",
     "ApiTokenDoc",
     "AppliedConfig",
     "AuditDoc",
     "BrokerEpochDoc",
+    "ClaimDoc",
+    "CommandBulkDoc",
+    "CommandDoc",
+    "CommandResultDoc",
+    "CommandSendDoc",
     "ConfigPointer",
     "Credentials",
     "DeadLetterDoc",
@@ -119,6 +149,7 @@ __all__ = [
     "RolloutDeviceDoc",
     "RolloutDoc",
     "RolloutProgressDoc",
+    "SerialBindingDoc",
     "TenantDoc",
     "device_config_id",
     "execution_id",
@@ -151,6 +182,14 @@ SCHEDULER_NOTICES = "scheduler_notices"
 BROKER_METRICS = "broker_metrics"
 BROKER_EPOCHS = "broker_epochs"
 FLEET_METRICS = "fleet_metrics"
+CLAIMS = "provisioning_claims"
+CLAIM_SLOTS = "claim_slots"
+SERIAL_BINDINGS = "serial_bindings"
+PROVISION_NONCES = "provision_nonces"
+COMMANDS = "commands"
+COMMAND_BULKS = "command_bulks"
+COMMAND_RESULTS = "command_results"
+COMMAND_SENDS = "command_sends"
 
 Owner = Literal["api", "bridge", "scheduler"]
 OWNERS: dict[str, Owner] = {
@@ -165,6 +204,10 @@ OWNERS: dict[str, Owner] = {
     API_TOKEN_USAGE: "api",
     ROLLOUT_DEVICES: "api",
     AUDIT_LOG: "api",
+    CLAIMS: "api",
+    CLAIM_SLOTS: "api",
+    SERIAL_BINDINGS: "api",
+    PROVISION_NONCES: "api",
     DEVICE_STATUS: "bridge",
     JOB_REPORTS: "bridge",
     DEAD_LETTERS: "bridge",
@@ -177,6 +220,10 @@ OWNERS: dict[str, Owner] = {
     SCHEDULER_NOTICES: "scheduler",
     BROKER_METRICS: "scheduler",
     FLEET_METRICS: "scheduler",
+    COMMANDS: "api",
+    COMMAND_BULKS: "api",
+    COMMAND_RESULTS: "bridge",
+    COMMAND_SENDS: "scheduler",
 }
 
 
@@ -324,6 +371,40 @@ class ApiTokenDoc(_Doc):
     revoked_at: datetime | None = None
 
 
+class ClaimDoc(_Doc):
+    """``provisioning_claims``: a provisioning claim (api); ``_id`` is its public id.
+
+    ``allow`` holds normalized serials (:func:`schemas.provisioning.normalize_serial`);
+    None: any serial. Revoking sets ``revoked_at`` (and deletes the broker account)."""
+
+    tenant_id: str
+    name: str
+    secret_hash: str
+    allow: list[str] | None = None
+    expires_at: datetime | None = None
+    device_limit: int | None = None
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    created_at: datetime
+    created_by: str | None = None
+    revoked_at: datetime | None = None
+
+
+class SerialBindingDoc(_Doc):
+    """``serial_bindings`` (``<tenant>:<serial>``): which device a serial became, and the
+    identity key that may ask for its credentials again (None after an admin reset: the
+    next request binds its key). Inserting it is the compare-and-set of "one serial, one
+    device"; changing the key is a revision."""
+
+    tenant_id: str
+    serial: str
+    device_id: str
+    claim_id: str
+    identity_key: str | None
+    bound_at: datetime
+    rev: int = 0
+
+
 class RolloutDeviceDoc(_Doc):
     """``rollout_devices`` (``_id`` = device id): the rollout that holds the device. The
     unique ``_id`` makes "one active rollout per device" an insert that only one rollout
@@ -344,6 +425,42 @@ class AuditDoc(_Doc):
     at: datetime
     before: str | None = None
     after: str | None = None
+
+
+class CommandDoc(_Doc):
+    """``commands`` (``_id`` = command id): one command to one device (api).
+
+    A single-device command is published by the api itself (``published_at``, or
+    ``send_error`` when the broker refused it); a group command's (``bulk_id``) by the
+    scheduler (``command_sends``). The presigned upload URL of a ``logs`` command is
+    never stored, only the object ``logs_key`` it points at.
+    """
+
+    tenant_id: str
+    device_id: str
+    name: str
+    args: JsonText = Field(default_factory=dict)
+    created_at: datetime
+    expires_at: datetime
+    created_by: str | None = None
+    bulk_id: str | None = None
+    logs_key: str | None = None
+    published_at: datetime | None = None
+    send_error: str | None = None
+
+
+class CommandBulkDoc(_Doc):
+    """``command_bulks`` (``_id`` = bulk id): one command to many devices (api)."""
+
+    tenant_id: str
+    name: str
+    args: JsonText = Field(default_factory=dict)
+    target: JsonText = Field(default_factory=dict)
+    devices: int
+    max_per_minute: int
+    created_at: datetime
+    expires_at: datetime
+    created_by: str | None = None
 
 
 # -- bridge ------------------------------------------------------------------------------
@@ -423,6 +540,20 @@ class JobReportDoc(_Doc):
     updated_at: datetime
 
 
+class CommandResultDoc(_Doc):
+    """``command_results`` (``_id`` = command id): the device's answer (bridge). Inserted
+    once; a second answer is a duplicate and ignored."""
+
+    tenant_id: str | None = None
+    device_id: str
+    name: str
+    status: str
+    output: JsonText = Field(default_factory=dict)
+    error: str | None = None
+    k: str
+    received_at: datetime
+
+
 class DeadLetterDoc(_Doc):
     reason: str
     detail: str
@@ -499,6 +630,21 @@ class FleetMetricsDoc(_Doc):
     computed_by: str
     seconds: float = Field(description="How long the reads and the computation took")
     samples: list[FleetSample]
+
+
+class CommandSendDoc(_Doc):
+    """``command_sends``: the claim to publish one group command (scheduler).
+
+    ``_id`` is the command id for the first send and ``<command id>#r<token>`` for the one
+    re-send a later lease holder may make when the first was never confirmed.
+    """
+
+    command_id: str
+    bulk_id: str
+    token: int
+    holder: str
+    claimed_at: datetime
+    published_at: datetime | None = None
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -12,10 +12,11 @@ from schemas.protocol import WILL_SEQ, ConfigMessage
 from schemas.topics import Channel, topic
 from schemas.wifi import WifiConfig
 
-__all__ = ["DEVICE_ID", "EXAMPLES", "JOB_ID", "example_wifi_config"]
+__all__ = ["COMMAND_ID", "DEVICE_ID", "EXAMPLES", "JOB_ID", "example_wifi_config"]
 
 DEVICE_ID = "ap-lobby-0042"
 JOB_ID = "rollout-7f3a-1"
+COMMAND_ID = "6566f0a1c2d3e4f5a6b7c8d9"
 _AT = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
 
 
@@ -115,6 +116,33 @@ EXAMPLES: dict[Channel, tuple[str, dict[str, Any]]] = {
             "key": {"session": 18, "seq": 5},
             "status": "downloading",
             "progress": 42.5,
+        },
+    ),
+    Channel.COMMAND: (
+        topic(Channel.COMMAND, DEVICE_ID, COMMAND_ID),
+        {
+            "v": 1,
+            "command_id": COMMAND_ID,
+            "name": "ping",
+            "args": {"target": "192.168.1.1", "count": 3},
+            "issued_at": "2026-11-26T09:40:00Z",
+            "expires_at": "2026-11-26T09:45:00Z",
+        },
+    ),
+    Channel.COMMAND_RESULT: (
+        topic(Channel.COMMAND_RESULT, DEVICE_ID, COMMAND_ID),
+        {
+            "v": 1,
+            "device_id": DEVICE_ID,
+            "command_id": COMMAND_ID,
+            "key": {"session": 18, "seq": 9},
+            "status": "succeeded",
+            "output": {
+                "target": "192.168.1.1",
+                "sent": 3,
+                "received": 3,
+                "rtt_ms": [1.2, 0.9, 1.1],
+            },
         },
     ),
 }

@@ -39,12 +39,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -60,7 +62,15 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from schemas.errors import SchemaError
 from schemas.firmware import FirmwareManifest
-from schemas.topics import DEVICE_ID_PATTERN, JOB_ID_PATTERN, Channel, Topic, TopicError, parse
+from schemas.topics import (
+    COMMAND_ID_PATTERN,
+    DEVICE_ID_PATTERN,
+    JOB_ID_PATTERN,
+    Channel,
+    Topic,
+    TopicError,
+    parse,
+)
 from schemas.wifi import WifiConfig, config_hash
 
 __all__ = [
@@ -69,6 +79,9 @@ __all__ = [
     "PROTOCOL_VERSION",
     "WILL_SEQ",
     "BackendMessage",
+    "CommandRequest",
+    "CommandResultMessage",
+    "CommandStatus",
     "ConfigMessage",
     "ConfigReport",
     "DeviceMessage",
@@ -83,6 +96,7 @@ __all__ = [
     "Rejected",
     "StateMessage",
     "encode",
+    "is_loopback",
     "parse_backend_message",
     "parse_device_message",
     "utc_now",
@@ -97,6 +111,8 @@ MAX_PAYLOAD_BYTES: dict[Channel, int] = {
     Channel.CONFIG: 128 * 1024,
     Channel.JOB: 8 * 1024,
     Channel.JOB_STATUS: 4 * 1024,
+    Channel.COMMAND: 8 * 1024,
+    Channel.COMMAND_RESULT: 16 * 1024,
 }
 
 # Every value a device sends must be storable as it is, in MongoDB and in FerretDB on
@@ -231,7 +247,7 @@ class JobStatusMessage(_DeviceMessage):
     firmware: Version | None = Field(default=None, description="Running version, when known")
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
     if host is None:
         return False
     if host == "localhost":
@@ -264,7 +280,7 @@ class FirmwareRef(BaseModel):
     def _https_unless_loopback(cls, url: str) -> str:
         """Images travel over https; plain http only to this machine (the local stack)."""
         parts = urlsplit(url)
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
             raise ValueError("firmware URLs must be https (http only for loopback hosts)")
         return url
 
@@ -332,8 +348,94 @@ class ConfigMessage(_Message):
         )
 
 
-DeviceMessage = PresenceMessage | StateMessage | JobStatusMessage
-BackendMessage = ConfigMessage | JobCommand
+# -- device commands (MQTT v5 request/response) ---------------------------------------
+
+CommandId = Annotated[str, StringConstraints(pattern=COMMAND_ID_PATTERN)]
+COMMAND_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
+CommandName = Annotated[str, StringConstraints(pattern=COMMAND_NAME)]
+ARG_KEY = r"^[a-z][a-z0-9_]{0,31}$"
+ArgValue = (
+    Annotated[str, StringConstraints(max_length=4096, pattern=PLAIN_TEXT)] | Int64 | float | bool
+)
+MAX_OUTPUT_DEPTH = 6
+
+
+def _storable_json(value: Any, depth: int = 0) -> Any:
+    """A command's output: JSON that every store keeps exactly (64-bit integers, finite
+    floats, text without control characters), nested at most :data:`MAX_OUTPUT_DEPTH`."""
+    if depth > MAX_OUTPUT_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_OUTPUT_DEPTH}")
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str) or len(key) > 64 or _CONTROL_CHARS.search(key):
+                raise ValueError("keys are text of at most 64 characters")
+        return {k: _storable_json(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable_json(v, depth + 1) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return _storable_number(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("floats must be finite")
+        return value
+    if isinstance(value, str):
+        if _CONTROL_CHARS.search(value):
+            raise ValueError("text must not hold control characters")
+        return value
+    raise ValueError(f"not JSON: {type(value).__name__}")
+
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+CommandOutput = Annotated[dict[str, Any], AfterValidator(_storable_json)]
+
+
+class CommandRequest(_Message):
+    """``devices/{id}/commands/{command_id}`` (backend → device): run one command.
+
+    An MQTT v5 request: published with QoS 1, never retained, with the Response Topic
+    ``devices/{id}/commands/{command_id}/result``, the command id as Correlation Data and
+    a Message Expiry Interval that ends at ``expires_at``, so a device that comes back
+    later never gets it. A device runs a command id at most once, never after
+    ``expires_at`` by its own clock, and answers once with a
+    :class:`CommandResultMessage`. ``args`` depend on ``name`` (:mod:`schemas.commands`).
+    """
+
+    command_id: CommandId
+    name: CommandName
+    args: dict[Annotated[str, StringConstraints(pattern=ARG_KEY)], ArgValue] = Field(
+        default_factory=dict, max_length=16
+    )
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+
+
+class CommandStatus(StrEnum):
+    """How a command ended on the device."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # it ran and did not work (``error`` says why)
+    REJECTED = "rejected"  # not run: invalid arguments, or the device refuses it
+    UNKNOWN = "unknown"  # not run: the device does not know this command
+
+
+class CommandResultMessage(_DeviceMessage):
+    """``devices/{id}/commands/{command_id}/result`` (device → backend): the one answer.
+
+    Sent on the request's Response Topic with its Correlation Data. ``output`` is the
+    command's result (:mod:`schemas.commands`: ping times, networks per band, interface
+    counters, the uploaded log's key, size and sha256).
+    """
+
+    command_id: CommandId
+    status: CommandStatus
+    output: CommandOutput = Field(default_factory=dict)
+    error: ShortText | None = None
+
+
+DeviceMessage = PresenceMessage | StateMessage | JobStatusMessage | CommandResultMessage
+BackendMessage = ConfigMessage | JobCommand | CommandRequest
 
 MODELS: dict[Channel, type[DeviceMessage | BackendMessage]] = {
     Channel.PRESENCE: PresenceMessage,
@@ -341,6 +443,8 @@ MODELS: dict[Channel, type[DeviceMessage | BackendMessage]] = {
     Channel.CONFIG: ConfigMessage,
     Channel.JOB: JobCommand,
     Channel.JOB_STATUS: JobStatusMessage,
+    Channel.COMMAND: CommandRequest,
+    Channel.COMMAND_RESULT: CommandResultMessage,
 }
 """The payload model of every channel."""
 
@@ -356,6 +460,9 @@ class RejectReason(StrEnum):
     ID_MISMATCH = "id_mismatch"
     UNKNOWN_DEVICE = "unknown_device"
     UNKNOWN_JOB = "unknown_job"  # a job status for an execution the scheduler never made
+    UNKNOWN_COMMAND = "unknown_command"  # a result for no command of this device
+    EXPIRED_COMMAND = "expired_command"  # a result that came after the command's deadline
+    RETAINED = "retained"  # a retained result (never sent by a well-behaved device)
     STORE_REFUSED = "store_refused"  # the database refused this one write for good
 
 
@@ -423,8 +530,10 @@ def parse_device_message(topic: str, payload: bytes) -> tuple[Topic, DeviceMessa
     """Validate one message a device sent; raise :class:`Rejected` with the reason."""
     where = _parse_topic(topic, from_device=True)
     message = _decode(where, payload)
-    assert isinstance(message, PresenceMessage | StateMessage | JobStatusMessage)
-    job_id = message.job_id if isinstance(message, JobStatusMessage) else None
+    assert isinstance(
+        message, PresenceMessage | StateMessage | JobStatusMessage | CommandResultMessage
+    )
+    job_id = _id_of(message)
     _check_ids(where, message.device_id, job_id)
     return where, message
 
@@ -433,9 +542,18 @@ def parse_backend_message(topic: str, payload: bytes) -> tuple[Topic, BackendMes
     """Validate one message the backend sent to a device (the device side of the wire)."""
     where = _parse_topic(topic, from_device=False)
     message = _decode(where, payload)
-    assert isinstance(message, ConfigMessage | JobCommand)
-    _check_ids(where, None, message.job_id if isinstance(message, JobCommand) else None)
+    assert isinstance(message, ConfigMessage | JobCommand | CommandRequest)
+    _check_ids(where, None, _id_of(message))
     return where, message
+
+
+def _id_of(message: DeviceMessage | BackendMessage) -> str | None:
+    """The job or command id a message names (None for the other channels)."""
+    if isinstance(message, JobStatusMessage | JobCommand):
+        return message.job_id
+    if isinstance(message, CommandRequest | CommandResultMessage):
+        return message.command_id
+    return None
 
 
 def encode(message: BaseModel) -> bytes:

@@ -7,12 +7,14 @@
   minute, where ``k`` is how many times the notified (or succeeded) count has passed a
   multiple of the criterion. Each minute is one wave; there is no success gating.
 
-Nothing ever exceeds ``max_per_minute`` in one minute (:func:`minute_budget`).
+Nothing ever exceeds ``max_per_minute`` in one minute (:func:`minute_budget`). Group
+device commands use the same cap, paced evenly over the minute (:func:`paced_budget`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -32,6 +34,7 @@ __all__ = [
     "exponential_rate",
     "gated",
     "minute_budget",
+    "paced_budget",
     "plan_waves",
     "wave_outcome",
     "wave_size",
@@ -82,6 +85,23 @@ def minute_budget(
     if minute_started_at is None or now - minute_started_at >= MINUTE:
         return now, 0, max_per_minute
     return minute_started_at, sent, max(0, max_per_minute - sent)
+
+
+def paced_budget(max_per_minute: int, sent_at: Sequence[datetime], now: datetime) -> int:
+    """How many more sends are allowed at ``now``, given the times of every earlier one.
+
+    Two bounds, both on what was recorded: no 60-second window ever holds more than
+    ``max_per_minute`` sends, and sends are spread evenly, one every
+    ``60 / max_per_minute`` seconds from the first (a caller ticking coarsely sends the
+    few that came due since its last tick). A sender that was away catches up only as
+    far as the 60-second bound lets it.
+    """
+    if not sent_at:
+        return 1
+    in_minute = sum(1 for t in sent_at if now - t < MINUTE)
+    first = min(sent_at)
+    due = math.floor((now - first).total_seconds() * max_per_minute / 60) + 1
+    return max(0, min(max_per_minute - in_minute, due - len(sent_at)))
 
 
 def wave_outcome(

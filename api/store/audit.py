@@ -37,22 +37,27 @@ def _summary(value: Any) -> str | None:
     return text if len(text) <= SUMMARY_CHARS else text[:SUMMARY_CHARS] + "…"
 
 
+def entry(
+    who: Principal, action: str, target: str, before: Any = None, after: Any = None
+) -> dict[str, Any]:
+    """One audit document (inserted by :func:`record`, or many at once by a caller)."""
+    return {
+        "_id": new_id(),
+        "tenant_id": who.tenant_id,
+        "actor": who.token_id,
+        "role": who.role.value,
+        "action": action,
+        "target": target,
+        "at": datetime.now(UTC),
+        "before": _summary(before),
+        "after": _summary(after),
+    }
+
+
 async def record(
     db: Db, who: Principal, action: str, target: str, before: Any = None, after: Any = None
 ) -> None:
-    await db[AUDIT_LOG].insert_one(
-        {
-            "_id": new_id(),
-            "tenant_id": who.tenant_id,
-            "actor": who.token_id,
-            "role": who.role.value,
-            "action": action,
-            "target": target,
-            "at": datetime.now(UTC),
-            "before": _summary(before),
-            "after": _summary(after),
-        }
-    )
+    await db[AUDIT_LOG].insert_one(entry(who, action, target, before, after))
 
 
 async def list_entries(

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from api.store.base import Db
-from schemas.documents import API_TOKENS, AUDIT_LOG, DEVICE_CONFIGS, DEVICES, FIRMWARE, GROUPS
+from schemas.documents import (
+    API_TOKENS,
+    AUDIT_LOG,
+    CLAIM_SLOTS,
+    CLAIMS,
+    COMMANDS,
+    DEVICE_CONFIGS,
+    DEVICES,
+    FIRMWARE,
+    GROUPS,
+    SERIAL_BINDINGS,
+)
 
 
 async def ensure_indexes(db: Db) -> None:
@@ -13,3 +24,9 @@ async def ensure_indexes(db: Db) -> None:
     await db[FIRMWARE].create_index([("tenant_id", 1), ("version", 1)])
     await db[GROUPS].create_index([("tenant_id", 1)])
     await db[AUDIT_LOG].create_index([("tenant_id", 1), ("_id", -1)])
+    await db[CLAIMS].create_index([("tenant_id", 1)])
+    await db[CLAIM_SLOTS].create_index([("claim_id", 1)])
+    await db[SERIAL_BINDINGS].create_index([("tenant_id", 1), ("device_id", 1)])
+    await db[SERIAL_BINDINGS].create_index([("claim_id", 1)])
+    await db[COMMANDS].create_index([("tenant_id", 1), ("device_id", 1), ("_id", -1)])
+    await db[COMMANDS].create_index([("bulk_id", 1)])

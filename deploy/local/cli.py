@@ -39,7 +39,7 @@ def install() -> None:
     and versitygw from Go (PostgreSQL and FerretDB are skipped with OUTPOST_MONGO_URL)."""
     mosquitto = _step("Installing Mosquitto (apt)", tools.mosquitto)
     console.print(f"mosquitto  {mosquitto}")
-    clients = _step("Installing mosquitto-clients and jq (apt)", tools.shell_device_tools)
+    clients = _step("Installing mosquitto-clients, jq and ping (apt)", tools.shell_device_tools)
     console.print(f"shell      {' '.join(clients)}")
     if os.environ.get("OUTPOST_MONGO_URL"):
         console.print("mongodb    OUTPOST_MONGO_URL is set: no FerretDB needed")

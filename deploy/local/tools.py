@@ -82,10 +82,12 @@ def mosquitto(install: bool = True) -> str:
 
 
 def shell_device_tools(install: bool = True) -> list[str]:
-    """``mosquitto_pub``, ``mosquitto_sub`` and ``jq``: what the shell-script device uses
-    (``device/shell/``)."""
+    """``mosquitto_pub``, ``mosquitto_sub``, ``jq`` and ``ping``: what the shell-script
+    device uses (``device/shell/``; ``ping`` for its ping command)."""
     return _apt_tools(
-        ["mosquitto_pub", "mosquitto_sub", "jq"], ["mosquitto-clients", "jq"], install
+        ["mosquitto_pub", "mosquitto_sub", "jq", "ping"],
+        ["mosquitto-clients", "jq", "iputils-ping"],
+        install,
     )
 
 

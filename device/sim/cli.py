@@ -16,6 +16,7 @@ from rich.live import Live
 
 from device.settings import SimSettings
 from device.sim.fleet import Broker, Fleet, FleetOptions
+from device.sim.provision import provision_fleet, serials
 from device.sim.report import Summary, live_table, summarize
 from outpost import logs
 from outpost.settings import SettingsError, load
@@ -98,6 +99,16 @@ def sim(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (reproducible churn)")] = None,
     summary_json: Annotated[Path | None, typer.Option(help="Also write the summary here")] = None,
+    claim: Annotated[
+        str | None,
+        typer.Option(
+            help="Start out of the box: each device holds only this claim secret (or "
+            "OUTPOST_SIM_CLAIM) and its serial, and provisions its own account first"
+        ),
+    ] = None,
+    serial_prefix: Annotated[
+        str, typer.Option(help="With --claim: serials <prefix>-000000, -000001, ...")
+    ] = "SN",
 ) -> None:
     """Run thousands of simulated devices that behave like the reference agent."""
     logs.configure("WARNING")
@@ -121,6 +132,17 @@ def sim(
     if not is_device_id(options.device_id(0)):
         raise typer.BadParameter(f"--prefix {prefix!r} does not make valid device ids")
     console = Console(stderr=True)
-    summary = asyncio.run(_run(options, Broker.from_settings(where), duration, console))
+    broker = Broker.from_settings(where)
+    secret = claim or (where.claim.get_secret_value() if where.claim else None)
+    if secret is not None:
+        batch = serials(serial_prefix, devices)
+        done = asyncio.run(
+            provision_fleet(broker, secret, batch, logger=logging.getLogger("outpost.sim"))
+        )
+        console.print(f"provisioned {len(done.identities)} devices in {done.seconds:.2f} s")
+        options.ids, broker = done.ids, done.fleet_broker(broker)
+        keys = [i.firmware_public_key for i in done.identities.values()]
+        options.firmware_key = options.firmware_key or next((k for k in keys if k), None)
+    summary = asyncio.run(_run(options, broker, duration, console))
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary.as_dict(), indent=1))

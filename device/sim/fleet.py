@@ -41,10 +41,15 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel
 
 from device import behaviour as b
-from device.errors import DownloadError
+from device import commands as dc
+from device.diagnostics import put_object
+from device.errors import DiagnosticsError, DownloadError
 from device.settings import SimSettings
 from outpost.mqtt import Endpoint, aiomqtt_client
+from schemas import commands as cmd
 from schemas.protocol import (
+    CommandRequest,
+    CommandStatus,
     ConfigReport,
     JobState,
     StateMessage,
@@ -143,9 +148,17 @@ class FleetOptions:
     reconnect_base: float = 1.0  # backoff after a drop (full jitter), seconds
     reconnect_cap: float = 30.0
     seed: int | None = None
+    ids: Sequence[str] | None = None  # the devices' ids (provisioned); None: numbered
+    log_bytes: int = 64 * 1024  # size of the log a ``logs`` command uploads
 
     def device_id(self, index: int) -> str:
+        if self.ids is not None:
+            return self.ids[index]
         return numbered_device_id(self.prefix, index)
+
+    @property
+    def count(self) -> int:
+        return len(self.ids) if self.ids is not None else self.devices
 
 
 @dataclass
@@ -162,6 +175,7 @@ class FleetStats:
     graceful_drops: int = 0
     jobs_succeeded: int = 0
     jobs_failed: int = 0
+    commands_answered: int = 0
     configs_applied: int = 0
     all_connected_after: float | None = None  # seconds from start until every device was up
 
@@ -184,7 +198,7 @@ class SimDevice:
         self.job: b.JobRecord | None = None
         self.last_state: StateMessage | None = None
         self.counters: dict[str, int | float] = {}  # sent with every state from now on
-        self.commands: list[tuple[str, int]] = []  # (job_id, execution) of each job message
+        self.jobs_received: list[tuple[str, int]] = []  # (job_id, execution) per job message
         self.client: aiomqtt.Client | None = None
         self.want_online = asyncio.Event()
         self._drop: asyncio.Future[DropMode] | None = None
@@ -193,6 +207,8 @@ class SimDevice:
         self._boot_pending = True
         self._booted_at = time.monotonic()
         self._job_task: asyncio.Task[None] | None = None
+        self.handled = dc.Handled()
+        self.commands: list[str] = []  # every command id delivered, in arrival order
 
     @property
     def connected(self) -> bool:
@@ -289,9 +305,7 @@ class SimDevice:
         try:
             done, _ = await asyncio.wait([drop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _cancel_all(tasks)
         if drop in done:
             return drop.result()
         for task in tasks:
@@ -338,13 +352,18 @@ class SimDevice:
         *,
         retain: bool = False,
         job_id: str | None = None,
+        properties: Properties | None = None,
     ) -> bool:
         client = self.client
         if client is None:
             return False
         try:
             await client.publish(
-                topic(channel, self.device_id, job_id), encode(message), qos=1, retain=retain
+                topic(channel, self.device_id, job_id),
+                encode(message),
+                qos=1,
+                retain=retain,
+                properties=properties,
             )
         except aiomqtt.MqttError:
             self.fleet.stats.send_failures += 1
@@ -381,9 +400,12 @@ class SimDevice:
         async for message in client.messages:
             self.fleet.stats.received += 1
             payload = message.payload if isinstance(message.payload, bytes) else b""
-            await self._handle(str(message.topic), payload)
+            correlation = getattr(message.properties, "CorrelationData", None)
+            await self._handle(str(message.topic), payload, correlation)
 
-    async def _handle(self, raw_topic: str, payload: bytes) -> None:
+    async def _handle(
+        self, raw_topic: str, payload: bytes, correlation: bytes | None = None
+    ) -> None:
         try:
             where = parse(raw_topic)
         except TopicError:
@@ -392,6 +414,81 @@ class SimDevice:
             await self._handle_config(payload)
         elif where.channel is Channel.JOB and where.job_id is not None:
             await self._handle_job(where.job_id, payload)
+        elif where.channel is Channel.COMMAND and where.job_id is not None:
+            await self._handle_command(raw_topic, where.job_id, payload, correlation)
+
+    # ------------------------------------------------------------------ commands
+
+    async def _handle_command(
+        self, raw_topic: str, command_id: str, payload: bytes, correlation: bytes | None
+    ) -> None:
+        """Decide at once (in arrival order), run in a task of its own: a log upload
+        does not hold up the next message."""
+        self.commands.append(command_id)
+        self.fleet.on_command(self.device_id, command_id)
+        request = dc.parse(raw_topic, payload)
+        if isinstance(request, str):
+            if command_id not in self.handled:
+                self.handled.add(command_id)
+                await self._answer(command_id, correlation, CommandStatus.REJECTED, error=request)
+            return
+        decision = dc.decide(request, utc_now(), self.handled)
+        if decision.action in (dc.Action.IGNORE, dc.Action.EXPIRED):
+            return
+        self.handled.add(command_id)
+        if decision.action is dc.Action.ANSWER:
+            assert decision.status is not None
+            await self._answer(command_id, correlation, decision.status, error=decision.error)
+            return
+        self.fleet.spawn(
+            self._run_command(request, decision.args, correlation), f"{self.device_id}-command"
+        )
+
+    async def _run_command(
+        self, request: CommandRequest, args: BaseModel | None, correlation: bytes | None
+    ) -> None:
+        rng, cid = self.fleet.rng, request.command_id
+        output: BaseModel
+        if isinstance(args, cmd.PingArgs):
+            output = dc.simulated_ping(args, rng)
+        elif isinstance(args, cmd.ScanArgs):
+            output = dc.simulated_scan(args, rng)
+        elif isinstance(args, cmd.CountersArgs):
+            output = dc.simulated_counters(args, rng)
+        elif isinstance(args, cmd.LogsArgs):
+            body = dc.simulated_log(
+                self.device_id, min(args.max_bytes, self.fleet.options.log_bytes)
+            )
+            try:
+                output = await self.fleet.upload(args.checked_url(), body, args.key or "")
+            except DiagnosticsError as exc:
+                await self._answer(cid, correlation, CommandStatus.FAILED, error=str(exc))
+                return
+        else:  # reboot: answer first, then drop the session (offline, reason reboot)
+            await self._answer(cid, correlation, CommandStatus.SUCCEEDED, cmd.RebootOutput())
+            self._boot_pending = True
+            self._booted_at = time.monotonic()
+            self.drop(DropMode.REBOOT)
+            return
+        await self._answer(cid, correlation, CommandStatus.SUCCEEDED, output)
+
+    async def _answer(
+        self,
+        command_id: str,
+        correlation: bytes | None,
+        status: CommandStatus,
+        output: BaseModel | None = None,
+        error: str | None = None,
+    ) -> None:
+        message = dc.result(
+            self.device_id, self.seq.next_key(), utc_now(), command_id, status, output, error
+        )
+        props = None
+        if correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.CorrelationData = correlation
+        if await self._send(Channel.COMMAND_RESULT, message, job_id=command_id, properties=props):
+            self.fleet.stats.commands_answered += 1
 
     async def _handle_config(self, payload: bytes) -> None:
         desired = b.parse_config(payload)
@@ -401,13 +498,14 @@ class SimDevice:
             return
         self.config = b.apply_config(desired, self.fleet.apply_config)
         self.fleet.stats.configs_applied += 1
+        self.fleet.changed()
         await self.publish_state()
 
     async def _handle_job(self, job_id: str, payload: bytes) -> None:
         command = b.parse_job(payload)
         if isinstance(command, str) or command.job_id != job_id:
             return
-        self.commands.append((command.job_id, command.execution))
+        self.jobs_received.append((command.job_id, command.execution))
         key = self.fleet.options.firmware_key
         trust = b.FirmwareTrust(key, self.fleet.options.hardware_model) if key else None
         decision = b.faulty_decision(
@@ -494,6 +592,25 @@ class SimDevice:
             self.drop(DropMode.REBOOT)
 
 
+async def _cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel ``tasks`` and wait until they are done, cancelling again while any is left.
+
+    Once is not always enough on Python 3.11: ``asyncio.wait_for`` (inside aiomqtt's
+    publish) swallows a cancellation that arrives as its future completes (fixed in
+    3.12, gh-86296), and the reader then waits for its next message forever. Seen here:
+    a fleet whose devices had just acknowledged a config hung at exit.
+    """
+    pending = [t for t in tasks if not t.done()]
+    while pending:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.5)
+        pending = [t for t in pending if not t.done()]
+    for task in tasks:  # retrieve outcomes: no "exception was never retrieved"
+        if not task.cancelled():
+            task.exception()
+
+
 async def _close_abruptly(client: aiomqtt.Client) -> None:
     """Shut the TCP connection without DISCONNECT: the broker must publish the will."""
     paho_client = client._client
@@ -533,14 +650,14 @@ class Fleet:
         self.faults = dict(faults or {})
         self.rng = random.Random(options.seed)
         self.stats = FleetStats()
-        if not is_device_id(options.device_id(0)):
+        if options.count and not is_device_id(options.device_id(0)):
             raise ValueError(
                 f"prefix {options.prefix!r} does not make valid device ids "
                 f"(e.g. {options.device_id(0)!r})"
             )
         self.devices = {
             options.device_id(i): SimDevice(self, options.device_id(i))
-            for i in range(options.devices)
+            for i in range(options.count)
         }
         self.ids = list(self.devices)
         self._start_online = start_online
@@ -549,6 +666,7 @@ class Fleet:
         self._download_slots = asyncio.Semaphore(options.download_concurrency)
         self.ramp = asyncio.Semaphore(options.connect_concurrency)
         self._changed = asyncio.Event()
+        self.arrivals: dict[str, float] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -594,6 +712,10 @@ class Fleet:
         self.stats.connects += 1
         if self.stats.all_connected_after is None and self.stats.connected == len(self.ids):
             self.stats.all_connected_after = time.monotonic() - self.stats.started_at
+
+    def on_command(self, device_id: str, command_id: str) -> None:
+        """A command request reached ``device_id`` (``arrivals``: id -> monotonic time)."""
+        self.arrivals.setdefault(command_id, time.monotonic())
 
     def on_ready(self, delta: int) -> None:
         self.stats.ready += delta
@@ -641,6 +763,10 @@ class Fleet:
         sent a state and subscribed. Wrap in asyncio.timeout."""
         target = len(self.ids) if count is None else count
         await self._until(lambda: self.stats.ready >= target)
+
+    async def wait_configured(self) -> None:
+        """Until every device has applied a config. Wrap in asyncio.timeout."""
+        await self._until(lambda: all(d.config is not None for d in self.devices.values()))
 
     async def wait_disconnected(self, ids: Iterable[str]) -> None:
         wanted = list(ids)
@@ -723,6 +849,12 @@ class Fleet:
                         await asyncio.sleep(len(chunk) / rate)
             finally:
                 body.close()
+
+    async def upload(self, url: str, body: bytes, key: str) -> cmd.LogsOutput:
+        """PUT ``body`` to a presigned URL (in the download threads); what was stored."""
+        loop = asyncio.get_running_loop()
+        async with self._download_slots:
+            return await loop.run_in_executor(self._downloads, put_object, url, body, key)
 
 
 def _open_url(url: str) -> BinaryIO:

@@ -35,11 +35,17 @@ def presence(device_id: str) -> bytes:
 NOT_AUTHORIZED = 135  # MQTT v5 reason code in PUBACK and SUBACK
 
 # (topic, allowed) with {me} and {other} filled in: a device sends only its presence,
-# state and job status, and subscribes only to its config and jobs
+# state, job status and command results, and subscribes only to its config, jobs and
+# commands; it can neither publish on its own command channel nor answer on another
+# device's result topic
 PUBLISH_ACL = [
     ("devices/{me}/presence", True),
     ("devices/{me}/state", True),
     ("devices/{me}/jobs/j1/status", True),
+    ("devices/{me}/commands/c1/result", True),
+    ("devices/{me}/commands/c1", False),
+    ("devices/{other}/commands/c1/result", False),
+    ("devices/{other}/commands/c1", False),
     ("devices/{me}/config", False),
     ("devices/{me}/jobs/j1", False),
     ("devices/{me}/other", False),
@@ -54,6 +60,9 @@ SUBSCRIBE_ACL = [
     ("devices/{me}/config", True),
     ("devices/{me}/jobs/+", True),
     ("devices/{me}/jobs/j1", True),
+    ("devices/{me}/commands/+", True),
+    ("devices/{me}/commands/+/result", False),
+    ("devices/{other}/commands/+", False),
     ("devices/{me}/presence", False),
     ("devices/{me}/state", False),
     ("devices/{me}/jobs/+/status", False),

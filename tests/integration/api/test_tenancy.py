@@ -38,7 +38,10 @@ async def seed(http, unique: str) -> dict[str, str]:
     )
     assert rollout.status_code == 201, rollout.text
     token = (await http.post("/tokens", json={"name": "a2", "role": "viewer"})).json()
+    claim = await http.post("/claims", json={"name": "ca", "group": "ga"})
+    assert claim.status_code == 201, claim.text
     return {
+        "claim_id": claim.json()["id"],
         "device_id": f"a-{unique}",
         "name": "ga",
         "firmware_id": fw["id"],
@@ -65,6 +68,7 @@ def bodies(ids: dict[str, str], unique: str) -> dict[tuple[str, str], dict]:
         ("post", "/firmware"): {"version": "9.9.9", "hardware_models": ["ap-1"]},
         ("post", "/rollouts"): spec,
         ("post", "/rollouts/dry-run"): spec,
+        ("post", "/claims"): {"name": "cb", "group": "ga"},
     }
 
 
@@ -91,13 +95,21 @@ async def test_other_tenant_can_neither_read_nor_change(api: Api, unique):
             .find({}, {"_id": 1, "tags": 1, "status": 1, "version": 1, "revoked_at": 1})
             .sort("_id")
             .to_list(None)
-            for c in ("devices", "groups", "firmware", "rollouts", "api_tokens")
+            for c in (
+                "devices",
+                "groups",
+                "firmware",
+                "rollouts",
+                "api_tokens",
+                "provisioning_claims",
+            )
         }
         create_ok = {
             ("post", "/tokens"),
             ("post", "/groups"),
             ("post", "/firmware"),
             ("post", "/devices"),
+            ("post", "/claims"),
         }
         for method, template in operations(api.app):
             body = bodies(ids, unique).get((method, template))
@@ -105,7 +117,8 @@ async def test_other_tenant_can_neither_read_nor_change(api: Api, unique):
             where = f"{method.upper()} {template}"
             assert response.status_code < 500, f"{where}: {response.text}"
             text = response.text if response.status_code < 400 else ""  # 404s echo the id
-            for value in (ids["device_id"], ids["firmware_id"], ids["rollout_id"], ids["token_id"]):
+            leaks = ("device_id", "firmware_id", "rollout_id", "token_id", "claim_id")
+            for value in (ids[k] for k in leaks):
                 assert value not in text, f"{where} leaked {value}: {text[:300]}"
             if "{" in template:
                 assert response.status_code == 404, f"{where}: {response.text}"
@@ -170,6 +183,7 @@ async def test_viewer_cannot_write_and_revoked_token_is_refused(api: Api, unique
             "rollout.create",
             "token.create",
             "token.revoke",
+            "claim.create",
         } <= actions
         entry = next(e for e in audit if e["action"] == "token.revoke")
         assert entry["target"] == f"token:{created['token_id']}"

@@ -32,8 +32,8 @@ pytestmark = pytest.mark.integration
 
 FLEET = 1000
 ROUNDS = 2
-# FerretDB/SQLite scans the collection on every conditional update (~20-50 updates/s
-# at 1,000 documents here), so the scale-out test uses a smaller fleet.
+# FerretDB v1 scans the collection on every conditional update, so the scale-out test
+# (two instances, three rounds) uses a smaller fleet to stay a few seconds long.
 SHARED_FLEET = 300
 
 

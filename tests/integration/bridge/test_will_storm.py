@@ -1,7 +1,7 @@
 """Thousands of devices dropped at the same instant: every Last Will ends up in MongoDB.
 
-The fleet is 5,000 devices (the issue's number). On FerretDB/SQLite every conditional
-update scans the collection, so 5,000 wills take several minutes to write there; set
+The fleet is 5,000 devices (the issue's number). FerretDB v1 scans the collection on
+every conditional update, so 5,000 wills take tens of seconds there; set
 ``OUTPOST_TEST_WILL_STORM=1000`` for a quicker run while iterating.
 
 The bridge runs as a subprocess: paho's network loop uses ``select()``, which cannot

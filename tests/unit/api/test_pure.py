@@ -192,10 +192,13 @@ def test_dynsec_commands_grant_each_own_channel_in_one_direction():
         ("publishClientSend", "devices/ap-1/presence"),
         ("publishClientSend", "devices/ap-1/state"),
         ("publishClientSend", "devices/ap-1/jobs/+/status"),
+        ("publishClientSend", "devices/ap-1/commands/+/result"),
         ("subscribePattern", "devices/ap-1/config"),
         ("publishClientReceive", "devices/ap-1/config"),
         ("subscribePattern", "devices/ap-1/jobs/+"),
         ("publishClientReceive", "devices/ap-1/jobs/+"),
+        ("subscribePattern", "devices/ap-1/commands/+"),
+        ("publishClientReceive", "devices/ap-1/commands/+"),
     }
     assert all(a["allow"] for a in role["acls"])
     assert client["username"] == client["clientid"] == "ap-1"

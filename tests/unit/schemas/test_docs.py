@@ -65,7 +65,11 @@ def test_document_covers_every_channel_with_its_topic_and_limits() -> None:
     assert document["asyncapi"] == "3.0.0"
     for channel in Channel:
         address = document["channels"][channel.value]["address"]
-        concrete = address.replace("{deviceId}", "ap-0001").replace("{jobId}", "j1")
+        concrete = (
+            address.replace("{deviceId}", "ap-0001")
+            .replace("{jobId}", "j1")
+            .replace("{commandId}", "c1")
+        )
         assert parse(concrete).channel is channel
         message = document["components"]["messages"][channel.value]
         assert message["x-max-payload-bytes"] == MAX_PAYLOAD_BYTES[channel]
@@ -73,14 +77,20 @@ def test_document_covers_every_channel_with_its_topic_and_limits() -> None:
         op["channel"]["$ref"].rsplit("/", 1)[1]: op["action"]
         for op in document["operations"].values()
     }
-    assert actions == {c.value: "send" if c.from_device else "receive" for c in Channel}
+    device_channels = {c.value: "send" if c.from_device else "receive" for c in Channel}
+    provisioning = {"provisionRequest": "send", "provisionReply": "receive"}
+    assert actions == device_channels | provisioning
 
 
 def test_document_examples_are_valid_payloads() -> None:
     document = build_document()
     for channel in Channel:
         address = document["channels"][channel.value]["address"]
-        topic = address.replace("{deviceId}", "ap-lobby-0042").replace("{jobId}", "rollout-7f3a-1")
+        topic = (
+            address.replace("{deviceId}", "ap-lobby-0042")
+            .replace("{jobId}", "rollout-7f3a-1")
+            .replace("{commandId}", "6566f0a1c2d3e4f5a6b7c8d9")
+        )
         for example in document["components"]["messages"][channel.value]["examples"]:
             check_example(topic, example["payload"])
 
@@ -112,7 +122,9 @@ def test_protocol_page_size_limits_match_the_code() -> None:
     text = PROTOCOL_MD.read_text(encoding="utf-8")
     rows = re.findall(r"^\| `(devices/[^`]+)` \| [^|]+ \| [^|]+ \| (\d+) \|", text, flags=re.M)
     limits = {
-        parse(t.replace("{id}", "ap-0001").replace("{job_id}", "j1")).channel: int(n)
+        parse(
+            t.replace("{id}", "ap-0001").replace("{job_id}", "j1").replace("{command_id}", "c1")
+        ).channel: int(n)
         for t, n in rows
     }
     assert limits == MAX_PAYLOAD_BYTES

@@ -61,6 +61,8 @@ def test_example_is_accepted_and_round_trips(channel: Channel) -> None:
             Channel.CONFIG: "ConfigMessage",
             Channel.JOB: "JobCommand",
             Channel.JOB_STATUS: "JobStatusMessage",
+            Channel.COMMAND: "CommandRequest",
+            Channel.COMMAND_RESULT: "CommandResultMessage",
         }[channel]
     )
     assert parse_any(channel, where, encode(message)) == message

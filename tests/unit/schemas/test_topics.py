@@ -21,6 +21,8 @@ CASES = [
     (Channel.CONFIG, None, "devices/ap-0001/config"),
     (Channel.JOB, "job_1", "devices/ap-0001/jobs/job_1"),
     (Channel.JOB_STATUS, "job_1", "devices/ap-0001/jobs/job_1/status"),
+    (Channel.COMMAND, "c1", "devices/ap-0001/commands/c1"),
+    (Channel.COMMAND_RESULT, "c1", "devices/ap-0001/commands/c1/result"),
 ]
 
 
@@ -54,6 +56,10 @@ def test_build_and_parse_round_trip(channel: Channel, job_id: str | None, expect
         "devices/ap-0001/jobs/j1/progress",
         "devices/ap-0001/jobs/j+1/status",
         "devices/ap-0001/jobs/j1/status/x",
+        "devices/ap-0001/commands",
+        "devices/ap-0001/commands/c1/status",
+        "devices/ap-0001/jobs/j1/result",
+        "devices/ap-0001/commands/c+1/result",
         "$share/g/devices/ap-0001/state",
         "/devices/ap-0001/state",
         "devices/" + "a" * 65 + "/state",
@@ -86,7 +92,12 @@ def test_subscriptions_and_acl_filter() -> None:
     assert subscription(Channel.JOB_STATUS) == "devices/+/jobs/+/status"
     assert subscription(Channel.PRESENCE, "bridge") == "$share/bridge/devices/+/presence"
     assert channel_filter(Channel.JOB_STATUS, "ap-0001") == "devices/ap-0001/jobs/+/status"
-    assert device_subscriptions("ap-0001") == ["devices/ap-0001/config", "devices/ap-0001/jobs/+"]
+    assert channel_filter(Channel.COMMAND_RESULT) == "devices/+/commands/+/result"
+    assert device_subscriptions("ap-0001") == [
+        "devices/ap-0001/config",
+        "devices/ap-0001/jobs/+",
+        "devices/ap-0001/commands/+",
+    ]
     with pytest.raises(TopicError):
         channel_filter(Channel.STATE, "#")
 
@@ -96,4 +107,5 @@ def test_direction() -> None:
         Channel.PRESENCE,
         Channel.STATE,
         Channel.JOB_STATUS,
+        Channel.COMMAND_RESULT,
     }
