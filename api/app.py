@@ -14,7 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
 from api import problems
-from api.broker_admin import BrokerAdmin
+from api.broker_admin import BrokerAdmin, DeviceAccounts, ExternalAccounts
 from api.broker_link import BrokerLink
 from api.firmware_store import FirmwareStore, s3_client
 from api.metrics import ApiMetrics
@@ -71,7 +71,7 @@ def _lifespan(settings: Settings, metrics: ApiMetrics, logger: logging.Logger) -
         db = store.Store(
             client[settings.mongo.database], concurrency=settings.mongo.write_concurrency
         )
-        state = AppState(db, link, BrokerAdmin(link), images, metrics, settings.api, logger)
+        state = AppState(db, link, _accounts(settings, link), images, metrics, settings.api, logger)
         provisioner = Provisioner(state)
         link.listen(provisioner.subscription, provisioner.offer)
         tasks = [
@@ -97,6 +97,12 @@ def _lifespan(settings: Settings, metrics: ApiMetrics, logger: logging.Logger) -
             s3.close()
 
     return lifespan
+
+
+def _accounts(settings: Settings, link: BrokerLink) -> DeviceAccounts:
+    if settings.api.broker_accounts == "external":
+        return ExternalAccounts()
+    return BrokerAdmin(link)
 
 
 def create_app(settings: Settings, logger: logging.Logger | None = None) -> FastAPI:

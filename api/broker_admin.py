@@ -12,7 +12,11 @@ both the device id. ``deleteClient`` and ``setClientPassword`` also disconnect a
 connected client.
 
 The command builders are pure; :class:`BrokerAdmin` sends them over a
-:class:`~api.broker_link.BrokerLink`.
+:class:`~api.broker_link.BrokerLink`. :class:`ExternalAccounts` is the choice for a broker
+whose device accounts are managed elsewhere (``OUTPOST_API_BROKER_ACCOUNTS=external``:
+EMQX with its own authentication database, AWS IoT Core with certificates, a broker
+without Mosquitto's ``$CONTROL`` API): the api then keeps its registry and passwords, and
+creates, rotates and deletes nothing at the broker.
 """
 
 from __future__ import annotations
@@ -132,6 +136,32 @@ def _already_exists(error: str) -> bool:
 
 def _not_found(error: str) -> bool:
     return "not found" in error.lower()
+
+
+class DeviceAccounts(Protocol):
+    """What the routes ask of the broker's account store."""
+
+    async def create_device(self, device_id: str, password: str) -> None: ...
+    async def delete_device(self, device_id: str) -> None: ...
+    async def reset_device(self, device_id: str, password: str) -> None: ...
+
+
+class ExternalAccounts:
+    """Device accounts are the broker operator's business: every call does nothing.
+
+    The password a registration returns is still stored (hashed) in the registry, so an
+    external authenticator (e.g. EMQX's HTTP or MongoDB authentication) can check it;
+    a rotation does not disconnect the device's session at the broker.
+    """
+
+    async def create_device(self, device_id: str, password: str) -> None:
+        return None
+
+    async def delete_device(self, device_id: str) -> None:
+        return None
+
+    async def reset_device(self, device_id: str, password: str) -> None:
+        return None
 
 
 class BrokerAdmin:

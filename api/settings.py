@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -27,6 +29,12 @@ class ApiSettings(OutpostSettings):
     )
     broker_timeout_s: float = Field(
         default=5.0, gt=0, le=60, description="Longest wait for the broker (publish, admin)"
+    )
+    broker_accounts: Literal["dynsec", "external"] = Field(
+        default="dynsec",
+        description="Who keeps device accounts at the broker: dynsec (the api, through "
+        "Mosquitto's dynamic-security $CONTROL API) or external (the broker's operator; "
+        "the api creates, rotates and deletes nothing there)",
     )
     firmware_signing_key: SecretStr | None = Field(
         default=None,

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from api.broker_admin import BrokerAdmin
+from api.broker_admin import DeviceAccounts
 from api.broker_link import BrokerLink
 from api.firmware_store import FirmwareStore
 from api.metrics import ApiMetrics
@@ -18,7 +18,7 @@ from api.store.base import Db
 class AppState:
     db: Db
     link: BrokerLink
-    broker_admin: BrokerAdmin
+    broker_admin: DeviceAccounts
     firmware: FirmwareStore
     metrics: ApiMetrics
     settings: ApiSettings

@@ -346,6 +346,16 @@ CREATE EVENT TRIGGER outpost_index_id ON ddl_command_end WHEN TAG IN ('CREATE TA
 """
 
 
+# FerretDB's connections to PostgreSQL. Measured in the scale-out drill
+# (bench/scale_out_drill.py, 2026-11-30): with 40, three bridges (each up to
+# outpost.store.FERRETDB_CONCURRENCY = 16 updates at once) plus the schedulers' and apis'
+# work stalled FerretDB for good: 1,152 of its goroutines waited for a pool connection
+# inside update commands while PostgreSQL showed all 40 connections idle (checked out by
+# updates that were themselves waiting for a second one). Kept well above what every
+# instance of a local stack can have in flight; PostgreSQL allows 200 (max_connections).
+FERRETDB_POOL = 150
+
+
 @dataclass
 class Postgres(Server):
     """Debian's PostgreSQL as FerretDB's backend: a private cluster in ``root/data``.
@@ -374,7 +384,7 @@ class Postgres(Server):
         """The pgx URL FerretDB connects with (socket folder as ``host``)."""
         return (
             f"postgres:///{self.database}?host={self.socket_dir}&port={self.port}"
-            "&user=postgres&pool_max_conns=40"
+            f"&user=postgres&pool_max_conns={FERRETDB_POOL}"
         )
 
     def _owner(self) -> pwd.struct_passwd | None:

@@ -197,6 +197,8 @@ class SimDevice:
         self.config: ConfigReport | None = None
         self.job: b.JobRecord | None = None
         self.last_state: StateMessage | None = None
+        self.counters: dict[str, int | float] = {}  # sent with every state from now on
+        self.jobs_received: list[tuple[str, int]] = []  # (job_id, execution) per job message
         self.client: aiomqtt.Client | None = None
         self.want_online = asyncio.Event()
         self._drop: asyncio.Future[DropMode] | None = None
@@ -378,6 +380,7 @@ class SimDevice:
             hardware_model=self.fleet.options.hardware_model,
             config=self.config,
             uptime_s=int(time.monotonic() - self._booted_at),
+            counters=self.counters,
         )
         sent = await self._send(Channel.STATE, state)
         if sent:
@@ -502,6 +505,7 @@ class SimDevice:
         command = b.parse_job(payload)
         if isinstance(command, str) or command.job_id != job_id:
             return
+        self.jobs_received.append((command.job_id, command.execution))
         key = self.fleet.options.firmware_key
         trust = b.FirmwareTrust(key, self.fleet.options.hardware_model) if key else None
         decision = b.faulty_decision(
@@ -771,13 +775,21 @@ class Fleet:
     # ------------------------------------------------------------------ actions
 
     async def publish_state_all(
-        self, ids: Sequence[str] | None = None, concurrency: int = 256
+        self,
+        ids: Sequence[str] | None = None,
+        concurrency: int = 256,
+        counters: Mapping[str, int | float] | None = None,
     ) -> int:
-        """Every (connected) device sends one state now; returns how many were sent."""
+        """Every (connected) device sends one state now; returns how many were sent.
+
+        ``counters`` are merged into each device's counters first (and sent with its
+        later states too): a state whose content changed is one the bridge must write.
+        """
         slots = asyncio.Semaphore(concurrency)
 
         async def one(device: SimDevice) -> bool:
             async with slots:
+                device.counters.update(counters or {})
                 return await device.publish_state()
 
         chosen = [self.devices[i] for i in (ids if ids is not None else self.ids)]
