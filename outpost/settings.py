@@ -156,12 +156,14 @@ class MongoSettings(OutpostSettings):
     )
 
     write_concurrency: int = Field(
-        default=8,
+        default=16,
         ge=1,
         le=64,
         description="Writes (and reads by _id) in flight at once per batch on FerretDB, "
-        "which has no fast bulk: 8 was the fastest on 2 CPUs at 20,000 documents "
-        "(bench/RESULTS.md: 4: 582/s, 8: 694/s, 16: 563/s); MongoDB gets bulks instead",
+        "which has no fast bulk (MongoDB gets bulks instead). 8 and 16 are within the noise "
+        "of each other on 2 CPUs at 20,000 documents; the bridge measured 0.81 of raw at 16 "
+        "and 0.71 at 8 (bench/RESULTS.md). FerretDB needs two pool connections per update in "
+        "flight: keep instances x this under half its pool_max_conns",
     )
 
     def client_timeouts(

@@ -9,7 +9,7 @@ how a batch of writes is best sent.
 - **FerretDB v1**: its bulks are slower than single statements (an unordered bulk of 16
   updates ran at 94/s where 16 concurrent ``update_one`` ran at 859/s) and a bulk of more
   than ~50 updates never returns, leaving the server unable to answer. So writes go out
-  as single statements, ``OUTPOST_MONGO_WRITE_CONCURRENCY`` (8) at a time, and two writes of the
+  as single statements, ``OUTPOST_MONGO_WRITE_CONCURRENCY`` (16) at a time, and two writes of the
   same document never at the same time (FerretDB would lose one of them): writes that
   name the same ``_id`` run one after the other, in the order given.
 
@@ -85,7 +85,7 @@ Document = dict[str, Any]
 DUPLICATE_KEY = 11000
 MONGODB_CHUNK = 10_000
 IN_CHUNK = 1000  # ids per $in query on MongoDB
-FERRETDB_CONCURRENCY = 8  # the default of OUTPOST_MONGO_WRITE_CONCURRENCY
+FERRETDB_CONCURRENCY = 16  # the default of OUTPOST_MONGO_WRITE_CONCURRENCY
 # Values pymongo cannot encode (an int beyond 64 bits, a non-string key...): raised
 # before anything is sent, for the whole bulk the write is in.
 UNENCODABLE: tuple[type[Exception], ...] = (InvalidDocument, OverflowError)

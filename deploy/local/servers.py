@@ -348,7 +348,7 @@ CREATE EVENT TRIGGER outpost_index_id ON ddl_command_end WHEN TAG IN ('CREATE TA
 
 # FerretDB's connections to PostgreSQL. Measured in the scale-out drill
 # (bench/scale_out_drill.py, 2026-11-30): with 40, three bridges (each then up to 16
-# updates at once; OUTPOST_MONGO_WRITE_CONCURRENCY, now 8) plus the schedulers' and apis'
+# updates at once: OUTPOST_MONGO_WRITE_CONCURRENCY) plus the schedulers' and apis'
 # work stalled FerretDB for good: 1,152 of its goroutines waited for a pool connection
 # inside update commands while PostgreSQL showed all 40 connections idle (checked out by
 # updates that were themselves waiting for a second one). Kept well above what every

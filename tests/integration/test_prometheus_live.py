@@ -29,7 +29,8 @@ from tests.integration.bridge.helpers import Publisher, eventually, state_payloa
 from tests.integration.services import Service, service_env
 from tests.promql import dashboard_expressions, metric_names, plain, rule_expressions
 
-pytestmark = pytest.mark.integration
+# one worker runs the module: its stack is module-scoped
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prometheus_stack")]
 
 
 def exported_names(text: str) -> set[str]:
