@@ -11,10 +11,14 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -73,6 +77,63 @@ async def mongo_db(mongo: MongoServer) -> AsyncIterator[AsyncDatabase[dict[str, 
     finally:
         await client.drop_database(name)
         await client.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _clear_retained_device_topics(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each integration module, clear what its devices left retained on the shared
+    broker (presence, state). Mosquitto 2.0.11 hands retained messages to every new
+    shared subscription, so a later test's bridge would otherwise be given devices it
+    does not know (counted as unknown, or written as extra updates)."""
+    if request.node.get_closest_marker("integration") is None:
+        yield
+        return
+    broker: Mosquitto = request.getfixturevalue("broker")
+    yield
+    clear_retained(broker, ["devices/+/presence", "devices/+/state"])
+
+
+def clear_retained(broker: Mosquitto, filters: list[str], quiet_s: float = 0.3) -> int:
+    """Publish an empty retained message on every topic under ``filters`` that holds one;
+    returns how many. Retained messages arrive right after the SUBACK, so the collection
+    ends once none came for ``quiet_s``."""
+    topics: set[str] = set()
+    last = [time.monotonic()]
+
+    def on_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        if message.retain and message.payload:
+            topics.add(message.topic)
+        last[0] = time.monotonic()
+
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"clear-{secrets.token_hex(4)}", protocol=paho.MQTTv5
+    )
+    subscribed = threading.Semaphore(0)
+
+    def on_subscribe(*args: object) -> None:
+        last[0] = time.monotonic()
+        subscribed.release()
+
+    client.username_pw_set(broker.backend_username, broker.backend_password)
+    client.on_message = on_message
+    client.on_subscribe = on_subscribe
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        for topic_filter in filters:
+            client.subscribe(topic_filter, qos=0)
+        for _ in filters:
+            assert subscribed.acquire(timeout=10), "no SUBACK from the broker"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and time.monotonic() - last[0] < quiet_s:
+            time.sleep(0.05)
+        sent = [client.publish(t, b"", qos=1, retain=True) for t in sorted(topics)]
+        for info in sent:
+            info.wait_for_publish(timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return len(topics)
 
 
 @pytest.fixture

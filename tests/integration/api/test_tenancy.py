@@ -40,7 +40,13 @@ async def seed(http, unique: str) -> dict[str, str]:
     token = (await http.post("/tokens", json={"name": "a2", "role": "viewer"})).json()
     claim = await http.post("/claims", json={"name": "ca", "group": "ga"})
     assert claim.status_code == 201, claim.text
+    command = await http.post(f"/devices/a-{unique}/commands", json={"name": "counters"})
+    assert command.status_code == 202, command.text
+    bulk = await http.post("/commands", json={"name": "counters", "target": {"group": "ga"}})
+    assert bulk.status_code == 202, bulk.text
     return {
+        "bulk_id": bulk.json()["id"],
+        "command_id": command.json()["id"],
         "claim_id": claim.json()["id"],
         "device_id": f"a-{unique}",
         "name": "ga",
@@ -69,6 +75,8 @@ def bodies(ids: dict[str, str], unique: str) -> dict[tuple[str, str], dict]:
         ("post", "/rollouts"): spec,
         ("post", "/rollouts/dry-run"): spec,
         ("post", "/claims"): {"name": "cb", "group": "ga"},
+        ("post", "/devices/{device_id}/commands"): {"name": "reboot"},
+        ("post", "/commands"): {"name": "reboot", "target": {"device_ids": [ids["device_id"]]}},
     }
 
 
@@ -102,6 +110,8 @@ async def test_other_tenant_can_neither_read_nor_change(api: Api, unique):
                 "rollouts",
                 "api_tokens",
                 "provisioning_claims",
+                "commands",
+                "command_bulks",
             )
         }
         create_ok = {
@@ -117,7 +127,15 @@ async def test_other_tenant_can_neither_read_nor_change(api: Api, unique):
             where = f"{method.upper()} {template}"
             assert response.status_code < 500, f"{where}: {response.text}"
             text = response.text if response.status_code < 400 else ""  # 404s echo the id
-            leaks = ("device_id", "firmware_id", "rollout_id", "token_id", "claim_id")
+            leaks = (
+                "device_id",
+                "firmware_id",
+                "rollout_id",
+                "token_id",
+                "claim_id",
+                "command_id",
+                "bulk_id",
+            )
             for value in (ids[k] for k in leaks):
                 assert value not in text, f"{where} leaked {value}: {text[:300]}"
             if "{" in template:
