@@ -25,6 +25,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from deploy.local import ExternalMongo, MongoServer, Mosquitto, S3Server, database_server, free_port
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked ``slow`` first (otherwise in collection order): the parallel
+    workers take tests in this order, so the longest start early and the run does not end
+    with one worker busy on a minute-long test while the other is idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def servers_root() -> Iterator[Path]:
     # Not pytest's tmp_path: its folders are private to root, and Mosquitto drops to the

@@ -58,6 +58,7 @@ def revoke_with_another_admin(url: str, token: str) -> None:
     assert _call(url, token, "GET", "/tenant")[0] == 401
 
 
+@pytest.mark.slow
 def test_up_twice_status_down(servers_root: Path) -> None:
     root = servers_root / "dev-stack"
     env = {

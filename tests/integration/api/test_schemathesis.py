@@ -95,6 +95,7 @@ def _statuses(node: object) -> list[int]:
     return []
 
 
+@pytest.mark.slow
 async def test_openapi_property_run_finds_no_5xx_or_schema_violation(broker, mongo, s3, tmp_path):
     async with running_api(broker, mongo, s3, tmp_path) as api:
         started = time.monotonic()

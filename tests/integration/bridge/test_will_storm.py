@@ -41,6 +41,7 @@ async def _count(db, status: str) -> int:
     return await db[DEVICE_STATUS].count_documents({"presence.status": status})
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1500)
 async def test_simultaneous_drop_of_a_fleet_marks_every_device_offline(
     broker, mongo, mongo_db, unique, tmp_path

@@ -39,6 +39,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+@pytest.mark.slow
 async def test_group_command_to_a_500_device_group_respects_its_per_minute_cap(
     db, broker, mongo, s3, unique, prefix
 ):
