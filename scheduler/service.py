@@ -155,57 +155,21 @@ class SchedulerService:
     async def _schedule(self, stop: asyncio.Event) -> None:
         cfg = self.settings.scheduler
         scheduler = AsyncIOScheduler(timezone=UTC)
-        scheduler.add_job(
-            self.tick,
-            "interval",
-            seconds=cfg.tick_seconds,
-            id="rollouts",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
-        )
-        scheduler.add_job(
-            self.send_commands,
-            "interval",
-            seconds=cfg.command_tick_seconds,
-            id="commands",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
-        )
-        scheduler.add_job(
-            self.snapshot,
-            "interval",
-            seconds=cfg.snapshot_seconds,
-            id="broker_snapshot",
-            max_instances=1,
-            coalesce=True,
-        )
-        scheduler.add_job(
-            self.reconcile,
-            "interval",
-            seconds=cfg.reconcile_seconds,
-            id="reconcile",
-            max_instances=1,
-            coalesce=True,
-        )
-        scheduler.add_job(
-            self.fleet,
-            "interval",
-            seconds=cfg.fleet_seconds,
-            id="fleet_metrics",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
-        )
+        now = datetime.now(UTC)
+        # (job, id, interval, run at once): each runs one at a time, missed runs coalesced
+        jobs = [
+            (self.tick, "rollouts", cfg.tick_seconds, True),
+            (self.send_commands, "commands", cfg.command_tick_seconds, True),
+            (self.snapshot, "broker_snapshot", cfg.snapshot_seconds, False),
+            (self.reconcile, "reconcile", cfg.reconcile_seconds, False),
+            (self.fleet, "fleet_metrics", cfg.fleet_seconds, True),
+        ]
         if self.settings.smtp.host:
+            jobs.append((self.notify, "notify", cfg.notify_seconds, False))
+        for job, job_id, seconds, at_once in jobs:
+            extra = {"next_run_time": now} if at_once else {}
             scheduler.add_job(
-                self.notify,
-                "interval",
-                seconds=cfg.notify_seconds,
-                id="notify",
-                max_instances=1,
-                coalesce=True,
+                job, "interval", seconds=seconds, id=job_id, max_instances=1, coalesce=True, **extra
             )
         scheduler.start()
         self.log.info("scheduler started", extra={"instance": cfg.instance})
