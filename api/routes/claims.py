@@ -18,6 +18,7 @@ from api.broker_claims import create_claim_account, delete_claim_account
 from api.claims import new_claim
 from api.deps import DEFAULT, Admin, Cursor, Limit, Operator, State, Viewer
 from api.errors import InvalidInput, NotFound
+from api.expiry import check_expiry
 from api.models import ClaimCreate, ClaimCreated, ClaimPublic, PageOf, ProvisioningReset
 from api.store import audit, groups
 from api.store import claims as store
@@ -30,7 +31,6 @@ from schemas.topics import CLAIM_ID_PATTERN, DEVICE_ID_PATTERN
 router = APIRouter(tags=["provisioning"])
 ClaimPath = Annotated[str, Path(pattern=CLAIM_ID_PATTERN)]
 DevicePath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
-MAX_LIFETIME_DAYS = 3660
 
 
 async def claim_public(db: Db, doc: ClaimDoc) -> ClaimPublic:
@@ -53,13 +53,7 @@ async def claim_public(db: Db, doc: ClaimDoc) -> ClaimPublic:
 async def create_claim(body: ClaimCreate, state: State, who: Admin) -> ClaimCreated:
     """A claim and its broker account; the response holds the secret, shown only here."""
     now = datetime.now(UTC)
-    if body.expires_at is not None and not (
-        now < body.expires_at and (body.expires_at - now).days <= MAX_LIFETIME_DAYS
-    ):
-        raise InvalidInput(
-            f"expires_at: must be in the future, at most {MAX_LIFETIME_DAYS} days ahead",
-            loc=("body", "expires_at"),
-        )
+    check_expiry(body.expires_at, now)
     if body.group is not None and await groups.get(state.db, who.tenant_id, body.group) is None:
         raise InvalidInput(f"group: no group {body.group!r}", loc=("body", "group"))
     made = new_claim()
