@@ -28,12 +28,11 @@ class SyncState:
         return self.reason in (SyncReason.IN_SYNC, SyncReason.NO_CONFIG)
 
 
-def sync_state(
-    device: DeviceDoc, status: DeviceStatusDoc | None, online: bool | None = None
-) -> SyncState:
+def sync_state(device: DeviceDoc, status: DeviceStatusDoc | None, online: bool) -> SyncState:
     """Compare the desired pointer (api) with the config the device reported (bridge).
 
-    ``online``: whether the device's presence is vouched for as online (default: as stored).
+    ``online``: whether the device's presence (``device_presence``, a document apart from
+    ``status``) is vouched for as online.
     """
     desired = device.desired_config.version if device.desired_config else None
     state = status.state if status else None
@@ -46,6 +45,4 @@ def sync_state(
         return SyncState(SyncReason.IN_SYNC, desired, applied)
     if report is not None and reported == desired and report.status == "rejected":
         return SyncState(SyncReason.REJECTED, desired, applied, report.error)
-    if online is None:
-        online = status is not None and status.online
     return SyncState(SyncReason.NOT_ACKED if online else SyncReason.OFFLINE, desired, applied)

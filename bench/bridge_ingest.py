@@ -66,7 +66,7 @@ from bridge.metrics import BridgeMetrics
 from deploy.local import Mosquitto, database_server, free_port
 from outpost.logs import JsonFormatter
 from outpost.store import Insert, Store
-from schemas.documents import DEVICE_STATUS, DEVICES
+from schemas.documents import DEVICE_PRESENCE, DEVICE_STATUS, DEVICES
 from tests.integration.bridge.helpers import (
     Publisher,
     RawDevice,
@@ -157,10 +157,12 @@ def raw_presence_updates(ids: list[str], session: int, seq: int) -> list[UpdateO
     return ops
 
 
-async def apply_raw(url: str, ops: list[UpdateOne], method: str) -> float:
+async def apply_raw(
+    url: str, ops: list[UpdateOne], method: str, collection: str = DEVICE_STATUS
+) -> float:
     """Updates/s of ``ops`` sent as ``bulk:<n>`` or ``concurrent:<n>``; all must match."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, maxPoolSize=100)
-    coll = client[DB][DEVICE_STATUS]
+    coll = client[DB][collection]
     kind, n = method.split(":")
     size = int(n)
     started = time.monotonic()
@@ -405,10 +407,10 @@ async def drop_all(procs: list[asyncio.subprocess.Process]) -> None:
 # -- one fleet size ----------------------------------------------------------------------
 
 
-async def count(url: str, query: dict[str, Any]) -> int:
+async def count(url: str, collection: str, query: dict[str, Any]) -> int:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url)
     try:
-        return await client[DB][DEVICE_STATUS].count_documents(query)
+        return await client[DB][collection].count_documents(query)
     finally:
         await client.close()
 
@@ -556,13 +558,13 @@ async def _storm(n: int, broker: Mosquitto, url: str, cfg: Any, method: str) -> 
     """Every device online through the bridge, then all drop; until all offline."""
     async with bridge(cfg):
         procs = await spawn_devices(broker, n, "dev")
-        await poll(lambda: _count_at_least(url, {"presence.status": "online"}, n))
+        await poll(lambda: _count_at_least(url, DEVICE_PRESENCE, {"presence.status": "online"}, n))
         started = time.monotonic()
         await drop_all(procs)
-        await poll(lambda: _count_at_least(url, {"presence.status": "offline"}, n))
+        await poll(lambda: _count_at_least(url, DEVICE_PRESENCE, {"presence.status": "offline"}, n))
         storm_s = time.monotonic() - started
     ids = [f"dev-{i:06}" for i in range(n)]
-    raw = await apply_raw(url, raw_presence_updates(ids, 2, 1), method)
+    raw = await apply_raw(url, raw_presence_updates(ids, 2, 1), method, DEVICE_PRESENCE)
     return {
         "case": "will_storm",
         "messages": n,
@@ -579,9 +581,9 @@ async def _acked_at_least(metrics: BridgeMetrics, n: float) -> bool:
     return acked(metrics) >= n
 
 
-async def _count_at_least(url: str, query: dict[str, Any], n: int) -> bool:
+async def _count_at_least(url: str, collection: str, query: dict[str, Any], n: int) -> bool:
     await asyncio.sleep(0.5)
-    return await count(url, query) >= n
+    return await count(url, collection, query) >= n
 
 
 def machine() -> str:

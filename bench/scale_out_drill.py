@@ -80,7 +80,13 @@ from pymongo.errors import PyMongoError
 from deploy.local import Mosquitto, database_server, free_port, mqtt_connack
 from deploy.local.servers import S3Server
 from outpost.signing import SigningKey
-from schemas.documents import DEVICE_STATUS, DEVICES, JOB_EXECUTIONS, SCHEDULER_CLAIMS
+from schemas.documents import (
+    DEVICE_PRESENCE,
+    DEVICE_STATUS,
+    DEVICES,
+    JOB_EXECUTIONS,
+    SCHEDULER_CLAIMS,
+)
 from schemas.topics import numbered_device_id
 
 HOST = "127.0.0.1"
@@ -653,7 +659,7 @@ class Drill:
             await self.devices.start()
             connected = time.monotonic() - started
             online = await until(
-                lambda: self.count(DEVICE_STATUS, {"presence.status": "online"}, n),
+                lambda: self.count(DEVICE_PRESENCE, {"presence.status": "online"}, n),
                 600,
                 "every device recorded online",
             )
@@ -926,6 +932,7 @@ class Drill:
             ]
         )
         stored = {d["_id"]: d async for d in self.db[DEVICE_STATUS].find({})}
+        present = {d["_id"]: d async for d in self.db[DEVICE_PRESENCE].find({})}
         device_fw = Counter(at_devices[d]["firmware"] for d in ids)
         db_fw = Counter(((stored.get(d) or {}).get("state") or {}).get("firmware") for d in ids)
         config_at_device = sum(at_devices[d]["config"] == self.desired[d] for d in ids)
@@ -935,7 +942,7 @@ class Drill:
             for d in ids
         )
         online = sum(
-            ((stored.get(d) or {}).get("presence") or {}).get("status") == "online" for d in ids
+            ((present.get(d) or {}).get("presence") or {}).get("status") == "online" for d in ids
         )
         n = len(ids)
         self.result["invariants"] = {

@@ -140,7 +140,7 @@ async def executor_run(broker: Mosquitto, s3: S3Server, mongo: MongoServer, n: i
     from scheduler.executor import ExecutorConfig, RolloutExecutor
     from scheduler.metrics import SchedulerMetrics
     from scheduler.store import RolloutStore
-    from schemas.documents import DEVICE_STATUS, FIRMWARE, ROLLOUT_PROGRESS, ROLLOUTS, RolloutDoc
+    from schemas.documents import DEVICE_PRESENCE, FIRMWARE, ROLLOUT_PROGRESS, ROLLOUTS, RolloutDoc
     from schemas.rollouts import RolloutControl, RolloutSpec
 
     log = logging.getLogger("bench.executor")
@@ -159,8 +159,8 @@ async def executor_run(broker: Mosquitto, s3: S3Server, mongo: MongoServer, n: i
     ]
     await db.apply("devices", [Insert(d) for d in devices])
     online = {"status": "online", "since": now, "k": "0"}
-    statuses = [{"_id": d["_id"], "tenant_id": "t", "presence": online} for d in devices]
-    await db.apply(DEVICE_STATUS, [Insert(s) for s in statuses])
+    presences = [{"_id": d["_id"], "tenant_id": "t", "presence": online} for d in devices]
+    await db.apply(DEVICE_PRESENCE, [Insert(p) for p in presences])
     await db[FIRMWARE].insert_one(
         {
             "_id": "fw",

@@ -6,10 +6,13 @@ every update is conditional on the stored ordering key. Equal keys (a redelivere
 duplicate) keep the first copy. Every message of the batch is still acknowledged once
 the batch is written, the coalesced ones included.
 
-Where each message goes (see :mod:`schemas.documents`): presence and state to the
-device's ``device_status`` document, job status to the execution's ``job_reports``
-document; both are the bridge's own. A message whose document does not exist yet
-becomes an insert; otherwise a conditional update ("stored key missing or older").
+Where each message goes (see :mod:`schemas.documents`): presence to the device's
+``device_presence`` document, state to its ``device_status`` document, job status to the
+execution's ``job_reports`` document; all are the bridge's own, and no two channels of a
+device share a document, so two instances handling two channels of one device at the
+same instant never write the same document (FerretDB v1 would keep only one of the two
+writes). A message whose document does not exist yet becomes an insert; otherwise a
+conditional update ("stored key missing or older").
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ from typing import Any, NamedTuple
 
 from bridge.decode import Accepted, Rejection, slot
 from outpost.store import Document, Insert, Update
-from schemas.documents import DEVICE_STATUS, JOB_REPORTS, execution_id, order_key_str
+from schemas.documents import (
+    DEVICE_PRESENCE,
+    DEVICE_STATUS,
+    JOB_REPORTS,
+    execution_id,
+    order_key_str,
+)
 from schemas.protocol import (
     JobStatusMessage,
     PresenceMessage,
@@ -33,6 +42,7 @@ from schemas.protocol import (
 )
 
 __all__ = [
+    "STORED_KEYS",
     "Known",
     "Plan",
     "Registered",
@@ -62,6 +72,14 @@ class Registered(NamedTuple):
 
 Known = Mapping[str, Registered]  # id -> its document's facts, for ids that have one
 Target = tuple[str, str]  # (collection, _id)
+
+STORED_KEYS: Mapping[str, tuple[str, ...]] = {
+    DEVICE_PRESENCE: ("presence.k",),
+    DEVICE_STATUS: ("state.k", "state.h", "state.updated_at"),
+    JOB_REPORTS: ("k",),
+}
+"""What :func:`skip_reason` needs of a stored document, per collection (the pre-read's
+projection)."""
 
 
 class Skip(StrEnum):
@@ -158,7 +176,8 @@ def content_hash(message: StateMessage) -> str:
 
 
 def stored_field(item: Accepted) -> str:
-    """The sub-document of ``device_status`` a message updates ("" for a job report)."""
+    """The sub-document a message updates: ``presence`` (of ``device_presence``),
+    ``state`` (of ``device_status``), "" for a job report (the whole document)."""
     if isinstance(item.message, PresenceMessage):
         return "presence"
     if isinstance(item.message, StateMessage):
@@ -167,9 +186,14 @@ def stored_field(item: Accepted) -> str:
 
 
 def target(item: Accepted) -> Target:
-    """The collection and ``_id`` a message writes."""
+    """The collection and ``_id`` a message writes: one document per device and channel
+    (per execution for job status)."""
     run = _execution(item)
-    return (JOB_REPORTS, run) if run is not None else (DEVICE_STATUS, item.device_id)
+    if run is not None:
+        return JOB_REPORTS, run
+    if isinstance(item.message, PresenceMessage):
+        return DEVICE_PRESENCE, item.device_id
+    return DEVICE_STATUS, item.device_id
 
 
 def _stored(stored: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
@@ -248,7 +272,7 @@ def _fields(item: Accepted) -> Document:
 
 
 def insert_op(item: Accepted, tenant_id: str | None) -> Insert:
-    """The first document of a device's status or of a job report."""
+    """The first document of a device's presence or status, or of a job report."""
     _, _id = target(item)
     extra: Document = {}
     message = item.message

@@ -1,7 +1,7 @@
 """Broker epochs: when presence stored before now can no longer be vouched for.
 
 A broker that is killed (SIGKILL, a crash, a node lost) sends no Last Will: its devices'
-sessions vanish and ``device_status`` keeps saying "online" until each device reconnects
+sessions vanish and ``device_presence`` keeps saying "online" until each device reconnects
 and announces itself again (measured: 200 devices shown online for up to ~30 s). The
 bridge is the only writer of presence, so it is the one that records such a moment, in
 a document of its own (``broker_epochs``, :class:`schemas.documents.BrokerEpochDoc`);

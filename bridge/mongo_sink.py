@@ -1,8 +1,9 @@
 """MongoDB adapter: the writes a planned batch needs, the dead-letter ring, the lookups.
 
-The bridge writes only its own documents (:mod:`schemas.documents`): ``device_status``
-(presence, state, last seen), ``job_reports`` and ``dead_letters``. A batch is written in
-two rounds at most:
+The bridge writes only its own documents (:mod:`schemas.documents`): ``device_presence``
+(presence), ``device_status`` (state, config ack), each with the last seen time of its
+own channel, ``job_reports`` and ``dead_letters``. A batch is written in two rounds at
+most:
 
 1. what the database holds is known from :class:`StoredKeys`: a first read of each
    document (one query per collection and batch, for documents not seen before), then
@@ -34,6 +35,7 @@ from typing import Any, TypeVar
 from pymongo.errors import OperationFailure, PyMongoError
 
 from bridge.batch import (
+    STORED_KEYS,
     Plan,
     Registered,
     Skip,
@@ -51,7 +53,6 @@ from outpost.store import TRANSIENT, Applied, Document, Insert, Replace, Store, 
 from schemas.documents import (
     BROKER_EPOCHS,
     DEAD_LETTERS,
-    DEVICE_STATUS,
     DEVICES,
     JOB_EXECUTIONS,
     BrokerEpochDoc,
@@ -239,12 +240,7 @@ class MongoSink:
         for t in self._known.unknown(target(i) for i in items):
             wanted.setdefault(t[0], set()).add(t[1])
         for collection, ids in wanted.items():
-            fields = (
-                ["presence.k", "state.k", "state.h", "state.updated_at"]
-                if collection == DEVICE_STATUS
-                else ["k"]
-            )
-            found = await self._find(collection, sorted(ids), fields)
+            found = await self._find(collection, sorted(ids), list(STORED_KEYS[collection]))
             self._known.read(collection, ids, found)
 
     async def _find(self, collection: str, ids: list[str], fields: list[str]) -> list[Document]:

@@ -2,13 +2,14 @@
 
 Every ``fleet_seconds`` each scheduler instance tries to claim the firing
 (``fleet_metrics@<slot>``, a unique-key insert, :meth:`Claims.claim_firing`). The one that
-wins reads each source collection once (registry, reported status, the latest broker
-epoch, rollouts and their progress, execution counts grouped in the database, rollout
-leases), computes every gauge in code (:func:`compute`, pure) and inserts the result as
-one ``fleet_metrics`` document (:class:`schemas.documents.FleetMetricsDoc`). Every
+wins reads each source collection once (registry, reported presence, reported state, the
+latest broker epoch, rollouts and their progress, execution counts grouped in the
+database, rollout leases), computes every gauge in code (:func:`compute`, pure) and
+inserts the result as one ``fleet_metrics`` document
+(:class:`schemas.documents.FleetMetricsDoc`). Every
 instance then exports the latest document, so Prometheus sees the same figures from each
 scheduler (rules and dashboards take ``max without (instance)``), and a dead computing
-instance is replaced at the next interval. So the database answers seven reads per
+instance is replaced at the next interval. So the database answers eight reads per
 interval however many schedulers run, and a scrape never touches it.
 
 Gauges (``tenant`` is the device's or rollout's tenant):
@@ -40,6 +41,7 @@ from outpost.store import Document, Store
 from scheduler.errors import StoreError
 from schemas.documents import (
     BROKER_EPOCHS,
+    DEVICE_PRESENCE,
     DEVICE_STATUS,
     DEVICES,
     FLEET_METRICS,
@@ -47,10 +49,9 @@ from schemas.documents import (
     ROLLOUT_PROGRESS,
     ROLLOUTS,
     SCHEDULER_CLAIMS,
-    DeviceStatusDoc,
+    DevicePresenceDoc,
     FleetMetricsDoc,
     FleetSample,
-    PresenceDoc,
     RolloutDoc,
     presence_status,
 )
@@ -93,7 +94,8 @@ class FleetSources:
     """What one computation reads: one query per collection."""
 
     devices: list[Document]
-    statuses: list[Document]
+    statuses: list[Document]  # device_status: the reported config (state.config)
+    presences: list[Document]  # device_presence: the presence (presence)
     epoch: datetime | None
     rollouts: list[Document]
     progress: list[Document]
@@ -119,13 +121,14 @@ def compute(src: FleetSources, now: datetime) -> list[FleetSample]:
 
 def _devices(src: FleetSources, now: datetime) -> Iterable[FleetSample]:
     statuses = {d["_id"]: d for d in src.statuses}
+    presences = {d["_id"]: d for d in src.presences}
     presence: Counter[tuple[str, str]] = Counter()
     behind: Counter[str] = Counter()
     oldest: dict[str, float] = {}
     for device in src.devices:
         tenant = str(device.get("tenant_id") or "")
         status = statuses.get(device["_id"]) or {}
-        presence[(tenant, _presence(status, src.epoch))] += 1
+        presence[(tenant, _presence(presences.get(device["_id"]) or {}, src.epoch))] += 1
         desired = device.get("desired_config") or {}
         if "version" not in desired:
             continue
@@ -155,13 +158,12 @@ def _devices(src: FleetSources, now: datetime) -> Iterable[FleetSample]:
         )
 
 
-def _presence(status: Document, epoch: datetime | None) -> str:
+def _presence(stored: Document, epoch: datetime | None) -> str:
     """online, offline, unknown (stored before the last broker epoch) or never."""
-    raw = status.get("presence")
-    if not raw:
+    if not stored.get("presence"):
         return "never"
     try:
-        doc = DeviceStatusDoc(id=status["_id"], presence=PresenceDoc.model_validate(raw))
+        doc = DevicePresenceDoc.model_validate(stored)
     except ValidationError:
         return "unknown"
     return presence_status(doc, epoch) or "never"
@@ -218,11 +220,8 @@ async def read_sources(db: Store) -> FleetSources:
         .find({"decommissioned_at": None}, {"tenant_id": 1, "desired_config": 1})
         .to_list()
     )
-    statuses = (
-        await db[DEVICE_STATUS]
-        .find({}, {"tenant_id": 1, "presence": 1, "state.config": 1})
-        .to_list()
-    )
+    statuses = await db[DEVICE_STATUS].find({}, {"state.config": 1}).to_list()
+    presences = await db[DEVICE_PRESENCE].find({}, {"presence": 1}).to_list()
     epoch = await db[BROKER_EPOCHS].find_one({}, {"started_at": 1}, sort=[("_id", -1)])
     rollouts = await db[ROLLOUTS].find({}).to_list()
     progress = await db[ROLLOUT_PROGRESS].find({}, {"status": 1, "control_rev": 1}).to_list()
@@ -237,6 +236,7 @@ async def read_sources(db: Store) -> FleetSources:
     return FleetSources(
         devices,
         statuses,
+        presences,
         epoch["started_at"] if epoch else None,
         rollouts,
         progress,

@@ -33,7 +33,7 @@ from outpost.settings import OutpostSettings
 from outpost.store import Document
 from scheduler.clock import aware
 from scheduler.errors import SchedulerError, StoreError
-from schemas.documents import DEVICE_STATUS, DEVICES, ROLLOUT_PROGRESS, SCHEDULER_NOTICES
+from schemas.documents import DEVICE_PRESENCE, DEVICES, ROLLOUT_PROGRESS, SCHEDULER_NOTICES
 
 __all__ = [
     "NOTICES",
@@ -213,7 +213,7 @@ class Notifier:
 
     async def _offline(self, now: datetime) -> list[Mail]:
         offline = (
-            await self.db[DEVICE_STATUS]
+            await self.db[DEVICE_PRESENCE]
             .find({"presence.status": "offline"}, {"presence": 1, "tenant_id": 1})
             .to_list(None)
         )
@@ -253,7 +253,7 @@ class Notifier:
             return []
         online = {
             d["_id"]: d
-            for d in await self.db[DEVICE_STATUS]
+            for d in await self.db[DEVICE_PRESENCE]
             .find(
                 {"_id": {"$in": [n["device_id"] for n in open_]}, "presence.status": "online"},
                 {"presence": 1},

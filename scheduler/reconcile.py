@@ -15,8 +15,9 @@ re-publishes every desired config, in sync or not: the retained copy is what a d
 reads on its next connect.
 
 Inputs are joined in code: the desired pointer from the api's ``devices``, the reported
-config and presence from the bridge's ``device_status``. Attempts are recorded in
-``scheduler_reconcile`` (``_id`` = device id), a collection only the scheduler writes.
+config from the bridge's ``device_status`` and presence from its ``device_presence``.
+Attempts are recorded in ``scheduler_reconcile`` (``_id`` = device id), a collection only
+the scheduler writes.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from scheduler.errors import StoreError
 from scheduler.publisher import CommandSink, Outgoing
 from schemas.documents import (
     DEVICE_CONFIGS,
+    DEVICE_PRESENCE,
     DEVICE_STATUS,
     DEVICES,
     SCHEDULER_RECONCILE,
@@ -127,14 +129,13 @@ class Reconciler:
             .to_list(None)
         )
         # whole-collection reads: every device with a desired config is looked at anyway
-        reported = {
-            s["_id"]: s
-            async for s in self.db[DEVICE_STATUS].find({}, {"state.config": 1, "presence": 1})
-        }
+        reported = {s["_id"]: s async for s in self.db[DEVICE_STATUS].find({}, {"state.config": 1})}
+        present = {p["_id"]: p async for p in self.db[DEVICE_PRESENCE].find({}, {"presence": 1})}
         records = {r["_id"]: r async for r in self.db[RECONCILE].find({})}
         picked = []
         for device in devices:
-            view = {**reported.get(device["_id"], {}), **device}  # the two halves, joined
+            i = device["_id"]
+            view = {**reported.get(i, {}), **present.get(i, {}), **device}  # joined in code
             reason = (
                 "broker resync"
                 if resync

@@ -2,10 +2,10 @@
 
 The scheduler writes ``job_executions``, ``rollout_progress`` and ``scheduler_sends``
 only; it reads the api's ``rollouts``, ``devices`` and ``firmware`` and the bridge's
-``device_status`` and ``job_reports`` (:mod:`schemas.documents`). Every write that changes
-an execution is conditional on what the caller read (status, attempt, and the fencing
-token), so a former lease holder cannot overwrite a newer one. pymongo errors become
-:class:`StoreError`.
+``device_presence``, ``device_status`` and ``job_reports`` (:mod:`schemas.documents`).
+Every write that changes an execution is conditional on what the caller read (status,
+attempt, and the fencing token), so a former lease holder cannot overwrite a newer one.
+pymongo errors become :class:`StoreError`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from scheduler.errors import RolloutDataError, StoreError
 from scheduler.executions import DeviceView
 from schemas.documents import (
     BROKER_EPOCHS,
+    DEVICE_PRESENCE,
     DEVICE_STATUS,
     DEVICES,
     FIRMWARE,
@@ -103,7 +104,6 @@ class RolloutStore:
         self.executions = store[JOB_EXECUTIONS]
         self.reports = store[JOB_REPORTS]
         self.devices = store[DEVICES]
-        self.status = store[DEVICE_STATUS]
         self.sends = store[SCHEDULER_SENDS]
 
     @_mapped
@@ -216,23 +216,28 @@ class RolloutStore:
 
     @_mapped
     async def device_views(self, ids: Sequence[str]) -> dict[str, DeviceView]:
-        """Presence and reported firmware of ``ids`` (devices that never reported: none).
+        """Presence and reported firmware of ``ids`` (devices that never reported: none),
+        joined from the bridge's two documents per device (both read by ``_id``).
 
         "online" stored before the latest broker epoch (a broker restart the bridge saw,
         :mod:`bridge.epochs`) is not vouched for: such a device counts as not online (no
         command is sent to it, no success is decided) until it announces itself again.
         """
-        found = await self.store.find_ids(
-            DEVICE_STATUS, ids, {"presence.status": 1, "presence.since": 1, "state.firmware": 1}
-        )
+        presence = {
+            d["_id"]: d.get("presence") or {}
+            for d in await self.store.find_ids(
+                DEVICE_PRESENCE, ids, {"presence.status": 1, "presence.since": 1}
+            )
+        }
+        firmware = {
+            d["_id"]: (d.get("state") or {}).get("firmware")
+            for d in await self.store.find_ids(DEVICE_STATUS, ids, {"state.firmware": 1})
+        }
         epoch = await self.store[BROKER_EPOCHS].find_one({}, {"started_at": 1}, sort=[("_id", -1)])
         since = aware(epoch["started_at"]) if epoch else None
         return {
-            d["_id"]: DeviceView(
-                _vouched_online(d.get("presence") or {}, since),
-                (d.get("state") or {}).get("firmware"),
-            )
-            for d in found
+            i: DeviceView(_vouched_online(presence.get(i) or {}, since), firmware.get(i))
+            for i in presence.keys() | firmware.keys()
         }
 
     @_mapped

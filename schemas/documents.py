@@ -6,8 +6,18 @@ writers of one document lose each other's changes):
 
 1. **One writer per document.** Every collection below is written by exactly one service.
    What admins decide is the api's; what devices report is the bridge's, in documents of
-   its own (``device_status``, ``job_reports``); what the scheduler decides is the
-   scheduler's (``job_executions``, ``rollout_progress``, claims). Readers join in code.
+   its own (``device_presence``, ``device_status``, ``job_reports``); what the scheduler
+   decides is the scheduler's (``job_executions``, ``rollout_progress``, claims). Readers
+   join in code.
+
+   Inside the bridge the same reasoning goes one step further: the broker's shared
+   subscription hands a device's channels to different instances, so each channel a
+   device reports on has a document of its own. Presence (``device_presence``) and state
+   (``device_status``) used to share one document, and on FerretDB two instances writing
+   a device's presence and state at the same instant (online, then state, after a
+   reboot) lost one of the two (bench/RESULTS.md, scale-out drill, finding 4). Two
+   messages of the *same* channel at two instances at once can still race there
+   (bridge/README.md, "Order").
 2. **Exclusivity and compare-and-set through unique keys.** Claims, leases, send claims,
    and every api revision (``revisions``: ``<collection>:<id>:<rev>``) are inserts of a
    unique ``_id``; the insert that wins is the only writer of that revision.
@@ -39,8 +49,10 @@ collection                    writer      ``_id`` and content
 ``serial_bindings``           api         ``<tenant>:<serial>``: :class:`SerialBindingDoc`,
                                           the device and identity key a serial is bound to
 ``provision_nonces``          api         ``<claim>:<nonce>``: a request answered once
-``device_status``             bridge      device id: :class:`DeviceStatusDoc` (presence,
-                                          reported state, config ack, last seen)
+``device_presence``           bridge      device id: :class:`DevicePresenceDoc` (presence,
+                                          last seen of presence messages)
+``device_status``             bridge      device id: :class:`DeviceStatusDoc` (reported
+                                          state, config ack, last seen of state messages)
 ``job_reports``               bridge      execution id: :class:`JobReportDoc`
 ``dead_letters``              bridge      ``<reason>:<slot>``: :class:`DeadLetterDoc`
 ``broker_epochs``             bridge      ``start:<time>``: :class:`BrokerEpochDoc`, a broker
@@ -105,6 +117,7 @@ __all__ = [
     "DEAD_LETTERS",
     "DEVICES",
     "DEVICE_CONFIGS",
+    "DEVICE_PRESENCE",
     "DEVICE_STATUS",
     "FIRMWARE",
     "FLEET_METRICS",
@@ -137,6 +150,7 @@ __all__ = [
     "DeadLetterDoc",
     "DeviceConfigDoc",
     "DeviceDoc",
+    "DevicePresenceDoc",
     "DeviceStatusDoc",
     "FirmwareDoc",
     "FleetMetricsDoc",
@@ -152,6 +166,7 @@ __all__ = [
     "SerialBindingDoc",
     "TenantDoc",
     "device_config_id",
+    "device_last_seen",
     "execution_id",
     "order_key_str",
     "presence_status",
@@ -170,6 +185,7 @@ API_TOKENS = "api_tokens"
 API_TOKEN_USAGE = "api_token_usage"
 ROLLOUT_DEVICES = "rollout_devices"
 AUDIT_LOG = "audit_log"
+DEVICE_PRESENCE = "device_presence"
 DEVICE_STATUS = "device_status"
 JOB_REPORTS = "job_reports"
 DEAD_LETTERS = "dead_letters"
@@ -208,6 +224,7 @@ OWNERS: dict[str, Owner] = {
     CLAIM_SLOTS: "api",
     SERIAL_BINDINGS: "api",
     PROVISION_NONCES: "api",
+    DEVICE_PRESENCE: "bridge",
     DEVICE_STATUS: "bridge",
     JOB_REPORTS: "bridge",
     DEAD_LETTERS: "bridge",
@@ -493,19 +510,36 @@ class ReportedState(_Part):
     updated_at: datetime
 
 
-class DeviceStatusDoc(_Doc):
-    """``device_status``: what a device reported, as the bridge stored it (bridge)."""
+class DevicePresenceDoc(_Doc):
+    """``device_presence`` (``_id`` = device id): the device's presence as the bridge
+    stored it (bridge), written by presence messages only.
+
+    Apart from :class:`DeviceStatusDoc` so that two bridge instances handling a device's
+    presence and its state at the same instant write two documents: FerretDB v1 does not
+    isolate concurrent updates of one document (see the module docstring). The same shape
+    as before the split (``presence.*``), so filters such as ``{"presence.status":
+    "online"}`` read as they did; ``last_seen`` is the receive time of the last presence
+    message applied.
+    """
 
     tenant_id: str | None = None
     presence: PresenceDoc | None = None
-    state: ReportedState | None = None
     last_seen: datetime | None = Field(
-        default=None, description="Receive time of the last message the bridge applied"
+        default=None, description="Receive time of the last presence message the bridge applied"
     )
 
-    @property
-    def online(self) -> bool:
-        return self.presence is not None and self.presence.status == "online"
+
+class DeviceStatusDoc(_Doc):
+    """``device_status`` (``_id`` = device id): the device's reported state and config
+    ack as the bridge stored them (bridge), written by state messages only. Presence is
+    in :class:`DevicePresenceDoc`; documents written before the split may still hold a
+    ``presence`` field, which nothing reads."""
+
+    tenant_id: str | None = None
+    state: ReportedState | None = None
+    last_seen: datetime | None = Field(
+        default=None, description="Receive time of the last state message the bridge applied"
+    )
 
 
 class BrokerEpochDoc(_Doc):
@@ -513,7 +547,7 @@ class BrokerEpochDoc(_Doc):
 
     A broker killed (SIGKILL, a crash, a lost node) sends no Last Will, so a device that
     was online before it and has not reconnected since is shown as online in
-    ``device_status`` although nobody knows. The bridge records each broker start it sees
+    ``device_presence`` although nobody knows. The bridge records each broker start it sees
     (``$SYS/broker/uptime``: ``source="uptime"``) and each reconnect of its own that found
     its session gone (``source="session_lost"``); readers show "online" presence older
     than the latest epoch as "unknown" (:func:`presence_status`). Inserted once (unique
@@ -654,7 +688,7 @@ PresenceStatus = Literal["online", "offline", "unknown"]
 
 
 def presence_status(
-    status: DeviceStatusDoc | None, epoch: datetime | None
+    presence: DevicePresenceDoc | None, epoch: datetime | None
 ) -> PresenceStatus | None:
     """What can be said of a device's presence (None: it never reported one).
 
@@ -662,12 +696,21 @@ def presence_status(
     session is gone and sent no Last Will. "offline" stays offline: a device that came
     back announces itself, which moves ``since`` past the epoch.
     """
-    if status is None or status.presence is None:
+    if presence is None or presence.presence is None:
         return None
-    presence = status.presence
-    if presence.status == "online" and epoch is not None and _utc(presence.since) < _utc(epoch):
+    stored = presence.presence
+    if stored.status == "online" and epoch is not None and _utc(stored.since) < _utc(epoch):
         return "unknown"
-    return presence.status
+    return stored.status
+
+
+def device_last_seen(
+    presence: DevicePresenceDoc | None, status: DeviceStatusDoc | None
+) -> datetime | None:
+    """When the bridge last applied a message of the device: the newer of the two
+    documents' ``last_seen`` (each is written by its own channel)."""
+    seen = [_utc(d.last_seen) for d in (presence, status) if d is not None and d.last_seen]
+    return max(seen, default=None)
 
 
 def _utc(value: datetime) -> datetime:

@@ -71,7 +71,7 @@ def public(view: DeviceView) -> DevicePublic:
         decommissioned_at=device.decommissioned_at,
         presence=_presence(view),
         state=status.state.model_dump() if status and status.state else None,
-        last_seen=status.last_seen if status else None,
+        last_seen=view.last_seen,
         desired_config=ConfigPointer.model_validate(device.desired_config.model_dump())
         if device.desired_config
         else None,
@@ -87,9 +87,10 @@ def public(view: DeviceView) -> DevicePublic:
 
 def _presence(view: DeviceView) -> dict[str, Any] | None:
     """The stored presence, with ``status`` "unknown" when no live broker vouches for it."""
-    if view.status is None or view.status.presence is None:
+    stored = view.reported_presence.presence if view.reported_presence else None
+    if stored is None:
         return None
-    return {**view.status.presence.model_dump(), "status": view.presence}
+    return {**stored.model_dump(), "status": view.presence}
 
 
 def parse_if_match(value: str | None) -> int | None:

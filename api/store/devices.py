@@ -1,7 +1,8 @@
-"""devices (the api's registry), device_configs (bounded history), and device_status read.
+"""devices (the api's registry), device_configs (bounded history), and what devices report.
 
 The api writes ``devices`` and ``device_configs`` only; what a device reports
-(``device_status``) is the bridge's and is joined here in code (:class:`DeviceView`).
+(``device_presence`` and ``device_status``, one document per channel) is the bridge's
+and is joined here in code (:class:`DeviceView`), each read by ``_id``.
 Every write of a ``devices`` document is a revision (:mod:`api.store.revisions`).
 """
 
@@ -19,14 +20,17 @@ from outpost.store import Replace
 from schemas.documents import (
     BROKER_EPOCHS,
     DEVICE_CONFIGS,
+    DEVICE_PRESENCE,
     DEVICE_STATUS,
     DEVICES,
     ConfigPointer,
     DeviceConfigDoc,
     DeviceDoc,
+    DevicePresenceDoc,
     DeviceStatusDoc,
     PresenceStatus,
     device_config_id,
+    device_last_seen,
     presence_status,
     to_json_text,
 )
@@ -42,17 +46,19 @@ SCAN_MAX = 2000
 
 @dataclass(frozen=True, slots=True)
 class DeviceView:
-    """A device as admins see it: the registry joined with what it reported."""
+    """A device as admins see it: the registry joined with what it reported (its
+    reported state and its presence, two documents of the bridge)."""
 
     device: DeviceDoc
     status: DeviceStatusDoc | None
+    reported_presence: DevicePresenceDoc | None = None
     epoch: datetime | None = None
     """The latest broker epoch (:class:`BrokerEpochDoc`): "online" stored before it is
     shown as "unknown" until the device's session is back."""
 
     @property
     def presence(self) -> PresenceStatus | None:
-        return presence_status(self.status, self.epoch)
+        return presence_status(self.reported_presence, self.epoch)
 
     @property
     def online(self) -> bool:
@@ -65,7 +71,8 @@ class DeviceView:
 
     @property
     def last_seen(self) -> datetime | None:
-        return self.status.last_seen if self.status else None
+        """The newest message of either channel."""
+        return device_last_seen(self.reported_presence, self.status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +140,15 @@ async def get(
 
 
 async def statuses(db: Db, ids: Sequence[str]) -> dict[str, DeviceStatusDoc]:
-    """The bridge's status documents of ``ids`` (devices that never reported have none)."""
+    """The bridge's state documents of ``ids`` (devices that never sent one have none)."""
     found = [DeviceStatusDoc.model_validate(raw) for raw in await db.find_ids(DEVICE_STATUS, ids)]
+    return {doc.id: doc for doc in found}
+
+
+async def presences(db: Db, ids: Sequence[str]) -> dict[str, DevicePresenceDoc]:
+    """The bridge's presence documents of ``ids`` (devices that never sent one have none)."""
+    raw = await db.find_ids(DEVICE_PRESENCE, ids)
+    found = [DevicePresenceDoc.model_validate(d) for d in raw]
     return {doc.id: doc for doc in found}
 
 
@@ -147,7 +161,8 @@ async def latest_epoch(db: Db) -> datetime | None:
 
 async def view(db: Db, device: DeviceDoc) -> DeviceView:
     status = (await statuses(db, [device.id])).get(device.id)
-    return DeviceView(device, status, await latest_epoch(db))
+    presence = (await presences(db, [device.id])).get(device.id)
+    return DeviceView(device, status, presence, await latest_epoch(db))
 
 
 async def find(
@@ -172,11 +187,12 @@ async def find(
     scan = SCAN_MAX if in_code else limit + 1
     raw = await db[DEVICES].find(full).sort(sort_spec(sort)).limit(scan).to_list()
     devices = [DeviceDoc.model_validate(d) for d in raw]
-    joined = await statuses(db, [d.id for d in devices])
+    ids = [d.id for d in devices]
+    joined, present = await statuses(db, ids), await presences(db, ids)
     epoch = await latest_epoch(db)
     items: list[DeviceView] = []
     for device in devices:
-        v = DeviceView(device, joined.get(device.id), epoch)
+        v = DeviceView(device, joined.get(device.id), present.get(device.id), epoch)
         if not flt.keeps(v) or (keep is not None and not keep(v)):
             continue
         if len(items) == limit:

@@ -2,9 +2,10 @@
 
 FerretDB v1 loses one of two concurrent updates of one document (outpost/store.py). The
 storage rules make that harmless without reading anything back: each service writes only
-documents of its own (the api ``devices``, the bridge ``device_status`` and
-``job_reports``, the scheduler ``job_executions`` and ``rollout_progress``), and the
-api's concurrent requests on one device take turns through revision locks
+documents of its own (the api ``devices``, the bridge ``device_presence``,
+``device_status`` and ``job_reports``, the scheduler ``job_executions`` and
+``rollout_progress``), and the api's concurrent requests on one device take turns
+through revision locks
 (api/store/revisions.py). Here, on the same devices and at the same time:
 
 - four operators per device, in loops: three patch its tags, one changes its config
@@ -27,6 +28,7 @@ import pytest
 from api.auth import Role
 from schemas.documents import (
     DEVICE_CONFIGS,
+    DEVICE_PRESENCE,
     DEVICE_STATUS,
     DEVICES,
     JOB_EXECUTIONS,
@@ -176,7 +178,9 @@ async def test_admins_bridge_and_scheduler_on_the_same_devices_lose_no_write(
     }
     newest = order_key_str(OrderKey(session=1, seq=ROUNDS + 1))
     assert {s["state"]["k"] for s in statuses.values()} == {newest}
-    assert {s["presence"]["status"] for s in statuses.values()} == {"online"}
+    present = await db[DEVICE_PRESENCE].find({"_id": {"$in": ids}}).to_list()
+    assert len(present) == DEVICES_N
+    assert {p["presence"]["status"] for p in present} == {"online"}
     reports = await db[JOB_REPORTS].find({"job_id": job}).to_list()
     assert {r["progress"] for r in reports} == {40}
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from schemas.documents import DEVICE_STATUS, DEVICES, JOB_EXECUTIONS, JOB_REPORTS
+from schemas.documents import DEVICE_PRESENCE, DEVICE_STATUS, DEVICES, JOB_EXECUTIONS, JOB_REPORTS
 from tests.integration.registry import Registry
 
 from .helpers import (
@@ -65,11 +65,12 @@ async def test_state_presence_and_job_land_newest_wins_and_repeats_write_nothing
 
             async def stored() -> bool:
                 doc = await mongo_db[DEVICE_STATUS].find_one({"_id": dev})
+                present = await mongo_db[DEVICE_PRESENCE].find_one({"_id": dev})
                 job = await mongo_db[JOB_REPORTS].find_one({"_id": f"j1:{dev}"})
                 return bool(
                     doc
                     and "state" in doc
-                    and "presence" in doc
+                    and present
                     and job
                     and metrics.value("outpost_bridge_rejected_total", reason="unknown_device") == 1
                 )
@@ -77,8 +78,12 @@ async def test_state_presence_and_job_land_newest_wins_and_repeats_write_nothing
             await eventually(stored, within=15, what="writes")
             doc = await mongo_db[DEVICE_STATUS].find_one({"_id": dev})
             assert doc["state"]["counters"] == {"n": 5}
-            assert doc["presence"]["status"] == "online"
+            assert "presence" not in doc  # presence is a document of its own
             assert doc["tenant_id"] == "t1"  # copied from the registry at creation
+            present = await mongo_db[DEVICE_PRESENCE].find_one({"_id": dev})
+            assert present["presence"]["status"] == "online"
+            assert "state" not in present
+            assert present["tenant_id"] == "t1"
             report = await mongo_db[JOB_REPORTS].find_one({"_id": f"j1:{dev}"})
             assert (report["status"], report["progress"], report["job_id"]) == (
                 "downloading",
@@ -88,6 +93,7 @@ async def test_state_presence_and_job_land_newest_wins_and_repeats_write_nothing
             job = await mongo_db[JOB_EXECUTIONS].find_one({"_id": f"j1:{dev}"})
             assert job == {"_id": f"j1:{dev}", "tenant_id": "t1", "status": "in_progress"}
             assert await mongo_db[DEVICE_STATUS].find_one({"_id": ghost}) is None
+            assert await mongo_db[DEVICE_PRESENCE].find_one({"_id": ghost}) is None
             registry = await mongo_db[DEVICES].find_one({"_id": dev})
             assert registry == {"_id": dev, "tenant_id": "t1"}  # the api's: never written
 
@@ -124,13 +130,13 @@ async def test_last_will_marks_offline_and_reconnect_online(broker, mongo, s3, m
         await device.connect()
 
         async def status(expected: str):
-            doc = await mongo_db[DEVICE_STATUS].find_one({"_id": dev})
+            doc = await mongo_db[DEVICE_PRESENCE].find_one({"_id": dev})
             return bool(doc and doc.get("presence", {}).get("status") == expected)
 
         await eventually(lambda: status("online"), within=10, what="online")
         device.drop()
         await eventually(lambda: status("offline"), within=10, what="offline from will")
-        doc = await mongo_db[DEVICE_STATUS].find_one({"_id": dev})
+        doc = await mongo_db[DEVICE_PRESENCE].find_one({"_id": dev})
         assert doc["presence"]["reason"] == "connection_lost"
         again = RawDevice(broker, dev, session=2, password=password)
         await again.connect()

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from bridge.app import run_resync
-from schemas.documents import DEVICE_STATUS, DEVICES
+from schemas.documents import DEVICE_PRESENCE, DEVICE_STATUS, DEVICES
 from tests.integration.registry import Registry
 
 from .helpers import (
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 
 async def _online(db, ids, status="online") -> bool:
-    return await db[DEVICE_STATUS].count_documents({"presence.status": status}) == len(ids)
+    return await db[DEVICE_PRESENCE].count_documents({"presence.status": status}) == len(ids)
 
 
 async def test_idle_fleet_causes_zero_database_writes(broker, mongo, s3, mongo_db, unique):
@@ -66,7 +66,7 @@ async def _acked(metrics, n: int) -> bool:
     return metrics.value("outpost_bridge_acked_total") >= n
 
 
-async def test_resync_rebuilds_presence_after_the_status_mirror_was_dropped(
+async def test_resync_rebuilds_presence_after_the_presence_mirror_was_dropped(
     broker, mongo, s3, mongo_db, unique
 ):
     ids = [f"d{unique}-{i:03}" for i in range(300)]
@@ -83,11 +83,12 @@ async def test_resync_rebuilds_presence_after_the_status_mirror_was_dropped(
         await mongo_db[DEVICES].insert_many([{"_id": i, "tenant_id": "t1"} for i in others])
         cfg = settings(broker, mongo.url, mongo_db.name, unique)
         await run_resync(cfg, LOG, idle_s=1.0)
-        await mongo_db.drop_collection(DEVICE_STATUS)  # the mirror is lost, the registry kept
+        await mongo_db.drop_collection(DEVICE_PRESENCE)  # the mirror is lost, the registry kept
         result = await run_resync(cfg, LOG, idle_s=1.0)
         assert result["modified"] >= 300  # the broker also retains other tests' devices
         docs = {
-            d["_id"]: d for d in await mongo_db[DEVICE_STATUS].find({"_id": {"$in": ids}}).to_list()
+            d["_id"]: d
+            for d in await mongo_db[DEVICE_PRESENCE].find({"_id": {"$in": ids}}).to_list()
         }
         assert len(docs) == 300
         for n, dev in enumerate(ids):
@@ -99,7 +100,7 @@ async def test_resync_rebuilds_presence_after_the_status_mirror_was_dropped(
         await newer.connect()
         try:
             await run_resync(cfg, LOG, idle_s=1.0)
-            doc = await mongo_db[DEVICE_STATUS].find_one({"_id": ids[1]})
+            doc = await mongo_db[DEVICE_PRESENCE].find_one({"_id": ids[1]})
             assert doc["presence"]["status"] == "online"
             assert doc["presence"]["k"] == "000000:00000000000004.00000000000001"
         finally:

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from deploy.local import free_port
-from schemas.documents import DEVICE_STATUS, DEVICES
+from schemas.documents import DEVICE_PRESENCE, DEVICES
 
 from .helpers import (
     LOG,
@@ -38,7 +38,7 @@ def _fleet_size() -> int:
 
 
 async def _count(db, status: str) -> int:
-    return await db[DEVICE_STATUS].count_documents({"presence.status": status})
+    return await db[DEVICE_PRESENCE].count_documents({"presence.status": status})
 
 
 @pytest.mark.slow

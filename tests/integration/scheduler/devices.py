@@ -26,7 +26,7 @@ import aiomqtt
 
 from device.behaviour import Fault
 from device.sim.fleet import Fleet, FleetOptions
-from schemas.documents import DEVICE_STATUS
+from schemas.documents import DEVICE_PRESENCE, DEVICE_STATUS
 from tests.integration.bridge.helpers import running_bridge
 from tests.integration.bridge.helpers import settings as bridge_settings
 from tests.integration.registry import Registry
@@ -112,10 +112,14 @@ class Rig:
     db: Any
 
     async def statuses(self, ids: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-        """What the bridge recorded for ``ids`` (default: all of this rig's devices)."""
-        wanted = list(self.ids if ids is None else ids)
-        docs = await self.db[DEVICE_STATUS].find({"_id": {"$in": wanted}}).to_list(None)
-        return {d["_id"]: d for d in docs}
+        """What the bridge recorded for ``ids`` (default: all of this rig's devices): its
+        two documents per device (state, presence) joined into one dict."""
+        wanted = {"_id": {"$in": list(self.ids if ids is None else ids)}}
+        joined: dict[str, dict[str, Any]] = {}
+        for collection in (DEVICE_STATUS, DEVICE_PRESENCE):
+            for d in await self.db[collection].find(wanted).to_list(None):
+                joined.setdefault(d["_id"], {}).update(d)
+        return joined
 
     async def recorded(self, ids: Sequence[str], *, online: bool, firmware: str | None = None):
         """True once the bridge recorded every one of ``ids`` online (or offline)."""

@@ -3,7 +3,7 @@ dynamic-security commands."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -12,8 +12,9 @@ from api.config_render import check_patch, render
 from api.config_service import plan
 from api.errors import BrokerError, Conflict, InvalidInput
 from api.routes.rollouts import dry_run_waves
+from api.store.devices import DeviceFilter, DeviceView
 from api.sync import SyncReason, sync_state
-from schemas.documents import DeviceDoc, DeviceStatusDoc
+from schemas.documents import DeviceDoc, DevicePresenceDoc, DeviceStatusDoc, PresenceDoc
 from schemas.rollouts import RolloutSpec
 
 US6 = {"country": "US", "radios": {"2.4GHz": {"channel": 6}}}
@@ -95,7 +96,7 @@ def test_plan_is_a_noop_when_the_hash_is_unchanged():
     assert second.version == 2
 
 
-def _status(presence: str | None = None, config: dict | None = None) -> DeviceStatusDoc:
+def _status(config: dict | None = None) -> DeviceStatusDoc:
     state = None
     if config is not None:
         state = {
@@ -106,34 +107,52 @@ def _status(presence: str | None = None, config: dict | None = None) -> DeviceSt
             "k": "k",
             "updated_at": T0,
         }
-    present = {"status": presence, "since": T0, "k": "k"} if presence else None
-    return DeviceStatusDoc(id="d1", presence=present, state=state)
+    return DeviceStatusDoc(id="d1", state=state)
 
 
 DESIRED_2 = {"version": 2, "hash": "x", "updated_at": T0}
 
 
 @pytest.mark.parametrize(
-    ("pointer", "status", "reason"),
+    ("pointer", "status", "online", "reason"),
     [
-        (None, None, SyncReason.NO_CONFIG),
-        (DESIRED_2, _status(config={"version": 2, "status": "applied"}), SyncReason.IN_SYNC),
+        (None, None, False, SyncReason.NO_CONFIG),
+        (DESIRED_2, _status({"version": 2, "status": "applied"}), False, SyncReason.IN_SYNC),
         (
             DESIRED_2,
-            _status(config={"version": 2, "status": "rejected", "error": "e"}),
+            _status({"version": 2, "status": "rejected", "error": "e"}),
+            True,
             SyncReason.REJECTED,
         ),
-        (
-            DESIRED_2,
-            _status("online", {"version": 1, "status": "applied"}),
-            SyncReason.NOT_ACKED,
-        ),
-        (DESIRED_2, _status("offline"), SyncReason.OFFLINE),
-        (DESIRED_2, None, SyncReason.OFFLINE),
+        (DESIRED_2, _status({"version": 1, "status": "applied"}), True, SyncReason.NOT_ACKED),
+        (DESIRED_2, _status(), False, SyncReason.OFFLINE),
+        (DESIRED_2, None, False, SyncReason.OFFLINE),
+        (DESIRED_2, None, True, SyncReason.NOT_ACKED),  # online, no state yet
     ],
 )
-def test_sync_reason(pointer, status, reason):
-    assert sync_state(_device(pointer), status).reason is reason
+def test_sync_reason(pointer, status, online, reason):
+    assert sync_state(_device(pointer), status, online).reason is reason
+
+
+def test_device_view_joins_presence_and_state_from_their_own_documents():
+    """Presence comes from ``device_presence``, state from ``device_status``; last seen is
+    the newer of the two documents' (each written by its own channel)."""
+    later = T0 + timedelta(seconds=30)
+    status = DeviceStatusDoc(id="d1", state=None, last_seen=T0)
+    present = DevicePresenceDoc(
+        id="d1", presence=PresenceDoc(status="online", since=later, k="k"), last_seen=later
+    )
+    view = DeviceView(_device(), status, present)
+    assert (view.presence, view.online, view.last_seen) == ("online", True, later)
+    assert DeviceView(_device(), status, None).last_seen == T0
+    assert DeviceView(_device(), None, None).presence is None
+    assert (
+        DeviceView(_device(), None, present, epoch=later + timedelta(seconds=1)).presence
+        == "unknown"
+    )
+    flt = DeviceFilter(online=True, last_seen_after=T0)
+    assert flt.keeps(view)
+    assert not flt.keeps(DeviceView(_device(), status, None))
 
 
 def full_spec(**extra) -> RolloutSpec:

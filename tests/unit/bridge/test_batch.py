@@ -3,11 +3,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from bridge.batch import (
+    STORED_KEYS,
     Registered,
     Skip,
     coalesce,
     content_hash,
     insert_op,
+    key,
     needed,
     plan,
     skip_reason,
@@ -139,13 +141,47 @@ def test_a_message_without_a_document_is_an_insert_with_the_tenant():
     item = decode(presence("dev-a", 3, 4, "offline"))
     assert isinstance(item, Accepted)
     op = insert_op(item, "t1")
+    assert target(item) == ("device_presence", "dev-a")
     assert op.document["_id"] == "dev-a"
     assert op.document["tenant_id"] == "t1"
     assert op.document["presence"]["status"] == "offline"
     assert op.document["last_seen"] == item.inbound.received_at
+    assert "state" not in op.document
     report = decode(job("dev-a", "job-7", 1, 3, "installing"))
     assert isinstance(report, Accepted)
     assert target(report) == ("job_reports", "job-7:dev-a")
     doc = insert_op(report, "t1").document
     assert (doc["job_id"], doc["device_id"], doc["status"]) == ("job-7", "dev-a", "installing")
     assert "last_seen" not in doc
+
+
+def test_presence_and_state_of_one_device_write_two_documents():
+    """One document per device and channel: two bridge instances handling a device's
+    presence and its state at the same instant never write the same document (FerretDB
+    would keep only one of the two writes)."""
+    online, report = _accepted(presence("dev-a", 2, 1), state("dev-a", 2, 2, "2.0.0"))
+    assert target(online) == ("device_presence", "dev-a")
+    assert target(report) == ("device_status", "dev-a")
+    assert target(online) != target(report)
+    assert set(STORED_KEYS) == {"device_presence", "device_status", "job_reports"}
+    for item, mine, other in ((online, "presence", "state"), (report, "state", "presence")):
+        assert all(f.startswith(mine) for f in STORED_KEYS[target(item)[0]])
+        inserted = insert_op(item, "t1").document
+        updated = update_op(item, T0)
+        assert set(inserted) == {"_id", "tenant_id", mine, "last_seen"}
+        assert set(updated.update["$set"]) == {mine, "last_seen"}
+        assert other not in str(updated.filter)  # the condition reads only its own channel
+        assert skip_reason(item, {"_id": "dev-a", other: {"k": "f" * 40}}, T0) is None
+
+
+def test_identical_state_is_refreshed_at_most_once_per_interval_presence_never_repeats():
+    """Issue 10 item 4 still holds with presence apart: a device repeating identical state
+    costs at most one write per refresh interval, a silent fleet none; presence and a
+    replayed presence key are not written twice."""
+    first, repeat = _accepted(state("dev-a", 1, 1, uptime_s=1), state("dev-a", 1, 2, uptime_s=9))
+    h = content_hash(first.message)  # type: ignore[arg-type]
+    stored = {"_id": "dev-a", "state": {"k": key(first), "h": h, "updated_at": T0}}
+    assert skip_reason(repeat, stored, T0 - timedelta(minutes=5)) is Skip.UNCHANGED
+    assert skip_reason(repeat, stored, T0 + timedelta(seconds=1)) is None  # refresh due
+    (online,) = _accepted(presence("dev-a", 1, 1))
+    assert skip_reason(online, {"_id": "dev-a", "presence": {"k": key(online)}}, T0) is Skip.OLDER

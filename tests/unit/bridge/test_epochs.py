@@ -6,14 +6,14 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from bridge.epochs import EpochRecorder, started_from_uptime
-from schemas.documents import DeviceStatusDoc, PresenceDoc, presence_status
+from schemas.documents import DevicePresenceDoc, PresenceDoc, presence_status
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, 250_000, tzinfo=UTC)
 
 
-def _status(status: str, since: datetime) -> DeviceStatusDoc:
+def _status(status: str, since: datetime) -> DevicePresenceDoc:
     presence = PresenceDoc(status=status, since=since, k="0")  # type: ignore[arg-type]
-    return DeviceStatusDoc(id="d1", presence=presence)
+    return DevicePresenceDoc(id="d1", presence=presence)
 
 
 def test_uptime_gives_the_start_rounded_down():
@@ -28,6 +28,7 @@ def test_online_before_the_latest_epoch_is_unknown_offline_stays():
     assert presence_status(_status("offline", T0 - timedelta(seconds=1)), epoch) == "offline"
     assert presence_status(_status("online", T0), None) == "online"
     assert presence_status(None, epoch) is None
+    assert presence_status(DevicePresenceDoc(id="d1"), epoch) is None
 
 
 def test_only_a_reconnect_without_its_session_is_an_epoch_at_the_loss():

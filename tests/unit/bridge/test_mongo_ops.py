@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from bridge.batch import Registered, content_hash, update_op
+from bridge.batch import Registered, content_hash, plan, update_op, with_known
 from bridge.decode import Accepted, Rejection, decode
 from bridge.mongo_sink import KnownIds, MongoSink, StoredKeys
+from outpost.store import Applied, Insert, Update
 from schemas.protocol import RejectReason, StateMessage
 
 from .helpers import inbound, job, presence, state
@@ -89,7 +90,7 @@ def test_stored_keys_read_once_then_follow_own_writes():
     known = StoredKeys(capacity=10)
     a, b = ("device_status", "dev-a"), ("device_status", "dev-b")
     assert known.unknown([a, b]) == {a, b}
-    known.read("device_status", ["dev-a", "dev-b"], [{"_id": "dev-a", "presence": {"k": "1"}}])
+    known.read("device_status", ["dev-a", "dev-b"], [{"_id": "dev-a", "state": {"k": "1"}}])
     assert known.unknown([a, b]) == set()  # dev-b is known to be absent
     assert known.exists(a)
     assert not known.exists(b)
@@ -103,3 +104,67 @@ def test_stored_keys_read_once_then_follow_own_writes():
     assert view["state"]["h"] == update_op(item, T0).update["$set"]["state"]["h"]
     known.read("device_status", [f"x{i}" for i in range(20)], [])  # over capacity: forget
     assert known.unknown([a]) == {a}
+
+
+class _Store:
+    """Records the sink's reads and writes; inserts of an existing ``_id`` are duplicates."""
+
+    def __init__(self) -> None:
+        self.docs: set[tuple[str, str]] = set()
+        self.reads: list[tuple[str, list[str], dict]] = []
+        self.writes: list[tuple[str, object]] = []
+
+    async def find_ids(self, collection, ids, projection=None):
+        self.reads.append((collection, list(ids), dict(projection or {})))
+        return []
+
+    async def apply(self, collection, writes):
+        applied = Applied()
+        for i, write in enumerate(writes):
+            self.writes.append((collection, write))
+            if isinstance(write, Insert):
+                t = (collection, write.document["_id"])
+                if t in self.docs:
+                    applied.duplicates.append(i)
+                else:
+                    self.docs.add(t)
+                    applied.inserted += 1
+            else:
+                applied.modified += 1
+        return applied
+
+
+def _planned(*items):
+    return with_known(plan([decode(i) for i in items]), {"dev-a": Registered("t1")}, {})
+
+
+async def test_sink_writes_presence_and_state_of_a_device_to_two_documents():
+    store = _Store()
+    refresh = timedelta(minutes=5)
+    sink = MongoSink(store, dead_letter_cap=3, state_refresh=refresh)  # type: ignore[arg-type]
+    now = datetime.now(UTC)  # the messages' receive time
+    await sink.write(_planned(presence("dev-a", 2, 1), state("dev-a", 2, 2, "2.0.0")), now)
+    assert sorted(store.reads) == [
+        ("device_presence", ["dev-a"], {"presence.k": 1}),
+        ("device_status", ["dev-a"], {"state.k": 1, "state.h": 1, "state.updated_at": 1}),
+    ]
+    inserts = {c: w.document for c, w in store.writes if isinstance(w, Insert)}
+    assert set(inserts) == {"device_presence", "device_status"}
+    assert inserts["device_presence"]["presence"]["status"] == "online"
+    assert inserts["device_status"]["state"]["firmware"] == "2.0.0"
+    assert all(d["tenant_id"] == "t1" and "last_seen" in d for d in inserts.values())
+    assert "state" not in inserts["device_presence"]
+    assert "presence" not in inserts["device_status"]
+
+    # then: a replayed presence and an identical state within the refresh interval cost
+    # nothing (no read, no write); the state once the interval has passed costs one update
+    store.writes.clear()
+    again = _planned(presence("dev-a", 2, 1), state("dev-a", 2, 3, "2.0.0"))
+    counts = await sink.write(again, now + timedelta(minutes=1))
+    assert (store.writes, counts.skipped, len(store.reads)) == ([], 2, 2)
+    later = _planned(state("dev-a", 2, 4, "2.0.0"))
+    await sink.write(later, now + refresh + timedelta(minutes=1))
+    ((collection, write),) = store.writes
+    assert collection == "device_status"
+    assert isinstance(write, Update)
+    assert set(write.update["$set"]) == {"state", "last_seen"}

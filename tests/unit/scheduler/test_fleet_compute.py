@@ -13,13 +13,15 @@ NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 EPOCH = NOW - timedelta(minutes=5)  # the broker restarted five minutes ago
 
 
-def status(device: str, presence: str | None, since: datetime, applied: int | None = None):
-    doc: dict = {"_id": device, "tenant_id": "t1"}
-    if presence:
-        doc["presence"] = {"status": presence, "since": since, "k": "0"}
-    if applied is not None:
-        doc["state"] = {"config": {"version": applied, "status": "applied"}}
-    return doc
+def present(device: str, presence: str, since: datetime) -> dict:
+    """A ``device_presence`` document."""
+    stored = {"status": presence, "since": since, "k": "0"}
+    return {"_id": device, "tenant_id": "t1", "presence": stored}
+
+
+def status(device: str, applied: int) -> dict:
+    """A ``device_status`` document (the reported config only)."""
+    return {"_id": device, "state": {"config": {"version": applied, "status": "applied"}}}
 
 
 def device(device: str, desired: int | None = None, set_at: datetime = NOW):
@@ -51,13 +53,17 @@ def test_every_gauge_from_its_sources():
     devices = [device(f"on{i}") for i in range(4)]
     devices += [device("behind", desired=2, set_at=hour_ago), device("synced", desired=3)]
     devices += [device(f"off{i}") for i in range(3)] + [device("stale"), device("new")]
-    statuses = [status(f"on{i}", "online", NOW - timedelta(minutes=1)) for i in range(4)]
-    statuses += [
-        status("behind", "online", NOW - timedelta(minutes=1), applied=1),
-        status("synced", "online", NOW - timedelta(minutes=1), applied=3),
-        *(status(f"off{i}", "offline", NOW - timedelta(hours=2)) for i in range(3)),
-        status("stale", "online", NOW - timedelta(minutes=10)),  # before the restart
+    devices += [device("state-only", desired=3)]
+    minute_ago = NOW - timedelta(minutes=1)
+    presences = [present(d, "online", minute_ago) for d in ("on0", "on1", "on2", "on3")]
+    presences += [
+        present("behind", "online", minute_ago),
+        present("synced", "online", minute_ago),
+        *(present(f"off{i}", "offline", NOW - timedelta(hours=2)) for i in range(3)),
+        present("stale", "online", NOW - timedelta(minutes=10)),  # before the restart
     ]
+    # the reported config is in the other document; a device may have either alone
+    statuses = [status("behind", 1), status("synced", 3), status("state-only", 3)]
     leased = rollout("r-leased", NOW - timedelta(minutes=3))
     orphan = rollout("r-orphan", NOW - timedelta(minutes=3))
     leases = [
@@ -67,6 +73,7 @@ def test_every_gauge_from_its_sources():
     src = FleetSources(
         devices=devices,
         statuses=statuses,
+        presences=presences,
         epoch=EPOCH,
         rollouts=[leased, orphan],
         progress=[],
@@ -79,7 +86,7 @@ def test_every_gauge_from_its_sources():
         for (m, labels), v in got.items()
         if m == "outpost_fleet_devices"
     }
-    assert presence == {"online": 6, "offline": 3, "unknown": 1, "never": 1}
+    assert presence == {"online": 6, "offline": 3, "unknown": 1, "never": 2}
     tenant = (("tenant", "t1"),)
     assert got[("outpost_fleet_configs_out_of_sync", tenant)] == 1
     assert got[("outpost_fleet_configs_out_of_sync_oldest_seconds", tenant)] == 3600
@@ -94,7 +101,8 @@ def test_every_gauge_from_its_sources():
 def test_a_stored_presence_that_does_not_validate_is_unknown_not_a_crash():
     src = FleetSources(
         devices=[device("odd")],
-        statuses=[{"_id": "odd", "presence": {"status": "sideways"}}],
+        statuses=[],
+        presences=[{"_id": "odd", "presence": {"status": "sideways"}}],
         epoch=None,
         rollouts=[],
         progress=[],
