@@ -15,10 +15,11 @@ on an existing document is trusted here; every exclusive step is an insert.
   at a time. Token ``n`` of lease ``X`` is the document ``lease:X:n``; whoever inserts
   ``n + 1`` after ``n`` expired holds the lease, and the token is the **fencing token**
   (it grows by one on every takeover). Only the holder ever updates its own document
-  (renewal, release), so no two writers race on one document. When the holder dies,
-  another instance takes over once ``expires_at`` has passed: takeover is bounded by
-  the lease time plus one tick. See :mod:`scheduler.executor` for how the token fences
-  sends.
+  (renewal, release), so no two writers race on one document. The holder renews at the
+  start of each tick and, in a long tick, between batches (:mod:`scheduler.budget`).
+  When the holder dies, another instance takes over once ``expires_at`` has passed:
+  takeover is bounded by the lease time plus one tick. See :mod:`scheduler.executor`
+  for how the token fences sends.
 
 Clocks: expiry compares the holders' wall clocks; keep them NTP-synced and the lease
 time well above the expected skew. A holder also stops acting ``margin`` before its own
@@ -110,7 +111,17 @@ class Claims:
         return LeaseState(name, token, now + ttl)
 
     async def renew(self, lease: LeaseState, ttl: timedelta) -> LeaseState:
-        """Extend our lease; :class:`LeaseLost` if it expired or someone took it over."""
+        """Extend our lease; :class:`LeaseLost` if it expired or someone took it over.
+
+        Only the holder writes its lease document, so the update races no other writer.
+        What it can race is a takeover: another instance that reads the document after
+        ``expires_at`` and inserts the next token. That reader sees the new expiry if our
+        update was acknowledged before the old expiry; so a renewal acknowledged later
+        counts as lost (the lease is then taken again, with a new token, once the
+        extended expiry has passed), and a newer token seen after the update as taken
+        over. Renewing well before the end (:mod:`scheduler.budget`) makes a late
+        acknowledgement rare.
+        """
         self.check(lease, timedelta(0))
         now = self._clock()
         try:
@@ -122,6 +133,8 @@ class Claims:
             raise StoreError(f"renew {lease.name}: {exc}") from exc
         if latest is None or int(latest["token"]) != lease.token:
             raise LeaseLost(f"lease {lease.name} token {lease.token} taken over")
+        if self._clock() >= lease.expires_at:
+            raise LeaseLost(f"lease {lease.name} token {lease.token} renewed after its expiry")
         return LeaseState(lease.name, lease.token, now + ttl)
 
     async def hold(

@@ -76,6 +76,17 @@ class ExecutionView:
             return None
         return self.report
 
+    @property
+    def needs_device(self) -> bool:
+        """Whether :func:`decide` reads the device (the health gate after a success)."""
+        report = self.current_report
+        return (
+            not self.status.terminal
+            and self.sent_at is not None
+            and report is not None
+            and report.status is JobState.SUCCEEDED
+        )
+
 
 @dataclass(frozen=True)
 class DeviceView:

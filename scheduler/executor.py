@@ -8,7 +8,17 @@ Per rollout, under its lease (:mod:`scheduler.claims`), each tick:
 4. abort criteria (:mod:`scheduler.abort`), end time and end behaviour;
 5. inside the schedule (:mod:`scheduler.windows`): start the next wave when the previous
    one met its success condition (:mod:`scheduler.waves`), creating its executions;
-6. send due executions, at most ``max_per_minute`` per minute.
+6. send due executions, at most ``max_per_minute`` per minute, batch by batch, for at
+   most half a usable lease period (:mod:`scheduler.budget`); the rest on the next ticks.
+
+The lease is renewed at the start of the rollout's turn and, when due, at each
+checkpoint inside it (between parts of the tracking reads and of a new wave, before each
+batch is claimed and before it is published; :mod:`scheduler.budget`), so a slow
+database makes ticks send less, and does not lose the lease to another instance. What
+each tick reads is kept small for FerretDB v1, which scans a collection for every
+filter but ``_id`` (bench/RESULTS.md, "Rollout executor tick at 5,000 executions"):
+one read of the execution counts, one read of due executions for several batches,
+writes and claim checks by ``_id``, and devices read only for the health gate.
 
 Sending without duplicates or gaps when an instance may die at any moment
 ------------------------------------------------------------------------
@@ -20,9 +30,10 @@ a. **claim**: insert ``{_id: "<execution>#<attempt>", token, stamp}``. Of any nu
    instances (a former lease holder included) exactly one inserts it, once per attempt;
 b. **mark** the execution ``sent_at`` *before* publishing (the device cannot report on
    an attempt it has not received, so no bridge write races this one);
-c. check our lease (``lease_margin`` before expiry at the latest), then **publish**
-   (QoS 1, wait for PUBACK) with a URL signed now whose lifetime never passes the
-   window's end and an MQTT message expiry equal to that lifetime;
+c. a lease checkpoint (renewed if due; :class:`LeaseLost` if it ends within
+   ``lease_margin``), then **publish** (QoS 1, wait for PUBACK) with a URL signed now
+   whose lifetime (computed when the batch began) never passes the window's end and an
+   MQTT message expiry equal to that lifetime;
 d. **confirm**: ``published_at`` on the claim.
 
 A claim left unconfirmed (the sender died between (a) and (d), or the broker did not
@@ -47,18 +58,19 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from outpost.store import Document, Update
 from scheduler.abort import abort_reason
+from scheduler.budget import LeaseStep, TickBudget
 from scheduler.claims import Claims, LeaseState
 from scheduler.clock import Clock
 from scheduler.errors import LeaseLost, PublishError, RolloutDataError, SchedulerError
 from scheduler.executions import ExecutionView, Transition, backoff, decide
 from scheduler.metrics import SchedulerMetrics
 from scheduler.publisher import CommandSink, Outgoing, Presigner
-from scheduler.store import RolloutStore
+from scheduler.store import Counts, RolloutStore
 from scheduler.windows import open_until
 from schemas.documents import (
     FirmwareDoc,
@@ -93,6 +105,13 @@ __all__ = ["ExecutorConfig", "RolloutExecutor"]
 
 S = ExecutionStatus
 _NOT_GT = "$not"
+# Executions whose reports are read (or created) between two lease checkpoints: on
+# FerretDB ~0.5 s of indexed reads or inserts, a few seconds on a loaded machine.
+CHUNK = 500
+# Batches of due executions read at once: FerretDB v1 scans and sorts the collection for
+# each read whatever its limit (~1 s at 5,000 executions here), so one read serves
+# several batches. Only the lease holder changes executions, so they stay due meanwhile.
+READ_AHEAD = 16
 
 
 @dataclass(frozen=True)
@@ -104,18 +123,23 @@ class ExecutorConfig:
     presign_seconds: int = 3600
     min_url_seconds: int = 60
 
+    @property
+    def budget(self) -> TickBudget:
+        return TickBudget(self.lease_ttl, self.lease_margin)
+
 
 @dataclass
 class _Run:
     """One rollout during one tick."""
 
     rollout: RolloutDoc
-    lease: LeaseState
-    now: datetime
+    lease: LeaseState  # renewed on the way (RolloutExecutor._keep)
+    now: datetime  # the tick's time, read again before each batch
     progress: RolloutProgress
     status: RolloutStatus  # as both the api and we read it (schemas.rollouts.rollout_status)
     firmware: FirmwareDoc | None = None
     wave_met: bool = False
+    counts: Counts = field(default_factory=Counts)  # read once per tick
 
     @property
     def job(self) -> str:
@@ -200,6 +224,7 @@ class RolloutExecutor:
         self.clock = clock
         self.log = logger
         self.config = config or ExecutorConfig()
+        self.budget = self.config.budget
         self._leases: dict[str, LeaseState] = {}
 
     # -- the tick ------------------------------------------------------------------------
@@ -211,6 +236,8 @@ class RolloutExecutor:
         seen = [_status(a.rollout, a.progress, now) for a in rollouts if a.rollout]
         for status in RolloutStatus:
             self.metrics.rollouts.labels(status.value).set(seen.count(status))
+        for gone in set(self._leases) - {_lease_name(a.id) for a in rollouts}:
+            del self._leases[gone]  # settled: nothing left to renew or hand over
         for active in rollouts:
             lease = await self._hold(active.id)
             if lease is None:
@@ -227,7 +254,7 @@ class RolloutExecutor:
         self._leases.clear()
 
     async def _hold(self, job: str) -> LeaseState | None:
-        name = f"rollout:{job}"
+        name = _lease_name(job)
         lease = await self.claims.hold(name, self.config.lease_ttl, self._leases.get(name))
         self.metrics.claims.labels("rollout", "won" if lease else "lost").inc()
         if lease is None:
@@ -235,6 +262,35 @@ class RolloutExecutor:
         else:
             self._leases[name] = lease
         return lease
+
+    async def _keep(self, run: _Run) -> None:
+        """A checkpoint inside a tick (:mod:`scheduler.budget`): renew this run's lease
+        when it is due, :class:`LeaseLost` when it is at its end or was taken over; then
+        renew the other leases this instance holds that are due, so that a long turn of
+        one rollout does not let the others' leases lapse before their turn."""
+        now = self.clock()
+        step = self.budget.lease_step(run.lease.expires_at, now)
+        if step is LeaseStep.STOP:
+            raise LeaseLost(f"lease {run.lease.name} about to expire")
+        if step is LeaseStep.RENEW:
+            run.lease = await self._renew(run.lease)
+        for other in [v for k, v in self._leases.items() if k != run.lease.name]:
+            if self.budget.lease_step(other.expires_at, now) is LeaseStep.RENEW:
+                try:
+                    await self._renew(other)
+                except LeaseLost as exc:  # its own turn in the tick takes it again, or not
+                    self._leases.pop(other.name, None)
+                    self.log.warning("lease lost", extra={"lease": other.name, "error": str(exc)})
+
+    async def _renew(self, lease: LeaseState) -> LeaseState:
+        try:
+            renewed = await self.claims.renew(lease, self.config.lease_ttl)
+        except LeaseLost:
+            self.metrics.claims.labels("rollout", "lost").inc()
+            raise
+        self.metrics.claims.labels("rollout", "renewed").inc()
+        self._leases[lease.name] = renewed
+        return renewed
 
     async def _guarded(
         self, rollout: RolloutDoc, progress: RolloutProgressDoc | None, lease: LeaseState
@@ -276,7 +332,8 @@ class RolloutExecutor:
             await self._save(run, RolloutStatus.PAUSED)
             return
         spec = run.spec
-        counts = await self.store.counts(run.job)
+        run.counts = await self.store.counts(run.job)
+        counts = run.counts.total()
         reason = abort_reason(spec.abort, counts)
         if reason is not None:
             await self._stop(run, RolloutStatus.ABORTED, reason)
@@ -365,17 +422,30 @@ class RolloutExecutor:
     # -- tracking ------------------------------------------------------------------------
 
     async def _track(self, run: _Run) -> int:
-        """Apply status changes to sent executions; return how many stay open."""
-        tracked = await self.store.tracked(run.job)
-        devices = await self.store.device_views([t.execution.device_id for t in tracked])
+        """Apply status changes to sent executions; return how many stay open.
+
+        What the bridge recorded is read :data:`CHUNK` executions at a time, with a
+        lease checkpoint before each part and before the writes: with thousands of sent
+        executions on FerretDB these reads took 6-18 s per tick (bench/RESULTS.md). The
+        devices' presence and firmware are read only for the executions whose device
+        reported success (the health gate, :func:`scheduler.executions.decide`).
+        """
+        sent = await self.store.tracked(run.job)
         ops, still_open = [], 0
-        for item in tracked:
-            ev = ExecutionView.of(item.execution, item.report)
-            t = decide(run.spec, ev, devices.get(item.execution.device_id), run.now)
-            still_open += t is None or not t.final
-            if t is not None:
-                ops.append(transition_op(ev, t, run.lease.token, run.now))
-                self.metrics.transitions.labels("retry" if t.retry else t.status.value).inc()
+        for start in range(0, len(sent), CHUNK):
+            await self._keep(run)
+            part = sent[start : start + CHUNK]
+            reports = await self.store.reports_of([e.id for e in part])
+            views = [ExecutionView.of(e, reports.get(e.id)) for e in part]
+            gated = [e.device_id for e, ev in zip(part, views, strict=True) if ev.needs_device]
+            devices = await self.store.device_views(gated)
+            for e, ev in zip(part, views, strict=True):
+                t = decide(run.spec, ev, devices.get(e.device_id), run.now)
+                still_open += t is None or not t.final
+                if t is not None:
+                    ops.append(transition_op(ev, t, run.lease.token, run.now))
+                    self.metrics.transitions.labels("retry" if t.retry else t.status.value).inc()
+        await self._keep(run)
         await self.store.apply(ops)
         return still_open
 
@@ -405,7 +475,7 @@ class RolloutExecutor:
         if p.wave == 0 or p.wave_started_at is None:
             run.wave_met = True
             return None
-        wc = await self.store.counts(run.job, p.wave)
+        wc = run.counts.wave(p.wave)
         counts = WaveCounts(
             sum(wc.values()), wc.get(S.SUCCEEDED, 0), sum(n for s, n in wc.items() if s.terminal)
         )
@@ -466,8 +536,11 @@ class RolloutExecutor:
         if not ids:
             return 0
         wave = run.progress.wave + 1
-        self.claims.check(run.lease, self.config.lease_margin)
-        created = await self.store.create([new_execution(run, d, wave) for d in ids])
+        created = 0
+        for start in range(0, len(ids), CHUNK):  # a lease checkpoint before each part
+            await self._keep(run)
+            part = ids[start : start + CHUNK]
+            created += await self.store.create([new_execution(run, d, wave) for d in part])
         run.progress = run.progress.model_copy(update={"wave": wave, "wave_started_at": run.now})
         await self._save(run)
         self.log.info(
@@ -484,29 +557,56 @@ class RolloutExecutor:
             return min(run.spec.max_per_minute, int(run.progress.rate_per_minute))
         return run.spec.max_per_minute
 
+    def _lifetime(self, run: _Run, until: datetime) -> int:
+        """URL lifetime for a command sent now: never past the window's end."""
+        return min(self.config.presign_seconds, math.floor((until - run.now).total_seconds()))
+
     async def _send(self, run: _Run, until: datetime) -> None:
-        lifetime = min(self.config.presign_seconds, math.floor((until - run.now).total_seconds()))
-        if lifetime < self.config.min_url_seconds:
+        """Send due executions, batch by batch, while the minute's cap, the window and
+        this tick's time budget allow; the rest goes out on the next ticks."""
+        if self._lifetime(run, until) < self.config.min_url_seconds:
             return
         await self._firmware(run)  # a rollout without its image stops before any claim
         p = run.progress
         start, sent, left = minute_budget(
             self._cap(run), p.minute_started_at, p.sent_this_minute, run.now
         )
-        if left > 0:
-            resent = await self._recover(run, lifetime, min(left, self.config.batch))
+        since = self.clock()
+        if left > 0 and await self._next_batch(run, until, since):
+            resent = await self._recover(
+                run, self._lifetime(run, until), min(left, self.config.batch)
+            )
             sent, left = sent + resent, left - resent
-        while left > 0:
-            due = await self.store.due(run.job, run.now, min(left, self.config.batch))
-            if not due:
-                break
-            published = await self._batch(run, due, lifetime)
+        ahead: list[JobExecutionDoc] = []  # due executions read for the next batches
+        more = True  # the last read was not short: more may be due
+        while left > 0 and (ahead or more) and await self._next_batch(run, until, since):
+            if not ahead:
+                want = min(left, self.config.batch * READ_AHEAD)
+                ahead = await self.store.due(run.job, run.now, want)
+                more = len(ahead) == want
+                if not ahead:
+                    break
+            n = min(left, self.config.batch)
+            due, ahead = ahead[:n], ahead[n:]
+            published = await self._batch(run, due, self._lifetime(run, until))
             sent, left = sent + published, left - published
-            if len(due) < self.config.batch or published == 0:
+            if published == 0:  # all offline, claimed elsewhere, or the broker refused
                 break
         run.progress = run.progress.model_copy(
             update={"minute_started_at": start, "sent_this_minute": sent}
         )
+
+    async def _next_batch(self, run: _Run, until: datetime, since: datetime) -> bool:
+        """Before each batch: the time now, and whether one more batch is started in
+        this tick (time budget since sending began, window); if so, a checkpoint."""
+        run.now = self.clock()
+        if self._lifetime(run, until) < self.config.min_url_seconds:
+            return False
+        if not self.budget.may_start_batch(since, run.now):
+            self.log.info("tick budget spent; the rest next tick", extra={"job_id": run.job})
+            return False
+        await self._keep(run)
+        return True
 
     async def _firmware(self, run: _Run) -> FirmwareDoc:
         if run.firmware is None:
@@ -554,7 +654,7 @@ class RolloutExecutor:
         """Mark sent (before: no report can race yet), publish, then confirm."""
         expires = run.now + timedelta(seconds=lifetime)
         await self.store.mark_sent([d.id for d in held], run.now, expires)
-        self.claims.check(run.lease, self.config.lease_margin)
+        await self._keep(run)
         messages = await self._commands(run, held, lifetime)
         try:
             await self.sink.publish_all(messages)
@@ -669,3 +769,7 @@ class RolloutExecutor:
 
 def send_id(execution: JobExecutionDoc) -> str:
     return f"{execution.id}#{execution.attempt}"
+
+
+def _lease_name(job: str) -> str:
+    return f"rollout:{job}"

@@ -24,8 +24,10 @@ comes from MongoDB (:mod:`scheduler.claims`), never from there being one instanc
   broker killed without saving lost its retained messages.
 
 One MQTT connection (reconnected with backoff) publishes commands and keeps the single
-long-lived ``$SYS/#`` subscription. SIGTERM: stop firing jobs, let the running tick end,
-hand the leases over at once (another instance takes them on its next tick), close.
+long-lived ``$SYS/#`` subscription. SIGTERM: stop firing jobs, let the running tick end
+(a tick starts batches for one rollout for at most half a usable lease period,
+:mod:`scheduler.budget`), hand the leases over at once (another instance takes them on
+its next tick), close.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ pymongo errors become :class:`StoreError`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -44,7 +44,7 @@ from schemas.documents import (
 )
 from schemas.rollouts import ExecutionStatus, RolloutProgress, RolloutStatus, Target
 
-__all__ = ["Active", "RolloutStore", "Tracked"]
+__all__ = ["Active", "Counts", "RolloutStore"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -88,11 +88,20 @@ def _first_errors(exc: ValidationError) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Tracked:
-    """A sent execution with the device's report on it (if any)."""
+class Counts:
+    """How many executions of a job are in each status, per wave."""
 
-    execution: JobExecutionDoc
-    report: JobReportDoc | None
+    waves: dict[int, dict[ExecutionStatus, int]] = field(default_factory=dict)
+
+    def total(self) -> dict[ExecutionStatus, int]:
+        summed: dict[ExecutionStatus, int] = {}
+        for by_status in self.waves.values():
+            for status, n in by_status.items():
+                summed[status] = summed.get(status, 0) + n
+        return summed
+
+    def wave(self, wave: int) -> dict[ExecutionStatus, int]:
+        return dict(self.waves.get(wave, {}))
 
 
 class RolloutStore:
@@ -186,28 +195,33 @@ class RolloutStore:
         return not applied.duplicates  # a duplicate: a newer holder's document is there
 
     @_mapped
-    async def counts(self, job_id: str, wave: int | None = None) -> dict[ExecutionStatus, int]:
-        match: Document = {"job_id": job_id}
-        if wave is not None:
-            match["wave"] = wave
+    async def counts(self, job_id: str) -> Counts:
+        """Executions of a job by wave and status, in one read: FerretDB v1 scans the
+        collection for it (1.1-2.1 s per read at 5,000 executions), so once per tick."""
         rows = await self.executions.aggregate(
-            [{"$match": match}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+            [
+                {"$match": {"job_id": job_id}},
+                {"$group": {"_id": {"wave": "$wave", "status": "$status"}, "n": {"$sum": 1}}},
+            ]
         )
-        return {ExecutionStatus(r["_id"]): int(r["n"]) async for r in rows}
+        found = Counts()
+        async for r in rows:
+            wave = found.waves.setdefault(int(r["_id"]["wave"]), {})
+            wave[ExecutionStatus(r["_id"]["status"])] = int(r["n"])
+        return found
 
     @_mapped
     async def sent_count(self, job_id: str) -> int:
         return await self.executions.count_documents({"job_id": job_id, "sent_at": {"$ne": None}})
 
     @_mapped
-    async def tracked(self, job_id: str) -> list[Tracked]:
-        """Open executions that were sent (their status may change), with their reports."""
+    async def tracked(self, job_id: str) -> list[JobExecutionDoc]:
+        """Open executions that were sent (their status may change); their reports are
+        read apart (:meth:`reports_of`), a part at a time."""
         raw = await self.executions.find(
             {"job_id": job_id, "status": {"$in": OPEN}, "sent_at": {"$ne": None}}
         ).to_list()
-        docs = [JobExecutionDoc.model_validate(d) for d in raw]
-        reports = await self.reports_of([d.id for d in docs])
-        return [Tracked(d, reports.get(d.id)) for d in docs]
+        return [JobExecutionDoc.model_validate(d) for d in raw]
 
     @_mapped
     async def reports_of(self, ids: Sequence[str]) -> dict[str, JobReportDoc]:
@@ -329,9 +343,7 @@ class RolloutStore:
     async def mark_published(
         self, send_ids: Sequence[str], when: datetime, how: str = "puback"
     ) -> None:
-        await self.sends.update_many(
-            {"_id": {"$in": list(send_ids)}}, {"$set": {"published_at": when, "how": how}}
-        )
+        await self._by_id(SCHEDULER_SENDS, send_ids, {"published_at": when, "how": how})
 
     @_mapped
     async def mark_sent(
@@ -340,7 +352,18 @@ class RolloutStore:
         update: Document = {"sent_at": when}
         if expires is not None:
             update["url_expires_at"] = expires
-        await self.executions.update_many({"_id": {"$in": list(execution_ids)}}, {"$set": update})
+        await self._by_id(JOB_EXECUTIONS, execution_ids, update)
+
+    async def _by_id(self, collection: str, ids: Sequence[str], fields: Document) -> None:
+        """``$set`` ``fields`` on each document of ``ids``: one write per ``_id`` (a bulk
+        on MongoDB, indexed single statements on FerretDB, where an ``update_many`` with
+        ``$in`` scans the collection: 1.3-1.9 s per batch of 64 at 5,000 executions,
+        0.15 s this way)."""
+        applied = await self.store.apply(
+            collection, [Update({"_id": i}, {"$set": fields}) for i in ids]
+        )
+        if applied.errors:
+            raise StoreError(f"update {collection}: {list(applied.errors.values())[:3]}")
 
     @_mapped
     async def cancel_unsent(self, job_id: str, token: int, now: datetime) -> int:

@@ -129,3 +129,24 @@ def test_backoff_doubles_and_is_capped():
     assert backoff(0) == timedelta(seconds=5)
     assert backoff(3) == timedelta(seconds=40)
     assert backoff(50) == timedelta(minutes=2)
+
+
+def test_the_device_is_read_only_for_the_health_gate_after_a_reported_success():
+    """Tracking reads device presence only where needs_device says: every execution for
+    which decide() gives a different answer with and without the device is among them."""
+    views = [
+        ex(),
+        ex(sent=None),
+        ex(report={"status": "downloading"}),
+        ex(report={"status": "failed"}),
+        ex(report={"status": "succeeded"}),
+        ex(S.IN_PROGRESS, report={"status": "succeeded"}),
+        ex(S.SUCCEEDED, report={"status": "succeeded"}),
+        ex(attempt=2, report={"status": "succeeded"}, stale_k="0001"),  # an earlier attempt's
+    ]
+    assert [i for i, v in enumerate(views) if v.needs_device] == [4, 5]
+    for now in (T0 + timedelta(minutes=2), T0 + timedelta(minutes=20)):
+        for v in views:
+            for device in (None, ONLINE_NEW, ONLINE_OLD):
+                if not v.needs_device:
+                    assert decide(SPEC, v, device, now) == decide(SPEC, v, None, now)
