@@ -12,10 +12,8 @@ import re
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from api import auth
-from api.app import Settings, create_app
 from api.broker_admin import BrokerAdmin
 from api.broker_link import BrokerLink
 from api.errors import BrokerError
@@ -52,6 +50,11 @@ def serve(
     log_level: str | None = typer.Option(None, help="Log level (default: OUTPOST_LOG_LEVEL, INFO)"),
 ) -> None:
     """Run the api until SIGTERM."""
+    # here, not at the top: the `outpost admin` commands need neither (2 s less to start)
+    import uvicorn
+
+    from api.app import Settings, create_app
+
     logs.configure(log_level)
     try:
         settings = Settings(

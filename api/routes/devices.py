@@ -160,13 +160,23 @@ async def _registry_write(
 
 
 async def _check_group(state: AppState, tenant_id: str, group: str | None) -> None:
-    if group is not None and await groups.get(state.db, tenant_id, group) is None:
+    await _group_template(state, tenant_id, group)
+
+
+async def _group_template(state: AppState, tenant_id: str, group: str | None) -> dict[str, Any]:
+    """The config template of ``group`` ({} without one); a group that does not exist is
+    refused (422)."""
+    if group is None:
+        return {}
+    doc = await groups.get(state.db, tenant_id, group)
+    if doc is None:
         raise InvalidInput(f"group: no group {group!r}", loc=("body", "group"))
+    return dict(doc.template)
 
 
 @router.post("/devices", status_code=status.HTTP_201_CREATED)
 async def register(body: DeviceCreate, state: State, who: Operator) -> DeviceRegistered:
-    await _check_group(state, who.tenant_id, body.group)
+    template = await _group_template(state, who.tenant_id, body.group)  # one read for both
     overrides = body.overrides.to_json()
     check_patch(overrides, "overrides")
     password = auth.new_device_password()
@@ -181,7 +191,6 @@ async def register(body: DeviceCreate, state: State, who: Operator) -> DeviceReg
         created_at=now,
         credentials=Credentials(password_hash=auth.password_hash(password), rotated_at=now),
     )
-    template = await config_service.template_of(state, who.tenant_id, body.group)
     config_service.plan(doc, template, loc=("body", "overrides"))  # validates before writing
     try:
         await store.insert(state.db, doc)

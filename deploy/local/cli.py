@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import typer
@@ -73,7 +74,7 @@ def up(
     stack.write_env(stack.env_file)
     console.print(f"settings written to {stack.env_file}")
     if services:
-        _start_all(stack.services())
+        _start_together(list(stack.services()))
         if demo and stack.demo_devices:
             _demo(stack)
     status()
@@ -82,6 +83,18 @@ def up(
 def _start_all(servers: Iterable[Server]) -> None:
     for server in servers:
         started = _step(f"Starting {server.name} on port {server.port}", server.start)
+        verb = "started" if started else "already running"
+        console.print(f"[green]✓[/green] {server.name} {verb} (port {server.port})")
+
+
+def _start_together(servers: list[Server]) -> None:
+    """Start ``servers`` at the same time (they need only the infrastructure, not each
+    other): each of our services spends seconds importing before it answers."""
+    names = ", ".join(s.name for s in servers)
+    with ThreadPoolExecutor(len(servers)) as pool:
+        starting = [pool.submit(server.start) for server in servers]
+        done = _step(f"Starting {names}", lambda: [f.result() for f in starting])
+    for server, started in zip(servers, done, strict=True):
         verb = "started" if started else "already running"
         console.print(f"[green]✓[/green] {server.name} {verb} (port {server.port})")
 
@@ -124,9 +137,12 @@ def _demo(stack: Stack) -> None:
 def down() -> None:
     """Stop exactly the processes `up` started (by their PID files)."""
     stack = Stack(DevSettings())
-    for server in reversed(list(stack.everything())):
-        stopped = server.stop()
-        console.print(f"{server.name}: {'stopped' if stopped else 'was not running'}")
+    ours = [stack.sim, *reversed(list(stack.services()))]
+    with ThreadPoolExecutor(len(ours)) as pool:  # each may take seconds to flush and leave
+        stopped = list(pool.map(lambda server: server.stop(), ours))
+    stopped += [server.stop() for server in reversed(list(stack.servers()))]
+    for server, was in zip([*ours, *reversed(list(stack.servers()))], stopped, strict=True):
+        console.print(f"{server.name}: {'stopped' if was else 'was not running'}")
 
 
 @app.command()

@@ -30,9 +30,19 @@ __all__ = ["Registry"]
 class Registry:
     """The api of one test database; ``register`` returns each device's password."""
 
-    def __init__(self, broker: Any, mongo: Any, s3: Any, database: str, tenant: str = "t1") -> None:
+    def __init__(
+        self,
+        broker: Any,
+        mongo: Any,
+        s3: Any,
+        database: str,
+        tenant: str = "t1",
+        *,
+        clean_broker: bool = True,
+    ) -> None:
         self.broker = broker
         self.tenant = tenant
+        self._clean_broker = clean_broker  # False: the broker is the test's own, and goes
         self.passwords: dict[str, str] = {}
         # a loaded machine's broker may take seconds to store an account: wait for it
         self._app = create_app(api_settings(broker, mongo, s3, database, broker_timeout_s=30))
@@ -56,6 +66,8 @@ class Registry:
     ) -> None:
         assert self._lifespan is not None
         try:
+            if not self._clean_broker:
+                return
             # The broker outlives the test: the devices' retained messages go (every bridge
             # started later would be handed them), and so do their accounts, a
             # few per control message (not one round trip per device).

@@ -158,6 +158,29 @@ async def test_a_write_no_server_can_store_is_isolated_from_its_batch(mongo_db) 
     assert "huge" not in {d["_id"] for d in await mongo_db["docs"].find().to_list()}
 
 
+async def test_inserts_report_each_refused_document_by_its_index(mongo_db) -> None:
+    """Inserts (sent together on FerretDB) report each duplicate and each refusal at the
+    index it had in the batch; an insert and an update of one document run in order."""
+    store = Store(mongo_db)
+    await mongo_db["docs"].insert_one({"_id": "old", "n": 0})
+    writes: list[Write] = [
+        Insert({"_id": "a"}),
+        Insert({"_id": "old"}),
+        Insert({"_id": "huge", "n": 2**70}),
+        Insert({"_id": "a"}),
+        Insert({"_id": ["an array"]}),
+        Update({"_id": "old"}, {"$set": {"n": 1}}),
+        Insert({"n": 3}),
+        *(Insert({"_id": f"d{i}"}) for i in range(1_500)),
+    ]
+    result = await store.apply("docs", writes)
+    assert (result.inserted, result.modified) == (1_502, 1)
+    assert sorted(result.duplicates) == [1, 3]
+    assert sorted(result.errors) == [2, 4]
+    assert await mongo_db["docs"].count_documents({}) == 1_503
+    assert (await mongo_db["docs"].find_one({"_id": "old"}) or {})["n"] == 1
+
+
 async def test_store_never_runs_two_writes_of_one_document_at_once(mongo_db) -> None:
     """FerretDB loses one of two concurrent updates of a document; the store's batches
     therefore send writes naming the same ``_id`` one after the other."""

@@ -83,6 +83,12 @@ async def test_kill_9_mid_flood_then_restart_loses_and_regresses_nothing(
 ):
     ids = [f"d{unique}-{i:04}" for i in range(FLEET)]
     await mongo_db[DEVICES].insert_many([{"_id": i} for i in ids])
+    # Half the fleet has a status document already (as after its presence): its first
+    # state is a conditional update, the other half's an insert, and a restart redelivers
+    # both kinds. On FerretDB a batch's updates go one by one, its inserts all together
+    # (outpost.store), so the updates keep round 1 being written long enough for the kill
+    # to land in it.
+    await mongo_db[DEVICE_STATUS].insert_many([{"_id": i, "tenant_id": None} for i in ids[::2]])
     port = free_port()
     env = bridge_env(broker, mongo, mongo_db.name, unique, instance="k", http_port=port)
     log = tmp_path / "bridge.log"

@@ -178,11 +178,14 @@ async def online_fleet(
     tags: Sequence[str] = ("ap",),
     firmware: str = "1.0",
     bridge: bool = True,
+    own_broker: bool = False,
     **options: Any,
 ) -> AsyncIterator[Rig]:
     """``n`` registered devices online through the real bridge, all recorded online.
 
     ``options`` go to :class:`FleetOptions` (e.g. ``download_rate`` for a slow link).
+    ``own_broker``: ``broker`` is the test's own, so the devices' accounts and retained
+    messages are left on it (a shared one is cleaned up).
     """
     fleet_options = FleetOptions(
         devices=n,
@@ -197,7 +200,9 @@ async def online_fleet(
     ids = [fleet_options.device_id(i) for i in range(n)]
     commands = CommandLog(prefix, broker)
     async with contextlib.AsyncExitStack() as stack:
-        registry = await stack.enter_async_context(Registry(broker, mongo, s3, db.name))
+        registry = await stack.enter_async_context(
+            Registry(broker, mongo, s3, db.name, clean_broker=not own_broker)
+        )
         if group is not None:
             await registry.group(group)
         await registry.register(ids, group=group, tags=tags, hardware_model="hw1")
