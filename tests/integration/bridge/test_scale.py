@@ -100,12 +100,19 @@ async def test_kill_9_mid_flood_then_restart_loses_and_regresses_nothing(
         _publish_round(pub, ids, 1)
         await pub.flushed(60)
 
-        async def writing() -> bool:
-            return (
-                await mongo_db[DEVICE_STATUS].count_documents({"state": {"$exists": True}}) >= 100
-            )
+        # The kill must land inside a batch: some of its writes done, none acknowledged.
+        # Waiting for a written count alone once killed between two batches (128 written,
+        # 128 acknowledged), which proves nothing about unacknowledged writes; so the
+        # bridge's own count of acknowledged valid messages must be behind the database.
+        async def mid_batch() -> bool:
+            written = await mongo_db[DEVICE_STATUS].count_documents({"state": {"$exists": True}})
+            if written < 100:
+                return False
+            acked = await _metric(port, "outpost_bridge_acked_total")
+            others = await _metric(port, "outpost_bridge_rejected_total")
+            return acked - others < written
 
-        await eventually(writing, within=60, interval=0.05, what="bridge writing")
+        await eventually(mid_batch, within=60, interval=0.05, what="bridge mid-batch")
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
         written_at_kill = await mongo_db[DEVICE_STATUS].count_documents(
