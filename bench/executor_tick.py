@@ -44,7 +44,14 @@ from scheduler.executor import ExecutorConfig, RolloutExecutor  # noqa: E402
 from scheduler.metrics import SchedulerMetrics  # noqa: E402
 from scheduler.publisher import CommandSink, Outgoing, Presigner  # noqa: E402
 from scheduler.store import RolloutStore  # noqa: E402
-from schemas.documents import DEVICE_STATUS, DEVICES, FIRMWARE, ROLLOUTS, RolloutDoc  # noqa: E402
+from schemas.documents import (  # noqa: E402
+    DEVICE_PRESENCE,
+    DEVICE_STATUS,
+    DEVICES,
+    FIRMWARE,
+    ROLLOUTS,
+    RolloutDoc,
+)
 from schemas.rollouts import RolloutControl, RolloutSpec  # noqa: E402
 
 JOB = "bench-job"
@@ -91,11 +98,10 @@ async def seed(db: Store, n: int) -> None:
         for d in ids
     ]
     online = {"status": "online", "since": now, "k": "0"}
-    status = [
-        {"_id": d, "tenant_id": "t", "presence": online, "state": {"firmware": "1.0.0"}}
-        for d in ids
-    ]
+    presences = [{"_id": d, "tenant_id": "t", "presence": online} for d in ids]
+    status = [{"_id": d, "tenant_id": "t", "state": {"firmware": "1.0.0"}} for d in ids]
     await db.apply(DEVICES, [Insert(d) for d in devices])
+    await db.apply(DEVICE_PRESENCE, [Insert(p) for p in presences])
     await db.apply(DEVICE_STATUS, [Insert(s) for s in status])
     await db[FIRMWARE].insert_one(
         {
