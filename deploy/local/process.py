@@ -1,8 +1,10 @@
 """Starting, watching and stopping the server processes we own.
 
 A process is started detached (its own session) with its output in a log file, and its
-PID is written next to it together with the executable's name, so that ``stop`` only
-ever signals a process that is still the one we started.
+PID is written next to it together with the executable's name and the process's start
+time, so that ``stop`` only ever signals a process that is still the one we started: PIDs
+wrap (``pid_max`` is 32,768 on many machines, and a test run uses ~1,000 a minute), and a
+name alone (``python``) matches any other Python process that got the number.
 """
 
 from __future__ import annotations
@@ -41,34 +43,50 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22), None
+    if no such process or it is a zombie. With the PID it names one process for good."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": the name may hold spaces
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
 @dataclass(frozen=True)
 class PidFile:
     path: Path
 
     def write(self, pid: int, executable: str) -> None:
-        self.path.write_text(json.dumps({"pid": pid, "exe": Path(executable).name}))
+        entry = {"pid": pid, "exe": Path(executable).name, "started": start_ticks(pid)}
+        self.path.write_text(json.dumps(entry))
 
-    def read(self) -> tuple[int, str] | None:
+    def read(self) -> tuple[int, str, int | None] | None:
         try:
             data = json.loads(self.path.read_text())
-            return int(data["pid"]), str(data["exe"])
-        except (OSError, ValueError, KeyError, TypeError):
+            started = data.get("started")
+            return int(data["pid"]), str(data["exe"]), None if started is None else int(started)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
     def live_pid(self) -> int | None:
-        """The PID if that process is alive and still runs the executable we started."""
+        """The PID if that process is alive and is still the one we started."""
         entry = self.read()
         if entry is None:
             return None
-        pid, exe = entry
+        pid, exe, started = entry
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return None
         if not cmdline or Path(cmdline[0].decode(errors="replace")).name != exe:
-            return None  # the PID was reused by someone else
-        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-            return None
+            return None  # the PID was reused by another program
+        now = start_ticks(pid)
+        if now is None or (started is not None and now != started):
+            return None  # a zombie, or the PID reused by another process of the same program
         return pid
 
     def stop(self, how: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> bool:

@@ -31,6 +31,7 @@ class Service:
         broker: Mosquitto,
     ) -> None:
         self.command = command
+        self.log = log
         self.port = port or free_port()
         username, password = broker.account(command)  # each service its own broker role
         account = {"OUTPOST_MQTT_USERNAME": username, "OUTPOST_MQTT_PASSWORD": password}
@@ -58,6 +59,31 @@ class Service:
             return status, json.loads(raw), took
         except ValueError:
             return status, raw.decode(), took
+
+    def assert_alive(self) -> None:
+        """Fails naming how the process ended and the end of its log, if it did."""
+        code = self.proc.poll()
+        if code is not None:
+            tail = self.log.read_text(errors="replace").splitlines()[-20:]
+            raise AssertionError(
+                f"{self.command} (pid {self.proc.pid}, port {self.port}) exited with {code}:\n"
+                + "\n".join(tail)
+            )
+
+    def wait_ready(self, within: float = 30.0) -> None:
+        """Until this process (not another on its port) answers ``/readyz`` with 200."""
+        deadline = time.monotonic() + within
+        while True:
+            self.assert_alive()
+            try:
+                if self.get("/readyz")[0] == 200:
+                    self.assert_alive()  # the answer came from our process, still running
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.command} not ready within {within:.0f} s ({self.log})")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from deploy.local import PidFile, free_port
+from deploy.local.process import start_ticks
 
 pytestmark = pytest.mark.integration
 
@@ -92,14 +93,14 @@ def test_up_twice_status_down(servers_root: Path) -> None:
             assert any(name in line and "healthy" in line for line in status.stdout.splitlines())
         pids = [PidFile(root / name / f"{name}.pid").live_pid() for name in names]
         assert all(pids)
+        started = {pid: start_ticks(pid) for pid in pids if pid}
         assert "OUTPOST_MQTT_URL=mqtt://127.0.0.1:" in (root / "dev.env").read_text()
         _scraped(int(env["OUTPOST_DEV_PROMETHEUS_PORT"]))
     finally:
         down = _outpost(env, "dev", "down")
     assert down.returncode == 0, down.stderr
-    for pid in pids:
-        stat = Path(f"/proc/{pid}/stat")
-        assert not stat.exists() or stat.read_text().split()[2] == "Z"
+    for pid, ticks in started.items():  # gone (or its number already reused by another)
+        assert start_ticks(pid) != ticks
     assert _outpost(env, "dev", "status").returncode == 1
 
 

@@ -54,15 +54,7 @@ async def test_a_frozen_database_gets_503_naming_it_from_every_service_within_3_
         frozen = False
         try:
             for service in services:
-
-                async def ready(service: Service = service) -> bool:
-                    assert service.proc.poll() is None, f"{service.command} exited"
-                    try:
-                        return (await asyncio.to_thread(service.get, "/readyz"))[0] == 200
-                    except OSError:
-                        return False
-
-                await eventually(ready, within=30, what=f"{service.command} ready")
+                await asyncio.to_thread(service.wait_ready, 30)
             api = services[-1]
             assert (await asyncio.to_thread(api.get, "/devices", token))[0] == 200
 

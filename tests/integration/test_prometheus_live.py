@@ -74,6 +74,8 @@ def stack(broker, mongo, s3, tmp_path_factory) -> Iterator[dict[str, Any]]:
     )
     try:
         prometheus.start()
+        for service in services.values():  # each test starts from a stack that answers
+            service.wait_ready(60)
         yield {
             "services": services,
             "prometheus": prometheus,
@@ -155,6 +157,7 @@ async def test_killing_the_bridge_while_devices_publish_fires_its_alert(
         services["bridge"] = Service(
             "bridge", stack["env"], stack["logs"] / "bridge-2.log", port=bridge.port, broker=broker
         )
+        await asyncio.to_thread(services["bridge"].wait_ready, 60)
         await eventually(silent, within=60, what="alert resolved by a new bridge")
     finally:
         publishing.cancel()
@@ -180,6 +183,8 @@ async def test_outpost_status_reads_the_fleet_and_rollouts_from_prometheus_and_t
 
     services: dict[str, Service] = stack["services"]
     prometheus: Prometheus = stack["prometheus"]
+    for service in services.values():
+        service.assert_alive()
     tenant = f"t{secrets.token_hex(3)}"
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.url, tz_aware=True)
     db = client[stack["database"]]
@@ -218,7 +223,11 @@ async def test_outpost_status_reads_the_fleet_and_rollouts_from_prometheus_and_t
         base_url=api_url, headers={"Authorization": f"Bearer {admin.secret}"}, timeout=30
     ) as http:
         for device_id in ids:
-            made = await http.post("/devices", json={"id": device_id, "hardware_model": "hw1"})
+            try:
+                made = await http.post("/devices", json={"id": device_id, "hardware_model": "hw1"})
+            except httpx.TransportError:
+                services["api"].assert_alive()  # how it ended, if it did
+                raise
             assert made.status_code == 201, made.text
             passwords[device_id] = made.json()["credentials"]["password"]
         devices = Broker(
