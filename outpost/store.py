@@ -11,7 +11,12 @@ how a batch of writes is best sent.
   than ~50 updates never returns, leaving the server unable to answer. So writes go out
   as single statements, ``OUTPOST_MONGO_WRITE_CONCURRENCY`` (16) at a time, and two writes of the
   same document never at the same time (FerretDB would lose one of them): writes that
-  name the same ``_id`` run one after the other, in the order given. Inserts are the
+  name the same ``_id`` run one after the other, in the order given; and across
+  processes (two bridge instances given two messages of one device at once) a write of a
+  document named by ``_id`` holds that document's lock, a unique ``_id`` inserted into
+  :data:`WRITE_LOCKS` for ``LOCK_CHUNK`` documents at a time and deleted after their
+  writes (two statements per chunk, on a collection of a few documents). A lock whose
+  holder died is taken over after ``LOCK_TTL_S``. Inserts are the
   exception: an unordered ``insert_many`` is ten times faster there than single ones
   (500 documents in 0.08 s against 0.8 s, measured here) and reports each refused
   document by its index, as MongoDB does; so a document that only inserts go to (no
@@ -26,6 +31,11 @@ They also differ in how a set of documents is read by ``_id``: MongoDB answers
 ``{_id: {$in: [...]}}`` from its index, FerretDB v1 does not push ``$in`` down and scans
 the collection (3.6 s for 1,000 ids among 20,000 documents, measured here), while one
 ``find_one`` by ``_id`` uses the index we add (:meth:`Store.find_ids`: 1,000 in 0.97 s).
+
+Without the locks, two instances' conditional updates of one document at the same instant
+kept the older of the two in 10-25 % of such pairs (FerretDB reads the document, applies
+the update in its own process and writes the whole document back); measured with 300
+documents and every pair split across two clients (``tests/integration/test_store.py``).
 
 What both servers do the same and our code relies on (see :mod:`schemas.documents`):
 single-document writes, unique ``_id`` inserts as the only exclusive step. What FerretDB
@@ -42,9 +52,12 @@ subclasses, timeouts) are raised as pymongo raises them.
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
@@ -74,6 +87,7 @@ __all__ = [
     "FERRETDB_CONCURRENCY",
     "MONGODB_CHUNK",
     "TRANSIENT",
+    "WRITE_LOCKS",
     "Applied",
     "Delete",
     "Document",
@@ -92,6 +106,12 @@ MONGODB_CHUNK = 10_000
 IN_CHUNK = 1000  # ids per $in query on MongoDB
 INSERT_CHUNK = 100  # documents per insert_many on FerretDB
 FERRETDB_CONCURRENCY = 16  # the default of OUTPOST_MONGO_WRITE_CONCURRENCY
+# FerretDB only: one document per document being written, by any process (see above)
+WRITE_LOCKS = "write_locks"
+LOCK_CHUNK = 256  # documents locked per insert_many (and left locked if the holder dies)
+LOCK_TTL_S = 30.0  # a lock older than this is taken over: its holder died or hangs
+LOCK_RETRY_S = (0.005, 0.2)  # wait between tries for a busy document, doubling
+_LOG = logging.getLogger("outpost.store")
 # Values pymongo cannot encode (an int beyond 64 bits, a non-string key...): raised
 # before anything is sent, for the whole bulk the write is in.
 UNENCODABLE: tuple[type[Exception], ...] = (InvalidDocument, OverflowError)
@@ -340,15 +360,20 @@ class Store:
         return each one's result: for the few callers that need per-write outcomes (which
         conditional update matched), which a bulk does not report."""
         try:
-            return await self._singles(self.db[collection], writes)
+            locked = await self.server() is Server.FERRETDB
+            return await self._singles(self.db[collection], writes, locked=locked)
         except TRANSIENT:
             self._kind.known = None
             raise
 
     async def _singles(
-        self, coll: AsyncCollection[Document], writes: Sequence[Write]
+        self, coll: AsyncCollection[Document], writes: Sequence[Write], *, locked: bool = False
     ) -> list[Applied]:
-        """Single statements, ``concurrency`` at a time; writes of one ``_id`` in order."""
+        """Single statements, ``concurrency`` at a time; writes of one ``_id`` in order.
+
+        ``locked`` (FerretDB): the writes of a document named by ``_id`` also hold its
+        lock in :data:`WRITE_LOCKS`, so no other process writes it meanwhile.
+        """
         gate = asyncio.Semaphore(self._concurrency)
         results: list[Applied | None] = [None] * len(writes)
 
@@ -357,14 +382,26 @@ class Store:
                 async with gate:
                     results[index] = await _one(coll, writes[index])
 
+        async def run(chains: Sequence[list[int]]) -> None:
+            outcome = await asyncio.gather(*(chain(c) for c in chains), return_exceptions=True)
+            for failed in outcome:
+                if isinstance(failed, BaseException):
+                    raise failed
+
         chains: dict[object, list[int]] = {}
         for index, write in enumerate(writes):
             chains.setdefault(_document_key(write, index), []).append(index)
-        outcome = await asyncio.gather(*(chain(c) for c in chains.values()), return_exceptions=True)
-        for failed in outcome:
-            if isinstance(failed, BaseException):
-                raise failed
+        if not locked:
+            await run(list(chains.values()))
+        else:
+            named = {k: c for k, c in chains.items() if not _unnamed(k)}
+            await run([c for k, c in chains.items() if _unnamed(k)])
+            await self._locks.each_locked(coll.name, named, run)
         return [r if r is not None else Applied() for r in results]
+
+    @property
+    def _locks(self) -> _Locks:
+        return _Locks(self.db[WRITE_LOCKS])
 
     async def _bulk(self, coll: AsyncCollection[Document], writes: Sequence[Write]) -> Applied:
         total = Applied()
@@ -401,10 +438,108 @@ class Store:
         if inserts:
             documents = [cast(Insert, writes[i]).document for i in inserts]
             total.add(_remapped(await _insert_many(coll, documents), inserts), 0)
-        results = await self._singles(coll, [writes[i] for i in singles])
+        results = await self._singles(coll, [writes[i] for i in singles], locked=True)
         for index, result in zip(singles, results, strict=True):
             total.add(result, index)
         return total
+
+
+_OWNER = secrets.token_hex(8)  # this process, as the holder of its locks
+
+
+@dataclass(frozen=True)
+class _Locks:
+    """Per-document write locks on FerretDB: a unique ``_id`` inserted, then deleted.
+
+    A chunk of documents is locked with one unordered ``insert_many``; the documents
+    another process holds are written later, after the rest, trying again with a
+    doubling wait. A lock's document names its holder and when it expires, so that the
+    holder deletes only its own and a lock left by a process that died is taken over
+    (deleted if still that one, then inserted again) once expired. Nothing here waits
+    on a lock while holding another, so two processes never wait on each other.
+    """
+
+    coll: AsyncCollection[Document]
+
+    async def each_locked(
+        self,
+        collection: str,
+        chains: dict[object, list[int]],
+        run: Callable[[Sequence[list[int]]], Awaitable[None]],
+    ) -> None:
+        waiting = list(chains)
+        pause = LOCK_RETRY_S[0]
+        while waiting:
+            busy = await self._write_free(collection, chains, waiting, run)
+            if busy:
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, LOCK_RETRY_S[1])
+                await self._take_over_expired([_lock_id(collection, k) for k in busy])
+            waiting = busy
+
+    async def _write_free(
+        self,
+        collection: str,
+        chains: dict[object, list[int]],
+        keys: list[object],
+        run: Callable[[Sequence[list[int]]], Awaitable[None]],
+    ) -> list[object]:
+        """Lock, write and unlock ``keys`` chunk by chunk; returns the keys others hold."""
+        chunks = [keys[i : i + LOCK_CHUNK] for i in range(0, len(keys), LOCK_CHUNK)]
+        busy: list[object] = []
+
+        async def worker() -> None:
+            while chunks:
+                ids = {_lock_id(collection, k): k for k in chunks.pop(0)}
+                held = await self._lock(list(ids))
+                try:
+                    await run([chains[ids[i]] for i in held])
+                finally:
+                    await self._unlock(held)
+                busy.extend(ids[i] for i in ids if i not in held)
+
+        # two chunks in flight: one's writes fill the gate while the other's finish
+        outcome = await asyncio.gather(
+            *(worker() for _ in range(min(2, len(chunks)))), return_exceptions=True
+        )
+        for failed in outcome:
+            if isinstance(failed, BaseException):
+                raise failed
+        return busy
+
+    async def _lock(self, ids: list[str]) -> list[str]:
+        expires = datetime.now(UTC) + timedelta(seconds=LOCK_TTL_S)
+        documents = [{"_id": i, "holder": _OWNER, "expires_at": expires} for i in ids]
+        applied = await _insert_many(self.coll, documents)
+        refused = set(applied.duplicates) | set(applied.errors)
+        if applied.errors:  # not a busy lock: a lock we cannot write is a failure
+            raise ConnectionFailure(f"write locks refused: {next(iter(applied.errors.values()))}")
+        return [i for n, i in enumerate(ids) if n not in refused]
+
+    async def _unlock(self, ids: list[str]) -> None:
+        if ids:  # ours only: an expired one taken over by another is theirs now
+            await self.coll.delete_many({"_id": {"$in": ids}, "holder": _OWNER})
+
+    async def _take_over_expired(self, ids: list[str]) -> None:
+        now = datetime.now(UTC)
+        stale = await self.coll.find({"_id": {"$in": ids}, "expires_at": {"$lt": now}}).to_list()
+        for lock in stale:
+            still = {"_id": lock["_id"], "expires_at": lock["expires_at"]}
+            gone = await self.coll.delete_one(still)
+            if gone.deleted_count:
+                _LOG.warning(
+                    "write lock taken over",
+                    extra={"lock": lock["_id"], "holder": lock.get("holder")},
+                )
+
+
+def _lock_id(collection: str, key: object) -> str:
+    return f"{collection}:{type(key).__name__}:{key}"
+
+
+def _unnamed(key: object) -> bool:
+    """A write whose filter names no single ``_id`` (see :func:`_document_key`)."""
+    return isinstance(key, tuple) and len(key) == 2 and key[0] == "#"
 
 
 def _insert_only(writes: Sequence[Write]) -> tuple[list[int], list[int]]:

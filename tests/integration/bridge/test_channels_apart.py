@@ -1,4 +1,5 @@
-"""Two bridge instances, one device's presence and state at the same instant: both kept.
+"""Two bridge instances, one device's presence and state at the same instant: both kept;
+two presence messages of one device at the same instant: the newer kept.
 
 The scale-out drill's finding 4 (bench/RESULTS.md): after a reboot a device sends its
 online presence, then its state; the shared subscription hands the two to different
@@ -16,6 +17,13 @@ instances, and both instances then write the same devices in the same order at t
 time. Every device's stored presence and state must be the round's. (Run against the
 code before the split, with presence read from ``device_status``, it failed twice: 4, 2
 and 47 devices stale in three of four rounds, then 1, 1 and 102.)
+
+The same rotation splits a reboot (``offline``, then ``online`` of the next session, back
+to back on one topic filter) between the two instances for every device, so both write
+the same ``device_presence`` documents at once: the scale-out drill's last failure at
+5,000 devices (46 devices left "offline"). FerretDB keeps whichever write lands last
+unless the store's write locks order them (``outpost/store.py``); run without the locks,
+this test left devices offline in every round.
 """
 
 from __future__ import annotations
@@ -120,3 +128,51 @@ async def test_presence_and_state_of_one_device_at_two_instances_are_both_kept(
         pub.close()
     summary = {s: {c: len(d) for c, d in v.items()} for s, v in lost.items()}
     assert lost == {}, f"stale after a round (session: lost per channel): {summary}"
+
+
+def _publish_reboots(pub: Publisher, ids: list[str], session: int) -> None:
+    """Each device's ``offline`` then ``online`` of the same session, back to back."""
+    for dev in ids:
+        pub.publish(f"devices/{dev}/presence", presence_payload(dev, session, 1, "offline"))
+        pub.publish(f"devices/{dev}/presence", presence_payload(dev, session, 2, "online"))
+
+
+async def test_a_reboot_split_across_two_instances_keeps_the_newer_presence(
+    broker, mongo, mongo_db, unique
+):
+    ids = [f"d{unique}-{i:04}" for i in range(FLEET)]
+    await mongo_db[DEVICES].insert_many([{"_id": i, "tenant_id": "t1"} for i in ids])
+    pub = Publisher(broker, f"p{unique}")
+    cfg_a = settings(broker, mongo.url, mongo_db.name, unique, instance="a")
+    cfg_b = settings(broker, mongo.url, mongo_db.name, unique, instance="b")
+
+    async def offline(session: int) -> list[str]:
+        docs = await mongo_db[DEVICE_PRESENCE].find({"_id": {"$in": ids}}).to_list()
+        newest = {d["_id"] for d in docs if d["presence"]["k"] == _key(session, 2)}
+        return [d for d in ids if d not in newest]
+
+    try:
+        async with running_bridge(cfg_a) as (_, ma), running_bridge(cfg_b) as (_, mb):
+
+            def acked() -> float:
+                return ma.value("outpost_bridge_acked_total") + mb.value(
+                    "outpost_bridge_acked_total"
+                )
+
+            lost: dict[int, int] = {}
+            for session in range(1, 2 + ROUNDS):  # the first creates the documents
+                before = acked()
+                _publish_reboots(pub, ids, session)
+                await pub.flushed(30)
+
+                async def done(before: float = before) -> bool:
+                    return acked() >= before + 2 * FLEET
+
+                await eventually(done, within=60, interval=0.2, what=f"round {session} acked")
+                if session > 1 and (stale := await offline(session)):
+                    lost[session] = len(stale)
+            assert ma.value("outpost_bridge_messages_total", channel="presence") > 0
+            assert mb.value("outpost_bridge_messages_total", channel="presence") > 0
+    finally:
+        pub.close()
+    assert lost == {}, f"devices left on the older presence (session: devices): {lost}"
