@@ -511,10 +511,10 @@ class _Locks:
         expires = datetime.now(UTC) + timedelta(seconds=LOCK_TTL_S)
         documents = [{"_id": i, "holder": _OWNER, "expires_at": expires} for i in ids]
         applied = await _insert_many(self.coll, documents)
-        refused = set(applied.duplicates) | set(applied.errors)
-        if applied.errors:  # not a busy lock: a lock we cannot write is a failure
-            raise ConnectionFailure(f"write locks refused: {next(iter(applied.errors.values()))}")
-        return [i for n, i in enumerate(ids) if n not in refused]
+        if applied.errors:  # refused, not held by another: write unlocked rather than never
+            _LOG.warning("write lock refused", extra={"error": next(iter(applied.errors.values()))})
+        busy = set(applied.duplicates)
+        return [i for n, i in enumerate(ids) if n not in busy]
 
     async def _unlock(self, ids: list[str]) -> None:
         if ids:  # ours only: an expired one taken over by another is theirs now
