@@ -23,6 +23,24 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from deploy.local import ExternalMongo, MongoServer, Mosquitto, S3Server, database_server, free_port
+from deploy.local.process import use_port_range
+
+PORTS_PER_WORKER = 2000
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each test process takes its servers' ports from a range of its own (gw0:
+    20000-21999, gw1: 22000-23999, ...) below the kernel's ephemeral range, never one
+    the kernel may also hand to another worker or to an outgoing connection before our
+    server binds it. Where the ephemeral range leaves no room, the kernel picks."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = 20_000 + (int(worker) if worker.isdigit() else 0) * PORTS_PER_WORKER
+    try:
+        ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except OSError:
+        return
+    if first + PORTS_PER_WORKER <= int(ephemeral[0]):
+        use_port_range(first, first + PORTS_PER_WORKER - 1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -9,9 +9,11 @@ name alone (``python``) matches any other Python process that got the number.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pwd
+import random
 import signal
 import socket
 import subprocess
@@ -22,15 +24,50 @@ from pathlib import Path
 
 from deploy.local.errors import PortBusy, StartFailed
 
-__all__ = ["PidFile", "ensure_port_free", "free_port", "port_is_free", "spawn", "wait_until"]
+__all__ = [
+    "PidFile",
+    "ensure_port_free",
+    "free_port",
+    "port_is_free",
+    "spawn",
+    "use_port_range",
+    "wait_until",
+]
+
+
+_ports: itertools.cycle[int] | None = None
+_ports_size = 0
+
+
+def use_port_range(first: int, last: int) -> None:
+    """Make :func:`free_port` hand out ports of ``first``..``last`` in turn (skipping
+    busy ones) instead of asking the kernel.
+
+    For processes that start many servers next to other such processes (the test
+    workers): a port the kernel picks is free only until someone binds it, and the
+    server we pass it to binds it a second or two later. Meanwhile the kernel may give
+    the same number to another process asking, or to an outgoing connection (it picks
+    both from the ephemeral range). Disjoint ranges below the ephemeral range, one per
+    process, leave nobody else to take the port in between.
+    """
+    global _ports, _ports_size
+    start = random.randint(first, last)  # two runs given the same range rarely meet
+    _ports = itertools.cycle([*range(start, last + 1), *range(first, start)])
+    _ports_size = last - first + 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the kernel picks it)."""
+    """A TCP port nobody listens on right now: the next free one of the range set by
+    :func:`use_port_range`, else one the kernel picks."""
+    if _ports is not None:
+        for _ in range(_ports_size):
+            port = next(_ports)
+            if port_is_free(port, host):
+                return port
     with socket.socket() as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        picked: int = sock.getsockname()[1]
+        return picked
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
