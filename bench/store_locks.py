@@ -1,14 +1,15 @@
 """Benchmark: what the store's per-document write locks cost on FerretDB.
 
-On FerretDB the store locks each document it writes across processes (a unique insert
-into ``write_locks`` per chunk of documents, deleted after their writes: outpost/store.py)
-so that two bridge instances never write one document at once. This measures the same
-conditional updates (``_id`` and ``seq`` ``$lt``, as the bridge sends) through
-:meth:`Store.apply` with and without the locks, alternating, in one run on one FerretDB on
-PostgreSQL (deploy.local, free port, temp dir), for each lock chunk size asked.
+On FerretDB the store locks the documents it writes across processes, by bucket (a
+unique insert into ``write_locks`` per bucket a round of writes touches, deleted after
+their writes: outpost/store.py), so that two bridge instances never write one document
+at once. This measures the same conditional updates (``_id`` and ``seq`` ``$lt``, as the
+bridge sends) through :meth:`Store.apply` with and without the locks, alternating, in one
+run on one FerretDB on PostgreSQL (deploy.local, free port, temp dir), for each bucket
+count asked (65536: about one lock per document, as a per-document lock would cost).
 
     PYTHONPATH=. .venv/bin/python bench/store_locks.py --docs 20000 --updates 1500 \
-        --chunks 64 256 --json bench/results/store-locks.json
+        --buckets 64 65536 --json bench/results/store-locks.json
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ async def measure(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     locked, unlocked = Store(db), Unlocked(db)
     seq = 0
     runs: list[dict[str, Any]] = []
-    for chunk in args.chunks:
-        store_module.LOCK_CHUNK = chunk
+    for buckets in args.buckets:
+        store_module.LOCK_BUCKETS = buckets
         rates: dict[str, list[float]] = {"locked": [], "unlocked": []}
         for _ in range(args.rounds):
             for mode, store in (("unlocked", unlocked), ("locked", locked)):
@@ -72,13 +73,13 @@ async def measure(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                 took, applied = await timed(store, writes)
                 assert applied.modified == args.updates, applied
                 rates[mode].append(args.updates / took)
-                print(f"chunk {chunk} {mode}: {args.updates / took:.0f} updates/s", flush=True)
+                print(f"{buckets} buckets, {mode}: {args.updates / took:.0f}/s", flush=True)
         ratio = statistics.median(rates["locked"]) / statistics.median(rates["unlocked"])
         runs.append(
             {
                 "docs": args.docs,
                 "updates": args.updates,
-                "lock_chunk": chunk,
+                "lock_buckets": buckets,
                 "locked_per_s": round(statistics.median(rates["locked"]), 1),
                 "unlocked_per_s": round(statistics.median(rates["unlocked"]), 1),
                 "ratio": round(ratio, 3),
@@ -95,7 +96,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=20_000)
     parser.add_argument("--updates", type=int, default=1_500)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--chunks", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--buckets", type=int, nargs="+", default=[64, 65536])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="outpost-store-locks-"))

@@ -17,8 +17,8 @@ writers of one document lose each other's changes):
    a device's presence and state at the same instant (online, then state, after a
    reboot) lost one of the two (bench/RESULTS.md, scale-out drill, finding 4). Two
    messages of the *same* channel at two instances at once write one document; on
-   FerretDB the store orders them with a per-document write lock (a unique insert into
-   ``write_locks``, owned by the store module of whichever process writes:
+   FerretDB the store orders them with write locks per bucket of documents (unique
+   inserts into ``write_locks``, owned by the store module of whichever process writes:
    :mod:`outpost.store`; bridge/README.md, "Order").
 2. **Exclusivity and compare-and-set through unique keys.** Claims, leases, send claims,
    and every api revision (``revisions``: ``<collection>:<id>:<rev>``) are inserts of a

@@ -226,13 +226,13 @@ async def _ferretdb_store(mongo_db) -> Store:
 async def test_a_lock_left_by_a_dead_holder_is_taken_over_once_expired(mongo_db) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from outpost.store import WRITE_LOCKS
+    from outpost.store import WRITE_LOCKS, lock_id
 
     store = await _ferretdb_store(mongo_db)
     await mongo_db["docs"].insert_one({"_id": "x", "n": 0})
     expired = datetime.now(UTC) - timedelta(seconds=1)
     await mongo_db[WRITE_LOCKS].insert_one(
-        {"_id": "docs:str:x", "holder": "dead", "expires_at": expired}
+        {"_id": lock_id("docs", "x"), "holder": "dead", "expires_at": expired}
     )
     result = await asyncio.wait_for(
         store.apply("docs", [Update({"_id": "x"}, {"$inc": {"n": 1}})]), 10
@@ -244,22 +244,23 @@ async def test_a_lock_left_by_a_dead_holder_is_taken_over_once_expired(mongo_db)
 async def test_a_document_another_process_holds_is_written_after_it_lets_go(mongo_db) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from outpost.store import WRITE_LOCKS
+    from outpost.store import WRITE_LOCKS, lock_id
 
     store = await _ferretdb_store(mongo_db)
-    await mongo_db["docs"].insert_many([{"_id": "x", "n": 0}, {"_id": "y", "n": 0}])
+    y = next(f"y{n}" for n in range(1000) if lock_id("docs", f"y{n}") != lock_id("docs", "x"))
+    await mongo_db["docs"].insert_many([{"_id": "x", "n": 0}, {"_id": y, "n": 0}])
     held = datetime.now(UTC) + timedelta(seconds=30)
     await mongo_db[WRITE_LOCKS].insert_one(
-        {"_id": "docs:str:x", "holder": "other", "expires_at": held}
+        {"_id": lock_id("docs", "x"), "holder": "other", "expires_at": held}
     )
     writing = asyncio.create_task(
-        store.apply("docs", [Update({"_id": k}, {"$inc": {"n": 1}}) for k in "xy"])
+        store.apply("docs", [Update({"_id": k}, {"$inc": {"n": 1}}) for k in ("x", y)])
     )
 
     async def y_written() -> bool:
-        return (await mongo_db["docs"].find_one({"_id": "y"}) or {}).get("n") == 1
+        return (await mongo_db["docs"].find_one({"_id": y}) or {}).get("n") == 1
 
-    for _ in range(100):  # the free document does not wait for the held one
+    for _ in range(100):  # a document of a free bucket does not wait for the held one
         if await y_written():
             break
         await asyncio.sleep(0.05)
@@ -267,7 +268,7 @@ async def test_a_document_another_process_holds_is_written_after_it_lets_go(mong
     await asyncio.sleep(0.3)
     assert not writing.done()
     assert (await mongo_db["docs"].find_one({"_id": "x"}) or {})["n"] == 0
-    await mongo_db[WRITE_LOCKS].delete_one({"_id": "docs:str:x"})  # the holder lets go
+    await mongo_db[WRITE_LOCKS].delete_one({"_id": lock_id("docs", "x")})  # the holder lets go
     assert (await asyncio.wait_for(writing, 10)).modified == 2
     assert (await mongo_db["docs"].find_one({"_id": "x"}) or {})["n"] == 1
 
