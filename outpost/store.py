@@ -35,10 +35,12 @@ They also differ in how a set of documents is read by ``_id``: MongoDB answers
 the collection (3.6 s for 1,000 ids among 20,000 documents, measured here), while one
 ``find_one`` by ``_id`` uses the index we add (:meth:`Store.find_ids`: 1,000 in 0.97 s).
 
-Without the locks, two instances' conditional updates of one document at the same instant
-kept the older of the two in 10-25 % of such pairs (FerretDB reads the document, applies
-the update in its own process and writes the whole document back); measured with 300
-documents and every pair split across two clients (``tests/integration/test_store.py``).
+Without the locks, two processes' updates of one document at the same instant lose one of
+them (FerretDB reads the document, applies the update in its own process and writes the
+whole document back): two clients' 50 ``$inc`` each on 4 documents kept 69-79 of 100
+(``tests/integration/test_servers.py``), and two bridges given each of 300 devices'
+``offline`` then ``online`` kept the older for 25-60 of them per round
+(``tests/integration/bridge/test_channels_apart.py``).
 
 What both servers do the same and our code relies on (see :mod:`schemas.documents`):
 single-document writes, unique ``_id`` inserts as the only exclusive step. What FerretDB
@@ -111,7 +113,7 @@ MONGODB_CHUNK = 10_000
 IN_CHUNK = 1000  # ids per $in query on MongoDB
 INSERT_CHUNK = 100  # documents per insert_many on FerretDB
 FERRETDB_CONCURRENCY = 16  # the default of OUTPOST_MONGO_WRITE_CONCURRENCY
-# FerretDB only: one document per document being written, by any process (see above)
+# FerretDB only: one document per bucket of documents being written, by any process
 WRITE_LOCKS = "write_locks"
 LOCK_BUCKETS = 64  # locks per collection: two writers of one bucket take turns
 LOCK_ROUND = 2048  # writes per lock round (a few seconds on FerretDB at most)
@@ -530,9 +532,15 @@ def lock_id(collection: str, key: object) -> str:
     return f"{collection}:{bucket}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Unnamed:
+    """The key of a write whose filter names no single ``_id``: its own, by its index."""
+
+    index: int
+
+
 def _unnamed(key: object) -> bool:
-    """A write whose filter names no single ``_id`` (see :func:`_document_key`)."""
-    return isinstance(key, tuple) and len(key) == 2 and key[0] == "#"
+    return isinstance(key, _Unnamed)
 
 
 def _insert_only(writes: Sequence[Write]) -> tuple[list[int], list[int]]:
@@ -588,5 +596,5 @@ def _document_key(write: Write, index: int) -> object:
     """The document a write targets, when its ``_id`` is plain; else its own index."""
     _id = write.document.get("_id") if isinstance(write, Insert) else write.filter.get("_id")
     if _id is None or isinstance(_id, dict | list):
-        return ("#", index)  # no single document named: nothing to serialize against
+        return _Unnamed(index)  # no single document named: nothing to serialize against
     return _id

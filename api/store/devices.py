@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from api.pagination import Sort, after_filter, encode_cursor, sort_spec
 from api.store.base import Db, Doc, Page, page
@@ -139,17 +139,26 @@ async def get(
     return DeviceDoc.model_validate(raw) if raw else None
 
 
-async def statuses(db: Db, ids: Sequence[str]) -> dict[str, DeviceStatusDoc]:
-    """The bridge's state documents of ``ids`` (devices that never sent one have none)."""
-    found = [DeviceStatusDoc.model_validate(raw) for raw in await db.find_ids(DEVICE_STATUS, ids)]
+Reported = TypeVar("Reported", DeviceStatusDoc, DevicePresenceDoc)
+
+
+async def _reported(
+    db: Db, collection: str, model: type[Reported], ids: Sequence[str]
+) -> dict[str, Reported]:
+    """The bridge's documents of ``ids`` in ``collection`` (devices that never sent on
+    that channel have none)."""
+    found = [model.model_validate(raw) for raw in await db.find_ids(collection, ids)]
     return {doc.id: doc for doc in found}
+
+
+async def statuses(db: Db, ids: Sequence[str]) -> dict[str, DeviceStatusDoc]:
+    """The bridge's state documents of ``ids``."""
+    return await _reported(db, DEVICE_STATUS, DeviceStatusDoc, ids)
 
 
 async def presences(db: Db, ids: Sequence[str]) -> dict[str, DevicePresenceDoc]:
-    """The bridge's presence documents of ``ids`` (devices that never sent one have none)."""
-    raw = await db.find_ids(DEVICE_PRESENCE, ids)
-    found = [DevicePresenceDoc.model_validate(d) for d in raw]
-    return {doc.id: doc for doc in found}
+    """The bridge's presence documents of ``ids``."""
+    return await _reported(db, DEVICE_PRESENCE, DevicePresenceDoc, ids)
 
 
 async def latest_epoch(db: Db) -> datetime | None:

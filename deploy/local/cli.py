@@ -82,9 +82,7 @@ def up(
 
 def _start_all(servers: Iterable[Server]) -> None:
     for server in servers:
-        started = _step(f"Starting {server.name} on port {server.port}", server.start)
-        verb = "started" if started else "already running"
-        console.print(f"[green]✓[/green] {server.name} {verb} (port {server.port})")
+        _started(server, _step(f"Starting {server.name} on port {server.port}", server.start))
 
 
 def _start_together(servers: list[Server]) -> None:
@@ -95,8 +93,12 @@ def _start_together(servers: list[Server]) -> None:
         starting = [pool.submit(server.start) for server in servers]
         done = _step(f"Starting {names}", lambda: [f.result() for f in starting])
     for server, started in zip(servers, done, strict=True):
-        verb = "started" if started else "already running"
-        console.print(f"[green]✓[/green] {server.name} {verb} (port {server.port})")
+        _started(server, started)
+
+
+def _started(server: Server, started: bool) -> None:
+    verb = "started" if started else "already running"
+    console.print(f"[green]✓[/green] {server.name} {verb} (port {server.port})")
 
 
 def _demo(stack: Stack) -> None:
@@ -138,10 +140,11 @@ def down() -> None:
     """Stop exactly the processes `up` started (by their PID files)."""
     stack = Stack(DevSettings())
     ours = [stack.sim, *reversed(list(stack.services()))]
+    theirs = list(reversed(list(stack.servers())))  # after ours, one by one
     with ThreadPoolExecutor(len(ours)) as pool:  # each may take seconds to flush and leave
         stopped = list(pool.map(lambda server: server.stop(), ours))
-    stopped += [server.stop() for server in reversed(list(stack.servers()))]
-    for server, was in zip([*ours, *reversed(list(stack.servers()))], stopped, strict=True):
+    stopped += [server.stop() for server in theirs]
+    for server, was in zip([*ours, *theirs], stopped, strict=True):
         console.print(f"{server.name}: {'stopped' if was else 'was not running'}")
 
 

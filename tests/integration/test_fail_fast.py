@@ -21,7 +21,7 @@ import pytest
 
 from api.auth import Role
 from outpost.store import Store
-from tests.integration.bridge.helpers import eventually, private_mongo
+from tests.integration.bridge.helpers import private_mongo
 from tests.integration.services import Service, service_env
 
 pytestmark = pytest.mark.integration
@@ -75,12 +75,8 @@ async def test_a_frozen_database_gets_503_naming_it_from_every_service_within_3_
 
             os.kill(pid, signal.SIGCONT)
             frozen = False
-            for service in services:
-
-                async def thawed(service: Service = service) -> bool:
-                    return (await asyncio.to_thread(service.get, "/readyz"))[0] == 200
-
-                await eventually(thawed, within=60, what=f"{service.command} ready again")
+            for service in services:  # ready again
+                await asyncio.to_thread(service.wait_ready, 60)
             assert (await asyncio.to_thread(api.get, "/devices", token))[0] == 200
         finally:
             if frozen:
