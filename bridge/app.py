@@ -22,6 +22,7 @@ from bridge.results_sink import ResultsSink
 from bridge.resync import collect_retained, write_resync
 from bridge.service import Bridge, Writer
 from outpost import store
+from outpost.gc_tuning import tune_gc
 from outpost.health import ReadinessChecks
 from outpost.settings import HttpSettings, MongoSettings, MqttSettings
 from schemas.topics import Channel, subscription
@@ -78,6 +79,7 @@ async def run_bridge(
     handle_signals: bool = True,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``bridge.stop()``): stop reading, flush, ack, leave."""
+    tune_gc()
     metrics = metrics or BridgeMetrics()
     b = settings.bridge
     subs = [subscription(c, b.share_group) for c in BRIDGE_CHANNELS]

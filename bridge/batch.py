@@ -17,15 +17,13 @@ conditional update ("stored key missing or older").
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from bridge.decode import Accepted, Rejection, slot
+from bridge.decode import Accepted, Rejection, content_hash, slot
 from outpost.store import Document, Insert, Update
 from schemas.documents import (
     DEVICE_PRESENCE,
@@ -169,12 +167,6 @@ def with_known(decoded: Plan, devices: Known, executions: Known) -> Plan:
     )
 
 
-def content_hash(message: StateMessage) -> str:
-    """Short hash of what a state says (not when): equal hash = nothing changed."""
-    canonical = json.dumps(message.content(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
-
-
 def stored_field(item: Accepted) -> str:
     """The sub-document a message updates: ``presence`` (of ``device_presence``),
     ``state`` (of ``device_status``), "" for a job report (the whole document)."""
@@ -223,7 +215,7 @@ def skip_reason(
     if k is not None and k >= key(item):
         return Skip.OLDER
     message = item.message
-    if not isinstance(message, StateMessage) or current.get("h") != content_hash(message):
+    if not isinstance(message, StateMessage) or current.get("h") != item.h:
         return None
     updated = current.get("updated_at")
     fresh = isinstance(updated, datetime) and updated >= refresh_before
@@ -249,7 +241,7 @@ def value(item: Accepted) -> Document:
             "uptime_s": message.uptime_s,
             "counters": dict(message.counters),
             "config": config,
-            "h": content_hash(message),
+            "h": item.h,
             "k": k,
             "updated_at": at,
         }
@@ -296,7 +288,7 @@ def update_op(item: Accepted, refresh_before: datetime) -> Update:
     message = item.message
     if isinstance(message, StateMessage):
         changed = [
-            {"state.h": {"$ne": content_hash(message)}},
+            {"state.h": {"$ne": item.h}},
             {"state.updated_at": {"$lt": refresh_before}},
         ]
         condition = {"$and": [condition, {"$or": changed}]}

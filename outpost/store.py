@@ -61,7 +61,7 @@ import logging
 import secrets
 import weakref
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -382,16 +382,21 @@ class Store:
         ``locked`` (FerretDB): the writes of a document named by ``_id`` also hold its
         lock in :data:`WRITE_LOCKS`, so no other process writes it meanwhile.
         """
-        gate = asyncio.Semaphore(self._concurrency)
         results: list[Applied | None] = [None] * len(writes)
 
-        async def chain(indexes: list[int]) -> None:
-            for index in indexes:
-                async with gate:
+        async def worker(queue: Iterator[list[int]]) -> None:
+            for indexes in queue:  # one chain (a document's writes, in order) at a time
+                for index in indexes:
                     results[index] = await _one(coll, writes[index])
 
         async def run(chains: Sequence[list[int]]) -> None:
-            outcome = await asyncio.gather(*(chain(c) for c in chains), return_exceptions=True)
+            # a few workers sharing one iterator, not a task per chain behind a semaphore:
+            # thousands of tasks cost the event loop more than the writes' own sending
+            queue = iter(chains)
+            n = min(self._concurrency, len(chains))
+            outcome = await asyncio.gather(
+                *(worker(queue) for _ in range(n)), return_exceptions=True
+            )
             for failed in outcome:
                 if isinstance(failed, BaseException):
                     raise failed

@@ -296,6 +296,26 @@ def _packet(first: int, body: bytes) -> bytes:
     return bytes([first]) + _varint(len(body)) + body
 
 
+def publish_packet(topic: str, packet_id: int, payload: bytes, *, retain: bool = False) -> bytes:
+    """An MQTT v5 QoS 1 PUBLISH (no properties)."""
+    body = _str(topic) + struct.pack("!H", packet_id) + b"\x00" + payload
+    return _packet(0x32 | (1 if retain else 0), body)
+
+
+def connect_packet(client_id: str, username: str, password: str, keepalive: int = 600) -> bytes:
+    """An MQTT v5 CONNECT with clean start, user name and password, no will."""
+    body = (
+        _str("MQTT")
+        + bytes([5, 0x80 | 0x40 | 0x02])
+        + struct.pack("!H", keepalive)
+        + b"\x00"
+        + _str(client_id)
+        + _str(username)
+        + _str(password)
+    )
+    return _packet(0x10, body)
+
+
 class RawDevice:
     """One simulated device: connects with an offline Last Will, announces itself online.
 
@@ -399,8 +419,7 @@ class RawDevice:
         self._next_id = self._next_id % 65535 + 1
         future = asyncio.get_running_loop().create_future()
         self._acks[self._next_id] = future
-        body = _str(topic) + struct.pack("!H", self._next_id) + b"\x00" + payload
-        self._writer.write(_packet(0x32 | (1 if retain else 0), body))
+        self._writer.write(publish_packet(topic, self._next_id, payload, retain=retain))
         async with asyncio.timeout(30):
             await future
 

@@ -45,6 +45,11 @@ def test_state_update_skips_identical_content_until_the_refresh_is_due():
     assert all(isinstance(m, StateMessage) for m in msgs)
     assert content_hash(msgs[0]) == content_hash(msgs[1])  # type: ignore[arg-type]
     assert content_hash(msgs[0]) != content_hash(msgs[2])  # type: ignore[arg-type]
+    # taken once, at decode, and what the update conditions on and stores
+    assert isinstance(first, Accepted)
+    assert first.h == content_hash(msgs[0])  # type: ignore[arg-type]
+    assert h == first.h
+    assert getattr(decode(presence("dev-a", 1, 2, "online")), "h", "missing") is None
 
 
 def test_job_status_goes_to_its_own_report_document():
