@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -328,6 +329,14 @@ class StoredKeys:
             view.update(keep)
 
 
+KNOWN_TTL_SPREAD = 0.25  # how much of ``known_ttl`` an id's hash may take off
+
+
+def _spread(i: str) -> float:
+    """1 - up to ``KNOWN_TTL_SPREAD``, the same for an id in every instance and run."""
+    return 1.0 - KNOWN_TTL_SPREAD * (zlib.crc32(i.encode()) % 1024) / 1024
+
+
 class KnownIds:
     """Ids that have a document, with what the bridge needs of it; positives cached for
     ``known_ttl`` seconds, negatives for ``unknown_ttl``.
@@ -335,7 +344,10 @@ class KnownIds:
     A device is registered by the api before it can connect (the broker's ACL needs its
     credentials), and an execution exists before its command is sent, so an id seen once
     stays valid; it is read again after ``known_ttl`` only to learn a changed key epoch
-    (an admin reset the device's ordering keys). An unknown id is asked again after
+    (an admin reset the device's ordering keys). Each id's lifetime is shortened by up to
+    a quarter, by a hash of the id: a fleet read at once (a bridge start) is read again
+    over a spread of time, not all in one batch every ``known_ttl`` (on FerretDB a read
+    is one query per id). An unknown id is asked again after
     ``unknown_ttl``, so a flood of messages for unknown ids costs one query per id and
     TTL, not one per message.
     """
@@ -374,8 +386,8 @@ class KnownIds:
             found = await self._lookup(ask)
             if len(self._known) + len(found) > self._capacity:
                 self._known.clear()  # bounded memory; the next batches ask again
-            until = now + self._known_ttl
-            self._known.update((i, (facts, until)) for i, facts in found.items())
+            ttl = self._known_ttl
+            self._known.update((i, (facts, now + ttl * _spread(i))) for i, facts in found.items())
             for i in ask - found.keys():
                 self._known.pop(i, None)  # deleted since (decommissioned for good)
                 self._unknown_until[i] = now + self._ttl

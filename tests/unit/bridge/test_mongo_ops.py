@@ -91,6 +91,30 @@ async def test_known_ids_cache_positives_and_negatives_each_for_their_ttl():
     assert asked == [{"dev-a", "ghost"}, {"ghost"}, {"dev-a"}]
 
 
+async def test_a_fleet_read_at_once_is_read_again_spread_over_the_last_quarter_of_the_ttl():
+    asked: list[set[str]] = []
+    now = [0.0]
+
+    async def lookup(ids):
+        asked.append(set(ids))
+        return {i: Registered("t1") for i in ids}
+
+    known = KnownIds(lookup, unknown_ttl=5, known_ttl=100, clock=lambda: now[0])
+    fleet = {f"dev-{i}" for i in range(1000)}
+    await known.known(fleet)
+    now[0] = 74.9
+    await known.known(fleet)
+    assert len(asked) == 1  # nobody expires before three quarters of the ttl
+    again: list[int] = []
+    for t in (80, 90, 100):
+        now[0] = t
+        await known.known(fleet)
+        again.append(len(asked[-1]) if len(asked) > 1 else 0)
+    assert 100 < again[0] < 400  # ~20 % by 80
+    assert again[1] > 100  # more in the next ten seconds
+    assert sum(len(a) for a in asked[1:]) == 1000  # and each once by the full ttl
+
+
 def test_stored_keys_read_once_then_follow_own_writes():
     known = StoredKeys(capacity=10)
     a, b = ("device_status", "dev-a"), ("device_status", "dev-b")
