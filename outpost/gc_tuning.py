@@ -4,11 +4,12 @@ CPython starts a collection every 700 net allocations of container objects and, 
 tenth and hundredth time, re-scans the older objects too. A bridge batch allocates
 tens of thousands of short-lived containers (decoded messages, update documents) next
 to large long-lived caches (:class:`bridge.mongo_sink.StoredKeys`), so the collector
-re-scanned those caches again and again: measured on 20,000 decoded state messages
-next to 100,000 cached views, decoding and planning took 139 µs a message with the
-default pace, 73 µs with a first threshold of 50,000 and 72 µs with the collector off.
-A higher first threshold keeps the collector (reference cycles are still freed, just
-less often) at the cost of a few more megabytes of garbage awaiting collection.
+re-scanned those caches again and again: decoding and planning 20,000 state messages
+next to 100,000 cached documents took 95 to 121 µs a message at the default pace, 75 to
+96 µs at this module's and 69 to 83 µs with the collector off (``bench/gc_pace.py``,
+three interpreters each, 2026-11-30). A higher first threshold keeps the collector
+(reference cycles are still freed, just less often) at the cost of a few more megabytes
+of garbage awaiting collection.
 """
 
 from __future__ import annotations
