@@ -23,7 +23,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from bridge.decode import Accepted, Rejection, content_hash, slot
+from bridge.decode import Accepted, Rejection, slot
 from outpost.store import Document, Insert, Update
 from schemas.documents import (
     DEVICE_PRESENCE,
@@ -47,7 +47,6 @@ __all__ = [
     "Skip",
     "Target",
     "coalesce",
-    "content_hash",
     "insert_op",
     "needed",
     "plan",

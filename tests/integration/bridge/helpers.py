@@ -302,14 +302,27 @@ def publish_packet(topic: str, packet_id: int, payload: bytes, *, retain: bool =
     return _packet(0x32 | (1 if retain else 0), body)
 
 
-def connect_packet(client_id: str, username: str, password: str, keepalive: int = 600) -> bytes:
-    """An MQTT v5 CONNECT with clean start, user name and password, no will."""
+def connect_packet(
+    client_id: str,
+    username: str,
+    password: str,
+    keepalive: int = 600,
+    will: tuple[str, bytes] | None = None,
+) -> bytes:
+    """An MQTT v5 CONNECT with clean start, user name and password, and ``will`` (topic,
+    payload; retained, QoS 1) if given."""
+    flags = 0x80 | 0x40 | 0x02  # user name, password, clean start
+    will_part = b""
+    if will is not None:
+        flags |= 0x20 | 0x08 | 0x04  # will retain, will QoS 1, will flag
+        will_part = b"\x00" + _str(will[0]) + _str(will[1])  # no will properties
     body = (
         _str("MQTT")
-        + bytes([5, 0x80 | 0x40 | 0x02])
+        + bytes([5, flags])
         + struct.pack("!H", keepalive)
         + b"\x00"
         + _str(client_id)
+        + will_part
         + _str(username)
         + _str(password)
     )
@@ -354,20 +367,9 @@ class RawDevice:
         will = presence_payload(
             self.device_id, self.session, WILL_SEQ, "offline", "connection_lost"
         )
-        flags = 0x80 | 0x40 | 0x20 | 0x08 | 0x04 | 0x02  # user, pass, will retain/qos1/flag, clean
-        body = (
-            _str("MQTT")
-            + bytes([5, flags])
-            + struct.pack("!H", self.keepalive)
-            + b"\x00"
-            + _str(self.device_id)
-            + b"\x00"
-            + _str(self.topic)
-            + _str(will)
-            + _str(self.username)
-            + _str(self.password)
+        return connect_packet(
+            self.device_id, self.username, self.password, self.keepalive, will=(self.topic, will)
         )
-        return _packet(0x10, body)
 
     async def connect(self, online: bool = True) -> None:
         self._reader, self._writer = await asyncio.open_connection(HOST, self.broker.port)

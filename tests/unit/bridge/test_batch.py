@@ -7,7 +7,6 @@ from bridge.batch import (
     Registered,
     Skip,
     coalesce,
-    content_hash,
     insert_op,
     key,
     needed,
@@ -17,7 +16,7 @@ from bridge.batch import (
     update_op,
     with_known,
 )
-from bridge.decode import Accepted, Rejection, decode
+from bridge.decode import Accepted, Rejection, content_hash, decode
 from schemas.protocol import RejectReason, StateMessage
 
 from .helpers import inbound, job, presence, state
