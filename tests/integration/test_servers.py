@@ -17,6 +17,7 @@ import requests
 from paho.mqtt.enums import CallbackAPIVersion
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
+from pymongo.monitoring import CommandListener, CommandStartedEvent
 
 from deploy.local import MongoServer, Mosquitto, S3Server, free_port, mqtt_connack
 from deploy.local.tls import local_ca
@@ -144,6 +145,45 @@ async def test_store_applies_a_batch_with_per_write_outcomes(mongo_db) -> None:
         ("ap-1999", 1),
         ("new-1", None),
     ]
+
+
+class _Finds(CommandListener):
+    def __init__(self) -> None:
+        self.finds = 0
+
+    def started(self, event: CommandStartedEvent) -> None:
+        self.finds += event.command_name == "find"
+
+    def succeeded(self, event: object) -> None:
+        pass
+
+    def failed(self, event: object) -> None:
+        pass
+
+
+async def test_a_tenth_of_a_collection_is_read_by_id_in_one_query(mongo, mongo_db) -> None:
+    """300 ids of 1,001 documents: one query on either server (an indexed ``$in`` on
+    MongoDB, a read of the whole collection on FerretDB, not 300 ``find_one``), the same
+    documents as one by one; a projection without ``_id`` still reads them one by one."""
+    from pymongo import AsyncMongoClient
+
+    await mongo_db["devices"].insert_many([{"_id": f"ap-{i}", "n": i} for i in range(1000)])
+    await mongo_db["devices"].insert_one({"_id": {"compound": 1}, "n": -1})
+    ids = [f"ap-{i}" for i in range(0, 1000, 4)] + [f"absent-{i}" for i in range(50)]
+    listener = _Finds()
+    client: AsyncMongoClient[dict] = AsyncMongoClient(mongo.url, event_listeners=[listener])
+    try:
+        store = Store(client[mongo_db.name])
+        found = await store.find_ids("devices", ids, {"n": 1})
+        assert listener.finds == 1
+        few = await store.find_ids("devices", ids[:10], {"n": 1})
+        bare = await store.find_ids("devices", ids, {"_id": 0, "n": 1})
+    finally:
+        await client.close()
+    assert len(found) == 250
+    assert {d["_id"]: d["n"] for d in found} == {f"ap-{i}": i for i in range(0, 1000, 4)}
+    assert sorted(d["n"] for d in few) == list(range(0, 40, 4))
+    assert sorted(d["n"] for d in bare) == list(range(0, 1000, 4))
 
 
 async def test_a_write_no_server_can_store_is_isolated_from_its_batch(mongo_db) -> None:

@@ -91,29 +91,31 @@ async def test_known_ids_cache_positives_and_negatives_each_for_their_ttl():
     assert asked == [{"dev-a", "ghost"}, {"ghost"}, {"dev-a"}]
 
 
-async def test_a_fleet_read_at_once_is_read_again_spread_over_the_last_quarter_of_the_ttl():
+async def test_stale_facts_are_read_again_with_every_id_due_within_a_quarter_ttl_at_once():
     asked: list[set[str]] = []
     now = [0.0]
+    gone: set[str] = set()
 
     async def lookup(ids):
         asked.append(set(ids))
-        return {i: Registered("t1") for i in ids}
+        return {i: Registered("t1") for i in ids if i not in gone}
 
     known = KnownIds(lookup, unknown_ttl=5, known_ttl=100, clock=lambda: now[0])
     fleet = {f"dev-{i}" for i in range(1000)}
     await known.known(fleet)
-    now[0] = 74.9
+    now[0] = 20
+    await known.known({"dev-late"})  # first seen later: due at 120, within 25 of 100
+    now[0] = 99.9
     await known.known(fleet)
-    assert len(asked) == 1  # nobody expires before three quarters of the ttl
-    again: list[int] = []  # ids asked again at each step
-    for t in (80, 90, 100):
-        now[0] = t
-        before = len(asked)
-        await known.known(fleet)
-        again.append(len(asked[-1]) if len(asked) > before else 0)
-    assert 100 < again[0] < 400  # ~20 % by 80
-    assert again[1] > 100  # more in the next ten seconds
-    assert sum(len(a) for a in asked[1:]) == 1000  # and each once by the full ttl
+    assert len(asked) == 2  # nothing is due before its ttl
+    now[0] = 100
+    gone.add("dev-7")  # decommissioned meanwhile
+    assert "dev-7" not in await known.known({"dev-1"})  # one id in the batch is due...
+    assert asked[-1] == fleet | {"dev-late"}  # ...and the whole wave is read in one lookup
+    assert await known.known({"dev-7"}) == {}  # remembered as unknown, not asked again
+    now[0] = 150
+    await known.known(fleet | {"dev-late"})
+    assert asked[3:] == [{"dev-7"}]  # the rest is fresh until 200; dev-7 unknown since 105
 
 
 def test_stored_keys_read_once_then_follow_own_writes():
