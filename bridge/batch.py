@@ -154,7 +154,7 @@ def with_known(decoded: Plan, devices: Known, executions: Known) -> Plan:
     """Reject unknown devices and executions, give each message its device's key epoch,
     then coalesce what is left."""
     keep, unknown = split_unknown(decoded.writes, devices, executions)
-    keep = [replace(a, epoch=devices[a.device_id].key_epoch) for a in keep]
+    keep = [_in_epoch(a, devices[a.device_id].key_epoch) for a in keep]
     ids = frozenset(a.device_id for a in keep)
     return Plan(
         writes=tuple(coalesce(keep)),
@@ -164,6 +164,11 @@ def with_known(decoded: Plan, devices: Known, executions: Known) -> Plan:
         execution_ids=frozenset(e for a in keep if (e := _execution(a))),
         tenants={i: devices[i].tenant_id for i in ids},
     )
+
+
+def _in_epoch(item: Accepted, epoch: int) -> Accepted:
+    # a copy only when the epoch differs: ``replace`` costs ~10 µs, a batch holds 20,000
+    return item if item.epoch == epoch else replace(item, epoch=epoch)
 
 
 def stored_field(item: Accepted) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -123,11 +124,14 @@ class Writer:
 
     def _count(self, planned: Plan, counts: WriteCounts) -> None:
         now = datetime.now(UTC)
+        channels: Counter[str] = Counter()
         for item in planned.writes:
-            self.metrics.messages.labels(channel=item.where.channel.value).inc()
+            channels[item.where.channel.value] += 1
             message = item.message
             if isinstance(message, StateMessage | JobStatusMessage) and message.ts:
                 self.metrics.lag_seconds.observe(max(0.0, (now - message.ts).total_seconds()))
+        for channel, n in channels.items():
+            self.metrics.messages.labels(channel=channel).inc(n)
         for reason, n in counts.skips.items():
             self.metrics.skipped.labels(reason=reason.value).inc(n)
         for rejection in [*planned.rejections, *counts.refused]:
