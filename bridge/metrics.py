@@ -86,5 +86,13 @@ class BridgeMetrics:
         self.dependency_up = dependency_gauge(r)
 
     def value(self, name: str, **labels: str) -> float:
-        """Current value of a sample, e.g. ``value("outpost_bridge_db_writes_total")``."""
-        return self.registry.get_sample_value(name, labels) or 0.0
+        """Current value of a sample, e.g. ``value("outpost_bridge_db_writes_total")``.
+
+        Collects only the metric that has ``name`` (13 µs): the registry's own
+        ``get_sample_value`` collects every metric (0.5 ms), which a caller polling every
+        20 ms while the bridge works took 2.5 % of the bridge's loop."""
+        for metric in self.registry.restricted_registry([name]).collect():
+            for sample in metric.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+        return 0.0

@@ -364,7 +364,7 @@ class Store:
                     found += await coll.find(query, projection).to_list()
                 return found
             wanted = _hashable(ids)
-            if wanted is not None and _keeps_id(projection) and len(ids) >= SCAN_FROM:
+            if wanted is not None and _keeps_id(projection) and len(wanted) >= SCAN_FROM:
                 stats = await self.db.command("collStats", collection)
                 if scan_pays(len(wanted), int(stats.get("count", 0))):
                     return [d async for d in coll.find({}, projection) if _among(d, wanted)]
