@@ -26,8 +26,17 @@ MongoDB ``OUTPOST_MONGO_URL`` names), with the bridge running in this process:
   at once; seconds until every device is offline in the database, next to the raw
   conditional presence updates for the same documents.
 
+``--isolate-db`` runs FerretDB and PostgreSQL on one CPU of their own and everything
+else (broker, devices, the bridge, the raw client) on the others, for raw and bridge
+alike: the database as if on its own host, so what the broker, the devices and the
+bridge's MQTT side cost no longer comes out of the database's CPU.
+
 Results: a table on stdout, and ``--json`` appends one run per case to a JSON list
-(``bench/results/bridge-ingest.json``). Not a test; RESULTS.md is written by hand.
+(``bench/results/bridge-ingest.json``). The "steady state measured" log line also has,
+per round, each batch's start, preparation and write time (``timeline``), how late the
+event loop ran a 5 ms timer during each batch (``loop_lag``: the bridge's loop is this
+process's), the garbage collector's pauses, and the time from the last batch's end to
+its last acknowledgement. Not a test; RESULTS.md is written by hand.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -96,6 +106,52 @@ class _Batches(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.getMessage() == "batch written":
             self.rows.append(dict(record.__dict__))
+
+
+class _Pauses:
+    """The cyclic garbage collector's pauses in this process (the bridge's): seconds."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, float]] = []
+        self._began = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.rows.append((info["generation"], time.perf_counter() - self._began))
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._on_gc)
+
+
+class _Lag:
+    """How late the event loop (the bridge's) runs a callback asked for every 5 ms."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, float]] = []  # (wall time, seconds late)
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            asked = time.monotonic()
+            await asyncio.sleep(0.005)
+            self.rows.append((time.time(), time.monotonic() - asked - 0.005))
+
+    def between(self, start: float, end: float) -> dict[str, float]:
+        late = sorted(x for t, x in self.rows if start <= t < end)
+        if not late:
+            return {}
+        return {
+            "p50_ms": round(1000 * late[len(late) // 2], 1),
+            "p99_ms": round(1000 * late[int(len(late) * 0.99)], 1),
+            "max_ms": round(1000 * late[-1], 1),
+            "late_s": round(sum(late), 2),
+        }
+
+    def close(self) -> None:
+        self._task.cancel()
 
 
 @contextlib.asynccontextmanager
@@ -194,6 +250,7 @@ RAW_METHODS = (
     "concurrent:4",
     "concurrent:8",
     "concurrent:16",
+    "concurrent:32",
     "bulk:16",
     "bulk:48",
     "bulk:1000",
@@ -494,9 +551,16 @@ async def fleet_size(n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     broker = Mosquitto(root / "mqtt", free_port(), backend_password=secrets.token_urlsafe(12))
     external = os.environ.get("OUTPOST_MONGO_URL")
     mongo = database_server(root / "db", free_port(), durable=False, external_url=external)
+    cpus = os.sched_getaffinity(0)
+    db_cpus = {max(cpus)} if args.isolate_db and len(cpus) > 1 else cpus
+    os.sched_setaffinity(0, cpus - db_cpus or cpus)  # the broker, devices, bridge, raw
     broker.start()
     behind(broker.running_pid())
-    mongo.start()
+    os.sched_setaffinity(0, db_cpus)  # FerretDB and PostgreSQL inherit it, backends too
+    try:
+        mongo.start()
+    finally:
+        os.sched_setaffinity(0, cpus - db_cpus or cpus)
     pub = Publishing(broker, n)
     try:
         return await _measure(n, args, broker, mongo.url, pub)
@@ -525,10 +589,17 @@ async def _measure(
     ferretdb = server == "ferretdb"
     cfg = settings(broker, url, DB, "bench", session_expiry_s=3600)
     batches = _Batches()
+    pauses = _Pauses()
+    lag = _Lag()
     LOG.addHandler(batches)
     LOG.setLevel(logging.DEBUG)
     runs: list[dict[str, Any]] = []
-    base = {"devices": n, "db": server, "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    base = {
+        "devices": n,
+        "db": server,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **({"db_on_own_cpu": True} if args.isolate_db else {}),
+    }
 
     # the null subscriber first: before the bridge's session exists, it alone gets these
     null_per_msg = await asyncio.to_thread(null_subscriber, broker, pub, ids)
@@ -544,8 +615,9 @@ async def _measure(
         rounds = []
         for r in range(args.rounds):
             batches.rows.clear()
+            pauses.rows.clear()
             target = acked(metrics) + n
-            started = time.monotonic()
+            started, started_wall = time.monotonic(), time.time()
             pub.round(201 + 2 * r, 1)
             await poll(lambda t=target: _acked_at_least(metrics, t))
             elapsed = time.monotonic() - started
@@ -554,11 +626,32 @@ async def _measure(
             rounds.append(
                 {
                     "s": elapsed,
+                    "started_at": started_wall,
                     "outside_db_s": elapsed - in_db,
                     "batches": len(rows),
                     "update_s": sum(row["update_s"] for row in rows),
                     "read_s": sum(row["read_s"] for row in rows),
                     "per_batch": [(row["messages"], row["update_s"]) for row in rows],
+                    "gc_s": round(sum(s for _, s in pauses.rows), 3),
+                    "gc_pauses": [(g, round(s, 3)) for g, s in pauses.rows if g > 0],
+                    # from the last batch's end to its last acknowledgement seen
+                    "ack_tail_s": round(elapsed - (rows[-1]["created"] - started_wall), 3)
+                    if rows
+                    else None,
+                    # how late the event loop ran, by batch
+                    "loop_lag": [
+                        lag.between(row["created"] - row["total_s"], row["created"]) for row in rows
+                    ],
+                    # when each batch began after the round's first publish, its
+                    # preparation (lookups, planning) and its whole write, seconds
+                    "timeline": [
+                        (
+                            round(row["created"] - row["total_s"] - started_wall, 3),
+                            row["prepare_s"],
+                            row["total_s"],
+                        )
+                        for row in rows
+                    ],
                 }
             )
             raws.append(await apply_raw(url, raw_state_updates(ids, 202 + 2 * r, 1), method))
@@ -624,6 +717,8 @@ async def _measure(
         storm_n = min(n, args.storm_max)
         runs.append({**base, **await _storm(storm_n, broker, url, cfg, method)})
     LOG.removeHandler(batches)
+    pauses.close()
+    lag.close()
     return runs
 
 
@@ -692,6 +787,12 @@ if __name__ == "__main__":
     parser.add_argument("--devices", type=int, action="append", required=True)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-storm", action="store_true")
+    parser.add_argument(
+        "--isolate-db",
+        action="store_true",
+        help="run FerretDB and PostgreSQL on one CPU of their own and everything else on "
+        "the others, as if the database had its own host (raw and bridge alike)",
+    )
     parser.add_argument("--storm-max", type=int, default=19_900)
     parser.add_argument("--json", type=Path, help="append the runs to this JSON list")
     parsed = parser.parse_args()

@@ -184,12 +184,14 @@ def stored_field(item: Accepted) -> str:
 def target(item: Accepted) -> Target:
     """The collection and ``_id`` a message writes: one document per device and channel
     (per execution for job status)."""
-    run = _execution(item)
-    if run is not None:
-        return JOB_REPORTS, run
-    if isinstance(item.message, PresenceMessage):
-        return DEVICE_PRESENCE, item.device_id
-    return DEVICE_STATUS, item.device_id
+    message = item.message
+    if isinstance(message, StateMessage):  # the common case first: a batch asks ~6 times
+        return DEVICE_STATUS, item.where.device_id
+    if isinstance(message, PresenceMessage):
+        return DEVICE_PRESENCE, item.where.device_id
+    if isinstance(message, JobStatusMessage):
+        return JOB_REPORTS, execution_id(message.job_id, message.device_id)
+    return DEVICE_STATUS, item.where.device_id
 
 
 def _stored(stored: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
@@ -260,33 +262,39 @@ def value(item: Accepted) -> Document:
     }
 
 
-def _fields(item: Accepted) -> Document:
+def _fields(item: Accepted, stored: Document) -> Document:
     name = stored_field(item)
     if not name:
-        return value(item)
-    return {name: value(item), "last_seen": item.inbound.received_at}
+        return stored
+    return {name: stored, "last_seen": item.inbound.received_at}
 
 
-def insert_op(item: Accepted, tenant_id: str | None) -> Insert:
-    """The first document of a device's presence or status, or of a job report."""
+def insert_op(item: Accepted, tenant_id: str | None, stored: Document | None = None) -> Insert:
+    """The first document of a device's presence or status, or of a job report.
+
+    ``stored``: the message's :func:`value`, when the caller has it already (a batch
+    keeps it for :meth:`bridge.mongo_sink.StoredKeys.wrote`)."""
     _, _id = target(item)
     extra: Document = {}
     message = item.message
     if isinstance(message, JobStatusMessage):
         extra = {"job_id": message.job_id, "device_id": message.device_id}
-    return Insert({"_id": _id, "tenant_id": tenant_id, **extra, **_fields(item)})
+    fields = _fields(item, value(item) if stored is None else stored)
+    return Insert({"_id": _id, "tenant_id": tenant_id, **extra, **fields})
 
 
 def _older(field_path: str, k: str) -> list[Document]:
     return [{field_path: {"$exists": False}}, {field_path: {"$lt": k}}]
 
 
-def update_op(item: Accepted, refresh_before: datetime) -> Update:
+def update_op(item: Accepted, refresh_before: datetime, stored: Document | None = None) -> Update:
     """The conditional update: only if the stored key is missing or older (and, for an
-    identical state, only once per refresh interval)."""
+    identical state, only once per refresh interval). ``stored`` as for :func:`insert_op`."""
     _, _id = target(item)
     name = stored_field(item)
-    k = key(item)
+    if stored is None:
+        stored = value(item)
+    k = stored["k"]
     prefix = f"{name}." if name else ""
     condition: Document = {"$or": _older(f"{prefix}k", k)}
     message = item.message
@@ -296,4 +304,4 @@ def update_op(item: Accepted, refresh_before: datetime) -> Update:
             {"state.updated_at": {"$lt": refresh_before}},
         ]
         condition = {"$and": [condition, {"$or": changed}]}
-    return Update({"_id": _id, **condition}, {"$set": _fields(item)})
+    return Update({"_id": _id, **condition}, {"$set": _fields(item, stored)})

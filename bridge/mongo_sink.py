@@ -23,6 +23,7 @@ away) raises :class:`~bridge.errors.StoreUnavailable` and nothing is acknowledge
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -70,6 +71,8 @@ __all__ = [
 ]
 
 _SAMPLE_BYTES = 512
+HEAD = 1024  # writes of a batch sent before the rest is built (MongoSink.write)
+BUILD_SLICE = 128  # writes built between two turns of the event loop (~2.5 ms)
 T = TypeVar("T")
 
 
@@ -180,23 +183,55 @@ class MongoSink:
         counts.skips[Skip.COALESCED] += planned.accepted - len(planned.writes)
         counts.skipped = len(planned.writes) - len(pending)
         started = time.monotonic()
-        first = [
-            update_op(i, refresh_before)
-            if known.exists(target(i))
-            else insert_op(i, planned.tenants.get(i.device_id))
-            for i in pending
-        ]
-        raced = await self._apply(pending, first, counts)
+        # The first HEAD writes go out at once and the rest are built while they are in
+        # flight, a slice per turn of the event loop: building 16,000 writes takes ~0.3 s,
+        # which left the database idle at the start of every large batch.
+        head, rest = pending[:HEAD], pending[HEAD:]
+        first, stored = self._writes(head, planned.tenants, refresh_before)
+        (later, stored_later), raced = await asyncio.gather(
+            self._build(rest, planned.tenants, refresh_before),
+            self._apply(head, first, counts),
+        )
+        raced += await self._apply(rest, later, counts)
+        stored += stored_later
         if raced:
             counts.raced = len(raced)
             await self._apply(raced, [update_op(i, refresh_before) for i in raced], counts)
         counts.update_s = time.monotonic() - started
         refused = {id(r.inbound) for r in counts.refused}
-        for item in pending:
+        for item, v in zip(pending, stored, strict=True):
             if id(item.inbound) not in refused:
-                known.wrote(item)
+                known.wrote(item, v)
         await self._dead_letters([*planned.rejections, *counts.refused], counts)
         return counts
+
+    def _writes(
+        self, items: Sequence[Accepted], tenants: Mapping[str, str | None], refresh_before: datetime
+    ) -> tuple[list[Write], list[Document]]:
+        """Each item's write (an insert if its document is not known to exist, else the
+        conditional update) and what it stores (built once, for the write and for
+        :class:`StoredKeys`)."""
+        stored = [value(i) for i in items]
+        writes: list[Write] = [
+            update_op(i, refresh_before, v)
+            if self._known.exists(target(i))
+            else insert_op(i, tenants.get(i.device_id), v)
+            for i, v in zip(items, stored, strict=True)
+        ]
+        return writes, stored
+
+    async def _build(
+        self, items: Sequence[Accepted], tenants: Mapping[str, str | None], refresh_before: datetime
+    ) -> tuple[list[Write], list[Document]]:
+        """:meth:`_writes` a slice at a time, yielding to the event loop in between."""
+        writes: list[Write] = []
+        stored: list[Document] = []
+        for start in range(0, len(items), BUILD_SLICE):
+            await asyncio.sleep(0)
+            more, values = self._writes(items[start : start + BUILD_SLICE], tenants, refresh_before)
+            writes += more
+            stored += values
+        return writes, stored
 
     async def _apply(
         self, items: Sequence[Accepted], writes: Sequence[Write], counts: WriteCounts
@@ -314,12 +349,14 @@ class StoredKeys:
     def view(self, t: Target) -> Mapping[str, Any] | None:
         return self._views.get(t)
 
-    def wrote(self, item: Accepted) -> None:
-        """Remember what a write of ``item`` left (or found newer) in the database."""
+    def wrote(self, item: Accepted, written: Mapping[str, Any] | None = None) -> None:
+        """Remember what a write of ``item`` (its :func:`~bridge.batch.value`,
+        ``written``, when known) left (or found newer) in the database."""
         t = target(item)
         self._absent.discard(t)
         view = self._views.setdefault(t, {"_id": t[1]})
-        written = value(item)
+        if written is None:
+            written = value(item)
         name = stored_field(item)
         keep: dict[str, Any] = {k: written[k] for k in ("k", "h", "updated_at") if k in written}
         if name:

@@ -15,8 +15,9 @@ how a batch of writes is best sent.
   processes (two bridge instances given two messages of one device at once) a write of a
   document named by ``_id`` holds a lock on its *bucket* (a stable hash of the ``_id``
   into one of ``LOCK_BUCKETS`` per collection): a unique ``_id`` inserted into
-  :data:`WRITE_LOCKS` for every bucket a round of up to ``LOCK_ROUND`` writes touches,
-  with one ``insert_many``, and deleted after their writes. Per-document locks cost
+  :data:`WRITE_LOCKS` for every bucket a round of writes touches, with one
+  ``insert_many``, and deleted after their writes. A round is sized to last a third of
+  the locks' TTL at the pace the last one wrote (:func:`lock_round`). Per-document locks cost
   ~20 % of the update rate (two statements' work per document: bench/store_locks.py);
   buckets cost two small statements per round. A lock whose
   holder died is taken over after ``LOCK_TTL_S``. Inserts are the
@@ -62,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 import weakref
 import zlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -110,6 +112,7 @@ __all__ = [
     "Write",
     "client",
     "lock_id",
+    "lock_round",
     "scan_pays",
 ]
 
@@ -127,8 +130,12 @@ FERRETDB_CONCURRENCY = 16  # the default of OUTPOST_MONGO_WRITE_CONCURRENCY
 # FerretDB only: one document per bucket of documents being written, by any process
 WRITE_LOCKS = "write_locks"
 LOCK_BUCKETS = 64  # locks per collection: two writers of one bucket take turns
-LOCK_ROUND = 2048  # writes per lock round (a few seconds on FerretDB at most)
 LOCK_TTL_S = 15.0  # a lock older than this is taken over: its holder died or hangs
+# A lock round takes as many documents as the last round of the collection wrote in
+# LOCK_ROUND_S (a third of the TTL), within LOCK_ROUND_RANGE; LOCK_ROUND until then.
+LOCK_ROUND = 2048
+LOCK_ROUND_RANGE = (256, 16_384)
+LOCK_ROUND_S = LOCK_TTL_S / 3
 LOCK_RETRY_S = (0.005, 0.2)  # wait between tries for a busy bucket, doubling
 _LOG = logging.getLogger("outpost.store")
 # Values pymongo cannot encode (an int beyond 64 bits, a non-string key...): raised
@@ -313,6 +320,7 @@ class Store:
         self.db = db
         self._kind = _KINDS.get(db.client) or _Kind()
         self._concurrency = concurrency
+        self._lock_paces: dict[str, float] = {}  # collection -> documents/s of its last round
 
     def __getitem__(self, name: str) -> AsyncCollection[Document]:
         return self.db[name]
@@ -430,7 +438,7 @@ class Store:
 
     @property
     def _locks(self) -> _Locks:
-        return _Locks(self.db[WRITE_LOCKS])
+        return _Locks(self.db[WRITE_LOCKS], self._lock_paces)
 
     async def _bulk(self, coll: AsyncCollection[Document], writes: Sequence[Write]) -> Applied:
         total = Applied()
@@ -481,9 +489,9 @@ class _Locks:
     """Write locks on FerretDB: per bucket of documents, a unique ``_id`` inserted, then
     deleted.
 
-    A round takes up to ``LOCK_ROUND`` of the documents to write, locks the buckets they
-    fall in with one unordered ``insert_many``, writes the documents of the buckets it
-    got and unlocks them; the documents of buckets another process holds wait for a
+    A round takes up to :func:`lock_round` of the documents to write, locks the buckets
+    they fall in with one unordered ``insert_many``, writes the documents of the buckets
+    it got and unlocks them; the documents of buckets another process holds wait for a
     later round (with a doubling pause when a round got nothing). A lock's document
     names its holder and when it expires, so the holder deletes only its own and a lock
     left by a process that died is taken over (deleted if still that one) once expired.
@@ -492,6 +500,7 @@ class _Locks:
     """
 
     coll: AsyncCollection[Document]
+    paces: dict[str, float] = field(default_factory=dict)  # per collection, documents/s
 
     async def each_locked(
         self,
@@ -502,15 +511,21 @@ class _Locks:
         waiting = list(chains)
         pause = LOCK_RETRY_S[0]
         while waiting:
-            keys, waiting = waiting[:LOCK_ROUND], waiting[LOCK_ROUND:]
+            size = lock_round(self.paces.get(collection))
+            keys, waiting = waiting[:size], waiting[size:]
             buckets: dict[str, list[object]] = {}
             for key in keys:
                 buckets.setdefault(lock_id(collection, key), []).append(key)
             held = await self._lock(list(buckets))
+            mine = [chains[k] for lock in held for k in buckets[lock]]
+            began = time.monotonic()
             try:
-                await run([chains[k] for lock in held for k in buckets[lock]])
+                await run(mine)
             finally:
                 await self._unlock(held)
+            took = time.monotonic() - began
+            if len(mine) >= LOCK_ROUND_RANGE[0] and took > 0:  # enough to tell the pace
+                self.paces[collection] = len(mine) / took
             busy = [lock for lock in buckets if lock not in held]
             waiting += [k for lock in busy for k in buckets[lock]]
             if held:
@@ -544,6 +559,20 @@ class _Locks:
                     "write lock taken over",
                     extra={"lock": lock["_id"], "holder": lock.get("holder")},
                 )
+
+
+def lock_round(pace: float | None) -> int:
+    """Documents in the next lock round of a collection whose last round wrote ``pace``
+    documents a second: as many as that pace writes in ``LOCK_ROUND_S``, so a round ends
+    well before its locks could be taken over (``LOCK_TTL_S``) even if the database
+    slows down threefold, and a fast database is not stopped every 2,048 documents for
+    the two lock statements and the drain of a round (a 20,000-document batch on
+    FerretDB: 0.93-0.96 of the raw update rate in rounds of 2,048, 0.96-1.0 in rounds of
+    8,192, bench/RESULTS.md)."""
+    if pace is None:
+        return LOCK_ROUND
+    low, high = LOCK_ROUND_RANGE
+    return max(low, min(high, int(pace * LOCK_ROUND_S)))
 
 
 def scan_pays(ids: int, documents: int) -> bool:

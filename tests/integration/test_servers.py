@@ -22,7 +22,7 @@ from pymongo.monitoring import CommandListener, CommandStartedEvent
 from deploy.local import MongoServer, Mosquitto, S3Server, free_port, mqtt_connack
 from deploy.local.tls import local_ca
 from outpost.mqtt import Endpoint, aiomqtt_client
-from outpost.store import Insert, Server, Store, Update, Write
+from outpost.store import WRITE_LOCKS, Insert, Server, Store, Update, Write
 
 pytestmark = pytest.mark.integration
 
@@ -261,6 +261,51 @@ async def _ferretdb_store(mongo_db) -> Store:
     if await store.server() is Server.MONGODB:
         pytest.skip("MongoDB isolates the writes of one document: no write locks there")
     return store
+
+
+class _LockRounds(CommandListener):
+    """Counts lock rounds: one ``insert`` into the write-lock collection each."""
+
+    def __init__(self) -> None:
+        self.rounds = 0
+
+    def started(self, event: CommandStartedEvent) -> None:
+        self.rounds += event.command_name == "insert" and event.command["insert"] == WRITE_LOCKS
+
+    def succeeded(self, event: object) -> None:
+        pass
+
+    def failed(self, event: object) -> None:
+        pass
+
+
+async def test_lock_rounds_are_sized_by_the_pace_of_the_last_one(
+    mongo, mongo_db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FerretDB: until a round was measured, a round takes ``LOCK_ROUND`` documents; then
+    as many as the last one wrote in ``LOCK_ROUND_S`` (here 1 ms, so the floor of 256),
+    and every write still lands, with no lock left behind."""
+    from pymongo import AsyncMongoClient
+
+    import outpost.store as store_module
+
+    await _ferretdb_store(mongo_db)
+    await mongo_db["docs"].insert_many([{"_id": f"d{i}", "n": 0} for i in range(1000)])
+    writes: list[Write] = [Update({"_id": f"d{i}"}, {"$inc": {"n": 1}}) for i in range(1000)]
+    listener = _LockRounds()
+    client: AsyncMongoClient[dict] = AsyncMongoClient(mongo.url, event_listeners=[listener])
+    try:
+        store = Store(client[mongo_db.name])
+        assert (await store.apply("docs", writes)).modified == 1000
+        assert listener.rounds == 1  # 1,000 < LOCK_ROUND: one round, which sets the pace
+        monkeypatch.setattr(store_module, "LOCK_ROUND_S", 0.001)
+        listener.rounds = 0
+        assert (await store.apply("docs", writes)).modified == 1000
+        assert listener.rounds == 4  # rounds of 256
+    finally:
+        await client.close()
+    assert {d["n"] for d in await mongo_db["docs"].find().to_list()} == {2}
+    assert await mongo_db[WRITE_LOCKS].count_documents({}) == 0
 
 
 async def test_a_lock_left_by_a_dead_holder_is_taken_over_once_expired(mongo_db) -> None:
