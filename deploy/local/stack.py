@@ -28,9 +28,16 @@ __all__ = ["DevSettings", "Stack", "Status"]
 
 
 class DevSettings(OutpostSettings):
-    """``OUTPOST_DEV_*``: where the local stack lives and which ports it uses."""
+    """``OUTPOST_DEV_*``: where the local stack lives and which ports it uses.
 
-    model_config = SettingsConfigDict(env_prefix="OUTPOST_DEV_")
+    Read from the environment and ``./.env`` only, not from the ``dev.env`` the stack
+    writes for the services: that file names the stack's own FerretDB in
+    ``OUTPOST_MONGO_URL``, which read back here meant "bring your own MongoDB", so
+    ``outpost dev status`` showed the database stopped and ``outpost dev down`` left
+    FerretDB and PostgreSQL running.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="OUTPOST_DEV_", env_file=".env")
     root: Path = Field(default=Path(".outpost"), description="Where the stack keeps its data")
     mqtt_port: int = Field(default=11883, ge=1024, le=65535, description="Mosquitto")
     mqtt_tls_port: int = Field(

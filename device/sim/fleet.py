@@ -150,6 +150,12 @@ class FleetOptions:
     seed: int | None = None
     ids: Sequence[str] | None = None  # the devices' ids (provisioned); None: numbered
     log_bytes: int = 64 * 1024  # size of the log a ``logs`` command uploads
+    # The session before each device's first connection. None: the clock in milliseconds
+    # at start, as a device without storage does (docs/protocol.md), so a restarted
+    # simulator's messages are newer than the last run's (its Last Wills included):
+    # from 0, a second ``outpost dev up`` had every demo device's "online" skipped as
+    # older than the "offline" its first run left.
+    first_session: int | None = None
 
     def device_id(self, index: int) -> str:
         if self.ids is not None:
@@ -192,7 +198,7 @@ class SimDevice:
     def __init__(self, fleet: Fleet, device_id: str) -> None:
         self.fleet = fleet
         self.device_id = device_id
-        self.seq = b.Sequencer(0)
+        self.seq = b.Sequencer(fleet.session_base)
         self.firmware = fleet.options.firmware
         self.config: ConfigReport | None = None
         self.job: b.JobRecord | None = None
@@ -650,6 +656,9 @@ class Fleet:
         self.faults = dict(faults or {})
         self.rng = random.Random(options.seed)
         self.stats = FleetStats()
+        self.session_base = (
+            options.first_session if options.first_session is not None else int(time.time() * 1000)
+        )
         if options.count and not is_device_id(options.device_id(0)):
             raise ValueError(
                 f"prefix {options.prefix!r} does not make valid device ids "

@@ -21,13 +21,15 @@ async def test_fleet_presence_state_and_wills(broker_address: Broker, registry, 
     options = FleetOptions(devices=N, prefix=prefix, connect_concurrency=16, seed=1)
     await registry.register([options.device_id(i) for i in range(options.devices)])
     async with Fleet(options, registry.fleet_broker(), logging.getLogger("test.sim")) as fleet:
+        first = fleet.session_base + 1  # the clock in ms at start, then one per connection
+        assert first > 1_700_000_000_000
         async with asyncio.timeout(30):
             await fleet.wait_ready()
         online = await watcher.wait_for(
             lambda m: m.topic.endswith("/presence") and m.payload["status"] == "online", count=N
         )
         assert {m.payload["device_id"] for m in online} == set(fleet.ids)
-        assert all(m.payload["key"] == {"session": 1, "seq": 1} for m in online)
+        assert all(m.payload["key"] == {"session": first, "seq": 1} for m in online)
         await watcher.wait_for(lambda m: m.topic.endswith("/state"), count=N)
 
         sent = await fleet.publish_state_all()
@@ -52,7 +54,7 @@ async def test_fleet_presence_state_and_wills(broker_address: Broker, registry, 
             count=10,
         )
         assert {m.payload["device_id"] for m in wills} == set(dropped)
-        assert all(m.payload["key"] == {"session": 1, "seq": WILL_SEQ} for m in wills)
+        assert all(m.payload["key"] == {"session": first, "seq": WILL_SEQ} for m in wills)
         goodbyes = await watcher.wait_for(
             lambda m: m.topic.endswith("/presence") and m.payload.get("reason") == "shutdown",
             count=5,
@@ -67,7 +69,7 @@ async def test_fleet_presence_state_and_wills(broker_address: Broker, registry, 
             lambda m: (
                 m.topic.endswith("/presence")
                 and m.payload["status"] == "online"
-                and m.payload["key"]["session"] == 2
+                and m.payload["key"]["session"] == first + 1
             ),
             count=10,
         )
@@ -78,8 +80,31 @@ async def test_fleet_presence_state_and_wills(broker_address: Broker, registry, 
         for m in watcher.messages
         if m.payload.get("device_id") in dropped
         and m.payload.get("reason") == "shutdown"
-        and m.payload["key"]["session"] == 1
+        and m.payload["key"]["session"] == first
     ]
+
+
+async def test_a_restarted_simulator_is_newer_than_its_last_run(
+    broker_address: Broker, registry, watch, unique: str
+):
+    """Its devices keep no state, so each run starts its sessions at the clock: the second
+    run's "online" must be newer than the "offline" the first run said when it stopped,
+    or the bridge keeps every device offline (a second ``outpost dev up``)."""
+    prefix = f"r{unique}"
+    watcher = await watch("devices/+/presence", prefix=f"devices/{prefix}-")
+    options = FleetOptions(devices=2, prefix=prefix, connect_concurrency=2)
+    await registry.register([options.device_id(i) for i in range(options.devices)])
+    said: list[tuple[int, int]] = []
+    for run in range(2):
+        async with Fleet(options, registry.fleet_broker(), logging.getLogger("test.sim")) as fleet:
+            async with asyncio.timeout(30):
+                await fleet.wait_ready()
+        presence = await watcher.wait_for(lambda m: True, count=4 * (run + 1))
+        said = [(m.payload["key"]["session"], m.payload["key"]["seq"]) for m in presence]
+    statuses = [m.payload["status"] for m in watcher.messages]
+    assert statuses == ["online", "online", "offline", "offline"] * 2
+    first_run_last, second_run_first = max(said[:4]), min(said[4:])
+    assert second_run_first > first_run_last
 
 
 async def test_fleet_config_and_upgrade_jobs_with_real_downloads(
