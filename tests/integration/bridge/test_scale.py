@@ -35,6 +35,9 @@ ROUNDS = 2
 # FerretDB v1 scans the collection on every conditional update, so the scale-out test
 # (two instances, three rounds) uses a smaller fleet to stay a few seconds long.
 SHARED_FLEET = 300
+# Writes of the batch in progress still to do when the kill is sent: a tenth of a second
+# of FerretDB's work at least, against the few milliseconds from the check to the kill.
+LEFT_AT_KILL = 200
 
 
 def _last_key(seq: int) -> str:
@@ -102,15 +105,22 @@ async def test_kill_9_mid_flood_then_restart_loses_and_regresses_nothing(
 
         # The kill must land inside a batch: some of its writes done, none acknowledged.
         # Waiting for a written count alone once killed between two batches (128 written,
-        # 128 acknowledged), which proves nothing about unacknowledged writes; so the
-        # bridge's own count of acknowledged valid messages must be behind the database.
+        # 128 acknowledged), which proves nothing about unacknowledged writes; seeing the
+        # acknowledged count behind the database was not enough either: a batch of 114
+        # finished in the milliseconds between that check and the kill (written 114,
+        # acknowledged 114). So the batch being written (messages that entered a batch,
+        # less those acknowledged) must have LEFT_AT_KILL writes still to do. Counts read
+        # while a batch ends or begins make this false, never wrongly true.
         async def mid_batch() -> bool:
             written = await mongo_db[DEVICE_STATUS].count_documents({"state": {"$exists": True}})
             if written < 100:
                 return False
+            entered = await _metric(port, "outpost_bridge_batch_size_sum")
             acked = await _metric(port, "outpost_bridge_acked_total")
             others = await _metric(port, "outpost_bridge_rejected_total")
-            return acked - others < written
+            in_batch = entered - acked
+            written_in_batch = written - (acked - others)
+            return written_in_batch >= 1 and in_batch - written_in_batch >= LEFT_AT_KILL
 
         await eventually(mid_batch, within=60, interval=0.05, what="bridge mid-batch")
         proc.send_signal(signal.SIGKILL)
