@@ -553,14 +553,15 @@ async def fleet_size(n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     mongo = database_server(root / "db", free_port(), durable=False, external_url=external)
     cpus = os.sched_getaffinity(0)
     db_cpus = {max(cpus)} if args.isolate_db and len(cpus) > 1 else cpus
-    os.sched_setaffinity(0, cpus - db_cpus or cpus)  # the broker, devices, bridge, raw
+    rest = cpus - db_cpus or cpus  # the broker, devices, bridge and raw client
+    os.sched_setaffinity(0, rest)
     broker.start()
     behind(broker.running_pid())
     os.sched_setaffinity(0, db_cpus)  # FerretDB and PostgreSQL inherit it, backends too
     try:
         mongo.start()
     finally:
-        os.sched_setaffinity(0, cpus - db_cpus or cpus)
+        os.sched_setaffinity(0, rest)
     pub = Publishing(broker, n)
     try:
         return await _measure(n, args, broker, mongo.url, pub)

@@ -189,8 +189,9 @@ def target(item: Accepted) -> Target:
         return DEVICE_STATUS, item.where.device_id
     if isinstance(message, PresenceMessage):
         return DEVICE_PRESENCE, item.where.device_id
-    if isinstance(message, JobStatusMessage):
-        return JOB_REPORTS, execution_id(message.job_id, message.device_id)
+    run = _execution(item)
+    if run is not None:
+        return JOB_REPORTS, run
     return DEVICE_STATUS, item.where.device_id
 
 
@@ -279,8 +280,9 @@ def insert_op(item: Accepted, tenant_id: str | None, stored: Document | None = N
     message = item.message
     if isinstance(message, JobStatusMessage):
         extra = {"job_id": message.job_id, "device_id": message.device_id}
-    fields = _fields(item, value(item) if stored is None else stored)
-    return Insert({"_id": _id, "tenant_id": tenant_id, **extra, **fields})
+    if stored is None:
+        stored = value(item)
+    return Insert({"_id": _id, "tenant_id": tenant_id, **extra, **_fields(item, stored)})
 
 
 def _older(field_path: str, k: str) -> list[Document]:

@@ -566,9 +566,9 @@ def lock_round(pace: float | None) -> int:
     documents a second: as many as that pace writes in ``LOCK_ROUND_S``, so a round ends
     well before its locks could be taken over (``LOCK_TTL_S``) even if the database
     slows down threefold, and a fast database is not stopped every 2,048 documents for
-    the two lock statements and the drain of a round (a 20,000-document batch on
-    FerretDB: 0.93-0.96 of the raw update rate in rounds of 2,048, 0.96-1.0 in rounds of
-    8,192, bench/RESULTS.md)."""
+    the two lock statements and the drain of a round (the bridge's 16,000-document
+    batches on FerretDB: 0.92-0.97 of the raw update rate in rounds of 2,048, 0.93-1.0
+    in rounds of 8,192, bench/RESULTS.md)."""
     if pace is None:
         return LOCK_ROUND
     low, high = LOCK_ROUND_RANGE
