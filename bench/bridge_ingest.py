@@ -31,6 +31,11 @@ else (broker, devices, the bridge, the raw client) on the others, for raw and br
 alike: the database as if on its own host, so what the broker, the devices and the
 bridge's MQTT side cost no longer comes out of the database's CPU.
 
+The bridge's MQTT intake runs in a child process by default (``OUTPOST_BRIDGE_INTAKE``,
+``bridge/mqtt_process.py``); its CPU per message is reported next to the cost outside
+database calls (``intake_cpu_us_per_msg``, 0 with ``OUTPOST_BRIDGE_INTAKE=inline``,
+where that work is part of the bridge's own time).
+
 Results: a table on stdout, and ``--json`` appends one run per case to a JSON list
 (``bench/results/bridge-ingest.json``). The "steady state measured" log line also has,
 per round, each batch's start, preparation and write time (``timeline``), how late the
@@ -170,6 +175,19 @@ async def bridge(cfg: Any) -> AsyncIterator[BridgeMetrics]:
     finally:
         started.result().bridge.stop()
         await task
+
+
+def intake_cpu_s() -> float:
+    """CPU seconds used so far by this process's bridge intake children (Linux /proc)."""
+    total = 0.0
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError):
+                if b"bridge.mqtt_process" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                    continue
+                fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 async def poll(check: Callable[[], Awaitable[bool]], limit: float = 3600) -> None:
@@ -599,6 +617,7 @@ async def _measure(
         "devices": n,
         "db": server,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "intake": cfg.bridge.intake,
         **({"db_on_own_cpu": True} if args.isolate_db else {}),
     }
 
@@ -619,9 +638,11 @@ async def _measure(
             pauses.rows.clear()
             target = acked(metrics) + n
             started, started_wall = time.monotonic(), time.time()
+            intake_before = intake_cpu_s()
             pub.round(201 + 2 * r, 1)
             await poll(lambda t=target: _acked_at_least(metrics, t))
             elapsed = time.monotonic() - started
+            intake = intake_cpu_s() - intake_before
             rows = batches.rows
             in_db = sum(row["read_s"] + row["update_s"] for row in rows)
             rounds.append(
@@ -629,6 +650,7 @@ async def _measure(
                     "s": elapsed,
                     "started_at": started_wall,
                     "outside_db_s": elapsed - in_db,
+                    "intake_cpu_s": round(intake, 3),
                     "batches": len(rows),
                     "update_s": sum(row["update_s"] for row in rows),
                     "read_s": sum(row["read_s"] for row in rows),
@@ -683,6 +705,9 @@ async def _measure(
             "bridge_us_per_msg": round(outside * 1e6, 1),
             "null_subscriber_us_per_msg": round(null_per_msg * 1e6, 1),
             "ratio": round(outside / null_per_msg, 2),
+            "intake_cpu_us_per_msg": round(
+                statistics.median(r["intake_cpu_s"] for r in rounds) / n * 1e6, 1
+            ),
         }
     )
 

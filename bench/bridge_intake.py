@@ -37,7 +37,7 @@ from bench.bridge_ingest import Publishing
 from bridge.decode import Accepted, Rejection
 from bridge.metrics import BridgeMetrics
 from bridge.mongo_sink import WriteCounts
-from bridge.mqtt_source import MqttSource
+from bridge.mqtt_source import MqttSource, SessionOptions
 from bridge.service import Bridge, Writer
 from deploy.local import Mosquitto, free_port
 from outpost.gc_tuning import tune_gc
@@ -63,14 +63,8 @@ class NullWriter(Writer):
 
 
 def source(mqtt: MqttSettings) -> MqttSource:
-    return MqttSource(
-        mqtt,
-        client_id="bench-intake",
-        subscriptions=[TOPIC],
-        logger=LOG,
-        receive_maximum=65_535,
-        session_expiry_s=600,
-    )
+    session = SessionOptions("bench-intake", (TOPIC,), receive_maximum=65_535, session_expiry_s=600)
+    return MqttSource(mqtt, session, logger=LOG)
 
 
 async def source_round(mqtt: MqttSettings, pub: Publishing, n: int, seq: int) -> float:

@@ -15,9 +15,11 @@ from bridge.config import BridgeSettings
 from bridge.epochs import UPTIME_TOPIC, EpochRecorder
 from bridge.errors import MqttError, StoreUnavailable
 from bridge.http import health_routes, serve
+from bridge.inbound import Source
 from bridge.metrics import BridgeMetrics
 from bridge.mongo_sink import KnownIds, MongoSink
-from bridge.mqtt_source import MqttSource
+from bridge.mqtt_process import ProcessSource
+from bridge.mqtt_source import MqttSource, SessionOptions
 from bridge.results_sink import ResultsSink
 from bridge.resync import collect_retained, write_resync
 from bridge.service import Bridge, Writer
@@ -82,19 +84,17 @@ async def run_bridge(
     tune_gc()
     metrics = metrics or BridgeMetrics()
     b = settings.bridge
-    subs = [subscription(c, b.share_group) for c in BRIDGE_CHANNELS]
-    client_id = f"{settings.mqtt.client_id_prefix}-bridge-{b.instance}"
+    session = SessionOptions(
+        f"{settings.mqtt.client_id_prefix}-bridge-{b.instance}",
+        tuple(subscription(c, b.share_group) for c in BRIDGE_CHANNELS),
+        optional=(UPTIME_TOPIC,),
+        session_expiry_s=b.session_expiry_s,
+        receive_maximum=b.receive_maximum,
+    )
+    source_type = ProcessSource if b.intake == "process" else MqttSource
     async with open_writer(settings, metrics, logger) as writer:
         epochs = EpochRecorder(writer.sink, b.instance, logger, session_expiry_s=b.session_expiry_s)
-        async with MqttSource(
-            settings.mqtt,
-            client_id=client_id,
-            subscriptions=subs,
-            optional=[UPTIME_TOPIC],
-            logger=logger,
-            session_expiry_s=b.session_expiry_s,
-            receive_maximum=b.receive_maximum,
-        ) as source:
+        async with source_type(settings.mqtt, session, logger=logger) as source:
             source.on_connected = lambda present, generation, lost_at: epochs.connected(
                 present, generation, lost_at or datetime.now(UTC), datetime.now(UTC)
             )
@@ -108,12 +108,14 @@ async def run_bridge(
                 on_sys=epochs.observe,
             )
             await _serve(settings, bridge, source, epochs, logger, on_started, handle_signals)
+        if isinstance(source, ProcessSource) and source.failure is not None:
+            raise source.failure
 
 
 async def _serve(
     settings: Settings,
     bridge: Bridge,
-    source: MqttSource,
+    source: Source,
     epochs: EpochRecorder,
     logger: logging.Logger,
     on_started: Callable[[Running], None] | None,
@@ -143,7 +145,7 @@ async def _serve(
 
 
 def _readiness(
-    settings: Settings, bridge: Bridge, writer: Writer, source: MqttSource, metrics: BridgeMetrics
+    settings: Settings, bridge: Bridge, writer: Writer, source: Source, metrics: BridgeMetrics
 ) -> ReadinessChecks:
     """mongo: a ping answers, and batches are not failing; mqtt: the session is up."""
 
@@ -189,12 +191,14 @@ async def run_resync(
         open_writer(settings, metrics, logger) as writer,
         MqttSource(
             settings.mqtt,
-            client_id=client_id,
-            subscriptions=[subscription(Channel.PRESENCE)],
+            SessionOptions(
+                client_id,
+                (subscription(Channel.PRESENCE),),
+                clean_start=True,
+                session_expiry_s=0,
+                receive_maximum=65_535,
+            ),
             logger=logger,
-            clean_start=True,
-            session_expiry_s=0,
-            receive_maximum=65_535,
         ) as source,
     ):
         batch = await collect_retained(source, idle_s=idle_s, max_s=max_s)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -28,6 +30,12 @@ class BridgeSettings(OutpostSettings):
         default="outpost-bridge",
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="Shared-subscription group the instances split the messages in",
+    )
+    intake: Literal["process", "inline"] = Field(
+        default="process",
+        description="Where the MQTT client reads and parses packets: 'process', a child "
+        "process (bridge/mqtt_process.py), so reading never delays the database writes; "
+        "'inline', on the bridge's own event loop (one process)",
     )
     batch_max: int = Field(
         default=20_000,

@@ -23,7 +23,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -40,7 +41,22 @@ from bridge.inbound import Inbound
 from outpost.mqtt import LoopDriver, paho_client
 from outpost.settings import MqttSettings
 
-__all__ = ["MqttSource"]
+__all__ = ["MqttSource", "SessionOptions"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """The MQTT session a source keeps: who it is, what it subscribes, how it is kept."""
+
+    client_id: str
+    subscriptions: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    """Subscriptions the broker may refuse (logged, not fatal)."""
+    clean_start: bool = False
+    session_expiry_s: int = 6 * 3600
+    receive_maximum: int = 1000
+    """Unacknowledged messages the broker may send: the back-pressure."""
+    connect_timeout: float = 10.0
 
 
 class MqttSource:
@@ -51,30 +67,22 @@ class MqttSource:
     """
 
     def __init__(
-        self,
-        settings: MqttSettings,
-        *,
-        client_id: str,
-        subscriptions: Sequence[str],
-        logger: logging.Logger,
-        clean_start: bool = False,
-        session_expiry_s: int = 6 * 3600,
-        receive_maximum: int = 1000,
-        connect_timeout: float = 10.0,
-        optional: Sequence[str] = (),
+        self, settings: MqttSettings, session: SessionOptions, *, logger: logging.Logger
     ) -> None:
         self._settings = settings
-        self.client_id = self._client_id = client_id
-        self._subscriptions = [*subscriptions, *optional]
-        self._optional = set(optional)
+        self.client_id = self._client_id = session.client_id
+        self._subscriptions = [*session.subscriptions, *session.optional]
+        self._optional = set(session.optional)
         self.on_connected: Callable[[bool, int, datetime | None], None] | None = None
         """Called at each CONNACK: session present, generation, when the last one was lost."""
+        self.on_state: Callable[[bool], None] | None = None
+        """Called when :attr:`connected` changes: subscribed (True), connection lost (False)."""
         self.lost_at: datetime | None = None
         self._log = logger
-        self._clean_start = clean_start
-        self._session_expiry = session_expiry_s
-        self._receive_maximum = receive_maximum
-        self._connect_timeout = connect_timeout
+        self._clean_start = session.clean_start
+        self._session_expiry = session.session_expiry_s
+        self._receive_maximum = session.receive_maximum
+        self._connect_timeout = session.connect_timeout
         self.messages: asyncio.Queue[Inbound | None] = asyncio.Queue()
         self.generation = 0
         self.connected = False
@@ -166,10 +174,13 @@ class MqttSource:
 
     def ack(self, inbound: Inbound) -> bool:
         """Acknowledge one message; False if it came on an earlier connection (see Inbound)."""
-        if inbound.qos == 0 or self._client is None or inbound.generation != self.generation:
+        return self.ack_packet(inbound.mid, inbound.qos, inbound.generation)
+
+    def ack_packet(self, mid: int, qos: int, generation: int) -> bool:
+        """:meth:`ack` by the fields it needs (what the intake process is sent)."""
+        if qos == 0 or self._client is None or generation != self.generation:
             return False
-        rc = self._client.ack(inbound.mid, inbound.qos)
-        return rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._client.ack(mid, qos) == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def close_intake(self) -> None:
         """Stop taking messages (those arriving later are never acked: the broker keeps
@@ -211,7 +222,7 @@ class MqttSource:
         if failed:
             self._fail(f"SUBACK refused: {', '.join(failed)}")
             return
-        self.connected = True
+        self._set_connected(True)
         self._subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
@@ -232,11 +243,16 @@ class MqttSource:
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
-        self.connected = False
         self.lost_at = datetime.now(UTC)
+        self._set_connected(False)
         self._log.warning(
             "mqtt disconnected", extra={"client_id": self._client_id, "why": str(reason)}
         )
+
+    def _set_connected(self, connected: bool) -> None:
+        self.connected = connected
+        if self.on_state is not None:
+            self.on_state(connected)
 
     def _fail(self, why: str) -> None:
         self._log.error("mqtt refused", extra={"client_id": self._client_id, "why": why})

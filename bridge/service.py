@@ -1,8 +1,10 @@
 """The bridge loop: decode on arrival, collect a batch, decide, write, then acknowledge.
 
-    paho thread ──call_soon_threadsafe──► queue ──► decode + reject (pure), as messages
-        arrive, while the previous batch is being written ──► collect (≤ batch_max or
-        flush_ms) ──► known device / execution check ──► coalesce (pure)
+    MQTT source (paho in a child process, or on this loop) ──► queue
+        ──► decode + reject (pure), as messages arrive, while the previous batch is
+            being written
+        ──► collect (≤ batch_max or flush_ms) ──► known device / execution check
+        ──► coalesce (pure)
         ──► inserts and conditional updates of the bridge's own documents, dead letters
             (retried while MongoDB is away)
         ──► ack every message of the batch, in the order received
@@ -27,10 +29,9 @@ from typing import Literal, TypeVar
 from bridge.batch import Plan, Skip, plan, with_known
 from bridge.command_results import is_result
 from bridge.decode import Accepted, Rejection, decode
-from bridge.inbound import Inbound
+from bridge.inbound import Inbound, Source
 from bridge.metrics import BridgeMetrics
 from bridge.mongo_sink import KnownIds, MongoSink, WriteCounts
-from bridge.mqtt_source import MqttSource
 from bridge.results_sink import ResultCounts, ResultsSink
 from bridge.retry import RetryPolicy, retry
 from schemas.protocol import JobStatusMessage, RejectReason, StateMessage
@@ -168,7 +169,7 @@ class Bridge:
 
     def __init__(
         self,
-        source: MqttSource,
+        source: Source,
         writer: Writer,
         *,
         batch_max: int,

@@ -1,0 +1,182 @@
+"""The bridge's MQTT intake, inline and in a child process, on a real Mosquitto.
+
+Both sources must keep the session's promise the bridge builds on: a message is gone
+from the session only once acknowledged. The child process must also never outlive its
+bridge, and its death must stop the bridge with an error, not a silent stall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from bridge.app import Running, run_bridge
+from bridge.errors import MqttError
+from bridge.inbound import Inbound, Source
+from bridge.mqtt_process import ProcessSource
+from bridge.mqtt_source import MqttSource, SessionOptions
+from deploy.local import free_port
+from schemas.topics import Channel, subscription
+
+from .helpers import (
+    LOG,
+    Publisher,
+    bridge_env,
+    eventually,
+    private_mongo,
+    settings,
+    spawn_bridge,
+    state_payload,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.integration
+
+SOURCES = {"inline": MqttSource, "process": ProcessSource}
+
+
+def _source(kind: str, broker, unique: str) -> MqttSource | ProcessSource:
+    cfg = settings(broker, "mongodb://unused", "unused", unique)
+    session = SessionOptions(
+        f"t{unique}-intake",
+        (subscription(Channel.STATE, f"g{unique}"),),
+        session_expiry_s=60,
+        receive_maximum=100,
+    )
+    return SOURCES[kind](cfg.mqtt, session, logger=LOG)
+
+
+async def _take(source: Source, n: int) -> list[Inbound]:
+    taken: list[Inbound] = []
+    async with asyncio.timeout(20):
+        while len(taken) < n:
+            item = await source.messages.get()
+            assert item is not None, f"end marker after {len(taken)} of {n} messages"
+            taken.append(item)
+    return taken
+
+
+def _ns(items: list[Inbound]) -> list[bytes]:
+    return [i.payload for i in items]
+
+
+@pytest.mark.parametrize("kind", sorted(SOURCES))
+async def test_only_acknowledged_messages_leave_the_session(kind, broker, unique):
+    pub = Publisher(broker, f"p{unique}")
+    payloads = [state_payload(f"d{unique}", 1, seq, n=seq) for seq in range(1, 11)]
+    try:
+        async with _source(kind, broker, unique) as source:
+            for payload in payloads:
+                pub.publish(f"devices/d{unique}/state", payload)
+            await pub.flushed(10)
+            first = await _take(source, 10)
+            assert _ns(first) == payloads  # all of them, in order
+            assert all(source.ack(i) for i in first[:4])
+            source.close_intake()
+            assert await source.messages.get() is None
+        # The same client id resumes the session: only the six not acknowledged come back.
+        async with _source(kind, broker, unique) as source:
+            again = await _take(source, 6)
+            assert _ns(again) == payloads[4:]
+            assert all(source.ack(i) for i in again)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1):
+                    await source.messages.get()
+        async with _source(kind, broker, unique) as source:
+            with pytest.raises(TimeoutError):  # all ten acknowledged: nothing comes back
+                async with asyncio.timeout(1):
+                    await source.messages.get()
+    finally:
+        pub.close()
+
+
+async def test_a_message_of_an_earlier_connection_is_not_acknowledged(broker, unique):
+    pub = Publisher(broker, f"p{unique}")
+    try:
+        async with _source("process", broker, unique) as source:
+            pub.publish(f"devices/d{unique}/state", state_payload(f"d{unique}", 1, 1))
+            await pub.flushed(10)
+            (item,) = await _take(source, 1)
+            stale = Inbound(
+                item.topic,
+                item.payload,
+                item.mid,
+                item.qos,
+                item.retain,
+                item.generation - 1,
+                item.received_at,
+                item.received_mono,
+            )
+            assert not source.ack(stale)
+            assert source.ack(item)
+    finally:
+        pub.close()
+
+
+def _intake_children(pid: int) -> list[int]:
+    """The intake processes among ``pid``'s children (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError):
+                if b"bridge.mqtt_process" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+async def test_the_intake_leaves_when_its_bridge_is_killed(broker, servers_root, unique, tmp_path):
+    port = free_port()
+    async with private_mongo(servers_root, unique, [f"d{unique}"]) as (server, db):
+        env = bridge_env(broker, server, db.name, unique, instance="0", http_port=port)
+        proc = spawn_bridge(env, tmp_path / "bridge.log")
+        try:
+            await wait_ready(port, proc)
+            (child,) = _intake_children(proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=10) == -signal.SIGKILL
+
+            async def gone() -> bool:
+                return not _running(child)
+
+            await eventually(gone, within=10, what="the orphaned intake process to exit")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+async def test_a_dead_intake_stops_the_bridge_with_an_error(broker, servers_root, unique, caplog):
+    caplog.set_level(logging.ERROR, logger=LOG.name)
+    async with private_mongo(servers_root, unique, [f"d{unique}"]) as (server, db):
+        cfg = settings(broker, server.url, db.name, unique)
+        started: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            run_bridge(cfg, LOG, handle_signals=False, on_started=started.set_result)
+        )
+        try:
+            async with asyncio.timeout(20):
+                await started
+            (child,) = _intake_children(os.getpid())
+            os.kill(child, signal.SIGKILL)
+            async with asyncio.timeout(10):  # the bridge stops on its own, with the error
+                with pytest.raises(MqttError, match="intake process exited"):
+                    await task
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, MqttError):
+                await task
+    assert "mqtt intake process exited" in caplog.text
