@@ -257,14 +257,26 @@ class ProcessSource:
     # -- the child's frames -----------------------------------------------------------------
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
-        while (frame := await _receive(reader)) is not None:
-            self._on_frame(frame)
+        """Take the child's frames until it leaves; if it leaves on its own, or a frame
+        cannot be handled, fail the source (the bridge stops with the error) rather than
+        let the bridge wait for messages that will never come."""
+        try:
+            while (frame := await _receive(reader)) is not None:
+                self._on_frame(frame)
+        except Exception as exc:  # noqa: BLE001 - any failure here stops the bridge
+            self._log.exception("mqtt intake frame failed")
+            self._fail(MqttError(f"the MQTT intake failed: {exc!r}"))
+            return
         self.connected = False
         if self._stopping:
             return
         code = await self._process.wait() if self._process is not None else None
-        self.failure = self.failure or MqttError(f"the MQTT intake process exited ({code})")
         self._log.error("mqtt intake process exited", extra={"returncode": code})
+        self._fail(MqttError(f"the MQTT intake process exited ({code})"))
+
+    def _fail(self, error: MqttError) -> None:
+        self.connected = False
+        self.failure = self.failure or error
         self._ready.set()
         self._end()
 
@@ -322,17 +334,33 @@ async def _serve(
     try:
         async with source:
             _send(writer, _Ready())
-            forwarding = asyncio.create_task(_forward(source, writer), name="intake forward")
-            try:
-                await _obey(reader, source)
-            finally:
-                forwarding.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                    await forwarding
+            await _run(source, reader, writer)
     except MqttError as exc:
         _send(writer, _Failed(str(exc)))
     with contextlib.suppress(ConnectionError):
         await writer.drain()
+
+
+async def _run(
+    source: MqttSource, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Forward messages and obey commands until the parent says stop or leaves; if
+    forwarding fails, leave at once (the parent sees the pair close and fails)."""
+    forwarding = asyncio.create_task(_forward(source, writer), name="intake forward")
+    obeying = asyncio.create_task(_obey(reader, source), name="intake commands")
+    pending: set[asyncio.Task[None]] = {forwarding, obeying}
+    try:
+        while obeying in pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if forwarding in done and forwarding.exception() is not None:
+                logging.getLogger("outpost.bridge.intake").error(
+                    "forwarding to the bridge failed", exc_info=forwarding.exception()
+                )
+                return
+    finally:
+        for task in (forwarding, obeying):
+            task.cancel()
+        await asyncio.gather(forwarding, obeying, return_exceptions=True)
 
 
 async def _forward(source: MqttSource, writer: asyncio.StreamWriter) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from bridge.inbound import Inbound, Source
 from bridge.mqtt_process import ProcessSource
 from bridge.mqtt_source import MqttSource, SessionOptions
 from deploy.local import free_port
+from outpost.mqtt import paho_client
+from outpost.settings import MqttSettings
 from schemas.topics import Channel, subscription
 
 from .helpers import (
@@ -117,6 +120,37 @@ async def test_a_message_of_an_earlier_connection_is_not_acknowledged(broker, un
             assert source.ack(item)
     finally:
         pub.close()
+
+
+def _take_over(mqtt: MqttSettings, client_id: str) -> None:
+    """Connect once with ``client_id`` (the broker drops the other connection), then leave."""
+    client = paho_client(mqtt.endpoint(), client_id)
+    connected = threading.Event()
+    client.on_connect = lambda *_: connected.set()
+    client.connect(mqtt.host, mqtt.port)
+    client.loop_start()
+    try:
+        assert connected.wait(10), "the take-over client did not connect"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def test_a_failing_callback_fails_the_intake_instead_of_stalling(broker, unique):
+    async with _source("process", broker, unique) as source:
+
+        def broken(*connected: object) -> None:
+            raise RuntimeError("a bug in a callback")
+
+        source.on_connected = broken
+        # Another connection with the same client id drops the child's; the child
+        # reconnects, and its CONNACK runs the broken callback in the parent.
+        mqtt = settings(broker, "mongodb://unused", "unused", unique).mqtt
+        await asyncio.to_thread(_take_over, mqtt, source.client_id)
+        async with asyncio.timeout(20):
+            assert await source.messages.get() is None  # the end marker, not a stall
+        assert isinstance(source.failure, MqttError)
+        assert "a bug in a callback" in str(source.failure)
 
 
 def _intake_children(pid: int) -> list[int]:
