@@ -7,9 +7,11 @@ import contextlib
 import logging
 import secrets
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+from prometheus_client import ProcessCollector
 
 from bridge.config import BridgeSettings
 from bridge.epochs import UPTIME_TOPIC, EpochRecorder
@@ -107,9 +109,28 @@ async def run_bridge(
                 stop_timeout_s=b.stop_timeout_s,
                 on_sys=epochs.observe,
             )
-            await _serve(settings, bridge, source, epochs, logger, on_started, handle_signals)
+            with _intake_metrics(source, metrics):
+                await _serve(settings, bridge, source, epochs, logger, on_started, handle_signals)
         if isinstance(source, ProcessSource) and source.failure is not None:
             raise source.failure
+
+
+@contextlib.contextmanager
+def _intake_metrics(source: Source, metrics: BridgeMetrics) -> Iterator[None]:
+    """The intake child's CPU, memory and open files, as ``outpost_bridge_intake_process_*``
+    next to the bridge's own ``process_*`` (Linux, like those)."""
+    if not isinstance(source, ProcessSource):
+        yield
+        return
+    collector = ProcessCollector(
+        namespace="outpost_bridge_intake",
+        pid=lambda: source.pid or "gone",  # no such /proc entry: no samples
+        registry=metrics.registry,
+    )
+    try:
+        yield
+    finally:
+        metrics.registry.unregister(collector)
 
 
 async def _serve(

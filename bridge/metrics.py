@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from outpost.health import dependency_gauge
 
@@ -15,6 +15,7 @@ class BridgeMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_*: this process's CPU, memory, open files
         self.messages = Counter(
             "outpost_bridge_messages", "Accepted messages by channel", ["channel"], registry=r
         )

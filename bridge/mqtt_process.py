@@ -180,6 +180,12 @@ class ProcessSource:
         await self._shutdown()
 
     @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs (for its CPU and memory metrics)."""
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
+    @property
     def _url(self) -> str:
         return self._config.mqtt.url
 

@@ -32,7 +32,10 @@ from .helpers import (
     Publisher,
     bridge_env,
     eventually,
+    http_get,
+    metric,
     private_mongo,
+    running_bridge,
     settings,
     spawn_bridge,
     state_payload,
@@ -120,6 +123,23 @@ async def test_a_message_of_an_earlier_connection_is_not_acknowledged(broker, un
             assert source.ack(item)
     finally:
         pub.close()
+
+
+@pytest.mark.parametrize("kind", sorted(SOURCES))
+async def test_the_intake_process_shows_its_cpu_and_memory(kind, broker, servers_root, unique):
+    async with private_mongo(servers_root, unique, [f"d{unique}"]) as (server, db):
+        cfg = settings(broker, server.url, db.name, unique, intake=kind)
+        async with running_bridge(cfg) as (running, _):
+            status, text = await asyncio.to_thread(http_get, running.http_port, "/metrics")
+    assert status == 200
+    cpu = "outpost_bridge_intake_process_cpu_seconds_total"
+    memory = "outpost_bridge_intake_process_resident_memory_bytes"
+    if kind == "process":  # the child imported paho and pydantic: CPU and memory spent
+        assert metric(text, cpu) > 0
+        assert metric(text, memory) > 10_000_000
+    else:
+        assert cpu not in text
+    assert metric(text, "process_cpu_seconds_total") > 0  # the parent's, either way
 
 
 def _take_over(mqtt: MqttSettings, client_id: str) -> None:
