@@ -259,6 +259,11 @@ async def _status_shows(services, prometheus, tenant, token, rollout) -> None:
         snap = await asyncio.to_thread(fetch, settings)
         return snap.devices.get(tenant, {}).get("online") == 3
 
+    # Every target scraped once, not only the scheduler's gauges: Prometheus scrapes each
+    # target at its own offset in the interval, so when this test is the first on a fresh
+    # stack the fleet gauges can be in before the bridge's first scrape (its `up` absent).
+    jobs = {f"outpost-{c}" for c in services}
+    await eventually(lambda: _targets_up(prometheus, jobs), within=60, what="targets scraped")
     await eventually(counted, within=60, what="fleet gauges in Prometheus")
     snap = await asyncio.to_thread(fetch, settings)
     assert snap.errors == []
