@@ -144,7 +144,6 @@ class ProcessSource:
         self.on_connected: Callable[[bool, int, datetime | None], None] | None = None
         self.connected = False
         self.generation = 0
-        self.lost_at: datetime | None = None
         self.failure: MqttError | None = None
         """Why the intake ended on its own (the child died or could not connect)."""
         self._intake_open = True
@@ -295,17 +294,15 @@ class ProcessSource:
                         if item is not None:
                             put(item)
             case _Connected(present, generation, lost_at):
-                self.generation, self.lost_at = generation, lost_at
+                self.generation = generation
                 if self.on_connected is not None:
                     self.on_connected(present, generation, lost_at)
-            case _State(connected):
+            case _State(connected):  # the child's SUBACK sends one before _Ready
                 self.connected = connected
             case _Ready():
-                self.connected = True
                 self._ready.set()
             case _Failed(why):
-                self.failure = MqttError(why)
-                self._ready.set()
+                self._fail(MqttError(why))
 
 
 # -- the child's side ---------------------------------------------------------------------
